@@ -1,0 +1,1 @@
+//! Linearizability checking of recorded client histories (filled in by its own change).

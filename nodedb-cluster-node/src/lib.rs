@@ -1,0 +1,1 @@
+//! The node: assembles transport, catalog and multi-raft.

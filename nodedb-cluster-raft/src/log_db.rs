@@ -1,0 +1,1 @@
+//! Durable Raft log storage for all groups of a node in one redb file.
