@@ -19,9 +19,18 @@ pub struct NodeId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GroupId(pub u32);
 
-/// A virtual shard, `0..VSHARD_COUNT`.
+/// A virtual shard, `0..VSHARD_COUNT`. Decoding refuses an out-of-range value, so an id read
+/// from a peer or from disk is always a valid index; the encoding is that of a plain `u16`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u16")]
 pub struct VShardId(pub u16);
+
+/// A raw value outside `0..VSHARD_COUNT` was offered as a vShard id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("vShard {raw} is out of range (0..{VSHARD_COUNT})")]
+pub struct VShardOutOfRange {
+    pub raw: u16,
+}
 
 impl GroupId {
     pub fn is_metadata(self) -> bool {
@@ -36,9 +45,29 @@ impl VShardId {
         (raw < VSHARD_COUNT).then_some(VShardId(raw))
     }
 
+    /// The vShard as an index into per-vShard tables.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
     /// Every vShard in ascending order.
     pub fn all() -> impl Iterator<Item = VShardId> {
         (0..VSHARD_COUNT).map(VShardId)
+    }
+}
+
+impl TryFrom<u16> for VShardId {
+    type Error = VShardOutOfRange;
+
+    fn try_from(raw: u16) -> Result<VShardId, VShardOutOfRange> {
+        VShardId::new(raw).ok_or(VShardOutOfRange { raw })
+    }
+}
+
+impl NodeId {
+    /// Node id 0 is reserved as "no node"; every real node has a non-zero id.
+    pub fn is_valid(self) -> bool {
+        self.0 != 0
     }
 }
 

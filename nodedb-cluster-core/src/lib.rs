@@ -7,5 +7,7 @@
 
 pub mod ids;
 pub mod linearizability;
+pub mod routing;
 
-pub use ids::{GroupId, METADATA_GROUP, NodeId, VSHARD_COUNT, VShardId};
+pub use ids::{GroupId, METADATA_GROUP, NodeId, VSHARD_COUNT, VShardId, VShardOutOfRange};
+pub use routing::{GroupMembers, RoutingError, RoutingTable, vshard_for_key};
