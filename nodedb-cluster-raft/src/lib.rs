@@ -4,3 +4,5 @@
 //! only this crate's own API. The network is reached only through the transport trait.
 
 pub mod log_db;
+mod types;
+mod wire;
