@@ -38,7 +38,10 @@ pub enum TransportError {
 impl TransportError {
     /// True when the request may have been delivered and acted on.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, TransportError::Timeout { .. } | TransportError::ConnectionLost { .. })
+        matches!(
+            self,
+            TransportError::Timeout { .. } | TransportError::ConnectionLost { .. }
+        )
     }
 }
 

@@ -10,10 +10,12 @@
 //! errors that say whether the request may have been delivered.
 
 mod error;
+pub mod memory;
 mod stream;
 
 pub use bytes::Bytes;
 pub use error::{HandlerError, TransportError};
+pub use memory::{FaultDecision, FaultPlan, MemoryNetwork, MemoryTransport, NetworkStats};
 pub use stream::{ChunkSink, ChunkSource, InboundStream, OutboundStream, STREAM_CHUNK_BYTES_MAX};
 
 use nodedb_cluster_core::NodeId;
@@ -35,7 +37,11 @@ pub const RPC_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// endpoint), never from bytes the peer chose.
 pub trait Handler: Send + Sync + 'static {
     /// One request, one response.
-    fn on_request(&self, from: NodeId, request: Bytes) -> BoxFuture<'_, Result<Bytes, HandlerError>>;
+    fn on_request(
+        &self,
+        from: NodeId,
+        request: Bytes,
+    ) -> BoxFuture<'_, Result<Bytes, HandlerError>>;
 
     /// A bulk stream: a header, then chunks until the sender finishes; the returned bytes are
     /// the single response the sender receives from [`OutboundStream::finish`].

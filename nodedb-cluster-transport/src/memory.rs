@@ -1,0 +1,795 @@
+//! In-memory twin of the QUIC transport for deterministic multi-node tests: one shared
+//! [`MemoryNetwork`] with a seeded fault plan, partitions, one-way cuts and crash/restart, and
+//! one [`MemoryTransport`] per node implementing [`Transport`].
+//!
+//! Failure semantics mirror a real network (see `docs/design.md`, "Transport frames"):
+//! - a call to a node that is not registered, crashed, or behind a partition or cut fails fast
+//!   with [`TransportError::Unreachable`]: nothing was delivered (as a refused connect);
+//! - a message the fault plan drops, or that meets a partition or a crash while in flight, is
+//!   lost silently: the caller sees [`TransportError::Timeout`] at its deadline (outcome
+//!   unknown). A lost response is indistinguishable from a lost request, as on a real network.
+//!
+//! Every fault decision is drawn from one seeded RNG under a mutex, a fixed number of draws per
+//! message, so the same seed and the same sequence of calls give the same decisions. Delays use
+//! `tokio::time::sleep`, so tests may run with paused time.
+
+use crate::{
+    BoxFuture, Bytes, ChunkSink, ChunkSource, Handler, HandlerError, InboundStream, OutboundStream,
+    RPC_PAYLOAD_BYTES_MAX, Transport, TransportError,
+};
+use nodedb_cluster_core::NodeId;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Chunks buffered between the two ends of an in-memory stream; the writer waits beyond it.
+pub const MEMORY_STREAM_CHUNKS_MAX: usize = 4;
+
+/// Random faults applied to every message (requests, responses, stream opens).
+///
+/// Reordering comes from the random delay: two messages sent in order may arrive in the other
+/// order when their delays differ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultPlan {
+    /// Chance in `[0, 1]` that a message is lost.
+    pub drop_probability: f64,
+    /// Chance in `[0, 1]` that a request is delivered twice (the second answer is discarded).
+    pub duplicate_probability: f64,
+    /// Smallest delay of a delivered message.
+    pub delay_ms_min: u64,
+    /// Largest delay of a delivered message (inclusive); jitter is uniform in between.
+    pub delay_ms_max: u64,
+}
+
+/// Message counters of a [`MemoryNetwork`], for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkStats {
+    /// Messages handed to the network (requests, responses, stream opens, duplicates included).
+    pub sent: u64,
+    /// Messages lost to the fault plan, a partition or a crash while in flight.
+    pub dropped: u64,
+    /// Messages that reached their destination.
+    pub delivered: u64,
+    /// Extra copies created by `duplicate_probability`.
+    pub duplicated: u64,
+    /// Sends refused at once (unknown, crashed or cut-off destination).
+    pub refused: u64,
+}
+
+/// What the fault plan decided for one message. Exposed so that tests can check determinism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultDecision {
+    pub dropped: bool,
+    pub delay: Duration,
+    /// Delay of a duplicate copy, if one is made.
+    pub duplicate_delay: Option<Duration>,
+}
+
+/// The shared in-memory network. Cheap to clone; all clones are the same network.
+#[derive(Clone)]
+pub struct MemoryNetwork {
+    inner: Arc<NetworkInner>,
+}
+
+/// One node's endpoint on a [`MemoryNetwork`].
+pub struct MemoryTransport {
+    node: NodeId,
+    network: MemoryNetwork,
+    endpoint: Arc<Endpoint>,
+}
+
+impl FaultPlan {
+    /// No faults: every message is delivered at once, exactly once.
+    pub fn none() -> FaultPlan {
+        FaultPlan {
+            drop_probability: 0.0,
+            duplicate_probability: 0.0,
+            delay_ms_min: 0,
+            delay_ms_max: 0,
+        }
+    }
+
+    /// A lossy, jittery network: `drop_probability` loss, delays in `delay_ms_min..=delay_ms_max`.
+    pub fn lossy(drop_probability: f64, delay_ms_min: u64, delay_ms_max: u64) -> FaultPlan {
+        FaultPlan {
+            drop_probability,
+            duplicate_probability: 0.0,
+            delay_ms_min,
+            delay_ms_max,
+        }
+    }
+}
+
+impl Default for FaultPlan {
+    fn default() -> FaultPlan {
+        FaultPlan::none()
+    }
+}
+
+impl MemoryNetwork {
+    /// A network without faults whose later fault decisions derive from `seed`.
+    pub fn new(seed: u64) -> MemoryNetwork {
+        MemoryNetwork::with_fault_plan(seed, FaultPlan::none())
+    }
+
+    pub fn with_fault_plan(seed: u64, plan: FaultPlan) -> MemoryNetwork {
+        MemoryNetwork {
+            inner: Arc::new(NetworkInner {
+                seed,
+                state: Mutex::new(NetworkState {
+                    endpoints: HashMap::new(),
+                    crashed: HashSet::new(),
+                    blocked: HashSet::new(),
+                    isolated: HashSet::new(),
+                    plan,
+                    rng: SmallRng::seed_from_u64(seed),
+                    stats: NetworkStats::default(),
+                }),
+            }),
+        }
+    }
+
+    /// The seed this network was created with (print it when a test fails).
+    pub fn seed(&self) -> u64 {
+        self.inner.seed
+    }
+
+    /// Registers `node` and returns its endpoint. A node that crashed must be
+    /// [`restart`](Self::restart)ed first; registering an id that is live replaces the old
+    /// endpoint (the old one behaves as crashed).
+    pub fn register(&self, node: NodeId) -> Result<Arc<MemoryTransport>, TransportError> {
+        let mut state = self.inner.lock();
+        if state.crashed.contains(&node) {
+            return Err(TransportError::Unreachable {
+                node,
+                reason: "node is crashed; restart it before registering".into(),
+            });
+        }
+        let endpoint = Arc::new(Endpoint::new());
+        if let Some(old) = state.endpoints.insert(node, Arc::clone(&endpoint)) {
+            old.kill();
+        }
+        Ok(Arc::new(MemoryTransport {
+            node,
+            network: self.clone(),
+            endpoint,
+        }))
+    }
+
+    /// Replaces the fault plan; later messages use it.
+    pub fn set_fault_plan(&self, plan: FaultPlan) {
+        self.inner.lock().plan = plan;
+    }
+
+    /// Blocks traffic both ways between every node of `a_side` and every node of `b_side`.
+    pub fn partition(&self, a_side: &[NodeId], b_side: &[NodeId]) {
+        let mut state = self.inner.lock();
+        for &a in a_side {
+            for &b in b_side {
+                state.blocked.insert((a, b));
+                state.blocked.insert((b, a));
+            }
+        }
+    }
+
+    /// Blocks traffic from `from` to `to` only (responses from `to` to `from` still flow).
+    pub fn cut(&self, from: NodeId, to: NodeId) {
+        self.inner.lock().blocked.insert((from, to));
+    }
+
+    /// Blocks all traffic to and from `node`.
+    pub fn isolate(&self, node: NodeId) {
+        self.inner.lock().isolated.insert(node);
+    }
+
+    /// Removes every partition, cut and isolation. Crashed nodes stay crashed.
+    pub fn heal(&self) {
+        let mut state = self.inner.lock();
+        state.blocked.clear();
+        state.isolated.clear();
+    }
+
+    /// Crashes `node`: its endpoint stops sending and receiving at once, its in-flight handlers
+    /// are abandoned and messages to it are lost or refused, until [`restart`](Self::restart).
+    pub fn crash(&self, node: NodeId) {
+        let mut state = self.inner.lock();
+        if let Some(endpoint) = state.endpoints.remove(&node) {
+            endpoint.kill();
+        }
+        state.crashed.insert(node);
+    }
+
+    /// Allows `node` to [`register`](Self::register) again after a crash.
+    pub fn restart(&self, node: NodeId) {
+        self.inner.lock().crashed.remove(&node);
+    }
+
+    /// True when traffic from `from` to `to` is currently blocked by a partition or cut.
+    pub fn is_blocked(&self, from: NodeId, to: NodeId) -> bool {
+        self.inner.lock().link_blocked(from, to)
+    }
+
+    pub fn stats(&self) -> NetworkStats {
+        self.inner.lock().stats
+    }
+
+    /// Draws the fault decision for the next message, as a send would. Tests use it to check
+    /// that a seed replays the same decisions.
+    pub fn next_decision(&self) -> FaultDecision {
+        self.inner.lock().decide()
+    }
+}
+
+impl fmt::Debug for MemoryNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryNetwork")
+            .field("seed", &self.inner.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for MemoryTransport {
+    fn local_node(&self) -> NodeId {
+        self.node
+    }
+
+    fn set_handler(&self, handler: Arc<dyn Handler>) {
+        *self
+            .endpoint
+            .handler
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handler);
+    }
+
+    /// Addresses mean nothing in memory: nodes are reached by id.
+    fn set_peer_addr(&self, _node: NodeId, _addr: SocketAddr) {}
+
+    fn remove_peer(&self, _node: NodeId) {}
+
+    fn call(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, TransportError>> {
+        Box::pin(async move {
+            if request.len() > RPC_PAYLOAD_BYTES_MAX {
+                return Err(TransportError::TooLarge {
+                    bytes: request.len() as u64,
+                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
+                });
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            let response = self.start_call(to, request)?;
+            match tokio::time::timeout_at(deadline, response).await {
+                Ok(Ok(result)) => result,
+                // The request or its response was lost: only the deadline tells.
+                Ok(Err(_lost)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    Err(TransportError::Timeout { node: to })
+                }
+                Err(_elapsed) => Err(TransportError::Timeout { node: to }),
+            }
+        })
+    }
+
+    fn open_stream(
+        &self,
+        to: NodeId,
+        header: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<OutboundStream, TransportError>> {
+        Box::pin(async move {
+            if header.len() > RPC_PAYLOAD_BYTES_MAX {
+                return Err(TransportError::TooLarge {
+                    bytes: header.len() as u64,
+                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
+                });
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            let opened = self.start_stream(to, header, timeout)?;
+            match tokio::time::timeout_at(deadline, opened).await {
+                Ok(Ok(sink)) => Ok(OutboundStream::new(Box::new(sink))),
+                Ok(Err(_lost)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    Err(TransportError::Timeout { node: to })
+                }
+                Err(_elapsed) => Err(TransportError::Timeout { node: to }),
+            }
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.endpoint.kill();
+            let mut state = self.network.inner.lock();
+            let ours = state
+                .endpoints
+                .get(&self.node)
+                .is_some_and(|endpoint| Arc::ptr_eq(endpoint, &self.endpoint));
+            if ours {
+                state.endpoints.remove(&self.node);
+            }
+        })
+    }
+}
+
+impl fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryTransport")
+            .field("node", &self.node)
+            .field("alive", &self.endpoint.is_alive())
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct NetworkInner {
+    seed: u64,
+    state: Mutex<NetworkState>,
+}
+
+struct NetworkState {
+    endpoints: HashMap<NodeId, Arc<Endpoint>>,
+    crashed: HashSet<NodeId>,
+    /// Blocked directed links `(from, to)`.
+    blocked: HashSet<(NodeId, NodeId)>,
+    /// Nodes cut off from everyone, including nodes registered later.
+    isolated: HashSet<NodeId>,
+    plan: FaultPlan,
+    rng: SmallRng,
+    stats: NetworkStats,
+}
+
+/// A registered node: its handler and a liveness signal that aborts its in-flight work.
+struct Endpoint {
+    handler: RwLock<Option<Arc<dyn Handler>>>,
+    alive: AtomicBool,
+    killed: watch::Sender<bool>,
+}
+
+/// Where a message goes once the fault plan let it through.
+struct Route {
+    endpoint: Arc<Endpoint>,
+    decision: FaultDecision,
+}
+
+impl NetworkInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetworkState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl NetworkState {
+    /// Always the same number of draws per message, whatever the outcome, so that one
+    /// message's fate never shifts the decisions of the next.
+    fn decide(&mut self) -> FaultDecision {
+        let drop_draw: f64 = self.rng.random();
+        let duplicate_draw: f64 = self.rng.random();
+        let (low, high) = ordered(self.plan.delay_ms_min, self.plan.delay_ms_max);
+        let delay_ms = self.rng.random_range(low..=high);
+        let duplicate_delay_ms = self.rng.random_range(low..=high);
+        FaultDecision {
+            dropped: drop_draw < self.plan.drop_probability,
+            delay: Duration::from_millis(delay_ms),
+            duplicate_delay: (duplicate_draw < self.plan.duplicate_probability)
+                .then(|| Duration::from_millis(duplicate_delay_ms)),
+        }
+    }
+
+    /// Decides the fate of one message from `from` to `to`: refused now (Err), or a route
+    /// (possibly marked dropped).
+    fn route(&mut self, from: NodeId, to: NodeId) -> Result<Route, TransportError> {
+        self.stats.sent += 1;
+        let endpoint = match self.endpoints.get(&to) {
+            Some(endpoint) if !self.link_blocked(from, to) => Arc::clone(endpoint),
+            Some(_) => {
+                self.stats.refused += 1;
+                return Err(unreachable(to, "link blocked by a partition"));
+            }
+            None => {
+                self.stats.refused += 1;
+                return Err(unreachable(to, "no live endpoint"));
+            }
+        };
+        let decision = self.decide();
+        if decision.dropped {
+            self.stats.dropped += 1;
+        }
+        if decision.duplicate_delay.is_some() {
+            self.stats.duplicated += 1;
+            self.stats.sent += 1;
+        }
+        Ok(Route { endpoint, decision })
+    }
+
+    /// At arrival: the message is delivered only if the link is still open and the endpoint it
+    /// was routed to is still the live one.
+    fn arrive(&mut self, from: NodeId, to: NodeId, endpoint: &Arc<Endpoint>) -> bool {
+        let live = self
+            .endpoints
+            .get(&to)
+            .is_some_and(|current| Arc::ptr_eq(current, endpoint));
+        let delivered = live && endpoint.is_alive() && !self.link_blocked(from, to);
+        if delivered {
+            self.stats.delivered += 1;
+        } else {
+            self.stats.dropped += 1;
+        }
+        delivered
+    }
+
+    fn link_blocked(&self, from: NodeId, to: NodeId) -> bool {
+        from != to
+            && (self.blocked.contains(&(from, to))
+                || self.isolated.contains(&from)
+                || self.isolated.contains(&to))
+    }
+}
+
+impl Endpoint {
+    fn new() -> Endpoint {
+        Endpoint {
+            handler: RwLock::new(None),
+            alive: AtomicBool::new(true),
+            killed: watch::channel(false).0,
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.killed.send_replace(true);
+    }
+
+    fn handler(&self) -> Option<Arc<dyn Handler>> {
+        self.handler
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Resolves when the endpoint is killed (crash or shutdown).
+    fn killed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.killed.subscribe();
+        async move {
+            let _ = receiver.wait_for(|killed| *killed).await;
+        }
+    }
+}
+
+impl MemoryTransport {
+    /// Routes the request and spawns its delivery; the receiver yields the response, or an
+    /// error when the request or response was lost.
+    fn start_call(
+        &self,
+        to: NodeId,
+        request: Bytes,
+    ) -> Result<oneshot::Receiver<Result<Bytes, TransportError>>, TransportError> {
+        if !self.endpoint.is_alive() {
+            return Err(TransportError::Shutdown);
+        }
+        let route = self.network.inner.lock().route(self.node, to)?;
+        let (reply, response) = oneshot::channel();
+        if !route.decision.dropped {
+            let delivery = Delivery {
+                network: self.network.clone(),
+                from: self.node,
+                from_endpoint: Arc::clone(&self.endpoint),
+                to,
+                to_endpoint: Arc::clone(&route.endpoint),
+            };
+            if let Some(duplicate_delay) = route.decision.duplicate_delay {
+                let copy = delivery.clone();
+                let request = request.clone();
+                tokio::spawn(
+                    async move { copy.deliver_request(duplicate_delay, request, None).await },
+                );
+            }
+            tokio::spawn(delivery.deliver_request(route.decision.delay, request, Some(reply)));
+        }
+        Ok(response)
+    }
+
+    /// Routes a stream open; on arrival the receiver's handler runs on a bounded channel.
+    fn start_stream(
+        &self,
+        to: NodeId,
+        header: Bytes,
+        timeout: Duration,
+    ) -> Result<oneshot::Receiver<MemorySink>, TransportError> {
+        if !self.endpoint.is_alive() {
+            return Err(TransportError::Shutdown);
+        }
+        let route = self.network.inner.lock().route(self.node, to)?;
+        let (opened, open_result) = oneshot::channel();
+        if !route.decision.dropped {
+            let delivery = Delivery {
+                network: self.network.clone(),
+                from: self.node,
+                from_endpoint: Arc::clone(&self.endpoint),
+                to,
+                to_endpoint: Arc::clone(&route.endpoint),
+            };
+            tokio::spawn(delivery.deliver_stream(route.decision.delay, header, opened, timeout));
+        }
+        Ok(open_result)
+    }
+}
+
+/// One message in flight from `from` to `to`.
+#[derive(Clone)]
+struct Delivery {
+    network: MemoryNetwork,
+    from: NodeId,
+    from_endpoint: Arc<Endpoint>,
+    to: NodeId,
+    to_endpoint: Arc<Endpoint>,
+}
+
+impl Delivery {
+    async fn deliver_request(
+        self,
+        delay: Duration,
+        request: Bytes,
+        reply: Option<oneshot::Sender<Result<Bytes, TransportError>>>,
+    ) {
+        tokio::time::sleep(delay).await;
+        if !self
+            .network
+            .inner
+            .lock()
+            .arrive(self.from, self.to, &self.to_endpoint)
+        {
+            return;
+        }
+        let result = match self.to_endpoint.handler() {
+            None => Err(HandlerError::NotReady),
+            Some(handler) => {
+                let killed = self.to_endpoint.killed();
+                tokio::select! {
+                    result = handler.on_request(self.from, request) => result,
+                    () = killed => return,
+                }
+            }
+        };
+        let Some(reply) = reply else { return };
+        // The response crosses the network too: the reverse link, the fault plan, a crash.
+        let route = match self.network.inner.lock().route(self.to, self.from) {
+            Ok(route) if !route.decision.dropped => route,
+            _ => return,
+        };
+        if !Arc::ptr_eq(&route.endpoint, &self.from_endpoint) {
+            return;
+        }
+        tokio::time::sleep(route.decision.delay).await;
+        if !self
+            .network
+            .inner
+            .lock()
+            .arrive(self.to, self.from, &self.from_endpoint)
+        {
+            return;
+        }
+        let result = result.map_err(|error| TransportError::Remote {
+            node: self.to,
+            error,
+        });
+        let _ = reply.send(result);
+    }
+
+    async fn deliver_stream(
+        self,
+        delay: Duration,
+        header: Bytes,
+        opened: oneshot::Sender<MemorySink>,
+        timeout: Duration,
+    ) {
+        tokio::time::sleep(delay).await;
+        if !self
+            .network
+            .inner
+            .lock()
+            .arrive(self.from, self.to, &self.to_endpoint)
+        {
+            return;
+        }
+        let (chunks, chunk_receiver) = mpsc::channel(MEMORY_STREAM_CHUNKS_MAX);
+        let (respond, response) = oneshot::channel();
+        let sink = MemorySink {
+            network: self.network.clone(),
+            from: self.from,
+            to: self.to,
+            chunks: Some(chunks),
+            response: Some(response),
+            early: None,
+            timeout,
+        };
+        if opened.send(sink).is_err() {
+            return;
+        }
+        let source = MemorySource {
+            node: self.from,
+            chunks: chunk_receiver,
+            ended: false,
+        };
+        let result = match self.to_endpoint.handler() {
+            None => Err(HandlerError::NotReady),
+            Some(handler) => {
+                let killed = self.to_endpoint.killed();
+                let body = InboundStream::new(Box::new(source));
+                tokio::select! {
+                    result = handler.on_stream(self.from, header, body) => result,
+                    () = killed => return,
+                }
+            }
+        };
+        let blocked = self.network.is_blocked(self.to, self.from);
+        if !blocked && self.from_endpoint.is_alive() {
+            let _ = respond.send(result);
+        }
+    }
+}
+
+/// Items on an in-memory stream: an explicit end marker, so that a sender that vanishes
+/// without finishing is an error for the receiver, never a silent short read.
+enum StreamItem {
+    Chunk(Bytes),
+    End,
+}
+
+struct MemorySink {
+    network: MemoryNetwork,
+    from: NodeId,
+    to: NodeId,
+    chunks: Option<mpsc::Sender<StreamItem>>,
+    response: Option<oneshot::Receiver<Result<Bytes, HandlerError>>>,
+    /// The receiver's answer when it came before `finish` (it stopped reading early).
+    early: Option<Result<Bytes, HandlerError>>,
+    /// Bounds each step: every chunk write and the final answer.
+    timeout: Duration,
+}
+
+struct MemorySource {
+    node: NodeId,
+    chunks: mpsc::Receiver<StreamItem>,
+    ended: bool,
+}
+
+impl MemorySink {
+    fn check_link(&self) -> Result<(), TransportError> {
+        if self.network.is_blocked(self.from, self.to) {
+            return Err(TransportError::ConnectionLost {
+                node: self.to,
+                reason: "link blocked by a partition".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ChunkSink for MemorySink {
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            if let Some(early) = &self.early {
+                return Err(early_error(self.to, early));
+            }
+            if let Err(error) = self.check_link() {
+                self.chunks = None;
+                return Err(error);
+            }
+            let Some(chunks) = &self.chunks else {
+                return Err(lost(self.to, "stream already failed"));
+            };
+            let sent = tokio::time::timeout(self.timeout, chunks.send(StreamItem::Chunk(chunk)));
+            match sent.await {
+                Ok(Ok(())) => Ok(()),
+                Err(_elapsed) => Err(TransportError::Timeout { node: self.to }),
+                Ok(Err(_closed)) => {
+                    // The receiver stopped reading: its handler returned, maybe with an error.
+                    self.chunks = None;
+                    let response = self.response.take();
+                    let early = match response {
+                        Some(response) => tokio::time::timeout(self.timeout, response).await,
+                        None => return Err(lost(self.to, "stream already failed")),
+                    };
+                    match early {
+                        Ok(Ok(result)) => {
+                            let error = early_error(self.to, &result);
+                            self.early = Some(result);
+                            Err(error)
+                        }
+                        Ok(Err(_)) => Err(lost(self.to, "receiver closed the stream")),
+                        Err(_) => Err(TransportError::Timeout { node: self.to }),
+                    }
+                }
+            }
+        })
+    }
+
+    fn finish(mut self: Box<Self>) -> BoxFuture<'static, Result<Bytes, TransportError>> {
+        Box::pin(async move {
+            let to = self.to;
+            if let Some(early) = self.early.take() {
+                return early.map_err(|error| TransportError::Remote { node: to, error });
+            }
+            self.check_link()?;
+            if let Some(chunks) = self.chunks.take() {
+                // A closed receiver is fine here: its response tells what happened.
+                let _ = tokio::time::timeout(self.timeout, chunks.send(StreamItem::End)).await;
+            }
+            let Some(response) = self.response.take() else {
+                return Err(lost(to, "stream already failed"));
+            };
+            match tokio::time::timeout(self.timeout, response).await {
+                Ok(Ok(result)) => {
+                    result.map_err(|error| TransportError::Remote { node: to, error })
+                }
+                Ok(Err(_)) => Err(lost(to, "receiver went away before answering")),
+                Err(_) => Err(TransportError::Timeout { node: to }),
+            }
+        })
+    }
+}
+
+impl ChunkSource for MemorySource {
+    fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, TransportError>> {
+        Box::pin(async move {
+            if self.ended {
+                return Ok(None);
+            }
+            match self.chunks.recv().await {
+                Some(StreamItem::Chunk(chunk)) => Ok(Some(chunk)),
+                Some(StreamItem::End) => {
+                    self.ended = true;
+                    Ok(None)
+                }
+                None => Err(lost(
+                    self.node,
+                    "sender vanished before finishing the stream",
+                )),
+            }
+        })
+    }
+}
+
+fn ordered(a: u64, b: u64) -> (u64, u64) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+fn unreachable(node: NodeId, reason: &str) -> TransportError {
+    TransportError::Unreachable {
+        node,
+        reason: reason.into(),
+    }
+}
+
+/// What a write reports when the receiver answered before the stream ended.
+fn early_error(node: NodeId, early: &Result<Bytes, HandlerError>) -> TransportError {
+    match early {
+        Err(error) => TransportError::Remote {
+            node,
+            error: error.clone(),
+        },
+        Ok(_) => lost(node, "receiver answered before the stream ended"),
+    }
+}
+
+fn lost(node: NodeId, reason: &str) -> TransportError {
+    TransportError::ConnectionLost {
+        node,
+        reason: reason.into(),
+    }
+}
