@@ -1,1 +1,0 @@
-//! Durable Raft log storage for all groups of a node in one redb file.

@@ -1,0 +1,518 @@
+//! Durable Raft log storage for all groups of a node in one redb file. Stores opaque bytes (no
+//! openraft types): the Raft integration encodes entries and votes, this module keeps them safe.
+//!
+//! One writer thread drains a bounded queue and commits every queued operation of every group
+//! in one fsynced transaction (group commit). Reads see an operation as soon as it is queued:
+//! each group keeps its pending operations in memory and reads replay them over a committed
+//! snapshot. Layout and durability rules: `docs/design.md`, "Raft log file".
+
+mod disk;
+mod record;
+mod state;
+mod writer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{JoinHandle, ThreadId};
+
+use nodedb_cluster_core::GroupId;
+use redb::{Database, ReadableDatabase};
+use tokio::sync::{Notify, oneshot};
+
+pub use disk::LOG_FORMAT_VERSION;
+pub use record::{CorruptReason, RECORD_HEADER_LEN, RECORD_VERSION};
+
+use state::{GroupState, Op};
+
+/// Called once with the outcome of a queued append: `Ok` only after it is durable.
+pub type AppendDone = Box<dyn FnOnce(Result<(), LogDbError>) + Send>;
+
+/// Per-group values stored beside the log. The tag is the on-disk key byte: never reuse one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MetaKey {
+    Vote,
+    Committed,
+    LastPurged,
+    Applied,
+    Membership,
+}
+
+impl MetaKey {
+    /// The byte stored in the meta table key.
+    pub fn tag(self) -> u8 {
+        match self {
+            MetaKey::Vote => 1,
+            MetaKey::Committed => 2,
+            MetaKey::LastPurged => 3,
+            MetaKey::Applied => 4,
+            MetaKey::Membership => 5,
+        }
+    }
+
+    /// The key for a stored tag; `None` for a tag this build does not know.
+    pub fn from_tag(tag: u8) -> Option<MetaKey> {
+        [
+            MetaKey::Vote,
+            MetaKey::Committed,
+            MetaKey::LastPurged,
+            MetaKey::Applied,
+            MetaKey::Membership,
+        ]
+        .into_iter()
+        .find(|key| key.tag() == tag)
+    }
+}
+
+/// Bounds of the write path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogDbOptions {
+    /// Operations waiting for the writer; enqueuing beyond it waits for room.
+    pub write_queue_len_max: usize,
+    /// Operations committed in one transaction.
+    pub batch_ops_max: usize,
+    /// Payload bytes committed in one transaction (a single larger operation still goes alone).
+    pub batch_bytes_max: u64,
+}
+
+impl Default for LogDbOptions {
+    fn default() -> Self {
+        LogDbOptions {
+            write_queue_len_max: 4096,
+            batch_ops_max: 1024,
+            batch_bytes_max: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// What can go wrong with the log file. Cloneable: one failed commit is reported to every
+/// operation of its batch.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LogDbError {
+    #[error("cannot open log file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Arc<redb::Error>,
+    },
+    #[error("log file format {found} is newer than this build supports ({supported})")]
+    UnsupportedFormat { found: u32, supported: u32 },
+    #[error("log storage failed while {context}: {source}")]
+    Storage {
+        context: &'static str,
+        #[source]
+        source: Arc<redb::Error>,
+    },
+    #[error("cannot start the log writer thread: {source}")]
+    Spawn {
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("log entry {index} of {group} is corrupt: {reason}")]
+    Corrupt {
+        group: GroupId,
+        index: u64,
+        reason: CorruptReason,
+    },
+    #[error("meta value {key:?} of {group} is corrupt: {reason}")]
+    CorruptMeta {
+        group: GroupId,
+        key: MetaKey,
+        reason: CorruptReason,
+    },
+    /// An earlier commit failed; what was queued after it was not written. Reopen the file.
+    #[error("log file refuses work after an earlier failure: {first}")]
+    Failed { first: Box<LogDbError> },
+    #[error("log file is shut down")]
+    Closed,
+}
+
+impl LogDbError {
+    fn storage<E: Into<redb::Error>>(context: &'static str) -> impl Fn(E) -> LogDbError {
+        move |error| LogDbError::Storage {
+            context,
+            source: Arc::new(error.into()),
+        }
+    }
+}
+
+/// Handle to the node's Raft log file. Cheap to clone; the file closes when the last clone is
+/// dropped or `shutdown` is called.
+#[derive(Clone)]
+pub struct LogDb {
+    handle: Arc<Handle>,
+}
+
+impl LogDb {
+    /// Opens (creating if missing) the log file at `path` with default bounds.
+    pub fn open(path: &Path) -> Result<LogDb, LogDbError> {
+        LogDb::open_with(path, LogDbOptions::default())
+    }
+
+    /// Opens (creating if missing) the log file at `path` and starts the writer thread.
+    pub fn open_with(path: &Path, options: LogDbOptions) -> Result<LogDb, LogDbError> {
+        assert!(
+            options.write_queue_len_max > 0 && options.batch_ops_max > 0,
+            "log bounds must be positive: {options:?}"
+        );
+        let db = Database::create(path).map_err(|error| LogDbError::Open {
+            path: path.to_path_buf(),
+            source: Arc::new(error.into()),
+        })?;
+        disk::prepare(&db)?;
+        let groups = disk::load_groups(&db)?;
+        let shared = Arc::new(Shared {
+            db,
+            options,
+            state: Mutex::new(State {
+                groups,
+                queue: Default::default(),
+                closing: false,
+                failure: None,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            room_async: Notify::new(),
+        });
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("raft-log-writer".to_owned())
+            .spawn(move || writer::run(&writer_shared))
+            .map_err(|error| LogDbError::Spawn {
+                source: Arc::new(error),
+            })?;
+        let writer_id = writer.thread().id();
+        Ok(LogDb {
+            handle: Arc::new(Handle {
+                shared,
+                writer: Mutex::new(Some(writer)),
+                writer_id,
+            }),
+        })
+    }
+
+    /// Queues an append. The entries are readable through `entries`/`last_index` as soon as this
+    /// returns (before fsync); `done` runs on the writer thread after the transaction holding
+    /// them is durable, or with the error. Waits while the queue is full.
+    ///
+    /// # Panics
+    /// When the entries are not consecutive or do not continue the group's log (a caller bug).
+    pub fn append(&self, group: GroupId, entries: Vec<(u64, Vec<u8>)>, done: AppendDone) {
+        self.enqueue_blocking(group, Op::Append { entries }, done);
+    }
+
+    /// Appends and waits until the entries are durable. Never blocks the runtime thread.
+    pub async fn append_durable(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), LogDbError> {
+        self.enqueue_async(group, Op::Append { entries }).await
+    }
+
+    /// Deletes entries with index >= `index`; durable on return.
+    pub async fn truncate_from(&self, group: GroupId, index: u64) -> Result<(), LogDbError> {
+        self.enqueue_async(group, Op::TruncateFrom { index }).await
+    }
+
+    /// Deletes entries with index <= `index`; durable on return.
+    pub async fn purge_through(&self, group: GroupId, index: u64) -> Result<(), LogDbError> {
+        self.enqueue_async(group, Op::PurgeThrough { index }).await
+    }
+
+    /// Stores a meta value; durable on return (a vote must be, before it is answered).
+    pub async fn put_meta(
+        &self,
+        group: GroupId,
+        key: MetaKey,
+        value: Vec<u8>,
+    ) -> Result<(), LogDbError> {
+        self.enqueue_async(group, Op::PutMeta { key, value }).await
+    }
+
+    /// Deletes every entry, meta value and purge mark of `group`; durable on return.
+    pub async fn remove_group(&self, group: GroupId) -> Result<(), LogDbError> {
+        self.enqueue_async(group, Op::RemoveGroup).await
+    }
+
+    /// The latest queued value of meta `key`.
+    pub fn meta(&self, group: GroupId, key: MetaKey) -> Result<Option<Vec<u8>>, LogDbError> {
+        {
+            let state = self.shared().lock();
+            state.check_open()?;
+            if let Some(pending) = state
+                .groups
+                .get(&group)
+                .and_then(|g| state::pending_meta(&g.pending, key))
+            {
+                return Ok(pending);
+            }
+        }
+        // Nothing pending for this key: everything it depends on is committed, and a snapshot
+        // taken now is at least that new.
+        disk::read_meta(&self.shared().db, group, key)
+    }
+
+    /// Entries of `group` with index in `range`, ascending; absent indexes are skipped.
+    pub fn entries(
+        &self,
+        group: GroupId,
+        range: Range<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LogDbError> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (pending, snapshot) = {
+            let state = self.shared().lock();
+            state.check_open()?;
+            let pending: Vec<Arc<Op>> = match state.groups.get(&group) {
+                Some(group_state) => {
+                    if let Some(entries) = group_state.entries_from_overlay(&range) {
+                        return Ok(entries);
+                    }
+                    group_state.pending.iter().cloned().collect()
+                }
+                None => Vec::new(),
+            };
+            // The snapshot is taken under the lock: it holds every operation already removed
+            // from `pending` and none queued after this copy, so replaying `pending` over it
+            // gives exactly the queued state.
+            let snapshot = self
+                .shared()
+                .db
+                .begin_read()
+                .map_err(LogDbError::storage("beginning a read"))?;
+            (pending, snapshot)
+        };
+        let mut entries = disk::read_entries(&snapshot, group, &range)?;
+        state::replay_entries(&mut entries, &pending, &range);
+        Ok(entries.into_iter().collect())
+    }
+
+    /// Lowest index present in `group`'s log, counting queued operations.
+    pub fn first_index(&self, group: GroupId) -> Result<Option<u64>, LogDbError> {
+        let state = self.shared().lock();
+        state.check_open()?;
+        Ok(state.groups.get(&group).and_then(|g| g.first))
+    }
+
+    /// Highest index present in `group`'s log, counting queued operations.
+    pub fn last_index(&self, group: GroupId) -> Result<Option<u64>, LogDbError> {
+        let state = self.shared().lock();
+        state.check_open()?;
+        Ok(state.groups.get(&group).and_then(|g| g.last))
+    }
+
+    /// Groups with any entry, meta value or purge mark, ascending.
+    pub fn groups(&self) -> Result<Vec<GroupId>, LogDbError> {
+        let state = self.shared().lock();
+        state.check_open()?;
+        let mut groups: Vec<GroupId> = state
+            .groups
+            .iter()
+            .filter(|(_, g)| g.is_listed())
+            .map(|(id, _)| *id)
+            .collect();
+        groups.sort_unstable();
+        Ok(groups)
+    }
+
+    /// Commits what is queued, stops the writer thread and makes later calls fail with
+    /// `Closed`. Blocks until the writer has finished (except when called from the writer
+    /// thread itself, inside a completion callback).
+    pub fn shutdown(&self) {
+        self.handle.shutdown();
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    fn enqueue_blocking(&self, group: GroupId, op: Op, done: AppendDone) {
+        let shared = self.shared();
+        let mut op = Arc::new(op);
+        let mut done = done;
+        let mut state = shared.lock();
+        loop {
+            match state.admit(&shared.options, group, op, done) {
+                Admit::Queued => {
+                    drop(state);
+                    shared.work.notify_one();
+                    return;
+                }
+                Admit::Full(back_op, back_done) => {
+                    (op, done) = (back_op, back_done);
+                    state = shared
+                        .room
+                        .wait(state)
+                        .expect("raft log state lock poisoned");
+                }
+                Admit::Rejected(error, back_done) => {
+                    drop(state);
+                    back_done(Err(error));
+                    return;
+                }
+                Admit::Violation(message) => {
+                    drop(state);
+                    panic!("raft log of {group}: {message}");
+                }
+            }
+        }
+    }
+
+    async fn enqueue_async(&self, group: GroupId, op: Op) -> Result<(), LogDbError> {
+        let shared = self.shared();
+        let (sender, receiver) = oneshot::channel();
+        let mut done: AppendDone = Box::new(move |result| {
+            let _receiver_gone = sender.send(result);
+        });
+        let mut op = Arc::new(op);
+        loop {
+            let mut room = pin!(shared.room_async.notified());
+            room.as_mut().enable();
+            let admitted = shared.lock().admit(&shared.options, group, op, done);
+            match admitted {
+                Admit::Queued => {
+                    shared.work.notify_one();
+                    break;
+                }
+                Admit::Full(back_op, back_done) => {
+                    (op, done) = (back_op, back_done);
+                    room.await;
+                }
+                Admit::Rejected(error, _) => return Err(error),
+                Admit::Violation(message) => panic!("raft log of {group}: {message}"),
+            }
+        }
+        receiver.await.unwrap_or(Err(LogDbError::Closed))
+    }
+}
+
+impl fmt::Debug for LogDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogDb")
+            .field("options", &self.shared().options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Owns the writer thread; the last `LogDb` clone dropping it shuts the log down.
+struct Handle {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    writer_id: ThreadId,
+}
+
+impl Handle {
+    fn shutdown(&self) {
+        {
+            let mut state = self.shared.lock();
+            state.closing = true;
+        }
+        self.shared.work.notify_all();
+        self.shared.room.notify_all();
+        self.shared.room_async.notify_waiters();
+        if std::thread::current().id() == self.writer_id {
+            return;
+        }
+        let writer = self
+            .writer
+            .lock()
+            .expect("raft log writer handle lock poisoned")
+            .take();
+        if let Some(writer) = writer
+            && writer.join().is_err()
+        {
+            tracing::error!("raft log writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// State shared by callers and the writer thread.
+struct Shared {
+    db: Database,
+    options: LogDbOptions,
+    state: Mutex<State>,
+    /// Signals the writer that work was queued or shutdown began.
+    work: Condvar,
+    /// Signals blocking enqueuers that the queue has room.
+    room: Condvar,
+    /// Same, for async enqueuers.
+    room_async: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("raft log state lock poisoned")
+    }
+}
+
+struct State {
+    groups: HashMap<GroupId, GroupState>,
+    queue: std::collections::VecDeque<Queued>,
+    closing: bool,
+    failure: Option<LogDbError>,
+}
+
+struct Queued {
+    group: GroupId,
+    op: Arc<Op>,
+    done: AppendDone,
+}
+
+enum Admit {
+    Queued,
+    Full(Arc<Op>, AppendDone),
+    Rejected(LogDbError, AppendDone),
+    Violation(String),
+}
+
+impl State {
+    fn check_open(&self) -> Result<(), LogDbError> {
+        if let Some(first) = &self.failure {
+            return Err(LogDbError::Failed {
+                first: Box::new(first.clone()),
+            });
+        }
+        if self.closing {
+            return Err(LogDbError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Queues `op` if there is room, updating the group's bounds and overlay in the same step
+    /// so that reads and the queue agree on order.
+    fn admit(
+        &mut self,
+        options: &LogDbOptions,
+        group: GroupId,
+        op: Arc<Op>,
+        done: AppendDone,
+    ) -> Admit {
+        if let Err(error) = self.check_open() {
+            return Admit::Rejected(error, done);
+        }
+        if self.queue.len() >= options.write_queue_len_max {
+            return Admit::Full(op, done);
+        }
+        let group_state = self.groups.entry(group).or_default();
+        if let Op::Append { entries } = op.as_ref()
+            && let Some(message) = group_state.append_violation(entries)
+        {
+            return Admit::Violation(message);
+        }
+        group_state.apply(&op);
+        group_state.pending.push_back(Arc::clone(&op));
+        self.queue.push_back(Queued { group, op, done });
+        Admit::Queued
+    }
+}

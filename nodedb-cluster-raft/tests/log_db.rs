@@ -1,0 +1,393 @@
+//! Behaviour of the Raft log file through its public API: appends and reads, bounds, truncate,
+//! purge, meta values, many groups, reopening, read-your-writes before fsync, callbacks.
+
+/// Named after the module so that `cargo test log_db` selects these tests.
+mod log_db {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use nodedb_cluster_core::GroupId;
+    use nodedb_cluster_raft::log_db::{LogDb, LogDbError, LogDbOptions, MetaKey};
+
+    const G1: GroupId = GroupId(1);
+    const G2: GroupId = GroupId(2);
+    const WAIT_MAX: Duration = Duration::from_secs(30);
+
+    fn entries(range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
+        range
+            .map(|i| (i, format!("entry-{i}").into_bytes()))
+            .collect()
+    }
+
+    fn open(dir: &tempfile::TempDir) -> LogDb {
+        LogDb::open(&dir.path().join("raft.redb")).expect("open log")
+    }
+
+    #[tokio::test]
+    async fn append_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        assert_eq!(db.first_index(G1).unwrap(), None);
+        assert_eq!(db.last_index(G1).unwrap(), None);
+        db.append_durable(G1, entries(1..11)).await.unwrap();
+        assert_eq!(db.first_index(G1).unwrap(), Some(1));
+        assert_eq!(db.last_index(G1).unwrap(), Some(10));
+        assert_eq!(db.entries(G1, 1..11).unwrap(), entries(1..11));
+        assert_eq!(db.entries(G1, 4..6).unwrap(), entries(4..6));
+        assert_eq!(db.entries(G1, 9..100).unwrap(), entries(9..11));
+        assert_eq!(db.entries(G1, 20..30).unwrap(), vec![]);
+        assert_eq!(db.entries(G1, 5..5).unwrap(), vec![]);
+        assert_eq!(db.entries(G2, 1..11).unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "append must start at index 11")]
+    async fn append_with_a_gap_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        db.append_durable(G1, entries(1..11)).await.unwrap();
+        let _ = db.append_durable(G1, entries(12..13)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "not consecutive")]
+    async fn append_of_non_consecutive_entries_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let _ = db
+            .append_durable(G1, vec![(1, vec![]), (2, vec![]), (4, vec![])])
+            .await;
+    }
+
+    #[tokio::test]
+    async fn truncate_removes_the_suffix_and_allows_a_new_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        db.append_durable(G1, entries(1..11)).await.unwrap();
+        db.truncate_from(G1, 6).await.unwrap();
+        assert_eq!(db.last_index(G1).unwrap(), Some(5));
+        assert_eq!(db.entries(G1, 0..100).unwrap(), entries(1..6));
+        let replacement = vec![(6, b"new-6".to_vec()), (7, b"new-7".to_vec())];
+        db.append_durable(G1, replacement.clone()).await.unwrap();
+        let mut expected = entries(1..6);
+        expected.extend(replacement);
+        assert_eq!(db.entries(G1, 0..100).unwrap(), expected);
+        db.truncate_from(G1, 1).await.unwrap();
+        assert_eq!(db.first_index(G1).unwrap(), None);
+        assert_eq!(db.last_index(G1).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn purge_removes_the_prefix_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(&dir);
+            db.append_durable(G1, entries(1..11)).await.unwrap();
+            db.purge_through(G1, 4).await.unwrap();
+            assert_eq!(db.first_index(G1).unwrap(), Some(5));
+            assert_eq!(db.entries(G1, 0..100).unwrap(), entries(5..11));
+            db.purge_through(G1, 20).await.unwrap();
+            assert_eq!(db.first_index(G1).unwrap(), None);
+            assert_eq!(db.last_index(G1).unwrap(), None);
+            assert_eq!(db.groups().unwrap(), vec![G1]);
+        }
+        let db = open(&dir);
+        assert_eq!(db.groups().unwrap(), vec![G1]);
+        assert_eq!(db.last_index(G1).unwrap(), None);
+        // The purge mark survives: the next append must continue after it.
+        db.append_durable(G1, entries(21..23)).await.unwrap();
+        assert_eq!(db.entries(G1, 0..100).unwrap(), entries(21..23));
+    }
+
+    #[tokio::test]
+    async fn meta_values_are_per_group_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        assert_eq!(db.meta(G1, MetaKey::Vote).unwrap(), None);
+        db.put_meta(G1, MetaKey::Vote, b"vote-1".to_vec())
+            .await
+            .unwrap();
+        db.put_meta(G1, MetaKey::Committed, b"c".to_vec())
+            .await
+            .unwrap();
+        db.put_meta(G2, MetaKey::Vote, b"vote-2".to_vec())
+            .await
+            .unwrap();
+        db.put_meta(G1, MetaKey::Vote, b"vote-3".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            db.meta(G1, MetaKey::Vote).unwrap(),
+            Some(b"vote-3".to_vec())
+        );
+        assert_eq!(
+            db.meta(G1, MetaKey::Committed).unwrap(),
+            Some(b"c".to_vec())
+        );
+        assert_eq!(
+            db.meta(G2, MetaKey::Vote).unwrap(),
+            Some(b"vote-2".to_vec())
+        );
+        assert_eq!(db.meta(G2, MetaKey::Committed).unwrap(), None);
+        assert_eq!(db.groups().unwrap(), vec![G1, G2]);
+    }
+
+    #[test]
+    fn meta_tags_round_trip() {
+        for tag in 0..=u8::MAX {
+            if let Some(key) = MetaKey::from_tag(tag) {
+                assert_eq!(key.tag(), tag);
+            }
+        }
+        assert_eq!(MetaKey::Vote.tag(), 1);
+        assert_eq!(MetaKey::from_tag(0), None);
+    }
+
+    #[tokio::test]
+    async fn groups_are_independent_and_removable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        db.append_durable(G1, entries(1..4)).await.unwrap();
+        db.append_durable(G2, entries(100..104)).await.unwrap();
+        db.put_meta(G2, MetaKey::Vote, b"v".to_vec()).await.unwrap();
+        db.append_durable(GroupId(0), entries(0..2)).await.unwrap();
+        assert_eq!(db.groups().unwrap(), vec![GroupId(0), G1, G2]);
+        assert_eq!(db.entries(G2, 0..1000).unwrap(), entries(100..104));
+
+        db.remove_group(G2).await.unwrap();
+        assert_eq!(db.groups().unwrap(), vec![GroupId(0), G1]);
+        assert_eq!(db.entries(G2, 0..1000).unwrap(), vec![]);
+        assert_eq!(db.meta(G2, MetaKey::Vote).unwrap(), None);
+        assert_eq!(db.last_index(G2).unwrap(), None);
+        // A removed group starts afresh at any index.
+        db.append_durable(G2, entries(7..9)).await.unwrap();
+        assert_eq!(db.entries(G2, 0..1000).unwrap(), entries(7..9));
+        assert_eq!(db.entries(G1, 0..1000).unwrap(), entries(1..4));
+    }
+
+    #[tokio::test]
+    async fn reopen_restores_logs_meta_and_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(&dir);
+            db.append_durable(G1, entries(1..6)).await.unwrap();
+            db.append_durable(G2, entries(50..60)).await.unwrap();
+            db.purge_through(G2, 52).await.unwrap();
+            db.put_meta(G1, MetaKey::Vote, b"term-3".to_vec())
+                .await
+                .unwrap();
+            db.shutdown();
+            assert!(matches!(db.last_index(G1), Err(LogDbError::Closed)));
+        }
+        let db = open(&dir);
+        assert_eq!(db.groups().unwrap(), vec![G1, G2]);
+        assert_eq!(db.entries(G1, 0..100).unwrap(), entries(1..6));
+        assert_eq!(db.first_index(G2).unwrap(), Some(53));
+        assert_eq!(db.last_index(G2).unwrap(), Some(59));
+        assert_eq!(
+            db.meta(G1, MetaKey::Vote).unwrap(),
+            Some(b"term-3".to_vec())
+        );
+        db.append_durable(G1, entries(6..8)).await.unwrap();
+        assert_eq!(db.entries(G1, 0..100).unwrap(), entries(1..8));
+    }
+
+    /// Appends are readable as soon as `append` returns, before their callback fires: the writer is
+    /// kept busy behind a callback that blocks until the test has looked.
+    #[test]
+    fn appends_are_readable_before_they_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let (release_sender, release_receiver) = mpsc::channel::<()>();
+        let (durable_sender, durable_receiver) = mpsc::channel::<u64>();
+        // The first batch's callback holds the writer thread until released.
+        db.append(
+            G1,
+            entries(1..2),
+            Box::new(move |result| {
+                result.unwrap();
+                release_receiver.recv_timeout(WAIT_MAX).unwrap();
+            }),
+        );
+        let sender = durable_sender.clone();
+        db.append(
+            G1,
+            entries(2..5),
+            Box::new(move |result| {
+                result.unwrap();
+                sender.send(4).unwrap();
+            }),
+        );
+        assert_eq!(db.last_index(G1).unwrap(), Some(4));
+        assert_eq!(db.entries(G1, 0..10).unwrap(), entries(1..5));
+        assert!(
+            durable_receiver.try_recv().is_err(),
+            "callback ran before release"
+        );
+        release_sender.send(()).unwrap();
+        assert_eq!(durable_receiver.recv_timeout(WAIT_MAX).unwrap(), 4);
+    }
+
+    /// Append, truncate and append queued back to back land in one batch and apply in queue
+    /// order, both in what reads see before commit and in what is on disk after.
+    #[tokio::test]
+    async fn queue_order_holds_within_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(&dir);
+            let (release_sender, release_receiver) = mpsc::channel::<()>();
+            db.append(
+                G1,
+                entries(1..2),
+                Box::new(move |result| {
+                    result.unwrap();
+                    release_receiver.recv_timeout(WAIT_MAX).unwrap();
+                }),
+            );
+            // Wait until the writer is parked in the callback, so the rest forms one batch.
+            let fired = Arc::new(AtomicUsize::new(0));
+            let counter = Arc::clone(&fired);
+            db.append(
+                G1,
+                entries(2..6),
+                Box::new(move |result| {
+                    result.unwrap();
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+            let truncate = {
+                let db = db.clone();
+                tokio::spawn(async move { db.truncate_from(G1, 3).await })
+            };
+            let deadline = std::time::Instant::now() + WAIT_MAX;
+            while db.last_index(G1).unwrap() != Some(2) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "truncate never queued"
+                );
+                tokio::task::yield_now().await;
+            }
+            let replacement = vec![(3, b"x-3".to_vec()), (4, b"x-4".to_vec())];
+            let counter = Arc::clone(&fired);
+            db.append(
+                G1,
+                replacement.clone(),
+                Box::new(move |result| {
+                    result.unwrap();
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+            let mut expected = entries(1..3);
+            expected.extend(replacement.clone());
+            assert_eq!(db.entries(G1, 0..100).unwrap(), expected);
+            release_sender.send(()).unwrap();
+            truncate.await.unwrap().unwrap();
+            let deadline = std::time::Instant::now() + WAIT_MAX;
+            while fired.load(Ordering::SeqCst) < 2 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "callbacks never fired"
+                );
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(db.entries(G1, 0..100).unwrap(), expected);
+        }
+        let db = open(&dir);
+        let mut expected = entries(1..3);
+        expected.extend(vec![(3, b"x-3".to_vec()), (4, b"x-4".to_vec())]);
+        assert_eq!(db.entries(G1, 0..100).unwrap(), expected);
+    }
+
+    /// Every callback fires exactly once, in queue order, also across many groups and a small
+    /// batch bound.
+    #[test]
+    fn callbacks_fire_once_each_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogDbOptions {
+            write_queue_len_max: 8,
+            batch_ops_max: 3,
+            batch_bytes_max: 64,
+        };
+        let db = LogDb::open_with(&dir.path().join("raft.redb"), options).unwrap();
+        let (sender, receiver) = mpsc::channel::<(u32, u64)>();
+        let appends_per_group = 50u64;
+        for index in 1..=appends_per_group {
+            for group in 0..4u32 {
+                let sender = sender.clone();
+                db.append(
+                    GroupId(group),
+                    vec![(index, vec![group as u8; 40])],
+                    Box::new(move |result| {
+                        result.unwrap();
+                        sender.send((group, index)).unwrap();
+                    }),
+                );
+            }
+        }
+        drop(sender);
+        let mut seen = Vec::new();
+        while let Ok(item) = receiver.recv_timeout(WAIT_MAX) {
+            seen.push(item);
+        }
+        let expected: Vec<(u32, u64)> = (1..=appends_per_group)
+            .flat_map(|index| (0..4u32).map(move |group| (group, index)))
+            .collect();
+        assert_eq!(seen, expected);
+        for group in 0..4u32 {
+            assert_eq!(
+                db.last_index(GroupId(group)).unwrap(),
+                Some(appends_per_group)
+            );
+        }
+    }
+
+    #[test]
+    fn operations_after_shutdown_fail_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        db.shutdown();
+        db.shutdown();
+        let (sender, receiver) = mpsc::channel();
+        db.append(
+            G1,
+            entries(1..2),
+            Box::new(move |result| sender.send(result).unwrap()),
+        );
+        assert!(matches!(
+            receiver.recv_timeout(WAIT_MAX).unwrap(),
+            Err(LogDbError::Closed)
+        ));
+        assert!(matches!(db.entries(G1, 0..1), Err(LogDbError::Closed)));
+        assert!(matches!(db.groups(), Err(LogDbError::Closed)));
+        // The file is released once the handle is dropped.
+        drop(db);
+        let _reopened = open(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appenders_on_many_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let mut tasks = Vec::new();
+        for group in 0..8u32 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                for index in 1..=40u64 {
+                    db.append_durable(GroupId(group), vec![(index, index.to_le_bytes().to_vec())])
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for group in 0..8u32 {
+            let all = db.entries(GroupId(group), 0..1000).unwrap();
+            assert_eq!(all.len(), 40);
+            assert!(all.iter().all(|(i, p)| p == &i.to_le_bytes().to_vec()));
+        }
+    }
+}
