@@ -6,3 +6,6 @@
 pub mod log_db;
 mod types;
 mod wire;
+pub mod state_machine;
+mod snapshot;
+mod sm_adapter;

@@ -1,0 +1,256 @@
+//! openraft's `RaftStateMachine` and `RaftSnapshotBuilder` over a [`StateMachine`]: batches
+//! committed commands, tracks the applied log id and membership, and keeps the latest snapshot
+//! as a durable file under the group's directory so that a restarted replica recovers from it.
+
+use crate::snapshot::{self, FileChunks, SnapshotFile};
+use crate::state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine};
+use crate::types::{AppResponse, EntryKind, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use futures::{Stream, StreamExt};
+use nodedb_cluster_core::GroupId;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, alias::SmSnapshotOf};
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The engine of one replica, shared between the apply path and local queries.
+#[derive(Clone)]
+pub struct SharedMachine(Arc<Mutex<Box<dyn StateMachine>>>);
+
+/// The state machine half of a group replica, owned by openraft.
+pub struct MachineAdapter {
+    group: GroupId,
+    machine: SharedMachine,
+    snapshot_dir: PathBuf,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    current: Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>,
+}
+
+/// Builds one snapshot from a state captured when it was created.
+pub struct SnapshotBuilder {
+    group: GroupId,
+    chunks: Mutex<Option<Box<dyn SnapshotChunks>>>,
+    meta: SnapshotMeta,
+    snapshot_dir: PathBuf,
+    current: Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>,
+}
+
+impl SharedMachine {
+    pub fn new(machine: Box<dyn StateMachine>) -> SharedMachine {
+        SharedMachine(Arc::new(Mutex::new(machine)))
+    }
+
+    /// Locks the engine. A poisoned lock means an engine call panicked: keep going with the
+    /// state as it is, the replica's apply path will report the failure.
+    pub fn lock(&self) -> MutexGuard<'_, Box<dyn StateMachine>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl MachineAdapter {
+    /// Opens the adapter, restoring the engine from the newest snapshot in `snapshot_dir`.
+    pub async fn open(
+        group: GroupId,
+        machine: SharedMachine,
+        snapshot_dir: PathBuf,
+    ) -> io::Result<MachineAdapter> {
+        let dir = snapshot_dir.clone();
+        let restore_machine = machine.clone();
+        let latest = tokio::task::spawn_blocking(move || {
+            let latest = snapshot::latest_snapshot(&dir).map_err(io::Error::other)?;
+            if let Some((_, file)) = &latest {
+                let mut chunks = FileChunks::open(&file.path).map_err(io::Error::other)?;
+                restore_machine
+                    .lock()
+                    .restore(&mut chunks)
+                    .map_err(io::Error::other)?;
+            }
+            Ok::<_, io::Error>(latest)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let (applied, membership) = match &latest {
+            Some((meta, _)) => (meta.last_log_id.clone(), meta.last_membership.clone()),
+            None => (None, StoredMembership::default()),
+        };
+        if let Some(applied) = &applied {
+            tracing::info!(%group, index = applied.index, "restored state machine from snapshot");
+        }
+        Ok(MachineAdapter {
+            group,
+            machine,
+            snapshot_dir,
+            applied,
+            membership,
+            current: Arc::new(Mutex::new(latest)),
+        })
+    }
+
+    fn apply_commands(&mut self, pending: &mut Vec<(LogId, Vec<u8>, Responder)>) -> io::Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<Committed<'_>> = pending
+            .iter()
+            .map(|(log_id, command, _)| Committed {
+                index: LogIndex(log_id.index),
+                command,
+            })
+            .collect();
+        let responses = self
+            .machine
+            .lock()
+            .apply(&batch)
+            .map_err(io::Error::other)?;
+        if responses.len() != batch.len() {
+            return Err(io::Error::other(format!(
+                "{}: state machine returned {} responses for {} commands",
+                self.group,
+                responses.len(),
+                batch.len()
+            )));
+        }
+        for ((log_id, _, responder), response) in pending.drain(..).zip(responses) {
+            self.applied = Some(log_id);
+            if let Some(responder) = responder {
+                responder.send(AppResponse(response));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_vshard_change(&mut self, kind: EntryKind, payload: &[u8]) -> io::Result<()> {
+        let mut machine = self.machine.lock();
+        let result = match kind {
+            EntryKind::ImportVShard { vshard } => machine.import_vshard(vshard, payload),
+            EntryKind::DropVShard { vshard } => machine.drop_vshard(vshard),
+            EntryKind::Command => Ok(()),
+        };
+        result.map_err(io::Error::other)
+    }
+}
+
+type Responder = Option<openraft::storage::ApplyResponder<TypeConfig>>;
+
+impl RaftStateMachine<TypeConfig> for MachineAdapter {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok((self.applied.clone(), self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
+        let mut pending: Vec<(LogId, Vec<u8>, Responder)> = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id.clone();
+            match entry.payload {
+                EntryPayload::Normal(request) if request.kind == EntryKind::Command => {
+                    pending.push((log_id, request.payload, responder));
+                    continue;
+                }
+                EntryPayload::Normal(request) => {
+                    self.apply_commands(&mut pending)?;
+                    self.apply_vshard_change(request.kind, &request.payload)?;
+                }
+                EntryPayload::Membership(membership) => {
+                    self.apply_commands(&mut pending)?;
+                    self.membership = StoredMembership::new(Some(log_id.clone()), membership);
+                }
+                EntryPayload::Blank => self.apply_commands(&mut pending)?,
+            }
+            self.applied = Some(log_id);
+            if let Some(responder) = responder {
+                responder.send(AppResponse::default());
+            }
+        }
+        self.apply_commands(&mut pending)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let chunks = self.machine.lock().snapshot();
+        let chunks = match chunks {
+            Ok(chunks) => Some(chunks),
+            Err(error) => {
+                tracing::error!(group = %self.group, %error, "state machine cannot snapshot");
+                None
+            }
+        };
+        SnapshotBuilder {
+            group: self.group,
+            chunks: Mutex::new(chunks),
+            meta: SnapshotMeta {
+                last_log_id: self.applied.clone(),
+                last_membership: self.membership.clone(),
+            },
+            snapshot_dir: self.snapshot_dir.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        file: SnapshotFile,
+    ) -> io::Result<()> {
+        let machine = self.machine.clone();
+        let path = file.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut chunks = FileChunks::open(&path).map_err(io::Error::other)?;
+            machine
+                .lock()
+                .restore(&mut chunks)
+                .map_err(io::Error::other)?;
+            snapshot::remove_other_snapshots(&path).map_err(io::Error::other)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        tracing::info!(group = %self.group, snapshot = %meta, "installed snapshot");
+        self.applied = meta.last_log_id.clone();
+        self.membership = meta.last_membership.clone();
+        *lock(&self.current) = Some((meta.clone(), file));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<SmSnapshotOf<TypeConfig, Self>>> {
+        Ok(lock(&self.current)
+            .clone()
+            .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> io::Result<SmSnapshotOf<TypeConfig, MachineAdapter>> {
+        let mut chunks = lock(&self.chunks).take().ok_or_else(|| {
+            io::Error::other(format!("{}: snapshot source unavailable", self.group))
+        })?;
+        let meta = self.meta.clone();
+        let dir = self.snapshot_dir.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            snapshot::write_snapshot(&dir, &meta, chunks.as_mut()).map_err(io::Error::other)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        tracing::debug!(group = %self.group, snapshot = %self.meta, bytes = file.bytes, "built snapshot");
+        *lock(&self.current) = Some((self.meta.clone(), file.clone()));
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: file,
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,127 @@
+//! The [`StateMachine`] trait: what a NodeDB engine implements to be replicated by a group.
+//!
+//! The engine sees committed entries in log order, answers read-only queries, streams its state
+//! out as a snapshot and back in, and moves single vShards for migrations. It never sees Raft
+//! terms, votes or membership: the replication layer owns those.
+
+use nodedb_cluster_core::VShardId;
+
+/// Largest chunk a [`SnapshotChunks`] source may yield. Larger chunks are refused.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+
+/// Position of an entry in its group's log: 1-based and strictly increasing across applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogIndex(pub u64);
+
+/// One committed command, handed to [`StateMachine::apply`].
+#[derive(Clone, Copy, Debug)]
+pub struct Committed<'a> {
+    pub index: LogIndex,
+    pub command: &'a [u8],
+}
+
+/// A failure of the engine itself (its storage, a corrupted snapshot). Not a rejected command:
+/// a command that the engine refuses (a failed CAS, a bad key) is a normal response encoded in
+/// the response bytes, because every replica must reach the same verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum StateMachineError {
+    /// The engine's storage failed. The replica stops; the operator must look at it.
+    #[error("state machine storage failed: {0}")]
+    Storage(String),
+    /// Snapshot or vShard bytes do not decode. The sender may retry with a fresh snapshot.
+    #[error("corrupt state data: {0}")]
+    Corrupt(String),
+    /// A query's bytes do not decode as a query of this engine.
+    #[error("bad query: {0}")]
+    BadQuery(String),
+}
+
+/// A point-in-time source of snapshot chunks. Produced by [`StateMachine::snapshot`] and
+/// consumed by [`StateMachine::restore`]; each chunk is at most [`SNAPSHOT_CHUNK_BYTES_MAX`].
+pub trait SnapshotChunks: Send {
+    /// The next chunk, or `None` at the end.
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StateMachineError>;
+}
+
+/// A replicated engine. One instance per group replica; the replication layer calls it from
+/// one task at a time, so `&mut self` methods never run concurrently with each other.
+///
+/// Contract:
+/// - `apply` is deterministic: the same entries on the same state give the same responses and
+///   the same next state on every replica (no clocks, no randomness, no local configuration).
+/// - The engine may keep its state in memory only. After a restart the replication layer
+///   restores the last snapshot with [`StateMachine::restore`] and re-applies the log after it.
+/// - [`StateMachine::state_hash`] covers all replicated state and nothing local, so replicas
+///   that applied the same log prefix report the same hash.
+pub trait StateMachine: Send + 'static {
+    /// Applies a batch of committed commands in log order and returns one response per
+    /// command, in the same order. An `Err` stops this replica (storage failure), so refused
+    /// commands must be encoded in the response instead.
+    fn apply(&mut self, batch: &[Committed<'_>]) -> Result<Vec<Vec<u8>>, StateMachineError>;
+
+    /// Answers a read-only query against the current state. Linearizable when the caller
+    /// passed a read barrier first.
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>, StateMachineError>;
+
+    /// Captures the current state as an owned chunk source. The source must not change when
+    /// later entries are applied (copy, copy-on-write, or an engine snapshot handle).
+    fn snapshot(&self) -> Result<Box<dyn SnapshotChunks>, StateMachineError>;
+
+    /// Replaces the whole state with the snapshot read from `chunks`.
+    fn restore(&mut self, chunks: &mut dyn SnapshotChunks) -> Result<(), StateMachineError>;
+
+    /// The data of one vShard, in a form [`StateMachine::import_vshard`] accepts.
+    fn export_vshard(&self, vshard: VShardId) -> Result<Vec<u8>, StateMachineError>;
+
+    /// Adds the exported data of `vshard` (replicated through the log, applied in order).
+    fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError>;
+
+    /// Removes every key of `vshard` (replicated through the log, applied in order).
+    fn drop_vshard(&mut self, vshard: VShardId) -> Result<(), StateMachineError>;
+
+    /// A hash of the replicated state, equal across replicas at the same applied index.
+    fn state_hash(&self) -> u64;
+}
+
+/// A [`SnapshotChunks`] over an in-memory list of chunks; handy for engines that serialize
+/// their state at once.
+#[derive(Debug)]
+pub struct VecChunks {
+    chunks: std::vec::IntoIter<Vec<u8>>,
+}
+
+impl VecChunks {
+    /// Splits `bytes` into chunks of at most [`SNAPSHOT_CHUNK_BYTES_MAX`].
+    pub fn from_bytes(bytes: &[u8]) -> VecChunks {
+        let chunks: Vec<Vec<u8>> = bytes
+            .chunks(SNAPSHOT_CHUNK_BYTES_MAX)
+            .map(<[u8]>::to_vec)
+            .collect();
+        VecChunks {
+            chunks: chunks.into_iter(),
+        }
+    }
+}
+
+impl SnapshotChunks for VecChunks {
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StateMachineError> {
+        Ok(self.chunks.next())
+    }
+}
+
+/// Reads every chunk of `chunks` into one buffer, refusing more than `bytes_max`.
+pub fn read_all_chunks(
+    chunks: &mut dyn SnapshotChunks,
+    bytes_max: u64,
+) -> Result<Vec<u8>, StateMachineError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = chunks.next_chunk()? {
+        if out.len() as u64 + chunk.len() as u64 > bytes_max {
+            return Err(StateMachineError::Corrupt(format!(
+                "snapshot larger than {bytes_max} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
