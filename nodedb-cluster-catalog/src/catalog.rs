@@ -558,8 +558,14 @@ fn storage_error(path: &Path, error: impl Into<redb::Error>) -> CatalogError {
             record: None,
             reason: Corruption::Storage { detail },
         },
-        // redb reports a file that is not (or no longer) a database as InvalidData.
-        redb::Error::Io(source) if source.kind() == io::ErrorKind::InvalidData => {
+        // redb reports a file that is not (or no longer) a database as InvalidData, and a file
+        // shorter than its own header says as UnexpectedEof.
+        redb::Error::Io(source)
+            if matches!(
+                source.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
             CatalogError::Corrupt {
                 path,
                 record: None,
