@@ -9,6 +9,7 @@
 //! moves opaque payloads, authenticates which node sent them, and reports failures as typed
 //! errors that say whether the request may have been delivered.
 
+pub mod codec;
 mod error;
 pub mod memory;
 mod stream;
