@@ -26,7 +26,7 @@ pub struct GroupId(pub u32);
 pub struct VShardId(pub u16);
 
 /// A raw value outside `0..VSHARD_COUNT` was offered as a vShard id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("vShard {raw} is out of range (0..{VSHARD_COUNT})")]
 pub struct VShardOutOfRange {
     pub raw: u16,

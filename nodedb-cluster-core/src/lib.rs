@@ -7,9 +7,14 @@
 
 pub mod ids;
 pub mod linearizability;
+pub mod metadata;
 pub mod routing;
 pub mod topology;
 
 pub use ids::{GroupId, METADATA_GROUP, NodeId, VSHARD_COUNT, VShardId, VShardOutOfRange};
+pub use metadata::{
+    ClusterId, MetadataCommand, MetadataError, MetadataEvent, MetadataState, Migration,
+    MigrationId, MigrationPhase,
+};
 pub use routing::{GroupMembers, RoutingError, RoutingTable, vshard_for_key};
 pub use topology::{AddrError, NodeInfo, NodeState, PeerAddr, Topology, TopologyError};
