@@ -1,1 +1,11 @@
-//! The node: assembles transport, catalog and multi-raft.
+//! The NodeDB cluster node: assembles the transport, the catalog and multi-raft into a running
+//! node, and ships the `nodedb-cluster` binary.
+//!
+//! **Architecture Invariant:** this is the only crate that owns a tokio runtime, wires concrete
+//! implementations together and has a `main`.
+
+pub mod config;
+
+pub use config::{ConfigError, NodeConfig};
+pub mod http;
+pub mod service;

@@ -1,0 +1,417 @@
+//! Node configuration: the TOML file of `nodedb-cluster start --config`, its defaults, and
+//! validation that names the offending key. Unknown keys are rejected, so a typo never
+//! silently falls back to a default.
+
+use nodedb_cluster_core::NodeId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default QUIC listen address (UDP).
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:9400";
+/// Default HTTP admin address (TCP). Loopback: the admin API is not exposed unless asked.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9401";
+pub const DEFAULT_NUM_GROUPS: u32 = 8;
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+/// Upper bound on data groups: at most one per vShard.
+pub const NUM_GROUPS_MAX: u32 = nodedb_cluster_core::VSHARD_COUNT as u32;
+/// Upper bound on the replication factor; larger groups only slow commits down.
+pub const REPLICATION_FACTOR_MAX: u32 = 7;
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    #[serde(default = "default_listen_addr")]
+    pub listen_addr: SocketAddr,
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// QUIC addresses of nodes to contact when joining. May include this node's own address.
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// Initialize a new cluster even if this node is not the lowest-id seed.
+    #[serde(default)]
+    pub bootstrap: bool,
+    #[serde(default = "default_num_groups")]
+    pub num_groups: u32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: u32,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Mutual TLS material, or the explicit development-only opt-out.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Development only: no certificates, no authentication of peers.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Raft timings. Defaults suit a LAN; tests shorten them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot and compact the log after this many applied entries.
+    pub snapshot_logs_since_last: u64,
+    /// A node silent for this long is marked Down and its replicas are replaced.
+    pub node_down_timeout_ms: u64,
+}
+
+/// HTTP admin API settings.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// When set, every endpoint but `/healthz` requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// Log output. The filter follows `RUST_LOG` syntax; the `RUST_LOG` variable wins over it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub filter: String,
+    pub json: bool,
+}
+
+/// Why a configuration was refused. The message names the key and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = NodeConfig::parse(&text).map_err(|error| match error {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config.resolve_relative_paths(path.parent().unwrap_or(Path::new("."))))
+    }
+
+    /// Parses and validates TOML text. Paths stay as written.
+    pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: error.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn node(&self) -> NodeId {
+        NodeId(self.node_id)
+    }
+
+    /// Checks every value that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return invalid("node_id", "must be at least 1 (0 is reserved)");
+        }
+        if self.num_groups == 0 || self.num_groups > NUM_GROUPS_MAX {
+            return invalid(
+                "num_groups",
+                format!(
+                    "must be between 1 and {NUM_GROUPS_MAX}, got {}",
+                    self.num_groups
+                ),
+            );
+        }
+        if self.replication_factor == 0 || self.replication_factor > REPLICATION_FACTOR_MAX {
+            return invalid(
+                "replication_factor",
+                format!(
+                    "must be between 1 and {REPLICATION_FACTOR_MAX}, got {}",
+                    self.replication_factor
+                ),
+            );
+        }
+        if self.listen_addr.port() == 0 {
+            return invalid(
+                "listen_addr",
+                "needs an explicit port: peers must find this node",
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        self.tls.validate()?;
+        self.raft.validate()
+    }
+
+    /// Makes relative file paths relative to the config file's directory, so a config works
+    /// from wherever the node is started.
+    fn resolve_relative_paths(mut self, base: &Path) -> NodeConfig {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.data_dir);
+        for path in [&mut self.tls.ca_cert, &mut self.tls.cert, &mut self.tls.key]
+            .into_iter()
+            .flatten()
+        {
+            resolve(path);
+        }
+        self
+    }
+}
+
+impl TlsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let given = [&self.ca_cert, &self.cert, &self.key]
+            .iter()
+            .filter(|path| path.is_some())
+            .count();
+        match (self.insecure, given) {
+            (true, 0) => Ok(()),
+            (true, _) => invalid(
+                "tls.insecure",
+                "is set together with certificate paths: choose one",
+            ),
+            (false, 3) => Ok(()),
+            (false, _) => invalid(
+                "tls",
+                "needs ca_cert, cert and key (make them with `nodedb-cluster certs init` and \
+                 `certs issue`), or `insecure = true` for local development only",
+            ),
+        }
+    }
+}
+
+impl RaftConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval_ms == 0 {
+            return invalid("raft.heartbeat_interval_ms", "must be at least 1");
+        }
+        if self.election_timeout_ms_min <= self.heartbeat_interval_ms {
+            return invalid(
+                "raft.election_timeout_ms_min",
+                format!(
+                    "must be larger than raft.heartbeat_interval_ms ({}), got {}",
+                    self.heartbeat_interval_ms, self.election_timeout_ms_min
+                ),
+            );
+        }
+        if self.election_timeout_ms_max <= self.election_timeout_ms_min {
+            return invalid(
+                "raft.election_timeout_ms_max",
+                format!(
+                    "must be larger than raft.election_timeout_ms_min ({}), got {}",
+                    self.election_timeout_ms_min, self.election_timeout_ms_max
+                ),
+            );
+        }
+        if self.snapshot_logs_since_last == 0 {
+            return invalid("raft.snapshot_logs_since_last", "must be at least 1");
+        }
+        if self.node_down_timeout_ms <= self.election_timeout_ms_max {
+            return invalid(
+                "raft.node_down_timeout_ms",
+                "must be larger than raft.election_timeout_ms_max",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> RaftConfig {
+        RaftConfig {
+            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 500,
+            election_timeout_ms_max: 1000,
+            snapshot_logs_since_last: 10_000,
+            node_down_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            filter: "info".to_string(),
+            json: false,
+        }
+    }
+}
+
+fn default_listen_addr() -> SocketAddr {
+    DEFAULT_LISTEN_ADDR
+        .parse()
+        .expect("constant address parses")
+}
+
+fn default_admin_addr() -> SocketAddr {
+    DEFAULT_ADMIN_ADDR.parse().expect("constant address parses")
+}
+
+fn default_num_groups() -> u32 {
+    DEFAULT_NUM_GROUPS
+}
+
+fn default_replication_factor() -> u32 {
+    DEFAULT_REPLICATION_FACTOR
+}
+
+fn invalid<T>(key: &'static str, message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        message: message.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        node_id = 1
+        data_dir = "data/node-1"
+        [tls]
+        insecure = true
+    "#;
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let config = NodeConfig::parse(MINIMAL).unwrap();
+        assert_eq!(config.listen_addr.to_string(), DEFAULT_LISTEN_ADDR);
+        assert_eq!(config.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
+        assert_eq!(config.num_groups, DEFAULT_NUM_GROUPS);
+        assert_eq!(config.replication_factor, DEFAULT_REPLICATION_FACTOR);
+        assert_eq!(config.raft, RaftConfig::default());
+        assert!(config.seeds.is_empty());
+        assert!(!config.bootstrap);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let top_level = MINIMAL.replace("node_id = 1", "node_id = 1\nreplication_factr = 3");
+        let error = NodeConfig::parse(&top_level).unwrap_err().to_string();
+        assert!(error.contains("replication_factr"), "{error}");
+        let nested = MINIMAL.replace("insecure = true", "insecure = true\nkey_file = \"k\"");
+        let error = NodeConfig::parse(&nested).unwrap_err().to_string();
+        assert!(error.contains("key_file"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("node_id = 1", "node_id = 0", "node_id"),
+            ("node_id = 1", "node_id = 1\nnum_groups = 0", "num_groups"),
+            (
+                "node_id = 1",
+                "node_id = 1\nnum_groups = 2000",
+                "num_groups",
+            ),
+            (
+                "node_id = 1",
+                "node_id = 1\nreplication_factor = 0",
+                "replication_factor",
+            ),
+            (
+                "node_id = 1",
+                "node_id = 1\nlisten_addr = \"127.0.0.1:0\"",
+                "listen_addr",
+            ),
+            ("insecure = true", "insecure = false", "tls"),
+            (
+                "insecure = true",
+                "insecure = true\nca_cert = \"ca.pem\"",
+                "tls.insecure",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let error = NodeConfig::parse(&MINIMAL.replace(from, to)).unwrap_err();
+            match error {
+                ConfigError::Invalid { key: named, .. } => assert_eq!(named, key, "{to}"),
+                other => panic!("{to}: expected Invalid for {key}, got {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_values_are_parse_errors() {
+        let cases = [
+            ("node_id = 1", "node_id = \"one\""),
+            ("node_id = 1", "node_id = -1"),
+            ("node_id = 1", "node_id = 1\nlisten_addr = \"nowhere\""),
+            ("insecure = true", "insecure = \"yes\""),
+        ];
+        for (from, to) in cases {
+            let result = NodeConfig::parse(&MINIMAL.replace(from, to));
+            assert!(matches!(result, Err(ConfigError::Parse { .. })), "{to}");
+        }
+    }
+
+    #[test]
+    fn raft_timings_must_be_ordered() {
+        let text = format!(
+            "{MINIMAL}\n[raft]\nheartbeat_interval_ms = 100\nelection_timeout_ms_min = 50\n"
+        );
+        let error = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("raft.election_timeout_ms_min"), "{error}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("node.toml");
+        let text = r#"
+            node_id = 2
+            data_dir = "data"
+            [tls]
+            ca_cert = "certs/ca.pem"
+            cert = "/abs/node-2.pem"
+            key = "certs/node-2.key"
+        "#;
+        std::fs::write(&path, text).unwrap();
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.data_dir, directory.path().join("data"));
+        assert_eq!(
+            config.tls.ca_cert,
+            Some(directory.path().join("certs/ca.pem"))
+        );
+        assert_eq!(config.tls.cert, Some(PathBuf::from("/abs/node-2.pem")));
+    }
+
+    #[test]
+    fn a_missing_file_says_which() {
+        let error = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err();
+        assert!(
+            error.to_string().contains("/nonexistent/node.toml"),
+            "{error}"
+        );
+    }
+}
