@@ -84,10 +84,10 @@ impl ClusterService for FakeService {
         consistency: ReadConsistency,
     ) -> BoxFuture<'_, ServiceResult<Option<Vec<u8>>>> {
         Box::pin(async move {
-            if consistency == ReadConsistency::Linearizable {
-                if let Some(error) = FakeService::failure(&key) {
-                    return Err(error);
-                }
+            if consistency == ReadConsistency::Linearizable
+                && let Some(error) = FakeService::failure(&key)
+            {
+                return Err(error);
             }
             Ok(self.data.lock().unwrap().get(&key).cloned())
         })
