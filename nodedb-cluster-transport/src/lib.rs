@@ -13,6 +13,7 @@ pub mod codec;
 mod error;
 pub mod memory;
 mod stream;
+pub mod tls;
 
 pub use bytes::Bytes;
 pub use error::{HandlerError, TransportError};
