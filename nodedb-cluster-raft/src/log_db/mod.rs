@@ -164,10 +164,12 @@ impl LogDb {
         })?;
         disk::prepare(&db)?;
         let groups = disk::load_groups(&db)?;
+        let db = Arc::new(db);
+        let writer_db = Arc::clone(&db);
         let shared = Arc::new(Shared {
-            db,
             options,
             state: Mutex::new(State {
+                db: Some(db),
                 groups,
                 queue: Default::default(),
                 closing: false,
@@ -180,7 +182,7 @@ impl LogDb {
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("raft-log-writer".to_owned())
-            .spawn(move || writer::run(&writer_shared))
+            .spawn(move || writer::run(&writer_shared, &writer_db))
             .map_err(|error| LogDbError::Spawn {
                 source: Arc::new(error),
             })?;
@@ -240,9 +242,9 @@ impl LogDb {
 
     /// The latest queued value of meta `key`.
     pub fn meta(&self, group: GroupId, key: MetaKey) -> Result<Option<Vec<u8>>, LogDbError> {
-        {
+        let db = {
             let state = self.shared().lock();
-            state.check_open()?;
+            let db = state.database()?;
             if let Some(pending) = state
                 .groups
                 .get(&group)
@@ -250,10 +252,11 @@ impl LogDb {
             {
                 return Ok(pending);
             }
-        }
+            db
+        };
         // Nothing pending for this key: everything it depends on is committed, and a snapshot
         // taken now is at least that new.
-        disk::read_meta(&self.shared().db, group, key)
+        disk::read_meta(&db, group, key)
     }
 
     /// Entries of `group` with index in `range`, ascending; absent indexes are skipped.
@@ -267,7 +270,7 @@ impl LogDb {
         }
         let (pending, snapshot) = {
             let state = self.shared().lock();
-            state.check_open()?;
+            let db = state.database()?;
             let pending: Vec<Arc<Op>> = match state.groups.get(&group) {
                 Some(group_state) => {
                     if let Some(entries) = group_state.entries_from_overlay(&range) {
@@ -280,9 +283,7 @@ impl LogDb {
             // The snapshot is taken under the lock: it holds every operation already removed
             // from `pending` and none queued after this copy, so replaying `pending` over it
             // gives exactly the queued state.
-            let snapshot = self
-                .shared()
-                .db
+            let snapshot = db
                 .begin_read()
                 .map_err(LogDbError::storage("beginning a read"))?;
             (pending, snapshot)
@@ -428,6 +429,8 @@ impl Handle {
         {
             tracing::error!("raft log writer thread panicked");
         }
+        // The writer has dropped its handle; this closes the file.
+        self.shared.lock().db = None;
     }
 }
 
@@ -439,7 +442,6 @@ impl Drop for Handle {
 
 /// State shared by callers and the writer thread.
 struct Shared {
-    db: Database,
     options: LogDbOptions,
     state: Mutex<State>,
     /// Signals the writer that work was queued or shutdown began.
@@ -457,6 +459,9 @@ impl Shared {
 }
 
 struct State {
+    /// The readers' handle on the file; `None` once shut down, so that the file is released
+    /// as soon as the writer (which holds its own handle) has stopped.
+    db: Option<Arc<Database>>,
     groups: HashMap<GroupId, GroupState>,
     queue: std::collections::VecDeque<Queued>,
     closing: bool,
@@ -487,6 +492,11 @@ impl State {
             return Err(LogDbError::Closed);
         }
         Ok(())
+    }
+
+    fn database(&self) -> Result<Arc<Database>, LogDbError> {
+        self.check_open()?;
+        self.db.clone().ok_or(LogDbError::Closed)
     }
 
     /// Queues `op` if there is room, updating the group's bounds and overlay in the same step

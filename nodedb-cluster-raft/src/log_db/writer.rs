@@ -5,14 +5,16 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use redb::Database;
+
 use super::{LogDbError, Queued, Shared, disk};
 
 /// Runs until shutdown has been requested and the queue is empty.
-pub(super) fn run(shared: &Shared) {
+pub(super) fn run(shared: &Shared, db: &Database) {
     while let Some(batch) = next_batch(shared) {
         shared.room.notify_all();
         shared.room_async.notify_waiters();
-        let result = disk::apply_batch(&shared.db, batch.iter().map(|q| (q.group, q.op.as_ref())));
+        let result = disk::apply_batch(db, batch.iter().map(|q| (q.group, q.op.as_ref())));
         match result {
             Ok(()) => {
                 settle(shared, &batch);
