@@ -3,6 +3,7 @@
 //! is one redb transaction committed with `Durability::Immediate`.
 
 use crate::ClusterId;
+use crate::create;
 use crate::error::{CatalogError, Corruption};
 use crate::record::{self, EnvelopeError, RECORD_BODY_BYTES_MAX, RecordKind};
 use nodedb_cluster_core::NodeId;
@@ -31,13 +32,13 @@ pub const MIGRATION_CHECKPOINTS_MAX: u32 = 4096;
 const CACHE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Identity and metadata records: `&str` key -> envelope bytes.
-const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
 /// Migration checkpoints: migration id -> envelope bytes.
 const MIGRATIONS: TableDefinition<'static, u64, &[u8]> =
     TableDefinition::new("migration_checkpoints");
 
-const KEY_FORMAT: &str = "format";
-const KEY_NODE: &str = "node";
+pub(crate) const KEY_FORMAT: &str = "format";
+pub(crate) const KEY_NODE: &str = "node";
 const KEY_CLUSTER: &str = "cluster";
 const KEY_METADATA: &str = "metadata";
 
@@ -78,7 +79,7 @@ impl Catalog {
             source,
         })?;
         if !exists {
-            create_catalog_file(&path, node_id)?;
+            create::create_catalog_file(&path, node_id)?;
         }
         let database = builder()
             .open(&path)
@@ -89,6 +90,7 @@ impl Catalog {
             node_id,
         };
         catalog.validate_identity()?;
+        create::remove_stale_staging_files(&catalog.path);
         Ok(catalog)
     }
 
@@ -452,7 +454,7 @@ fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, postcard::Error> 
     }
 }
 
-fn builder() -> redb::Builder {
+pub(crate) fn builder() -> redb::Builder {
     let mut builder = redb::Builder::new();
     // Verify every page checksum at open: redb otherwise trusts a file altered since it last
     // wrote it and may panic on it. The catalog is small, so the full check costs little.
@@ -463,7 +465,7 @@ fn builder() -> redb::Builder {
 }
 
 /// Encodes `value` as a `kind` record, checking the size bound.
-fn encode_record<T: Serialize + ?Sized>(
+pub(crate) fn encode_record<T: Serialize + ?Sized>(
     kind: RecordKind,
     value: &T,
 ) -> Result<Vec<u8>, CatalogError> {
@@ -481,73 +483,8 @@ fn encode_record<T: Serialize + ?Sized>(
     Ok(record::encode(kind, &body))
 }
 
-/// Builds a new catalog aside (`<path>.new-<pid>`), then hard-links it into place. A hard link
-/// never replaces an existing file, so two processes creating at once cannot overwrite each
-/// other, and the path never holds a half-initialised file.
-fn create_catalog_file(path: &Path, node_id: NodeId) -> Result<(), CatalogError> {
-    let io_error = |source: io::Error| CatalogError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut staging_name = path.as_os_str().to_owned();
-    staging_name.push(format!(".new-{}", std::process::id()));
-    let staging = PathBuf::from(staging_name);
-    match fs::remove_file(&staging) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(io_error(error)),
-    }
-    let database = builder()
-        .create(&staging)
-        .map_err(|error| storage_error(&staging, error))?;
-    initialise(&database, &staging, node_id)?;
-    database
-        .close()
-        .map_err(|error| storage_error(&staging, error))?;
-    let linked = fs::hard_link(&staging, path);
-    let removed = fs::remove_file(&staging);
-    match linked {
-        Ok(()) => {}
-        // Another process created the catalog first: open theirs (and its lock decides).
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(error) => return Err(io_error(error)),
-    }
-    removed.map_err(io_error)?;
-    sync_parent_directory(path).map_err(io_error)
-}
-
-/// Writes the format and node records of a new catalog in one durable transaction.
-fn initialise(database: &Database, path: &Path, node_id: NodeId) -> Result<(), CatalogError> {
-    let format = encode_record(RecordKind::Format, &FORMAT_VERSION_CURRENT)?;
-    let node = encode_record(RecordKind::Node, &node_id)?;
-    let error = |error: redb::Error| storage_error(path, error);
-    let mut transaction = database.begin_write().map_err(|e| error(e.into()))?;
-    transaction
-        .set_durability(Durability::Immediate)
-        .map_err(|e| error(e.into()))?;
-    {
-        let mut table = transaction.open_table(META).map_err(|e| error(e.into()))?;
-        table
-            .insert(KEY_FORMAT, format.as_slice())
-            .map_err(|e| error(e.into()))?;
-        table
-            .insert(KEY_NODE, node.as_slice())
-            .map_err(|e| error(e.into()))?;
-    }
-    transaction.commit().map_err(|e| error(e.into()))
-}
-
-/// Makes the new directory entry durable, so a crash after open cannot lose the catalog file.
-fn sync_parent_directory(path: &Path) -> io::Result<()> {
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    fs::File::open(parent)?.sync_all()
-}
-
 /// Sorts a storage engine error into the variant a caller can act on.
-fn storage_error(path: &Path, error: impl Into<redb::Error>) -> CatalogError {
+pub(crate) fn storage_error(path: &Path, error: impl Into<redb::Error>) -> CatalogError {
     let path = path.to_path_buf();
     match error.into() {
         redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {

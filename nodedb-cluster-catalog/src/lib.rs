@@ -41,6 +41,7 @@
 //! ```
 
 mod catalog;
+mod create;
 mod error;
 mod record;
 

@@ -38,6 +38,15 @@ fn missing_file_starts_empty_and_is_created() {
 }
 
 #[test]
+fn a_staging_file_left_by_a_crashed_creation_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join(format!("{CATALOG_FILE_NAME}.new-4000000"));
+    std::fs::write(&staging, b"half-built").unwrap();
+    Catalog::open(dir.path(), NodeId(1)).unwrap();
+    assert!(!staging.exists());
+}
+
+#[test]
 fn everything_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::open(dir.path(), NodeId(1)).unwrap();

@@ -4,7 +4,7 @@
 //! and holds a fully committed state at least as new as the last one reported.
 
 use crate::{Payload, SeededRandom, test_seed};
-use nodedb_cluster_catalog::Catalog;
+use nodedb_cluster_catalog::{CATALOG_FILE_NAME, Catalog, CatalogError};
 use nodedb_cluster_core::NodeId;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -31,6 +31,13 @@ fn kill_during_writes_never_loses_or_tears_a_committed_state() {
         let lines = forward_lines(&mut child);
         let opened_deadline = Instant::now() + Duration::from_secs(30);
         wait_for_line(&lines, "opened", opened_deadline, &context);
+        if kill == 0 {
+            let error = Catalog::open(dir.path(), NODE).unwrap_err();
+            assert!(
+                matches!(error, CatalogError::Locked { .. }),
+                "{context}: open while the writer runs gave {error:?}"
+            );
+        }
         // The kill moment is the fault being injected, not a synchronisation.
         std::thread::sleep(Duration::from_millis(random.between(5, 50)));
         child.kill().unwrap();
@@ -84,6 +91,41 @@ fn kill_during_writes_never_loses_or_tears_a_committed_state() {
          index {:?}",
         catalog.metadata_applied_index().unwrap()
     );
+}
+
+#[test]
+fn kill_during_creation_never_leaves_a_half_catalog() {
+    let seed = test_seed(0x00c4_ea7e);
+    let mut random = SeededRandom::new(seed);
+    let kills_max = 10;
+    for kill in 0..kills_max {
+        let context = format!("seed {seed}, kill {kill}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_writer(dir.path());
+        let lines = forward_lines(&mut child);
+        // Early kills land before, during or just after the file is created.
+        std::thread::sleep(Duration::from_millis(random.between(0, 30)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let reported = last_reported(&lines);
+
+        let catalog = Catalog::open(dir.path(), NODE)
+            .unwrap_or_else(|error| panic!("{context}: open after kill failed: {error}"));
+        let stored = catalog.metadata_applied_index().unwrap().unwrap_or(0);
+        assert!(
+            stored >= reported,
+            "{context}: {reported} reported, {stored} stored"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![CATALOG_FILE_NAME],
+            "{context}: staging file left behind"
+        );
+    }
 }
 
 /// The writer loop, run only inside the child process.
