@@ -9,3 +9,6 @@ mod wire;
 pub mod state_machine;
 mod snapshot;
 mod sm_adapter;
+mod log_store;
+mod network;
+mod router;

@@ -1,0 +1,289 @@
+//! openraft's network for one group over the node's [`Transport`]: every RPC is a
+//! [`RaftRpc`] envelope tagged with the group, sent as one request/response call with the
+//! deadline openraft asks for; a snapshot is the snapshot file streamed over a bulk stream.
+
+use crate::snapshot::SnapshotFile;
+use crate::types::{RaftNode, TypeConfig, Vote, node_id};
+use crate::wire::{self, RaftReply, RaftRpc, ReplyBody, RpcBody, SnapshotHeader, WIRE_VERSION};
+use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_transport::{Bytes, STREAM_CHUNK_BYTES_MAX, Transport, TransportError};
+use openraft::error::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// Slowest snapshot transfer rate tolerated before a send is abandoned: the overall deadline of
+/// a snapshot send is its RPC deadline plus `bytes / SNAPSHOT_BYTES_PER_SECOND_MIN` seconds.
+pub const SNAPSHOT_BYTES_PER_SECOND_MIN: u64 = 4 * 1024 * 1024;
+/// Floor of the per-step deadline (open, each chunk, final answer) of a snapshot stream.
+pub const SNAPSHOT_STEP_TIMEOUT_MIN: Duration = Duration::from_secs(2);
+
+/// Creates the per-peer clients of one group.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    group: GroupId,
+    local: NodeId,
+    transport: Arc<dyn Transport>,
+}
+
+/// The client openraft uses to reach one peer of one group.
+pub struct PeerClient {
+    group: GroupId,
+    local: NodeId,
+    target: NodeId,
+    transport: Arc<dyn Transport>,
+}
+
+impl NetworkFactory {
+    pub fn new(group: GroupId, transport: Arc<dyn Transport>) -> NetworkFactory {
+        NetworkFactory {
+            group,
+            local: transport.local_node(),
+            transport,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &RaftNode) -> PeerClient {
+        if let Ok(addr) = node.addr.parse() {
+            self.transport.set_peer_addr(node_id(target), addr);
+        }
+        PeerClient {
+            group: self.group,
+            local: self.local,
+            target: node_id(target),
+            transport: Arc::clone(&self.transport),
+        }
+    }
+}
+
+impl PeerClient {
+    async fn call(
+        &self,
+        body: RpcBody,
+        action: RPCTypes,
+        option: &RPCOption,
+    ) -> Result<ReplyBody, RPCError<TypeConfig>> {
+        let request = wire::encode(&RaftRpc {
+            version: WIRE_VERSION,
+            group: self.group,
+            body,
+        });
+        let timeout = option.hard_ttl();
+        let reply = self
+            .transport
+            .call(self.target, Bytes::from(request), timeout)
+            .await
+            .map_err(|error| self.rpc_error(error, action, timeout))?;
+        let reply: RaftReply = wire::decode(&reply)
+            .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
+        match reply.body {
+            ReplyBody::Failed(failure) => Err(RPCError::Unreachable(Unreachable::new(&failure))),
+            body => Ok(body),
+        }
+    }
+
+    fn rpc_error(
+        &self,
+        error: TransportError,
+        action: RPCTypes,
+        timeout: Duration,
+    ) -> RPCError<TypeConfig> {
+        match error {
+            TransportError::Timeout { .. } => RPCError::Timeout(Timeout {
+                action,
+                id: self.local.0,
+                target: self.target.0,
+                timeout,
+            }),
+            TransportError::ConnectionLost { .. } => RPCError::Network(NetworkError::new(&error)),
+            other => RPCError::Unreachable(Unreachable::new(&other)),
+        }
+    }
+
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        option: &RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let file = &snapshot.snapshot;
+        let header = SnapshotHeader {
+            version: WIRE_VERSION,
+            group: self.group,
+            vote,
+            meta: snapshot.meta.clone(),
+            bytes: file.bytes,
+            crc32c: file.crc32c,
+        };
+        let step_timeout = option.hard_ttl().max(SNAPSHOT_STEP_TIMEOUT_MIN);
+        let mut stream = self
+            .transport
+            .open_stream(
+                self.target,
+                Bytes::from(wire::encode(&header)),
+                step_timeout,
+            )
+            .await
+            .map_err(|error| self.streaming_error(error, step_timeout))?;
+        let mut reader = tokio::fs::File::open(&file.path)
+            .await
+            .map_err(|error| StreamingError::Unreachable(Unreachable::new(&error)))?;
+        let mut remaining = file.bytes;
+        while remaining > 0 {
+            let length = remaining.min(STREAM_CHUNK_BYTES_MAX as u64) as usize;
+            let mut chunk = vec![0u8; length];
+            reader
+                .read_exact(&mut chunk)
+                .await
+                .map_err(|error| StreamingError::Unreachable(Unreachable::new(&error)))?;
+            stream
+                .write(Bytes::from(chunk))
+                .await
+                .map_err(|error| self.streaming_error(error, step_timeout))?;
+            remaining -= length as u64;
+        }
+        let reply = stream
+            .finish()
+            .await
+            .map_err(|error| self.streaming_error(error, step_timeout))?;
+        let reply: RaftReply = wire::decode(&reply)
+            .map_err(|error| StreamingError::Unreachable(Unreachable::new(&error)))?;
+        match reply.body {
+            ReplyBody::Snapshot(response) => Ok(response),
+            ReplyBody::Failed(failure) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&failure)))
+            }
+            other => Err(StreamingError::Unreachable(Unreachable::from_string(
+                format!("unexpected answer to a snapshot: {other:?}"),
+            ))),
+        }
+    }
+
+    fn streaming_error(
+        &self,
+        error: TransportError,
+        timeout: Duration,
+    ) -> StreamingError<TypeConfig> {
+        match self.rpc_error(error, RPCTypes::InstallSnapshot, timeout) {
+            RPCError::Timeout(timeout) => StreamingError::Timeout(timeout),
+            RPCError::Network(network) => StreamingError::Network(network),
+            RPCError::Unreachable(unreachable) => StreamingError::Unreachable(unreachable),
+            RPCError::RemoteError(remote) => StreamingError::Unreachable(Unreachable::new(&remote)),
+        }
+    }
+}
+
+/// Overall deadline of sending a snapshot of `bytes`: grows with the size.
+pub fn snapshot_deadline(base: Duration, bytes: u64) -> Duration {
+    base.max(SNAPSHOT_STEP_TIMEOUT_MIN)
+        + Duration::from_secs(bytes / SNAPSHOT_BYTES_PER_SECOND_MIN + 1)
+}
+
+fn unexpected(body: ReplyBody) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(format!(
+        "unexpected answer {body:?}"
+    )))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(
+                RpcBody::AppendEntries(rpc),
+                RPCTypes::AppendEntries,
+                &option,
+            )
+            .await?
+        {
+            ReplyBody::AppendEntries(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(RpcBody::Vote(rpc), RPCTypes::Vote, &option)
+            .await?
+        {
+            ReplyBody::Vote(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(RpcBody::PreVote(rpc), RPCTypes::Vote, &option)
+            .await?
+        {
+            ReplyBody::Vote(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let deadline = snapshot_deadline(option.hard_ttl(), snapshot.snapshot.bytes);
+        let send = tokio::time::timeout(deadline, self.send_snapshot(vote, snapshot, &option));
+        tokio::select! {
+            result = send => match result {
+                Ok(result) => result,
+                Err(_) => Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.local.0,
+                    target: self.target.0,
+                    timeout: deadline,
+                })),
+            },
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(
+                RpcBody::TransferLeader(request),
+                RPCTypes::TransferLeader,
+                &option,
+            )
+            .await?
+        {
+            ReplyBody::TransferLeader(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+}

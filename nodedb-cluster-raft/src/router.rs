@@ -1,0 +1,255 @@
+//! The incoming side: a transport [`Handler`] that decodes Raft RPCs and snapshot streams and
+//! dispatches them by group id to the local replica. An unknown group or a malformed message
+//! gets a typed [`RpcFailure`] answer, never a panic.
+
+use crate::sm_adapter::MachineAdapter;
+use crate::snapshot::{self, SNAPSHOT_FILE_BYTES_MAX, SnapshotFile};
+use crate::types::Raft;
+use crate::wire::{
+    self, RaftReply, RaftRpc, ReplyBody, RpcBody, RpcFailure, SnapshotHeader, WIRE_VERSION,
+};
+use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_transport::{BoxFuture, Bytes, Handler, HandlerError, InboundStream};
+use openraft::storage::Snapshot;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::io::AsyncWriteExt;
+
+/// The replicas this node hosts, by group. Shared by the router and the multi-raft API.
+#[derive(Default)]
+pub struct GroupTable {
+    groups: RwLock<HashMap<GroupId, HostedGroup>>,
+}
+
+/// What the router needs of one hosted replica.
+#[derive(Clone)]
+pub struct HostedGroup {
+    pub raft: Raft<MachineAdapter>,
+    pub snapshot_dir: PathBuf,
+}
+
+/// Serves Raft traffic for every group in a [`GroupTable`].
+pub struct RaftRouter {
+    table: Arc<GroupTable>,
+}
+
+impl GroupTable {
+    pub fn get(&self, group: GroupId) -> Option<HostedGroup> {
+        self.read().get(&group).cloned()
+    }
+
+    pub fn insert(&self, group: GroupId, hosted: HostedGroup) {
+        self.write().insert(group, hosted);
+    }
+
+    pub fn remove(&self, group: GroupId) -> Option<HostedGroup> {
+        self.write().remove(&group)
+    }
+
+    pub fn ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<GroupId> = self.read().keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupId, HostedGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<GroupId, HostedGroup>> {
+        self.groups
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl RaftRouter {
+    pub fn new(table: Arc<GroupTable>) -> RaftRouter {
+        RaftRouter { table }
+    }
+
+    /// Serves one decoded-or-not RPC; always produces an answer.
+    pub async fn serve_rpc(&self, from: NodeId, request: &[u8]) -> ReplyBody {
+        let rpc: RaftRpc = match wire::decode(request) {
+            Ok(rpc) => rpc,
+            Err(error) => {
+                tracing::warn!(%from, %error, "undecodable raft rpc");
+                return ReplyBody::Failed(RpcFailure::BadMessage(error.to_string()));
+            }
+        };
+        let Some(hosted) = self.table.get(rpc.group) else {
+            return ReplyBody::Failed(RpcFailure::UnknownGroup(rpc.group));
+        };
+        let stopped = |error: &dyn std::fmt::Display| {
+            ReplyBody::Failed(RpcFailure::GroupStopped {
+                group: rpc.group,
+                reason: error.to_string(),
+            })
+        };
+        let raft = &hosted.raft;
+        match rpc.body {
+            RpcBody::AppendEntries(request) => match raft.append_entries(request).await {
+                Ok(response) => ReplyBody::AppendEntries(response),
+                Err(error) => stopped(&error),
+            },
+            RpcBody::Vote(request) => match raft.vote(request).await {
+                Ok(response) => ReplyBody::Vote(response),
+                Err(error) => stopped(&error),
+            },
+            RpcBody::PreVote(request) => match raft.pre_vote(request).await {
+                Ok(response) => ReplyBody::Vote(response),
+                Err(error) => stopped(&error),
+            },
+            RpcBody::TransferLeader(request) => match raft.handle_transfer_leader(request).await {
+                Ok(response) => ReplyBody::TransferLeader(response),
+                Err(error) => stopped(&error),
+            },
+        }
+    }
+
+    /// Receives one streamed snapshot into a verified file and installs it.
+    pub async fn serve_snapshot(
+        &self,
+        from: NodeId,
+        header: &[u8],
+        body: InboundStream,
+    ) -> ReplyBody {
+        let header: SnapshotHeader = match wire::decode(header) {
+            Ok(header) => header,
+            Err(error) => return ReplyBody::Failed(RpcFailure::BadMessage(error.to_string())),
+        };
+        let Some(hosted) = self.table.get(header.group) else {
+            return ReplyBody::Failed(RpcFailure::UnknownGroup(header.group));
+        };
+        let received = receive_snapshot(&hosted.snapshot_dir, &header, body).await;
+        let (meta, file) = match received {
+            Ok(received) => received,
+            Err(reason) => {
+                tracing::warn!(%from, group = %header.group, %reason, "snapshot refused");
+                return ReplyBody::Failed(RpcFailure::SnapshotRefused(reason));
+            }
+        };
+        match hosted
+            .raft
+            .install_full_snapshot(
+                header.vote,
+                Snapshot {
+                    meta,
+                    snapshot: file,
+                },
+            )
+            .await
+        {
+            Ok(response) => ReplyBody::Snapshot(response),
+            Err(error) => ReplyBody::Failed(RpcFailure::GroupStopped {
+                group: header.group,
+                reason: error.to_string(),
+            }),
+        }
+    }
+}
+
+impl Handler for RaftRouter {
+    fn on_request(
+        &self,
+        from: NodeId,
+        request: Bytes,
+    ) -> BoxFuture<'_, Result<Bytes, HandlerError>> {
+        Box::pin(async move {
+            let body = self.serve_rpc(from, &request).await;
+            Ok(Bytes::from(wire::encode(&RaftReply {
+                version: WIRE_VERSION,
+                body,
+            })))
+        })
+    }
+
+    fn on_stream(
+        &self,
+        from: NodeId,
+        header: Bytes,
+        body: InboundStream,
+    ) -> BoxFuture<'_, Result<Bytes, HandlerError>> {
+        Box::pin(async move {
+            let body = self.serve_snapshot(from, &header, body).await;
+            Ok(Bytes::from(wire::encode(&RaftReply {
+                version: WIRE_VERSION,
+                body,
+            })))
+        })
+    }
+}
+
+type ReceivedSnapshot = (crate::types::SnapshotMeta, SnapshotFile);
+
+/// Writes the stream into a temporary file, checking the announced size and checksum, then
+/// verifies the file and moves it to its final name. Removes the temporary file on failure.
+async fn receive_snapshot(
+    dir: &Path,
+    header: &SnapshotHeader,
+    mut body: InboundStream,
+) -> Result<ReceivedSnapshot, String> {
+    if header.bytes > SNAPSHOT_FILE_BYTES_MAX {
+        return Err(format!(
+            "{} bytes exceeds the limit of {SNAPSHOT_FILE_BYTES_MAX}",
+            header.bytes
+        ));
+    }
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|error| error.to_string())?;
+    static RECEIVED: AtomicU64 = AtomicU64::new(0);
+    let sequence = RECEIVED.fetch_add(1, Ordering::Relaxed);
+    let temporary = dir.join(format!("incoming-{}-{sequence}.tmp", std::process::id()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&temporary)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut received = 0u64;
+        while let Some(chunk) = body.next_chunk().await.map_err(|error| error.to_string())? {
+            received += chunk.len() as u64;
+            if received > header.bytes {
+                return Err(format!("more than the announced {} bytes", header.bytes));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+        if received != header.bytes {
+            return Err(format!("received {received} of {} bytes", header.bytes));
+        }
+        file.sync_all().await.map_err(|error| error.to_string())?;
+        drop(file);
+        let path = temporary.clone();
+        let (meta, file) = tokio::task::spawn_blocking(move || snapshot::open_snapshot(&path))
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| error.to_string())?;
+        if file.crc32c != header.crc32c {
+            return Err("snapshot checksum differs from the stream header".to_string());
+        }
+        if meta != header.meta {
+            return Err("snapshot file metadata differs from the stream header".to_string());
+        }
+        let final_path = dir.join(snapshot::file_name(&meta));
+        tokio::fs::rename(&temporary, &final_path)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok((
+            meta,
+            SnapshotFile {
+                path: final_path,
+                ..file
+            },
+        ))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&temporary).await;
+    }
+    result
+}
