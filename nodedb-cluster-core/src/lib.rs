@@ -8,6 +8,7 @@
 pub mod ids;
 pub mod linearizability;
 pub mod metadata;
+pub mod placement;
 pub mod routing;
 pub mod topology;
 
@@ -16,5 +17,6 @@ pub use metadata::{
     ClusterId, MetadataCommand, MetadataError, MetadataEvent, MetadataState, Migration,
     MigrationId, MigrationPhase,
 };
+pub use placement::{PlacementStep, plan};
 pub use routing::{GroupMembers, RoutingError, RoutingTable, vshard_for_key};
 pub use topology::{AddrError, NodeInfo, NodeState, PeerAddr, Topology, TopologyError};

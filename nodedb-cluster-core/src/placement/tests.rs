@@ -1,0 +1,246 @@
+//! Example-based placement tests: exact steps for small, hand-checked situations. Random
+//! topologies and failure sequences are covered by `tests/placement_props.rs`.
+
+use super::*;
+use crate::ids::METADATA_GROUP;
+use crate::topology::{NodeInfo, PeerAddr};
+
+fn topology(states: &[(u64, NodeState)]) -> Topology {
+    let mut topology = Topology::new();
+    for (id, state) in states {
+        let info = NodeInfo {
+            id: NodeId(*id),
+            addr: PeerAddr::parse(&format!("10.0.0.{id}:9400")).unwrap(),
+            admin_addr: PeerAddr::parse(&format!("10.0.0.{id}:9401")).unwrap(),
+            state: NodeState::Joining,
+        };
+        topology.insert(info).unwrap();
+        if *state != NodeState::Joining {
+            topology.set_state(NodeId(*id), NodeState::Active).unwrap();
+            topology.set_state(NodeId(*id), *state).unwrap();
+        }
+    }
+    topology
+}
+
+fn set(ids: &[u64]) -> BTreeSet<NodeId> {
+    ids.iter().copied().map(NodeId).collect()
+}
+
+/// Plans and applies until the plan is empty; returns the number of plans that had steps.
+fn converge(topology: &Topology, routing: &mut RoutingTable, replication_factor: u8) -> usize {
+    for round in 0..1_000 {
+        let steps = plan(topology, routing, replication_factor);
+        if steps.is_empty() {
+            return round;
+        }
+        for step in &steps {
+            routing.apply_step(step).unwrap();
+        }
+    }
+    panic!("placement did not converge in 1000 plans");
+}
+
+#[test]
+fn single_node_cluster_is_already_placed() {
+    let topology = topology(&[(1, NodeState::Active)]);
+    let routing = RoutingTable::new(4, NodeId(1)).unwrap();
+    assert_eq!(plan(&topology, &routing, 3), vec![]);
+}
+
+#[test]
+fn new_nodes_become_learners_then_voters_one_step_per_group() {
+    let topology = topology(&[
+        (1, NodeState::Active),
+        (2, NodeState::Active),
+        (3, NodeState::Active),
+    ]);
+    let routing = RoutingTable::new(2, NodeId(1)).unwrap();
+    let steps = plan(&topology, &routing, 3);
+    assert_eq!(
+        steps,
+        vec![
+            PlacementStep::AddLearner {
+                group: METADATA_GROUP,
+                node: NodeId(2)
+            },
+            PlacementStep::AddLearner {
+                group: GroupId(1),
+                node: NodeId(2)
+            },
+            PlacementStep::AddLearner {
+                group: GroupId(2),
+                node: NodeId(3)
+            },
+        ]
+    );
+}
+
+#[test]
+fn joining_nodes_only_follow_the_metadata_group() {
+    let topology = topology(&[(1, NodeState::Active), (2, NodeState::Joining)]);
+    let mut routing = RoutingTable::new(2, NodeId(1)).unwrap();
+    converge(&topology, &mut routing, 3);
+    assert_eq!(routing.members(METADATA_GROUP).unwrap().learners, set(&[2]));
+    for group in routing.data_groups() {
+        assert_eq!(routing.members(group).unwrap().voters, set(&[1]));
+        assert!(routing.members(group).unwrap().learners.is_empty());
+    }
+}
+
+#[test]
+fn down_voter_is_replaced_before_it_is_removed() {
+    let topology = topology(&[
+        (1, NodeState::Active),
+        (2, NodeState::Active),
+        (3, NodeState::Down),
+        (4, NodeState::Active),
+    ]);
+    let mut routing = RoutingTable::new(1, NodeId(1)).unwrap();
+    let group = GroupId(1);
+    routing
+        .set_members(group, set(&[1, 2, 3]), set(&[]))
+        .unwrap();
+    let expected = [
+        PlacementStep::AddLearner {
+            group,
+            node: NodeId(4),
+        },
+        PlacementStep::Promote {
+            group,
+            node: NodeId(4),
+        },
+        PlacementStep::RemoveReplica {
+            group,
+            node: NodeId(3),
+        },
+    ];
+    for step in expected {
+        let steps: Vec<PlacementStep> = plan(&topology, &routing, 3)
+            .into_iter()
+            .filter(|step| step.group() == group)
+            .collect();
+        assert_eq!(steps, vec![step]);
+        routing.apply_step(&step).unwrap();
+    }
+    assert_eq!(routing.members(group).unwrap().voters, set(&[1, 2, 4]));
+}
+
+#[test]
+fn down_voter_stays_when_no_replacement_exists() {
+    let topology = topology(&[
+        (1, NodeState::Active),
+        (2, NodeState::Active),
+        (3, NodeState::Down),
+    ]);
+    let mut routing = RoutingTable::new(1, NodeId(1)).unwrap();
+    routing
+        .set_members(GroupId(1), set(&[1, 2, 3]), set(&[]))
+        .unwrap();
+    routing
+        .set_members(METADATA_GROUP, set(&[1, 2, 3]), set(&[]))
+        .unwrap();
+    assert_eq!(plan(&topology, &routing, 3), vec![]);
+}
+
+#[test]
+fn draining_leader_hands_over_before_removal() {
+    let topology = topology(&[
+        (1, NodeState::Draining),
+        (2, NodeState::Active),
+        (3, NodeState::Active),
+        (4, NodeState::Active),
+    ]);
+    let mut routing = RoutingTable::new(1, NodeId(1)).unwrap();
+    let group = GroupId(1);
+    routing
+        .set_members(group, set(&[1, 2, 3, 4]), set(&[]))
+        .unwrap();
+    routing.set_leader_hint(group, Some(NodeId(1))).unwrap();
+    let steps = plan(&topology, &routing, 3);
+    assert!(steps.contains(&PlacementStep::TransferLeader {
+        group,
+        to: NodeId(2)
+    }));
+    routing
+        .apply_step(&PlacementStep::TransferLeader {
+            group,
+            to: NodeId(2),
+        })
+        .unwrap();
+    let steps = plan(&topology, &routing, 3);
+    assert!(steps.contains(&PlacementStep::RemoveReplica {
+        group,
+        node: NodeId(1)
+    }));
+}
+
+#[test]
+fn metadata_group_target_is_odd_and_capped() {
+    let states = |count: u64| -> Vec<(u64, NodeState)> {
+        (1..=count).map(|id| (id, NodeState::Active)).collect()
+    };
+    let expected = [(1, 1), (2, 1), (3, 3), (4, 3), (5, 5), (6, 5), (9, 5)];
+    for (count, target) in expected {
+        assert_eq!(metadata_voter_target(&topology(&states(count))), target);
+    }
+}
+
+#[test]
+fn converged_placement_is_balanced() {
+    let states: Vec<(u64, NodeState)> = (1..=5).map(|id| (id, NodeState::Active)).collect();
+    let topology = topology(&states);
+    let mut routing = RoutingTable::new(8, NodeId(1)).unwrap();
+    converge(&topology, &mut routing, 3);
+    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for group in routing.data_groups() {
+        let members = routing.members(group).unwrap();
+        assert_eq!(members.voters.len(), 3);
+        assert!(members.learners.is_empty());
+        for node in &members.voters {
+            *load.entry(*node).or_default() += 1;
+        }
+    }
+    let (min, max) = (load.values().min(), load.values().max());
+    assert!(max.unwrap() - min.unwrap() <= 1, "{load:?}");
+    let metadata = routing.members(METADATA_GROUP).unwrap();
+    assert_eq!(metadata.voters.len(), 5);
+}
+
+#[test]
+fn apply_step_refuses_steps_that_do_not_fit() {
+    let mut routing = RoutingTable::new(1, NodeId(1)).unwrap();
+    let group = GroupId(1);
+    let before = routing.clone();
+    assert_eq!(
+        routing.apply_step(&PlacementStep::RemoveReplica {
+            group,
+            node: NodeId(1)
+        }),
+        Err(RoutingError::LastVoter {
+            group,
+            node: NodeId(1)
+        })
+    );
+    assert_eq!(
+        routing.apply_step(&PlacementStep::Promote {
+            group,
+            node: NodeId(2)
+        }),
+        Err(RoutingError::NotALearner {
+            group,
+            node: NodeId(2)
+        })
+    );
+    assert_eq!(
+        routing.apply_step(&PlacementStep::AddLearner {
+            group,
+            node: NodeId(1)
+        }),
+        Err(RoutingError::AlreadyMember {
+            group,
+            node: NodeId(1)
+        })
+    );
+    assert_eq!(routing, before);
+}
