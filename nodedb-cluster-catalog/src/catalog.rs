@@ -6,7 +6,7 @@ use crate::ClusterId;
 use crate::create;
 use crate::error::{CatalogError, Corruption};
 use crate::record::{self, EnvelopeError, RECORD_BODY_BYTES_MAX, RecordKind};
-use nodedb_cluster_core::NodeId;
+use nodedb_cluster_core::{NodeId, VSHARD_COUNT};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     TableError, WriteTransaction,
@@ -23,9 +23,10 @@ pub const FORMAT_VERSION_CURRENT: u32 = 1;
 /// File name of the catalog inside a node's data directory.
 pub const CATALOG_FILE_NAME: &str = "catalog.redb";
 
-/// Most migration checkpoints kept at once. A migration removes its checkpoint when it ends,
-/// so reaching this means checkpoints are leaking.
-pub const MIGRATION_CHECKPOINTS_MAX: u32 = 4096;
+/// Most migration checkpoints kept at once. A migration moves one vShard and no vShard is in
+/// two migrations at once, so at most `VSHARD_COUNT` run together; a migration removes its
+/// checkpoint when it ends, so reaching this means checkpoints are leaking.
+pub const MIGRATION_CHECKPOINTS_MAX: u32 = VSHARD_COUNT as u32;
 
 /// Page cache for the catalog file. The file holds a few small records; redb's 1 GiB default
 /// would only be a ceiling, but a small one documents the intent.

@@ -1,7 +1,9 @@
 //! The catalog's public API on the happy path and its documented refusals of bad writes.
 
 use crate::Payload;
-use nodedb_cluster_catalog::{CATALOG_FILE_NAME, Catalog, CatalogError, ClusterId};
+use nodedb_cluster_catalog::{
+    CATALOG_FILE_NAME, Catalog, CatalogError, ClusterId, MIGRATION_CHECKPOINTS_MAX,
+};
 use nodedb_cluster_core::NodeId;
 
 #[test]
@@ -147,6 +149,31 @@ fn a_stored_state_read_as_another_type_is_a_typed_error() {
         matches!(error, CatalogError::Undecodable { .. }),
         "{error:?}"
     );
+}
+
+#[test]
+fn migration_checkpoints_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path(), NodeId(1)).unwrap();
+    let count_max = u64::from(MIGRATION_CHECKPOINTS_MAX);
+    for migration_id in 0..count_max {
+        catalog
+            .save_migration_checkpoint(migration_id, &())
+            .unwrap();
+    }
+    let error = catalog
+        .save_migration_checkpoint(count_max, &())
+        .unwrap_err();
+    assert!(
+        matches!(error, CatalogError::TooManyMigrationCheckpoints { .. }),
+        "{error:?}"
+    );
+    // Replacing an existing one and saving after a removal are still allowed.
+    catalog.save_migration_checkpoint(0, &()).unwrap();
+    assert!(catalog.remove_migration_checkpoint(0).unwrap());
+    catalog.save_migration_checkpoint(count_max, &()).unwrap();
+    let listed = catalog.list_migration_checkpoints::<()>().unwrap();
+    assert_eq!(listed.len() as u64, count_max);
 }
 
 #[test]
