@@ -390,4 +390,44 @@ mod log_db {
             assert!(all.iter().all(|(i, p)| p == &i.to_le_bytes().to_vec()));
         }
     }
+
+    /// `append_async` waits for room in a full queue instead of blocking, and its callback still
+    /// fires once durable; the stats count one fsync per batch.
+    #[tokio::test]
+    async fn append_async_waits_for_room_and_stats_count_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogDbOptions {
+            write_queue_len_max: 2,
+            batch_ops_max: 2,
+            batch_bytes_max: 1024,
+        };
+        let db = LogDb::open_with(&dir.path().join("raft.redb"), options).unwrap();
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        for index in 1..=20u64 {
+            let sender = sender.clone();
+            db.append_async(
+                G1,
+                entries(index..index + 1),
+                Box::new(move |result| {
+                    result.unwrap();
+                    sender.send(index).unwrap();
+                }),
+            )
+            .await;
+            assert_eq!(db.last_index(G1).unwrap(), Some(index));
+        }
+        drop(sender);
+        let mut fired = Vec::new();
+        while let Ok(Some(index)) = tokio::time::timeout(WAIT_MAX, receiver.recv()).await {
+            fired.push(index);
+        }
+        assert_eq!(fired, (1..=20).collect::<Vec<u64>>());
+        let stats = db.stats();
+        assert_eq!(stats.operations_committed, 20);
+        assert!(
+            stats.batches_committed >= 10,
+            "batches bounded by 2 ops: {stats:?}"
+        );
+        assert_eq!(db.entries(G1, 0..100).unwrap(), entries(1..21));
+    }
 }

@@ -16,6 +16,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, ThreadId};
 
@@ -86,6 +87,13 @@ impl Default for LogDbOptions {
             batch_bytes_max: 16 * 1024 * 1024,
         }
     }
+}
+
+/// Writer counters: one committed batch is one fsync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogDbStats {
+    pub batches_committed: u64,
+    pub operations_committed: u64,
 }
 
 /// What can go wrong with the log file. Cloneable: one failed commit is reported to every
@@ -178,6 +186,8 @@ impl LogDb {
             work: Condvar::new(),
             room: Condvar::new(),
             room_async: Notify::new(),
+            batches_committed: AtomicU64::new(0),
+            operations_committed: AtomicU64::new(0),
         });
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -204,6 +214,18 @@ impl LogDb {
     /// When the entries are not consecutive or do not continue the group's log (a caller bug).
     pub fn append(&self, group: GroupId, entries: Vec<(u64, Vec<u8>)>, done: AppendDone) {
         self.enqueue_blocking(group, Op::Append { entries }, done);
+    }
+
+    /// Like `append`, but awaits room in a full queue instead of blocking the thread: returns
+    /// once queued (entries readable), `done` runs once they are durable.
+    pub async fn append_async(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        done: AppendDone,
+    ) {
+        self.enqueue_when_room(group, Op::Append { entries }, done)
+            .await;
     }
 
     /// Appends and waits until the entries are durable. Never blocks the runtime thread.
@@ -307,6 +329,15 @@ impl LogDb {
         Ok(state.groups.get(&group).and_then(|g| g.last))
     }
 
+    /// Counters of the writer since open.
+    pub fn stats(&self) -> LogDbStats {
+        let shared = self.shared();
+        LogDbStats {
+            batches_committed: shared.batches_committed.load(Ordering::Relaxed),
+            operations_committed: shared.operations_committed.load(Ordering::Relaxed),
+        }
+    }
+
     /// Groups with any entry, meta value or purge mark, ascending.
     pub fn groups(&self) -> Result<Vec<GroupId>, LogDbError> {
         let state = self.shared().lock();
@@ -365,12 +396,19 @@ impl LogDb {
     }
 
     async fn enqueue_async(&self, group: GroupId, op: Op) -> Result<(), LogDbError> {
-        let shared = self.shared();
         let (sender, receiver) = oneshot::channel();
-        let mut done: AppendDone = Box::new(move |result| {
+        let done: AppendDone = Box::new(move |result| {
             let _receiver_gone = sender.send(result);
         });
+        self.enqueue_when_room(group, op, done).await;
+        receiver.await.unwrap_or(Err(LogDbError::Closed))
+    }
+
+    /// Queues `op`, awaiting room without blocking the thread. A refusal goes to `done`.
+    async fn enqueue_when_room(&self, group: GroupId, op: Op, done: AppendDone) {
+        let shared = self.shared();
         let mut op = Arc::new(op);
+        let mut done = done;
         loop {
             let mut room = pin!(shared.room_async.notified());
             room.as_mut().enable();
@@ -378,17 +416,16 @@ impl LogDb {
             match admitted {
                 Admit::Queued => {
                     shared.work.notify_one();
-                    break;
+                    return;
                 }
                 Admit::Full(back_op, back_done) => {
                     (op, done) = (back_op, back_done);
                     room.await;
                 }
-                Admit::Rejected(error, _) => return Err(error),
+                Admit::Rejected(error, back_done) => return back_done(Err(error)),
                 Admit::Violation(message) => panic!("raft log of {group}: {message}"),
             }
         }
-        receiver.await.unwrap_or(Err(LogDbError::Closed))
     }
 }
 
@@ -450,6 +487,8 @@ struct Shared {
     room: Condvar,
     /// Same, for async enqueuers.
     room_async: Notify,
+    batches_committed: AtomicU64,
+    operations_committed: AtomicU64,
 }
 
 impl Shared {

@@ -4,6 +4,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use redb::Database;
 
@@ -17,6 +18,10 @@ pub(super) fn run(shared: &Shared, db: &Database) {
         let result = disk::apply_batch(db, batch.iter().map(|q| (q.group, q.op.as_ref())));
         match result {
             Ok(()) => {
+                shared.batches_committed.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .operations_committed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 settle(shared, &batch);
                 finish(batch, &Ok(()));
             }
