@@ -1,0 +1,257 @@
+//! The `node.toml` the launcher writes for each node, following the node's config contract
+//! (unknown keys are rejected there, so only documented keys appear here), with Raft timings
+//! short enough that failovers happen within a test run.
+
+use super::ports::NodePorts;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Raft timings of test clusters: fast elections, and a node-down timeout well above the
+/// longest time the fault schedule keeps a node dead, so that a restarted node comes back
+/// to its own replicas instead of racing re-replication.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
+pub const ELECTION_TIMEOUT_MS_MIN: u64 = 300;
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 600;
+pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1_000;
+pub const NODE_DOWN_TIMEOUT_MS: u64 = 30_000;
+
+/// Everything that differs between the nodes of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLayout {
+    pub node_id: u64,
+    pub ports: NodePorts,
+    /// The node's own directory: config, data, log.
+    pub dir: PathBuf,
+}
+
+/// Settings shared by every node of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterShape {
+    pub num_groups: u32,
+    pub replication_factor: u32,
+    pub certs_dir: PathBuf,
+    pub seeds: Vec<SocketAddr>,
+}
+
+impl NodeLayout {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+}
+
+/// The TOML text of `node`'s config.
+pub fn render(node: &NodeLayout, shape: &ClusterShape) -> Result<String> {
+    let certs = &shape.certs_dir;
+    let file = ConfigFile {
+        node_id: node.node_id,
+        listen_addr: node.ports.listen_addr.to_string(),
+        admin_addr: node.ports.admin_addr.to_string(),
+        data_dir: path_text(&node.data_dir())?,
+        seeds: shape.seeds.iter().map(ToString::to_string).collect(),
+        // Node 1 starts the cluster; restarts never re-initialize, so this stays set.
+        bootstrap: node.node_id == 1,
+        num_groups: shape.num_groups,
+        replication_factor: shape.replication_factor,
+        tls: TlsSection {
+            ca_cert: path_text(&certs.join("ca.pem"))?,
+            cert: path_text(&certs.join(format!("node-{}.pem", node.node_id)))?,
+            key: path_text(&certs.join(format!("node-{}.key", node.node_id)))?,
+        },
+        raft: RaftSection {
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            election_timeout_ms_min: ELECTION_TIMEOUT_MS_MIN,
+            election_timeout_ms_max: ELECTION_TIMEOUT_MS_MAX,
+            snapshot_logs_since_last: SNAPSHOT_LOGS_SINCE_LAST,
+            node_down_timeout_ms: NODE_DOWN_TIMEOUT_MS,
+        },
+        log: LogSection {
+            filter: "info".to_string(),
+            json: false,
+        },
+    };
+    toml::to_string(&file).context("rendering a node config as TOML")
+}
+
+/// Writes `node`'s config file and creates its data directory.
+pub fn write(node: &NodeLayout, shape: &ClusterShape) -> Result<PathBuf> {
+    std::fs::create_dir_all(node.data_dir())
+        .with_context(|| format!("creating {}", node.data_dir().display()))?;
+    let path = node.config_path();
+    std::fs::write(&path, render(node, shape)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+#[derive(Serialize)]
+struct ConfigFile {
+    node_id: u64,
+    listen_addr: String,
+    admin_addr: String,
+    data_dir: String,
+    seeds: Vec<String>,
+    bootstrap: bool,
+    num_groups: u32,
+    replication_factor: u32,
+    tls: TlsSection,
+    raft: RaftSection,
+    log: LogSection,
+}
+
+#[derive(Serialize)]
+struct TlsSection {
+    ca_cert: String,
+    cert: String,
+    key: String,
+}
+
+#[derive(Serialize)]
+struct RaftSection {
+    heartbeat_interval_ms: u64,
+    election_timeout_ms_min: u64,
+    election_timeout_ms_max: u64,
+    snapshot_logs_since_last: u64,
+    node_down_timeout_ms: u64,
+}
+
+#[derive(Serialize)]
+struct LogSection {
+    filter: String,
+    json: bool,
+}
+
+fn path_text(path: &Path) -> Result<String> {
+    path.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("path {} is not UTF-8", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// Every key of the node's config contract, section by section.
+    const CONTRACT_TOP: &[&str] = &[
+        "node_id",
+        "listen_addr",
+        "admin_addr",
+        "data_dir",
+        "seeds",
+        "bootstrap",
+        "num_groups",
+        "replication_factor",
+        "tls",
+        "raft",
+        "admin",
+        "log",
+    ];
+    const CONTRACT_TLS: &[&str] = &["ca_cert", "cert", "key", "insecure"];
+    const CONTRACT_RAFT: &[&str] = &[
+        "heartbeat_interval_ms",
+        "election_timeout_ms_min",
+        "election_timeout_ms_max",
+        "snapshot_logs_since_last",
+        "node_down_timeout_ms",
+    ];
+    const CONTRACT_LOG: &[&str] = &["filter", "json"];
+
+    fn sample(node_id: u64) -> (NodeLayout, ClusterShape) {
+        let node = NodeLayout {
+            node_id,
+            ports: NodePorts {
+                listen_addr: "127.0.0.1:7001".parse().unwrap(),
+                admin_addr: "127.0.0.1:8001".parse().unwrap(),
+            },
+            dir: PathBuf::from("/work dir/node-2"),
+        };
+        let shape = ClusterShape {
+            num_groups: 8,
+            replication_factor: 3,
+            certs_dir: PathBuf::from("/work dir/certs"),
+            seeds: vec![
+                "127.0.0.1:7001".parse().unwrap(),
+                "127.0.0.1:7002".parse().unwrap(),
+            ],
+        };
+        (node, shape)
+    }
+
+    fn keys(table: &toml::Table) -> BTreeSet<&str> {
+        table.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn only_contract_keys_are_written() {
+        let (node, shape) = sample(2);
+        let table: toml::Table = render(&node, &shape).unwrap().parse().unwrap();
+        let subset = |found: BTreeSet<&str>, allowed: &[&str]| {
+            let extra: Vec<_> = found.iter().filter(|key| !allowed.contains(key)).collect();
+            assert!(extra.is_empty(), "keys outside the contract: {extra:?}");
+        };
+        subset(keys(&table), CONTRACT_TOP);
+        subset(keys(table["tls"].as_table().unwrap()), CONTRACT_TLS);
+        subset(keys(table["raft"].as_table().unwrap()), CONTRACT_RAFT);
+        subset(keys(table["log"].as_table().unwrap()), CONTRACT_LOG);
+    }
+
+    #[test]
+    fn values_round_trip_with_paths_and_addresses() {
+        let (node, shape) = sample(2);
+        let table: toml::Table = render(&node, &shape).unwrap().parse().unwrap();
+        assert_eq!(table["node_id"].as_integer(), Some(2));
+        assert_eq!(table["listen_addr"].as_str(), Some("127.0.0.1:7001"));
+        assert_eq!(table["admin_addr"].as_str(), Some("127.0.0.1:8001"));
+        assert_eq!(table["data_dir"].as_str(), Some("/work dir/node-2/data"));
+        let seeds: Vec<_> = table["seeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|seed| seed.as_str().unwrap())
+            .collect();
+        assert_eq!(seeds, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert_eq!(table["bootstrap"].as_bool(), Some(false));
+        assert_eq!(table["num_groups"].as_integer(), Some(8));
+        let tls = table["tls"].as_table().unwrap();
+        assert_eq!(tls["ca_cert"].as_str(), Some("/work dir/certs/ca.pem"));
+        assert_eq!(tls["cert"].as_str(), Some("/work dir/certs/node-2.pem"));
+        assert_eq!(tls["key"].as_str(), Some("/work dir/certs/node-2.key"));
+    }
+
+    #[test]
+    fn only_node_one_bootstraps() {
+        let (node, shape) = sample(1);
+        let table: toml::Table = render(&node, &shape).unwrap().parse().unwrap();
+        assert_eq!(table["bootstrap"].as_bool(), Some(true));
+    }
+
+    #[test]
+    fn raft_timings_satisfy_the_node_validation() {
+        // The node refuses: min <= heartbeat, max <= min, node_down <= max.
+        assert!(ELECTION_TIMEOUT_MS_MIN > HEARTBEAT_INTERVAL_MS);
+        assert!(ELECTION_TIMEOUT_MS_MAX > ELECTION_TIMEOUT_MS_MIN);
+        assert!(NODE_DOWN_TIMEOUT_MS > ELECTION_TIMEOUT_MS_MAX);
+        assert!(SNAPSHOT_LOGS_SINCE_LAST > 0);
+    }
+
+    #[test]
+    fn write_creates_the_data_dir_and_the_file() {
+        let root = std::env::temp_dir().join(format!("xtask-config-{}", std::process::id()));
+        let (mut node, shape) = sample(3);
+        node.dir = root.join("node-3");
+        let path = write(&node, &shape).unwrap();
+        assert!(node.data_dir().is_dir());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("node_id = 3"), "{text}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

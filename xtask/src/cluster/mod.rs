@@ -1,0 +1,375 @@
+//! A local cluster of real `nodedb-cluster` processes on loopback: work directory, certs,
+//! one config per node with free ports, start / SIGKILL / restart, readiness, and the last log
+//! lines of every node when something goes wrong.
+
+pub mod build;
+pub mod config;
+pub mod ports;
+pub mod process;
+
+use crate::api::{Api, ClusterView};
+use anyhow::{Context, Result, bail};
+use config::{ClusterShape, NodeLayout};
+use process::{ChildState, ProcessGuard, Processes};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How long every node gets to answer 200 on `/readyz` after a (re)start.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Fresh-port launches tried when a node cannot bind its ports (another process took one).
+pub const LAUNCH_ATTEMPTS_MAX: u32 = 3;
+/// Log lines shown per node when something fails.
+pub const LOG_TAIL_LINES: usize = 30;
+/// Delay between two readiness polls.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Timeout of one admin request made by the launcher itself.
+const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to launch.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    pub binary: PathBuf,
+    pub work_dir: PathBuf,
+    pub nodes: u32,
+    pub num_groups: u32,
+}
+
+/// A running local cluster. Dropping it kills every node process.
+#[derive(Debug)]
+pub struct Cluster {
+    binary: PathBuf,
+    work_dir: PathBuf,
+    nodes: BTreeMap<u64, NodeLayout>,
+    processes: Processes,
+    api: Api,
+    _guard: ProcessGuard,
+}
+
+/// Why a node did not become ready.
+#[derive(Clone, Debug)]
+pub struct NotReady {
+    pub node_id: u64,
+    pub admin_addr: SocketAddr,
+    pub exited: Option<String>,
+    pub last_answer: String,
+    pub waited: Duration,
+    pub log_path: PathBuf,
+    pub log_tail: String,
+}
+
+impl Cluster {
+    /// Makes certs and configs under `spec.work_dir`, starts every node and waits until all
+    /// are ready. A node that dies because its port was taken makes the whole launch start
+    /// again with fresh ports, at most [`LAUNCH_ATTEMPTS_MAX`] times.
+    pub fn launch(spec: &LaunchSpec, processes: &Processes) -> Result<Cluster> {
+        let node_ids: Vec<u64> = (1..=u64::from(spec.nodes)).collect();
+        let certs_dir = spec.work_dir.join("certs");
+        build::make_certs(&spec.binary, &certs_dir, &node_ids)?;
+        let mut attempt = 1;
+        loop {
+            let cluster = Cluster::configure(spec, processes, &certs_dir, &node_ids)?;
+            for node_id in &node_ids {
+                cluster.start(*node_id)?;
+            }
+            match cluster.wait_ready(&node_ids, READY_TIMEOUT) {
+                Ok(()) => return Ok(cluster),
+                Err(not_ready) if not_ready.is_bind_failure() && attempt < LAUNCH_ATTEMPTS_MAX => {
+                    eprintln!("{not_ready}\nretrying the launch with fresh ports");
+                    attempt += 1;
+                }
+                Err(not_ready) => bail!("{not_ready}"),
+            }
+        }
+    }
+
+    fn configure(
+        spec: &LaunchSpec,
+        processes: &Processes,
+        certs_dir: &Path,
+        node_ids: &[u64],
+    ) -> Result<Cluster> {
+        processes.kill_all();
+        let ports = ports::allocate(node_ids.len())?;
+        let shape = ClusterShape {
+            num_groups: spec.num_groups,
+            replication_factor: spec.nodes.min(3),
+            certs_dir: certs_dir.to_path_buf(),
+            seeds: ports.iter().map(|pair| pair.listen_addr).collect(),
+        };
+        let mut nodes = BTreeMap::new();
+        for (node_id, ports) in node_ids.iter().zip(ports) {
+            let layout = NodeLayout {
+                node_id: *node_id,
+                ports,
+                dir: spec.work_dir.join(format!("node-{node_id}")),
+            };
+            // A previous attempt's data was made with other ports: start clean.
+            if layout.dir.exists() {
+                std::fs::remove_dir_all(&layout.dir)
+                    .with_context(|| format!("removing {}", layout.dir.display()))?;
+            }
+            config::write(&layout, &shape)?;
+            nodes.insert(*node_id, layout);
+        }
+        Ok(Cluster {
+            binary: spec.binary.clone(),
+            work_dir: spec.work_dir.clone(),
+            nodes,
+            processes: processes.clone(),
+            api: Api::new(ADMIN_REQUEST_TIMEOUT),
+            _guard: processes.guard(),
+        })
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Admin addresses of every node, by id.
+    pub fn admin_addrs(&self) -> BTreeMap<u64, SocketAddr> {
+        self.nodes
+            .iter()
+            .map(|(id, node)| (*id, node.ports.admin_addr))
+            .collect()
+    }
+
+    /// Starts node `node_id` from its config (a restart keeps its data dir and ports).
+    pub fn start(&self, node_id: u64) -> Result<()> {
+        let node = self.layout(node_id)?;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("start")
+            .arg("--config")
+            .arg(node.config_path())
+            .current_dir(&node.dir);
+        self.processes.spawn(node_id, command, &node.log_path())
+    }
+
+    /// SIGKILLs node `node_id`; false if it was not running.
+    pub fn kill(&self, node_id: u64) -> bool {
+        self.processes.kill(node_id)
+    }
+
+    pub fn is_running(&self, node_id: u64) -> bool {
+        self.processes.state(node_id) == ChildState::Running
+    }
+
+    /// Waits until every node of `node_ids` answers 200 on `/readyz`, printing progress once
+    /// a second. Fails at once when one exits.
+    pub fn wait_ready(&self, node_ids: &[u64], timeout: Duration) -> Result<(), NotReady> {
+        let started = Instant::now();
+        let mut answers: BTreeMap<u64, String> = BTreeMap::new();
+        let mut last_print = Instant::now();
+        loop {
+            let mut waiting = Vec::new();
+            for node_id in node_ids {
+                if let ChildState::Exited(status) = self.processes.state(*node_id) {
+                    let answer = answers.get(node_id).cloned().unwrap_or_default();
+                    return Err(self.not_ready(
+                        *node_id,
+                        Some(status.to_string()),
+                        answer,
+                        started,
+                    ));
+                }
+                let addr = self.nodes[node_id].ports.admin_addr;
+                match self.api.readyz(addr) {
+                    Ok(()) => answers.insert(*node_id, "200 ready".to_string()),
+                    Err(answer) => {
+                        waiting.push(*node_id);
+                        answers.insert(*node_id, answer)
+                    }
+                };
+            }
+            let Some(first_waiting) = waiting.first() else {
+                eprintln!(
+                    "all {} nodes ready after {:.1?}",
+                    node_ids.len(),
+                    started.elapsed()
+                );
+                return Ok(());
+            };
+            if started.elapsed() > timeout {
+                let answer = answers[first_waiting].clone();
+                return Err(self.not_ready(*first_waiting, None, answer, started));
+            }
+            if last_print.elapsed() >= Duration::from_secs(1) {
+                last_print = Instant::now();
+                eprintln!("{}", ready_progress(started.elapsed(), timeout, &answers));
+            }
+            std::thread::sleep(READY_POLL_INTERVAL);
+        }
+    }
+
+    /// `/v1/cluster` as seen by `node_id`.
+    pub fn view(&self, node_id: u64) -> Result<ClusterView> {
+        self.api.cluster(self.layout(node_id)?.ports.admin_addr)
+    }
+
+    /// `/v1/cluster` from the first running node that answers.
+    pub fn view_from_any(&self) -> Option<ClusterView> {
+        self.node_ids()
+            .into_iter()
+            .filter(|node_id| self.is_running(*node_id))
+            .find_map(|node_id| self.view(node_id).ok())
+    }
+
+    /// The last log lines of every node, each under a header.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut text = String::new();
+        for node in self.nodes.values() {
+            let path = node.log_path();
+            text.push_str(&format!(
+                "---- node {} ({}), last {lines} lines ----\n{}\n",
+                node.node_id,
+                path.display(),
+                process::log_tail(&path, lines)
+            ));
+        }
+        text
+    }
+
+    fn layout(&self, node_id: u64) -> Result<&NodeLayout> {
+        self.nodes
+            .get(&node_id)
+            .with_context(|| format!("no node {node_id} in this cluster"))
+    }
+
+    fn not_ready(
+        &self,
+        node_id: u64,
+        exited: Option<String>,
+        last_answer: String,
+        started: Instant,
+    ) -> NotReady {
+        let node = &self.nodes[&node_id];
+        NotReady {
+            node_id,
+            admin_addr: node.ports.admin_addr,
+            exited,
+            last_answer,
+            waited: started.elapsed(),
+            log_path: node.log_path(),
+            log_tail: process::log_tail(&node.log_path(), LOG_TAIL_LINES),
+        }
+    }
+}
+
+impl NotReady {
+    /// Whether the node died because an address was taken (then fresh ports may help).
+    pub fn is_bind_failure(&self) -> bool {
+        let log = self.log_tail.to_ascii_lowercase();
+        self.exited.is_some()
+            && (log.contains("address already in use") || log.contains("addrinuse"))
+    }
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.exited {
+            Some(status) => write!(
+                f,
+                "node {} exited ({status}) before it was ready, after {:.1?}",
+                self.node_id, self.waited
+            )?,
+            None => write!(
+                f,
+                "node {} (admin {}) not ready after {:.1?} of waiting for /readyz",
+                self.node_id, self.admin_addr, self.waited
+            )?,
+        }
+        let answer = if self.last_answer.is_empty() {
+            "(none)"
+        } else {
+            &self.last_answer
+        };
+        write!(
+            f,
+            "\nlast /readyz answer: {answer}\n---- node {} log ({}), last {LOG_TAIL_LINES} \
+             lines ----\n{}",
+            self.node_id,
+            self.log_path.display(),
+            self.log_tail
+        )
+    }
+}
+
+/// `waiting for /readyz (3s of 90s): 1 ready, 2 503: ..., 3 no answer: ...`
+fn ready_progress(elapsed: Duration, timeout: Duration, answers: &BTreeMap<u64, String>) -> String {
+    const ANSWER_CHARS_MAX: usize = 60;
+    let parts: Vec<String> = answers
+        .iter()
+        .map(|(node_id, answer)| {
+            let short: String = answer.chars().take(ANSWER_CHARS_MAX).collect();
+            format!("node {node_id}: {short}")
+        })
+        .collect();
+    format!(
+        "waiting for /readyz ({}s of {}s): {}",
+        elapsed.as_secs(),
+        timeout.as_secs(),
+        parts.join("; ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_ready(exited: Option<&str>, log: &str) -> NotReady {
+        NotReady {
+            node_id: 2,
+            admin_addr: "127.0.0.1:9402".parse().unwrap(),
+            exited: exited.map(str::to_string),
+            last_answer: "503: {\"error\":{\"code\":\"unavailable\"}}".to_string(),
+            waited: Duration::from_secs(90),
+            log_path: PathBuf::from("/w/node-2/node.log"),
+            log_tail: log.to_string(),
+        }
+    }
+
+    #[test]
+    fn not_ready_names_the_node_its_answer_and_its_log() {
+        let text = not_ready(None, "INFO joining\nWARN no seed answered").to_string();
+        assert!(
+            text.contains("node 2 (admin 127.0.0.1:9402) not ready"),
+            "{text}"
+        );
+        assert!(text.contains("last /readyz answer: 503"), "{text}");
+        assert!(text.contains("/w/node-2/node.log"), "{text}");
+        assert!(text.contains("WARN no seed answered"), "{text}");
+        let exited = not_ready(Some("exit status: 1"), "").to_string();
+        assert!(exited.contains("exited (exit status: 1)"), "{exited}");
+    }
+
+    #[test]
+    fn only_an_exit_on_a_taken_address_is_a_bind_failure() {
+        assert!(
+            not_ready(Some("exit status: 1"), "Error: Address already in use").is_bind_failure()
+        );
+        assert!(!not_ready(None, "Address already in use").is_bind_failure());
+        assert!(!not_ready(Some("exit status: 1"), "bad config").is_bind_failure());
+    }
+
+    #[test]
+    fn the_progress_line_lists_every_node() {
+        let answers = BTreeMap::from([
+            (1, "200 ready".to_string()),
+            (2, "no answer: connection refused".to_string()),
+        ]);
+        let line = ready_progress(Duration::from_secs(3), Duration::from_secs(90), &answers);
+        assert_eq!(
+            line,
+            "waiting for /readyz (3s of 90s): node 1: 200 ready; node 2: no answer: connection \
+             refused"
+        );
+    }
+}
