@@ -14,7 +14,7 @@ const NODE: NodeId = NodeId(2);
 
 prop_state_machine! {
     #![proptest_config(Config {
-        cases: 24,
+        cases: 64,
         failure_persistence: None,
         .. Config::default()
     })]

@@ -170,6 +170,31 @@ fn a_golden_envelope_written_by_hand_is_read() {
 }
 
 #[test]
+fn a_new_catalog_holds_exactly_the_documented_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(CATALOG_FILE_NAME);
+    Catalog::open(dir.path(), NodeId(4))
+        .unwrap()
+        .close()
+        .unwrap();
+    let database = redb::Database::open(&path).unwrap();
+    let transaction = redb::ReadableDatabase::begin_read(&database).unwrap();
+    let table = transaction.open_table(META).unwrap();
+    let mut records = Vec::new();
+    for entry in redb::ReadableTable::iter(&table).unwrap() {
+        let (key, value) = entry.unwrap();
+        records.push((key.value().to_string(), value.value().to_vec()));
+    }
+    assert_eq!(
+        records,
+        vec![
+            ("format".to_string(), envelope(1, 1, &[0x01])),
+            ("node".to_string(), envelope(2, 1, &[0x04])),
+        ]
+    );
+}
+
+#[test]
 fn flipped_bytes_give_an_error_or_a_committed_state() {
     let seed = test_seed(0x00ca_7a10);
     let mut random = SeededRandom::new(seed);
