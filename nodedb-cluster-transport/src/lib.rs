@@ -12,6 +12,7 @@
 pub mod codec;
 mod error;
 pub mod memory;
+pub mod quic;
 mod stream;
 pub mod tls;
 

@@ -19,6 +19,8 @@ pub struct EchoHandler {
     /// Largest number of chunk bytes held at once by the stream handler.
     pub stream_bytes_held_max: AtomicU64,
     pub stream_bytes_total: AtomicU64,
+    /// Chunk bytes consumed so far by stream handlers (updated per chunk).
+    pub stream_bytes_consumed: AtomicU64,
     /// Streams that ended with a transport error instead of a clean end.
     pub stream_errors: AtomicU64,
     /// Pause between chunk reads, to make a slow reader.
@@ -95,6 +97,8 @@ impl Handler for EchoHandler {
                     }
                 }
                 total += chunk.len() as u64;
+                self.stream_bytes_consumed
+                    .fetch_add(chunk.len() as u64, Ordering::SeqCst);
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }

@@ -1,0 +1,421 @@
+//! The QUIC implementation of [`Transport`]: one quinn endpoint per node (one UDP port, both
+//! directions), mutual TLS, one pooled connection per peer, one bidirectional stream per RPC or
+//! bulk stream, and a per-peer circuit breaker. Stream layout and identity checks are described
+//! in `docs/design.md`, "Transport frames".
+
+mod breaker;
+mod pool;
+mod server;
+mod stream;
+
+pub use breaker::{
+    Admission, BREAKER_FAILURES_MAX, BREAKER_OPEN_MS, BreakerConfig, BreakerState, PeerHealth,
+    RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN,
+};
+
+use crate::codec::{Frame, FrameKind, read_required_frame, write_frame};
+use crate::tls::{self, TlsError, TlsMode};
+use crate::{
+    BoxFuture, Bytes, Handler, OutboundStream, RPC_PAYLOAD_BYTES_MAX, Transport, TransportError,
+};
+use nodedb_cluster_core::NodeId;
+use pool::Pool;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// QUIC keep-alive: well below half the idle timeout, so a quiet but live connection stays up.
+pub const KEEP_ALIVE_MS: u64 = 5_000;
+/// A connection with no traffic (keep-alives included) for this long is dead.
+pub const IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Concurrent RPCs and streams one peer may have open on one connection.
+pub const CONCURRENT_STREAMS_MAX: u32 = 1024;
+/// Connections the endpoint accepts at once (handshakes in progress included).
+pub const INCOMING_CONNECTIONS_MAX: usize = 1024;
+/// How long a receiver waits for the next frame of a bulk stream before giving up.
+pub const STREAM_IDLE_MS: u64 = 30_000;
+/// How long a graceful shutdown waits for peers to acknowledge the close.
+pub const SHUTDOWN_WAIT_MS: u64 = 1_000;
+
+/// Connection close codes (QUIC application error codes).
+pub const CLOSE_SHUTDOWN: u32 = 0;
+pub const CLOSE_NO_IDENTITY: u32 = 1;
+pub const CLOSE_IDENTITY_MISMATCH: u32 = 2;
+
+/// Timers of the QUIC transport; the defaults are the constants of this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicTimings {
+    pub keep_alive_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub stream_idle_ms: u64,
+    pub breaker: BreakerConfig,
+}
+
+/// Everything [`QuicTransport::bind`] needs.
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    pub node_id: NodeId,
+    /// UDP address to listen on; port 0 picks a free port (see [`QuicTransport::local_addr`]).
+    pub listen_addr: SocketAddr,
+    pub tls: TlsMode,
+    pub timings: QuicTimings,
+}
+
+/// Why [`QuicTransport::bind`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("could not bind {addr}: {reason}")]
+    Socket { addr: SocketAddr, reason: String },
+    #[error("must be called inside a tokio runtime")]
+    NoRuntime,
+    #[error("invalid timing: {0}")]
+    Timing(String),
+}
+
+/// A node's QUIC endpoint.
+pub struct QuicTransport {
+    node: NodeId,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    pool: Pool,
+    shared: Arc<Shared>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+/// State the accept loop shares with the transport.
+struct Shared {
+    node: NodeId,
+    handler: RwLock<Option<Arc<dyn Handler>>>,
+    shut_down: AtomicBool,
+    secure: bool,
+    stream_idle: Duration,
+}
+
+impl Default for QuicTimings {
+    fn default() -> QuicTimings {
+        QuicTimings {
+            keep_alive_ms: KEEP_ALIVE_MS,
+            idle_timeout_ms: IDLE_TIMEOUT_MS,
+            stream_idle_ms: STREAM_IDLE_MS,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl QuicTransport {
+    /// Binds the endpoint and starts accepting. Call inside a tokio runtime. With TLS material,
+    /// the certificate must name `config.node_id`.
+    pub fn bind(config: QuicConfig) -> Result<Arc<QuicTransport>, BindError> {
+        tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        let (server_tls, client_tls, secure) = match &config.tls {
+            TlsMode::Secure(material) => {
+                let named = material.node_id()?;
+                if named != config.node_id {
+                    return Err(TlsError::WrongNode {
+                        expected: config.node_id,
+                        actual: named,
+                    }
+                    .into());
+                }
+                (
+                    tls::server_config(material)?,
+                    tls::client_config(material)?,
+                    true,
+                )
+            }
+            TlsMode::Insecure => {
+                tracing::warn!(
+                    node = %config.node_id,
+                    "INSECURE transport: no certificates are checked and any peer may claim \
+                     any node id; never use this outside development"
+                );
+                (
+                    tls::insecure_server_config(config.node_id)?,
+                    tls::insecure_client_config()?,
+                    false,
+                )
+            }
+        };
+        let transport_config = Arc::new(transport_config(&config.timings)?);
+        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|error| TlsError::Config(error.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(Arc::clone(&transport_config));
+        server_config.max_incoming(INCOMING_CONNECTIONS_MAX);
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+            .map_err(|error| TlsError::Config(error.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport_config);
+
+        let endpoint =
+            quinn::Endpoint::server(server_config, config.listen_addr).map_err(|error| {
+                BindError::Socket {
+                    addr: config.listen_addr,
+                    reason: error.to_string(),
+                }
+            })?;
+        let shared = Arc::new(Shared {
+            node: config.node_id,
+            handler: RwLock::new(None),
+            shut_down: AtomicBool::new(false),
+            secure,
+            stream_idle: Duration::from_millis(config.timings.stream_idle_ms),
+        });
+        let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), Arc::clone(&shared)));
+        tracing::info!(node = %config.node_id, addr = ?endpoint.local_addr().ok(), secure, "transport listening");
+        Ok(Arc::new(QuicTransport {
+            node: config.node_id,
+            pool: Pool::new(config.timings.breaker),
+            endpoint,
+            client_config,
+            shared,
+            accept_task,
+        }))
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The breaker state of `node`, if it is a known peer.
+    pub fn breaker_state(&self, node: NodeId) -> Option<BreakerState> {
+        self.pool.breaker_state(node)
+    }
+
+    async fn call_inner(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        deadline: Instant,
+    ) -> Result<Bytes, TransportError> {
+        let admission = self.pool.admit(to)?;
+        let mut outcome = pool::Outcome::new(&self.pool, to, admission);
+        let result = self.exchange(to, request, deadline).await;
+        outcome.record(&result);
+        result
+    }
+
+    async fn exchange(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        deadline: Instant,
+    ) -> Result<Bytes, TransportError> {
+        let connection = self
+            .pool
+            .connection(to, deadline, &self.endpoint, &self.client_config)
+            .await?;
+        let (mut send, mut recv) = open_bi(&connection, to, deadline).await?;
+        let node = self.node;
+        let exchange = async {
+            write_frame(&mut send, &Frame::hello(node)).await?;
+            write_frame(&mut send, &Frame::new(FrameKind::Request, request)).await?;
+            let _ = send.finish();
+            read_required_frame(&mut recv).await
+        };
+        let frame = match tokio::time::timeout_at(deadline, exchange).await {
+            Err(_elapsed) => return Err(TransportError::Timeout { node: to }),
+            Ok(Err(error)) => {
+                let error = error.into_transport(to);
+                self.pool.evict_if_closed(to, &connection);
+                return Err(error);
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        response_of(to, frame)
+    }
+
+    async fn open_stream_inner(
+        &self,
+        to: NodeId,
+        header: Bytes,
+        timeout: Duration,
+    ) -> Result<OutboundStream, TransportError> {
+        let deadline = Instant::now() + timeout;
+        let admission = self.pool.admit(to)?;
+        let mut outcome = pool::Outcome::new(&self.pool, to, admission);
+        let opened = self.open_stream_once(to, header, deadline, timeout).await;
+        outcome.record(&opened);
+        opened
+    }
+
+    async fn open_stream_once(
+        &self,
+        to: NodeId,
+        header: Bytes,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<OutboundStream, TransportError> {
+        let connection = self
+            .pool
+            .connection(to, deadline, &self.endpoint, &self.client_config)
+            .await?;
+        let (mut send, recv) = open_bi(&connection, to, deadline).await?;
+        let node = self.node;
+        let open = async {
+            write_frame(&mut send, &Frame::hello(node)).await?;
+            write_frame(&mut send, &Frame::new(FrameKind::StreamOpen, header)).await
+        };
+        match tokio::time::timeout_at(deadline, open).await {
+            Err(_elapsed) => Err(TransportError::Timeout { node: to }),
+            Ok(Err(error)) => Err(error.into_transport(to)),
+            Ok(Ok(())) => Ok(OutboundStream::new(Box::new(stream::QuicSink::new(
+                to, send, recv, timeout,
+            )))),
+        }
+    }
+}
+
+impl Transport for QuicTransport {
+    fn local_node(&self) -> NodeId {
+        self.node
+    }
+
+    fn set_handler(&self, handler: Arc<dyn Handler>) {
+        *self
+            .shared
+            .handler
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handler);
+    }
+
+    fn set_peer_addr(&self, node: NodeId, addr: SocketAddr) {
+        self.pool.set_addr(node, addr);
+    }
+
+    fn remove_peer(&self, node: NodeId) {
+        self.pool.remove(node);
+    }
+
+    fn call(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, TransportError>> {
+        Box::pin(async move {
+            if self.shared.shut_down.load(Ordering::Acquire) {
+                return Err(TransportError::Shutdown);
+            }
+            if request.len() > RPC_PAYLOAD_BYTES_MAX {
+                return Err(TransportError::TooLarge {
+                    bytes: request.len() as u64,
+                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
+                });
+            }
+            let deadline = Instant::now() + timeout;
+            self.call_inner(to, request, deadline).await
+        })
+    }
+
+    fn open_stream(
+        &self,
+        to: NodeId,
+        header: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<OutboundStream, TransportError>> {
+        Box::pin(async move {
+            if self.shared.shut_down.load(Ordering::Acquire) {
+                return Err(TransportError::Shutdown);
+            }
+            if header.len() > RPC_PAYLOAD_BYTES_MAX {
+                return Err(TransportError::TooLarge {
+                    bytes: header.len() as u64,
+                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
+                });
+            }
+            self.open_stream_inner(to, header, timeout).await
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.shared.shut_down.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            self.endpoint
+                .close(quinn::VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
+            self.pool.clear();
+            self.accept_task.abort();
+            let wait = Duration::from_millis(SHUTDOWN_WAIT_MS);
+            let _ = tokio::time::timeout(wait, self.endpoint.wait_idle()).await;
+            tracing::info!(node = %self.node, "transport shut down");
+        })
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.endpoint
+            .close(quinn::VarInt::from_u32(CLOSE_SHUTDOWN), b"dropped");
+    }
+}
+
+impl fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("node", &self.node)
+            .field("addr", &self.endpoint.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn transport_config(timings: &QuicTimings) -> Result<quinn::TransportConfig, BindError> {
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(timings.idle_timeout_ms))
+        .map_err(|error| BindError::Timing(format!("idle_timeout_ms: {error}")))?;
+    if timings.keep_alive_ms.saturating_mul(2) > timings.idle_timeout_ms {
+        return Err(BindError::Timing(
+            "keep_alive_ms must be at most half of idle_timeout_ms".into(),
+        ));
+    }
+    let mut config = quinn::TransportConfig::default();
+    config.max_idle_timeout(Some(idle));
+    config.keep_alive_interval(Some(Duration::from_millis(timings.keep_alive_ms)));
+    config.max_concurrent_bidi_streams(quinn::VarInt::from_u32(CONCURRENT_STREAMS_MAX));
+    config.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    Ok(config)
+}
+
+/// Opens a stream on a pooled connection. Nothing has been sent yet, so a failure here means
+/// the request was not delivered.
+async fn open_bi(
+    connection: &quinn::Connection,
+    to: NodeId,
+    deadline: Instant,
+) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+    match tokio::time::timeout_at(deadline, connection.open_bi()).await {
+        Ok(Ok(streams)) => Ok(streams),
+        Ok(Err(error)) => Err(TransportError::Unreachable {
+            node: to,
+            reason: format!("connection closed: {error}"),
+        }),
+        // Stream limit reached and the peer did not grant more in time.
+        Err(_elapsed) => Err(TransportError::Timeout { node: to }),
+    }
+}
+
+/// The answer carried by a response frame.
+fn response_of(to: NodeId, frame: Frame) -> Result<Bytes, TransportError> {
+    match frame.kind {
+        FrameKind::Response => Ok(frame.body),
+        FrameKind::ErrorResponse => {
+            let error = frame
+                .handler_error()
+                .map_err(|error| error.into_transport(to))?;
+            Err(TransportError::Remote { node: to, error })
+        }
+        other => Err(TransportError::Protocol {
+            node: to,
+            reason: format!("expected a response frame, got {other:?}"),
+        }),
+    }
+}

@@ -1,0 +1,179 @@
+//! The accepting side: authenticates each connection (node id from the client certificate, or
+//! from the first `Hello` in insecure mode), checks every stream's `Hello` against it, and
+//! serves requests and bulk streams with the installed handler. A bad stream is reset and
+//! logged; a peer claiming another node's id loses its whole connection.
+
+use super::stream::QuicSource;
+use super::{CLOSE_IDENTITY_MISMATCH, CLOSE_NO_IDENTITY, Shared};
+use crate::codec::{Frame, FrameError, FrameKind, read_required_frame, write_frame};
+use crate::tls::node_id_from_cert;
+use crate::{Bytes, Handler, HandlerError, InboundStream};
+use nodedb_cluster_core::NodeId;
+use rustls_pki_types::CertificateDer;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+/// Accepts connections until the endpoint closes.
+pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        if shared.shut_down.load(Ordering::Acquire) {
+            incoming.refuse();
+            continue;
+        }
+        tokio::spawn(serve_connection(incoming, Arc::clone(&shared)));
+    }
+}
+
+/// Who is on the other end of a connection.
+enum Identity {
+    /// From the certificate chain the server verified.
+    Certified(NodeId),
+    /// Insecure mode: fixed by the first `Hello`.
+    Claimed(OnceLock<NodeId>),
+}
+
+/// Why a stream was not served.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("stream claims {claimed} on a connection authenticated as {authenticated}")]
+    IdentityMismatch {
+        claimed: NodeId,
+        authenticated: NodeId,
+    },
+    #[error("unexpected {0:?} frame at the start of a stream")]
+    UnexpectedFrame(FrameKind),
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            tracing::warn!(node = %shared.node, %remote, %error, "handshake failed");
+            return;
+        }
+    };
+    let identity = if shared.secure {
+        match certified_node(&connection) {
+            Some(node) => Identity::Certified(node),
+            None => {
+                tracing::warn!(node = %shared.node, %remote, "peer certificate names no node; closing");
+                connection.close(
+                    quinn::VarInt::from_u32(CLOSE_NO_IDENTITY),
+                    b"certificate names no node",
+                );
+                return;
+            }
+        }
+    } else {
+        Identity::Claimed(OnceLock::new())
+    };
+    let identity = Arc::new(identity);
+    loop {
+        let (send, recv) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(error) => {
+                tracing::debug!(node = %shared.node, %remote, %error, "connection ended");
+                return;
+            }
+        };
+        let connection = connection.clone();
+        let identity = Arc::clone(&identity);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let result = serve_stream(&shared, &identity, send, recv).await;
+            match result {
+                Ok(()) => {}
+                Err(StreamError::IdentityMismatch {
+                    claimed,
+                    authenticated,
+                }) => {
+                    tracing::warn!(
+                        node = %shared.node, %remote, %claimed, %authenticated,
+                        "peer claims another node's id; closing its connection"
+                    );
+                    connection.close(
+                        quinn::VarInt::from_u32(CLOSE_IDENTITY_MISMATCH),
+                        b"claimed node id does not match the certificate",
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(node = %shared.node, %remote, %error, "bad stream dropped");
+                }
+            }
+        });
+    }
+}
+
+/// The node id in the peer's leaf certificate.
+fn certified_node(connection: &quinn::Connection) -> Option<NodeId> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    let leaf = chain.first()?;
+    node_id_from_cert(leaf).ok()
+}
+
+async fn serve_stream(
+    shared: &Shared,
+    identity: &Identity,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), StreamError> {
+    let hello = read_required_frame(&mut recv).await?;
+    let claimed = hello.hello_node()?;
+    let from = match identity {
+        Identity::Certified(node) => *node,
+        Identity::Claimed(first) => *first.get_or_init(|| claimed),
+    };
+    if claimed != from {
+        return Err(StreamError::IdentityMismatch {
+            claimed,
+            authenticated: from,
+        });
+    }
+    let opening = read_required_frame(&mut recv).await?;
+    let handler = shared
+        .handler
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let result = match opening.kind {
+        FrameKind::Request => match handler {
+            None => Err(HandlerError::NotReady),
+            Some(handler) => handler.on_request(from, opening.body).await,
+        },
+        FrameKind::StreamOpen => serve_bulk(shared, handler, from, opening.body, recv).await,
+        other => {
+            let _ = send.reset(quinn::VarInt::from_u32(1));
+            return Err(StreamError::UnexpectedFrame(other));
+        }
+    };
+    let answer = match result {
+        Ok(body) => Frame::new(FrameKind::Response, body),
+        Err(error) => Frame::error_response(&error),
+    };
+    if let Err(error) = write_frame(&mut send, &answer).await {
+        tracing::debug!(node = %shared.node, %from, %error, "could not send the answer");
+    }
+    // Dropping a finished stream still delivers what was written.
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn serve_bulk(
+    shared: &Shared,
+    handler: Option<Arc<dyn Handler>>,
+    from: NodeId,
+    header: Bytes,
+    recv: quinn::RecvStream,
+) -> Result<Bytes, HandlerError> {
+    let Some(handler) = handler else {
+        return Err(HandlerError::NotReady);
+    };
+    let source = QuicSource::new(from, recv, shared.stream_idle);
+    handler
+        .on_stream(from, header, InboundStream::new(Box::new(source)))
+        .await
+}
