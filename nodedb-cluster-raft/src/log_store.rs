@@ -23,17 +23,6 @@ impl GroupLog {
         GroupLog { group, db }
     }
 
-    /// True when the group has any durable Raft state (vote or log) on this node.
-    pub fn has_state(&self) -> io::Result<bool> {
-        let vote = self.db.meta(self.group, MetaKey::Vote).map_err(storage)?;
-        let last = self.db.last_index(self.group).map_err(storage)?;
-        let purged = self
-            .db
-            .meta(self.group, MetaKey::LastPurged)
-            .map_err(storage)?;
-        Ok(vote.is_some() || last.is_some() || purged.is_some())
-    }
-
     fn read_log_id(&self, key: MetaKey) -> io::Result<Option<LogId>> {
         match self.db.meta(self.group, key).map_err(storage)? {
             None => Ok(None),

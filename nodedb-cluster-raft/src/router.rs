@@ -2,7 +2,7 @@
 //! dispatches them by group id to the local replica. An unknown group or a malformed message
 //! gets a typed [`RpcFailure`] answer, never a panic.
 
-use crate::sm_adapter::MachineAdapter;
+use crate::sm_adapter::{MachineAdapter, SharedMachine};
 use crate::snapshot::{self, SNAPSHOT_FILE_BYTES_MAX, SnapshotFile};
 use crate::types::Raft;
 use crate::wire::{
@@ -28,6 +28,10 @@ pub struct GroupTable {
 pub struct HostedGroup {
     pub raft: Raft<MachineAdapter>,
     pub snapshot_dir: PathBuf,
+    /// The engine, for local queries.
+    pub machine: SharedMachine,
+    /// Held while a membership change of the group is in flight: one change at a time.
+    pub changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Serves Raft traffic for every group in a [`GroupTable`].

@@ -74,3 +74,5 @@ pub fn raft_id(node: NodeId) -> u64 {
 pub fn node_id(raft: u64) -> NodeId {
     NodeId(raft)
 }
+
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;

@@ -1,0 +1,370 @@
+//! The built-in replicated key-value engine: put, get, delete and compare-and-swap on bytes,
+//! postcard-encoded commands and answers, snapshots, vShard export/import/drop and a state
+//! hash. The node binary serves it over HTTP; the tests use it to exercise the replication.
+
+use crate::state_machine::{
+    Committed, SnapshotChunks, StateMachine, StateMachineError, VecChunks, read_all_chunks,
+};
+use nodedb_cluster_core::{VShardId, vshard_for_key};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version byte in front of kv snapshots and vShard exports.
+pub const KV_FORMAT_VERSION: u8 = 1;
+/// Largest kv snapshot restored into memory.
+pub const KV_SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+
+/// A write to the key-value engine. Variants are appended, never reordered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Sets `key` to `new` when its current value equals `expected` (`None`: absent).
+    Cas {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+}
+
+/// The answer to a [`KvCommand`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvResponse {
+    Written,
+    Deleted {
+        existed: bool,
+    },
+    Cas {
+        swapped: bool,
+        current: Option<Vec<u8>>,
+    },
+    /// The command bytes did not decode; nothing changed (every replica agrees).
+    BadCommand,
+}
+
+/// A read of the key-value engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvQuery {
+    Get {
+        key: Vec<u8>,
+    },
+    /// Number of keys (tests and status).
+    Len,
+}
+
+/// The answer to a [`KvQuery`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvAnswer {
+    Value(Option<Vec<u8>>),
+    Len(u64),
+}
+
+/// The in-memory key-value engine of one replica.
+#[derive(Clone, Debug, Default)]
+pub struct KvStateMachine {
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KvData {
+    version: u8,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl KvCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_else(|error| panic!("kv command encode: {error}"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<KvCommand> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+impl KvResponse {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_else(|error| panic!("kv response encode: {error}"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<KvResponse> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+impl KvQuery {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_else(|error| panic!("kv query encode: {error}"))
+    }
+}
+
+impl KvAnswer {
+    pub fn decode(bytes: &[u8]) -> Option<KvAnswer> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+impl KvStateMachine {
+    pub fn new() -> KvStateMachine {
+        KvStateMachine::default()
+    }
+
+    /// The current value of `key` on this replica.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.entries.get(key).map(Vec::as_slice)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn apply_one(&mut self, command: &[u8]) -> KvResponse {
+        let Some(command) = KvCommand::decode(command) else {
+            return KvResponse::BadCommand;
+        };
+        match command {
+            KvCommand::Put { key, value } => {
+                self.entries.insert(key, value);
+                KvResponse::Written
+            }
+            KvCommand::Delete { key } => KvResponse::Deleted {
+                existed: self.entries.remove(&key).is_some(),
+            },
+            KvCommand::Cas { key, expected, new } => {
+                let current = self.entries.get(&key).cloned();
+                if current == expected {
+                    self.entries.insert(key, new.clone());
+                    KvResponse::Cas {
+                        swapped: true,
+                        current: Some(new),
+                    }
+                } else {
+                    KvResponse::Cas {
+                        swapped: false,
+                        current,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl StateMachine for KvStateMachine {
+    fn apply(&mut self, batch: &[Committed<'_>]) -> Result<Vec<Vec<u8>>, StateMachineError> {
+        Ok(batch
+            .iter()
+            .map(|committed| self.apply_one(committed.command).encode())
+            .collect())
+    }
+
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>, StateMachineError> {
+        let query: KvQuery = postcard::from_bytes(query)
+            .map_err(|error| StateMachineError::BadQuery(error.to_string()))?;
+        let answer = match query {
+            KvQuery::Get { key } => KvAnswer::Value(self.entries.get(&key).cloned()),
+            KvQuery::Len => KvAnswer::Len(self.entries.len() as u64),
+        };
+        Ok(
+            postcard::to_stdvec(&answer)
+                .unwrap_or_else(|error| panic!("kv answer encode: {error}")),
+        )
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn SnapshotChunks>, StateMachineError> {
+        let data = encode_data(self.entries.iter());
+        Ok(Box::new(VecChunks::from_bytes(&data)))
+    }
+
+    fn restore(&mut self, chunks: &mut dyn SnapshotChunks) -> Result<(), StateMachineError> {
+        let bytes = read_all_chunks(chunks, KV_SNAPSHOT_BYTES_MAX)?;
+        self.entries = decode_data(&bytes)?.into_iter().collect();
+        Ok(())
+    }
+
+    fn export_vshard(&self, vshard: VShardId) -> Result<Vec<u8>, StateMachineError> {
+        Ok(encode_data(
+            self.entries
+                .iter()
+                .filter(|(key, _)| vshard_for_key(key) == vshard),
+        ))
+    }
+
+    fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError> {
+        let entries = decode_data(data)?;
+        if let Some((key, _)) = entries
+            .iter()
+            .find(|(key, _)| vshard_for_key(key) != vshard)
+        {
+            return Err(StateMachineError::Corrupt(format!(
+                "key of {} in an export of {vshard}",
+                vshard_for_key(key)
+            )));
+        }
+        self.entries.extend(entries);
+        Ok(())
+    }
+
+    fn drop_vshard(&mut self, vshard: VShardId) -> Result<(), StateMachineError> {
+        self.entries.retain(|key, _| vshard_for_key(key) != vshard);
+        Ok(())
+    }
+
+    fn state_hash(&self) -> u64 {
+        // FNV-1a over length-prefixed keys and values in key order: deterministic everywhere.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for byte in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for (key, value) in &self.entries {
+            feed(key);
+            feed(value);
+        }
+        hash
+    }
+}
+
+fn encode_data<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) -> Vec<u8> {
+    let data = KvData {
+        version: KV_FORMAT_VERSION,
+        entries: entries
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+    };
+    postcard::to_stdvec(&data).unwrap_or_else(|error| panic!("kv data encode: {error}"))
+}
+
+fn decode_data(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateMachineError> {
+    match bytes.first() {
+        Some(&KV_FORMAT_VERSION) => {}
+        Some(other) => {
+            return Err(StateMachineError::Corrupt(format!(
+                "kv data version {other}"
+            )));
+        }
+        None => return Err(StateMachineError::Corrupt("empty kv data".to_string())),
+    }
+    let data: KvData = postcard::from_bytes(bytes)
+        .map_err(|error| StateMachineError::Corrupt(error.to_string()))?;
+    Ok(data.entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::LogIndex;
+
+    fn apply(machine: &mut KvStateMachine, command: KvCommand) -> KvResponse {
+        let bytes = command.encode();
+        let responses = machine
+            .apply(&[Committed {
+                index: LogIndex(1),
+                command: &bytes,
+            }])
+            .unwrap();
+        KvResponse::decode(&responses[0]).unwrap()
+    }
+
+    #[test]
+    fn put_delete_cas() {
+        let mut machine = KvStateMachine::new();
+        let put = KvCommand::Put {
+            key: b"a".to_vec(),
+            value: b"1".to_vec(),
+        };
+        assert_eq!(apply(&mut machine, put), KvResponse::Written);
+        let cas = KvCommand::Cas {
+            key: b"a".to_vec(),
+            expected: None,
+            new: b"2".to_vec(),
+        };
+        assert_eq!(
+            apply(&mut machine, cas),
+            KvResponse::Cas {
+                swapped: false,
+                current: Some(b"1".to_vec())
+            }
+        );
+        let cas = KvCommand::Cas {
+            key: b"a".to_vec(),
+            expected: Some(b"1".to_vec()),
+            new: b"2".to_vec(),
+        };
+        assert_eq!(
+            apply(&mut machine, cas),
+            KvResponse::Cas {
+                swapped: true,
+                current: Some(b"2".to_vec())
+            }
+        );
+        assert_eq!(
+            apply(&mut machine, KvCommand::Delete { key: b"a".to_vec() }),
+            KvResponse::Deleted { existed: true }
+        );
+        let junk = machine
+            .apply(&[Committed {
+                index: LogIndex(2),
+                command: &[0xff, 0xff],
+            }])
+            .unwrap();
+        assert_eq!(KvResponse::decode(&junk[0]), Some(KvResponse::BadCommand));
+    }
+
+    #[test]
+    fn snapshot_and_vshard_round_trip() {
+        let mut machine = KvStateMachine::new();
+        for i in 0..200u32 {
+            let key = format!("key-{i}").into_bytes();
+            apply(
+                &mut machine,
+                KvCommand::Put {
+                    key,
+                    value: i.to_le_bytes().to_vec(),
+                },
+            );
+        }
+        let mut restored = KvStateMachine::new();
+        restored
+            .restore(machine.snapshot().unwrap().as_mut())
+            .unwrap();
+        assert_eq!(restored.state_hash(), machine.state_hash());
+
+        let vshard = vshard_for_key(b"key-7");
+        let exported = machine.export_vshard(vshard).unwrap();
+        machine.drop_vshard(vshard).unwrap();
+        assert_eq!(machine.get(b"key-7"), None);
+        assert!(
+            machine
+                .import_vshard(VShardId((vshard.0 + 1) % 1024), &exported)
+                .is_err()
+        );
+        machine.import_vshard(vshard, &exported).unwrap();
+        assert_eq!(machine.state_hash(), restored.state_hash());
+        assert!(machine.import_vshard(vshard, &[9, 9, 9]).is_err());
+    }
+
+    #[test]
+    fn command_layout_is_pinned() {
+        let put = KvCommand::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        assert_eq!(put.encode(), vec![0, 1, b'k', 1, b'v']);
+        let cas = KvCommand::Cas {
+            key: b"k".to_vec(),
+            expected: None,
+            new: b"n".to_vec(),
+        };
+        assert_eq!(cas.encode(), vec![2, 1, b'k', 0, 1, b'n']);
+    }
+}

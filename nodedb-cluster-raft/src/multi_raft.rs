@@ -1,0 +1,608 @@
+//! [`MultiRaft`]: every Raft group replica of one node behind one API. Creates, opens and
+//! removes replicas, proposes commands, serves linearizable reads, changes membership one
+//! change at a time per group, and reports status and leader changes.
+
+use crate::error::{self, GroupError, MembershipError, ProposeError};
+use crate::log_db::LogDb;
+use crate::log_store::GroupLog;
+use crate::network::NetworkFactory;
+use crate::router::{GroupTable, HostedGroup, RaftRouter};
+use crate::sm_adapter::{MachineAdapter, SharedMachine};
+use crate::state_machine::{LogIndex, StateMachine};
+use crate::status::{GroupStatus, LeaderChange, status_from_metrics};
+use crate::types::{AppRequest, EntryKind, Raft, RaftNode, node_id, raft_id};
+use nodedb_cluster_core::{GroupId, NodeId, VShardId};
+use nodedb_cluster_transport::{Handler, Transport};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::{InitializeError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+/// Leader changes buffered for slow subscribers; a subscriber further behind skips ahead.
+pub const LEADER_CHANGES_MAX: usize = 1024;
+
+/// Timing and compaction knobs of every group on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Deadline of a proposal, a read barrier or a membership change.
+    pub proposal_timeout_ms: u64,
+    /// Deadline of one snapshot install RPC step (the total grows with the snapshot size).
+    pub snapshot_timeout_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot, so that slightly lagging followers catch up
+    /// from the log rather than by snapshot.
+    pub logs_to_keep_after_snapshot: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> RaftTimings {
+        RaftTimings {
+            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 500,
+            election_timeout_ms_max: 1000,
+            proposal_timeout_ms: 5000,
+            snapshot_timeout_ms: 5000,
+            snapshot_logs_since_last: 10_000,
+            logs_to_keep_after_snapshot: 1000,
+        }
+    }
+}
+
+impl RaftTimings {
+    /// Fast timings for in-process tests: 50 ms heartbeat, 150-300 ms elections, small logs.
+    pub fn for_tests() -> RaftTimings {
+        RaftTimings {
+            heartbeat_interval_ms: 50,
+            election_timeout_ms_min: 150,
+            election_timeout_ms_max: 300,
+            proposal_timeout_ms: 3000,
+            snapshot_timeout_ms: 2000,
+            snapshot_logs_since_last: 200,
+            logs_to_keep_after_snapshot: 20,
+        }
+    }
+
+    fn openraft_config(&self) -> Result<openraft::Config, GroupError> {
+        let config = openraft::Config {
+            cluster_name: "nodedb".to_string(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_ms_min,
+            election_timeout_max: self.election_timeout_ms_max,
+            install_snapshot_timeout: self.snapshot_timeout_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|error| GroupError::InvalidTimings(error.to_string()))
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Confirmed by a quorum (ReadIndex) before reading: sees every acknowledged write.
+    Linearizable,
+    /// This replica's current state, possibly behind the leader.
+    Local,
+}
+
+/// The outcome of an applied proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub index: LogIndex,
+    pub response: Vec<u8>,
+}
+
+/// All Raft group replicas of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct MultiRaft {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: NodeId,
+    transport: Arc<dyn Transport>,
+    log_db: LogDb,
+    data_dir: PathBuf,
+    timings: RaftTimings,
+    config: Arc<openraft::Config>,
+    table: Arc<GroupTable>,
+    lifecycle: tokio::sync::Mutex<()>,
+    watchers: Mutex<HashMap<GroupId, JoinHandle<()>>>,
+    leader_changes: broadcast::Sender<LeaderChange>,
+    closed: AtomicBool,
+}
+
+impl MultiRaft {
+    /// A node's multi-raft engine. Snapshots live under `data_dir/groups/<id>/`. Incoming
+    /// traffic is served by [`MultiRaft::handler`], which the caller installs on the transport.
+    pub fn new(
+        node: NodeId,
+        transport: Arc<dyn Transport>,
+        log_db: LogDb,
+        data_dir: PathBuf,
+        timings: RaftTimings,
+    ) -> Result<MultiRaft, GroupError> {
+        let config = Arc::new(timings.openraft_config()?);
+        let (leader_changes, _) = broadcast::channel(LEADER_CHANGES_MAX);
+        Ok(MultiRaft {
+            inner: Arc::new(Inner {
+                node,
+                transport,
+                log_db,
+                data_dir,
+                timings,
+                config,
+                table: Arc::new(GroupTable::default()),
+                lifecycle: tokio::sync::Mutex::new(()),
+                watchers: Mutex::new(HashMap::new()),
+                leader_changes,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// The handler serving Raft RPCs and snapshot streams for every hosted group.
+    pub fn handler(&self) -> Arc<dyn Handler> {
+        Arc::new(RaftRouter::new(Arc::clone(&self.inner.table)))
+    }
+
+    /// Groups with a replica on this node, ascending.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.inner.table.ids()
+    }
+
+    /// Groups that have durable Raft state in the log file (to reopen after a restart).
+    pub fn stored_groups(&self) -> Result<Vec<GroupId>, GroupError> {
+        self.inner
+            .log_db
+            .groups()
+            .map_err(|error| GroupError::Storage {
+                group: GroupId(u32::MAX),
+                reason: error.to_string(),
+            })
+    }
+
+    /// Starts a replica of `group`. With `initial_members` (node -> address) the group is
+    /// initialized, but only if it never was: a replica that already has a vote or a log is
+    /// started as it is. Call on exactly one node of a new group; the others use
+    /// [`MultiRaft::open_group`] and learn the membership from the leader.
+    pub async fn create_group(
+        &self,
+        group: GroupId,
+        machine: Box<dyn StateMachine>,
+        initial_members: Option<BTreeMap<NodeId, String>>,
+    ) -> Result<(), GroupError> {
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        let raft = self.start_replica(group, machine).await?;
+        let Some(members) = initial_members else {
+            return Ok(());
+        };
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|fatal| GroupError::Storage {
+                group,
+                reason: fatal.to_string(),
+            })?;
+        if initialized {
+            tracing::info!(%group, "group already initialized; not initializing again");
+            return Ok(());
+        }
+        let nodes: BTreeMap<u64, RaftNode> = members
+            .into_iter()
+            .map(|(node, addr)| (raft_id(node), RaftNode { addr }))
+            .collect();
+        match raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(error) => Err(GroupError::Initialize {
+                group,
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    /// Starts a replica of `group` from its stored state, never initializing it.
+    pub async fn open_group(
+        &self,
+        group: GroupId,
+        machine: Box<dyn StateMachine>,
+    ) -> Result<(), GroupError> {
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        self.start_replica(group, machine).await.map(|_| ())
+    }
+
+    /// Stops the replica of `group` and deletes its log and snapshots from this node.
+    pub async fn remove_group(&self, group: GroupId) -> Result<(), GroupError> {
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        let hosted = self
+            .inner
+            .table
+            .remove(group)
+            .ok_or(GroupError::UnknownGroup { group })?;
+        self.stop_replica(group, &hosted).await;
+        let storage = |reason: String| GroupError::Storage { group, reason };
+        self.inner
+            .log_db
+            .remove_group(group)
+            .await
+            .map_err(|error| storage(error.to_string()))?;
+        match tokio::fs::remove_dir_all(self.group_dir(group)).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(storage(error.to_string())),
+        }
+    }
+
+    /// Replicates `command` through `group` and returns the state machine's response.
+    pub async fn propose(&self, group: GroupId, command: Vec<u8>) -> Result<Applied, ProposeError> {
+        self.propose_entry(group, EntryKind::Command, command).await
+    }
+
+    /// Imports the exported data of `vshard` on every replica of `group` (migrations).
+    pub async fn import_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        data: Vec<u8>,
+    ) -> Result<LogIndex, ProposeError> {
+        let applied = self
+            .propose_entry(group, EntryKind::ImportVShard { vshard }, data)
+            .await?;
+        Ok(applied.index)
+    }
+
+    /// Drops the data of `vshard` on every replica of `group` (migrations).
+    pub async fn drop_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<LogIndex, ProposeError> {
+        let applied = self
+            .propose_entry(group, EntryKind::DropVShard { vshard }, Vec::new())
+            .await?;
+        Ok(applied.index)
+    }
+
+    /// Exports the data of `vshard` from the leader's state after a read barrier.
+    pub async fn export_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<Vec<u8>, ProposeError> {
+        self.read_barrier(group).await?;
+        let hosted = self.propose_target(group)?;
+        let exported = hosted.machine.lock().export_vshard(vshard);
+        exported.map_err(|error| ProposeError::Query {
+            group,
+            reason: error.to_string(),
+        })
+    }
+
+    /// Returns once this replica is the leader and has applied everything committed before the
+    /// call (ReadIndex confirmed by a quorum). Reads after it are linearizable.
+    pub async fn read_barrier(&self, group: GroupId) -> Result<(), ProposeError> {
+        let hosted = self.propose_target(group)?;
+        let barrier = hosted.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+        match self.with_deadline(barrier).await {
+            None => Err(ProposeError::Timeout { group }),
+            Some(Err(error)) => Err(error::read_error(group, error)),
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Answers `query` from the state machine of `group`, after a read barrier when
+    /// `consistency` asks for it.
+    pub async fn query(
+        &self,
+        group: GroupId,
+        query: &[u8],
+        consistency: ReadConsistency,
+    ) -> Result<Vec<u8>, ProposeError> {
+        if consistency == ReadConsistency::Linearizable {
+            self.read_barrier(group).await?;
+        }
+        let hosted = self.propose_target(group)?;
+        let answer = hosted.machine.lock().query(query);
+        answer.map_err(|error| ProposeError::Query {
+            group,
+            reason: error.to_string(),
+        })
+    }
+
+    /// The local replica's state hash (compare across replicas at equal applied indexes).
+    pub fn state_hash(&self, group: GroupId) -> Result<u64, ProposeError> {
+        let hosted = self.propose_target(group)?;
+        let hash = hosted.machine.lock().state_hash();
+        Ok(hash)
+    }
+
+    /// The local replica's status.
+    pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
+        let hosted = self.inner.table.get(group)?;
+        let metrics = hosted.raft.metrics();
+        let status = status_from_metrics(group, &metrics.borrow_watched());
+        Some(status)
+    }
+
+    /// Subscribes to leader changes of every hosted group, as this node observes them.
+    pub fn leader_changes(&self) -> broadcast::Receiver<LeaderChange> {
+        self.inner.leader_changes.subscribe()
+    }
+
+    /// Adds `node` (reached at `addr`) as a learner of `group`; returns without waiting for it
+    /// to catch up (watch [`GroupStatus::followers`]).
+    pub async fn add_learner(
+        &self,
+        group: GroupId,
+        node: NodeId,
+        addr: String,
+    ) -> Result<(), MembershipError> {
+        self.change(group, |raft| async move {
+            raft.add_learner(raft_id(node), RaftNode { addr }, false)
+                .await
+        })
+        .await
+    }
+
+    /// Makes the learner `node` a voter of `group`.
+    pub async fn promote(&self, group: GroupId, node: NodeId) -> Result<(), MembershipError> {
+        let voters = BTreeSet::from([raft_id(node)]);
+        self.change(group, |raft| async move {
+            raft.change_membership(ChangeMembers::AddVoterIds(voters), true)
+                .await
+        })
+        .await
+    }
+
+    /// Replaces the voters of `group` with `voters` (which must already be members); removed
+    /// voters stay as learners.
+    pub async fn change_voters(
+        &self,
+        group: GroupId,
+        voters: BTreeSet<NodeId>,
+    ) -> Result<(), MembershipError> {
+        let voters: BTreeSet<u64> = voters.into_iter().map(raft_id).collect();
+        self.change(group, |raft| async move {
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), true)
+                .await
+        })
+        .await
+    }
+
+    /// Removes `node` from `group` entirely, whether it is a voter or a learner.
+    pub async fn remove_replica(
+        &self,
+        group: GroupId,
+        node: NodeId,
+    ) -> Result<(), MembershipError> {
+        let id = raft_id(node);
+        self.change(group, |raft| async move {
+            let is_voter = raft.voter_ids().any(|voter| voter == id);
+            let change = if is_voter {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            raft.change_membership(change, false).await
+        })
+        .await
+    }
+
+    /// Asks the leader of `group` (this node) to hand leadership to `to`. Returns once asked;
+    /// watch [`MultiRaft::leader_changes`] for the outcome.
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), MembershipError> {
+        let hosted = self.membership_target(group)?;
+        if !hosted.raft.is_leader() {
+            let leader_hint = hosted.raft.current_leader().await.map(node_id);
+            return Err(MembershipError::NotLeader { group, leader_hint });
+        }
+        hosted
+            .raft
+            .trigger()
+            .transfer_leader(raft_id(to))
+            .await
+            .map_err(|fatal| MembershipError::Storage {
+                group,
+                reason: fatal.to_string(),
+            })
+    }
+
+    /// Stops every replica. Their durable state stays; the log file is the caller's to close.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        for group in self.inner.table.ids() {
+            if let Some(hosted) = self.inner.table.remove(group) {
+                self.stop_replica(group, &hosted).await;
+            }
+        }
+    }
+}
+
+impl MultiRaft {
+    async fn start_replica(
+        &self,
+        group: GroupId,
+        machine: Box<dyn StateMachine>,
+    ) -> Result<Raft<MachineAdapter>, GroupError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(GroupError::Shutdown);
+        }
+        if self.inner.table.get(group).is_some() {
+            return Err(GroupError::AlreadyHosted { group });
+        }
+        let storage = |reason: String| GroupError::Storage { group, reason };
+        let snapshot_dir = self.group_dir(group).join("snapshots");
+        let machine = SharedMachine::new(machine);
+        let adapter = MachineAdapter::open(group, machine.clone(), snapshot_dir.clone())
+            .await
+            .map_err(|error| storage(error.to_string()))?;
+        let log = GroupLog::new(group, self.inner.log_db.clone());
+        let network = NetworkFactory::new(group, Arc::clone(&self.inner.transport));
+        let raft = Raft::new(
+            raft_id(self.inner.node),
+            Arc::clone(&self.inner.config),
+            network,
+            log,
+            adapter,
+        )
+        .await
+        .map_err(|fatal| storage(fatal.to_string()))?;
+        let hosted = HostedGroup {
+            raft: raft.clone(),
+            snapshot_dir,
+            machine,
+            changes: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        self.inner.table.insert(group, hosted);
+        let watcher = tokio::spawn(watch_leader(
+            group,
+            raft.clone(),
+            self.inner.leader_changes.clone(),
+        ));
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(old) = watchers.insert(group, watcher) {
+            old.abort();
+        }
+        Ok(raft)
+    }
+
+    async fn stop_replica(&self, group: GroupId, hosted: &HostedGroup) {
+        if let Err(error) = hosted.raft.shutdown().await {
+            tracing::warn!(%group, %error, "replica did not shut down cleanly");
+        }
+        let watcher = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&group);
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+    }
+
+    async fn propose_entry(
+        &self,
+        group: GroupId,
+        kind: EntryKind,
+        payload: Vec<u8>,
+    ) -> Result<Applied, ProposeError> {
+        let hosted = self.propose_target(group)?;
+        let write = hosted.raft.client_write(AppRequest { kind, payload });
+        match self.with_deadline(write).await {
+            None => Err(ProposeError::Timeout { group }),
+            Some(Err(error)) => Err(error::propose_error(group, error)),
+            Some(Ok(response)) => Ok(Applied {
+                index: LogIndex(response.log_id.index),
+                response: response.data.0,
+            }),
+        }
+    }
+
+    async fn change<F, Fut>(&self, group: GroupId, change: F) -> Result<(), MembershipError>
+    where
+        F: FnOnce(Raft<MachineAdapter>) -> Fut,
+        Fut: Future<
+            Output = Result<
+                openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+                RaftError<
+                    crate::types::TypeConfig,
+                    openraft::error::ClientWriteError<crate::types::TypeConfig>,
+                >,
+            >,
+        >,
+    {
+        let hosted = self.membership_target(group)?;
+        let _one_change_at_a_time = hosted.changes.lock().await;
+        match self.with_deadline(change(hosted.raft.clone())).await {
+            None => Err(MembershipError::Timeout { group }),
+            Some(Err(error)) => Err(error::membership_error(group, error)),
+            Some(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn with_deadline<T>(&self, future: impl Future<Output = T>) -> Option<T> {
+        let deadline = Duration::from_millis(self.inner.timings.proposal_timeout_ms);
+        tokio::time::timeout(deadline, future).await.ok()
+    }
+
+    fn propose_target(&self, group: GroupId) -> Result<HostedGroup, ProposeError> {
+        self.inner
+            .table
+            .get(group)
+            .ok_or(ProposeError::UnknownGroup { group })
+    }
+
+    fn membership_target(&self, group: GroupId) -> Result<HostedGroup, MembershipError> {
+        self.inner
+            .table
+            .get(group)
+            .ok_or(MembershipError::UnknownGroup { group })
+    }
+
+    fn group_dir(&self, group: GroupId) -> PathBuf {
+        self.inner.data_dir.join("groups").join(group.0.to_string())
+    }
+}
+
+/// Publishes every leader change of `group` until the replica stops.
+async fn watch_leader(
+    group: GroupId,
+    raft: Raft<MachineAdapter>,
+    changes: broadcast::Sender<LeaderChange>,
+) {
+    let mut metrics = raft.metrics();
+    let mut last: Option<Option<u64>> = None;
+    loop {
+        let (leader, term) = {
+            let current = metrics.borrow_watched();
+            (current.current_leader, current.current_term)
+        };
+        if last != Some(leader) {
+            last = Some(leader);
+            // No subscribers is fine: changes are a notification, not a log.
+            let _ = changes.send(LeaderChange {
+                group,
+                leader: leader.map(node_id),
+                term,
+            });
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl std::fmt::Debug for MultiRaft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiRaft")
+            .field("node", &self.inner.node)
+            .field("groups", &self.inner.table.ids())
+            .finish_non_exhaustive()
+    }
+}
