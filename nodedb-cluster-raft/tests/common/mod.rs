@@ -1,0 +1,296 @@
+//! In-process cluster harness over the in-memory transport: nodes with real redb log files in a
+//! temporary directory, the built-in kv engine, and helpers that wait on conditions with
+//! deadlines (never fixed sleeps).
+
+#![allow(dead_code)]
+
+use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_raft::kv::{KvAnswer, KvCommand, KvQuery, KvResponse, KvStateMachine};
+use nodedb_cluster_raft::log_db::LogDb;
+use nodedb_cluster_raft::{
+    Applied, GroupStatus, MultiRaft, ProposeError, RaftTimings, ReadConsistency, Role,
+};
+use nodedb_cluster_transport::{MemoryNetwork, MemoryTransport, Transport};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Default deadline of a wait in these tests: generous, because CI machines are slow.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// Poll interval of waits.
+const POLL: Duration = Duration::from_millis(20);
+/// Attempts of a client operation that is retried on NotLeader / Timeout.
+pub const CLIENT_ATTEMPTS_MAX: usize = 100;
+
+pub struct TestNode {
+    pub id: NodeId,
+    pub multi: MultiRaft,
+    pub log: LogDb,
+    pub transport: Arc<MemoryTransport>,
+}
+
+pub struct TestCluster {
+    pub network: MemoryNetwork,
+    pub root: tempfile::TempDir,
+    pub nodes: BTreeMap<NodeId, TestNode>,
+    pub groups: BTreeSet<GroupId>,
+    pub timings: RaftTimings,
+}
+
+pub fn address(node: NodeId) -> String {
+    format!("127.0.0.1:{}", 19_400 + node.0)
+}
+
+impl TestCluster {
+    pub async fn new(node_count: u64, seed: u64) -> TestCluster {
+        TestCluster::with_timings(node_count, seed, RaftTimings::for_tests()).await
+    }
+
+    pub async fn with_timings(node_count: u64, seed: u64, timings: RaftTimings) -> TestCluster {
+        println!("test cluster seed {seed}");
+        let mut cluster = TestCluster {
+            network: MemoryNetwork::new(seed),
+            root: tempfile::tempdir().expect("temp dir"),
+            nodes: BTreeMap::new(),
+            groups: BTreeSet::new(),
+            timings,
+        };
+        for id in 1..=node_count {
+            cluster.start_node(NodeId(id)).await;
+        }
+        cluster
+    }
+
+    pub fn data_dir(&self, node: NodeId) -> PathBuf {
+        self.root.path().join(format!("node-{}", node.0))
+    }
+
+    /// Starts (or restarts) `node` from its files; reopens every group it stored.
+    pub async fn start_node(&mut self, node: NodeId) {
+        let dir = self.data_dir(node);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let log = LogDb::open(&dir.join("raft-log.redb")).expect("open log");
+        let transport = self.network.register(node).expect("register");
+        let multi = MultiRaft::new(
+            node,
+            transport.clone() as Arc<dyn Transport>,
+            log.clone(),
+            dir,
+            self.timings,
+        )
+        .expect("multi-raft");
+        transport.set_handler(multi.handler());
+        for group in multi.stored_groups().expect("stored groups") {
+            multi
+                .open_group(group, Box::new(KvStateMachine::new()))
+                .await
+                .expect("open group");
+        }
+        self.nodes.insert(
+            node,
+            TestNode {
+                id: node,
+                multi,
+                log,
+                transport,
+            },
+        );
+    }
+
+    /// Stops `node` abruptly for its peers (network crash) and releases its files.
+    pub async fn crash_node(&mut self, node: NodeId) {
+        self.network.crash(node);
+        if let Some(test_node) = self.nodes.remove(&node) {
+            test_node.multi.shutdown().await;
+            test_node.log.shutdown();
+        }
+    }
+
+    pub async fn restart_node(&mut self, node: NodeId) {
+        self.network.restart(node);
+        self.start_node(node).await;
+    }
+
+    /// Creates `group` with `voters`: initialized on the first voter, opened on the others.
+    pub async fn create_group(&mut self, group: GroupId, voters: &[NodeId]) {
+        let members: BTreeMap<NodeId, String> =
+            voters.iter().map(|node| (*node, address(*node))).collect();
+        for (position, node) in voters.iter().enumerate() {
+            let multi = &self.nodes[node].multi;
+            let initial = (position == 0).then(|| members.clone());
+            multi
+                .create_group(group, Box::new(KvStateMachine::new()), initial)
+                .await
+                .expect("create group");
+        }
+        self.groups.insert(group);
+    }
+
+    pub fn status(&self, node: NodeId, group: GroupId) -> Option<GroupStatus> {
+        self.nodes.get(&node)?.multi.status(group)
+    }
+
+    /// Waits until a live node is leader of `group` and every other live member agrees.
+    pub async fn wait_leader(&self, group: GroupId) -> NodeId {
+        self.wait_leader_among(group, &self.nodes.keys().copied().collect::<Vec<_>>())
+            .await
+    }
+
+    pub async fn wait_leader_among(&self, group: GroupId, nodes: &[NodeId]) -> NodeId {
+        wait_for(
+            &format!("a leader of {group} among {nodes:?}"),
+            WAIT,
+            || {
+                let statuses: Vec<GroupStatus> = nodes
+                    .iter()
+                    .filter_map(|node| self.status(*node, group))
+                    .collect();
+                let leader = statuses.iter().find(|status| status.role == Role::Leader)?;
+                let agreed = statuses
+                    .iter()
+                    .filter(|status| leader.voters.contains(&status.node))
+                    .all(|status| status.leader == Some(leader.node) && status.term == leader.term);
+                agreed.then_some(leader.node)
+            },
+        )
+        .await
+    }
+
+    /// Proposes `command` to whichever node leads `group`, following NotLeader hints.
+    pub async fn propose(
+        &self,
+        group: GroupId,
+        command: KvCommand,
+    ) -> Result<(Applied, KvResponse), ProposeError> {
+        let bytes = command.encode();
+        let mut target = self.nodes.keys().next().copied().expect("a node");
+        let mut last_error = None;
+        for _ in 0..CLIENT_ATTEMPTS_MAX {
+            let Some(node) = self.nodes.get(&target) else {
+                target = self.next_node(target);
+                continue;
+            };
+            match node.multi.propose(group, bytes.clone()).await {
+                Ok(applied) => {
+                    let response = KvResponse::decode(&applied.response).expect("kv response");
+                    return Ok((applied, response));
+                }
+                Err(ProposeError::NotLeader { leader_hint, .. }) => {
+                    target = match leader_hint {
+                        Some(leader) if self.nodes.contains_key(&leader) => leader,
+                        _ => self.next_node(target),
+                    };
+                    last_error = None;
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or(ProposeError::Timeout { group }))
+    }
+
+    pub async fn put(&self, group: GroupId, key: &str, value: &str) -> Applied {
+        let command = KvCommand::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        };
+        let (applied, response) = self.propose(group, command).await.expect("put");
+        assert_eq!(response, KvResponse::Written);
+        applied
+    }
+
+    /// Linearizable read through the leader.
+    pub async fn get(&self, group: GroupId, key: &str) -> Option<String> {
+        let leader = self.wait_leader(group).await;
+        let query = KvQuery::Get {
+            key: key.as_bytes().to_vec(),
+        }
+        .encode();
+        let answer = self.nodes[&leader]
+            .multi
+            .query(group, &query, ReadConsistency::Linearizable)
+            .await
+            .expect("linearizable get");
+        match KvAnswer::decode(&answer) {
+            Some(KvAnswer::Value(value)) => {
+                value.map(|bytes| String::from_utf8(bytes).expect("utf8"))
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Reads `key` from `node`'s own replica without a barrier.
+    pub async fn local_get(&self, node: NodeId, group: GroupId, key: &str) -> Option<String> {
+        let query = KvQuery::Get {
+            key: key.as_bytes().to_vec(),
+        }
+        .encode();
+        let answer = self.nodes[&node]
+            .multi
+            .query(group, &query, ReadConsistency::Local)
+            .await
+            .ok()?;
+        match KvAnswer::decode(&answer) {
+            Some(KvAnswer::Value(value)) => {
+                value.map(|bytes| String::from_utf8(bytes).expect("utf8"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits until every live replica of `group` applied the same index and has the same hash.
+    pub async fn wait_converged(&self, group: GroupId) -> u64 {
+        wait_for(&format!("replicas of {group} to converge"), WAIT, || {
+            let mut applied = BTreeSet::new();
+            let mut hashes = BTreeSet::new();
+            for node in self.nodes.values() {
+                let Some(status) = node.multi.status(group) else {
+                    continue;
+                };
+                applied.insert(status.applied_index);
+                hashes.insert(node.multi.state_hash(group).ok()?);
+            }
+            (applied.len() == 1 && hashes.len() == 1).then(|| *hashes.iter().next().expect("hash"))
+        })
+        .await
+    }
+
+    fn next_node(&self, after: NodeId) -> NodeId {
+        self.nodes
+            .keys()
+            .copied()
+            .find(|node| *node > after)
+            .or_else(|| self.nodes.keys().next().copied())
+            .expect("a live node")
+    }
+
+    pub async fn shutdown(mut self) {
+        for node in self.nodes.keys().copied().collect::<Vec<_>>() {
+            if let Some(test_node) = self.nodes.remove(&node) {
+                test_node.multi.shutdown().await;
+                test_node.log.shutdown();
+            }
+        }
+    }
+}
+
+/// Polls `condition` until it yields a value, at most `deadline`; panics with `what` after.
+pub async fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut condition: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    let polls_max = deadline.as_millis() / POLL.as_millis() + 1;
+    for _ in 0..polls_max {
+        if let Some(value) = condition() {
+            return value;
+        }
+        if start.elapsed() > deadline {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("timed out after {deadline:?} waiting for {what}");
+}
