@@ -1,0 +1,233 @@
+//! Faults over the in-memory transport: leader crash, minority partition, a lagging follower
+//! that needs a snapshot, and a restart of every node from its files.
+
+mod common;
+
+use common::{TestCluster, WAIT, wait_for};
+use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_raft::kv::{KvCommand, KvStateMachine};
+use nodedb_cluster_raft::{ProposeError, Role};
+use std::collections::BTreeMap;
+
+const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_elects_a_new_leader_that_keeps_acknowledged_writes() {
+    let mut cluster = TestCluster::new(3, 11).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let old_leader = cluster.wait_leader(group).await;
+    cluster.put(group, "before", "crash").await;
+    let old_term = cluster.status(old_leader, group).expect("status").term;
+
+    cluster.crash_node(old_leader).await;
+    let survivors: Vec<NodeId> = VOTERS
+        .iter()
+        .copied()
+        .filter(|node| *node != old_leader)
+        .collect();
+    let new_leader = cluster.wait_leader_among(group, &survivors).await;
+    assert_ne!(new_leader, old_leader);
+    assert!(cluster.status(new_leader, group).expect("status").term > old_term);
+    assert_eq!(cluster.get(group, "before").await.as_deref(), Some("crash"));
+    cluster.put(group, "after", "crash").await;
+
+    cluster.restart_node(old_leader).await;
+    cluster.wait_converged(group).await;
+    assert_eq!(
+        cluster
+            .local_get(old_leader, group, "after")
+            .await
+            .as_deref(),
+        Some("crash")
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_cannot_commit_while_the_majority_does() {
+    let mut cluster = TestCluster::new(3, 12).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let old_leader = cluster.wait_leader(group).await;
+    cluster.put(group, "k", "before").await;
+
+    let majority: Vec<NodeId> = VOTERS
+        .iter()
+        .copied()
+        .filter(|node| *node != old_leader)
+        .collect();
+    cluster.network.partition(&[old_leader], &majority);
+
+    let command = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"minority".to_vec(),
+    }
+    .encode();
+    let isolated = cluster.nodes[&old_leader]
+        .multi
+        .propose(group, command)
+        .await;
+    assert!(
+        matches!(
+            isolated,
+            Err(ProposeError::Timeout { .. }) | Err(ProposeError::NotLeader { .. })
+        ),
+        "a proposal on the isolated side must not succeed: {isolated:?}"
+    );
+    let barrier = cluster.nodes[&old_leader].multi.read_barrier(group).await;
+    assert!(
+        barrier.is_err(),
+        "an isolated leader cannot confirm a read: {barrier:?}"
+    );
+
+    let new_leader = cluster.wait_leader_among(group, &majority).await;
+    let command = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"majority".to_vec(),
+    }
+    .encode();
+    cluster.nodes[&new_leader]
+        .multi
+        .propose(group, command)
+        .await
+        .expect("majority commits");
+
+    cluster.network.heal();
+    cluster.wait_leader(group).await;
+    assert_eq!(cluster.get(group, "k").await.as_deref(), Some("majority"));
+    cluster.wait_converged(group).await;
+    // The outcome of the isolated proposal was unknown to its client; Raft resolved it: the
+    // entry was never committed, so no replica has it.
+    for node in VOTERS {
+        assert_eq!(
+            cluster.local_get(node, group, "k").await.as_deref(),
+            Some("majority")
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_follower_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::new(3, 13).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let leader = cluster.wait_leader(group).await;
+    let lagging = VOTERS
+        .iter()
+        .copied()
+        .find(|node| *node != leader)
+        .expect("a follower");
+    cluster.crash_node(lagging).await;
+
+    let writes = cluster.timings.snapshot_logs_since_last * 2 + 50;
+    for i in 0..writes {
+        cluster
+            .put(group, &format!("key-{i}"), &format!("value-{i}"))
+            .await;
+    }
+    let leader = cluster.wait_leader(group).await;
+    let purged = wait_for("the leader to compact its log", WAIT, || {
+        let status = cluster.status(leader, group)?;
+        status.purged_index.filter(|purged| purged.0 > 0)
+    })
+    .await;
+    assert!(purged.0 > cluster.timings.logs_to_keep_after_snapshot);
+
+    cluster.restart_node(lagging).await;
+    let hash = cluster.wait_converged(group).await;
+    let status = cluster.status(lagging, group).expect("status");
+    assert!(
+        status.snapshot_index.is_some(),
+        "the follower restarted behind the purge point must have installed a snapshot"
+    );
+    assert_eq!(
+        cluster.nodes[&lagging]
+            .multi
+            .state_hash(group)
+            .expect("hash"),
+        hash
+    );
+    let last = writes - 1;
+    let expected = format!("value-{last}");
+    assert_eq!(
+        cluster
+            .local_get(lagging, group, &format!("key-{last}"))
+            .await,
+        Some(expected)
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_recovers_data_and_votes_without_reinitializing() {
+    let mut cluster = TestCluster::new(3, 14).await;
+    let groups = [GroupId(0), GroupId(1)];
+    for group in groups {
+        cluster.create_group(group, &VOTERS).await;
+    }
+    let writes = cluster.timings.snapshot_logs_since_last + 30;
+    for i in 0..writes {
+        cluster
+            .put(groups[i as usize % 2], &format!("key-{i}"), &format!("{i}"))
+            .await;
+    }
+    let mut terms = BTreeMap::new();
+    let mut hashes = BTreeMap::new();
+    for group in groups {
+        hashes.insert(group, cluster.wait_converged(group).await);
+        for node in VOTERS {
+            terms.insert(
+                (node, group),
+                cluster.status(node, group).expect("status").term,
+            );
+        }
+    }
+
+    for node in VOTERS {
+        cluster.crash_node(node).await;
+    }
+    for node in VOTERS {
+        cluster.restart_node(node).await;
+    }
+    // Asking to create with members again must not re-initialize a group that has state.
+    let members: BTreeMap<NodeId, String> = VOTERS
+        .iter()
+        .map(|node| (*node, common::address(*node)))
+        .collect();
+    let again = cluster.nodes[&NodeId(1)]
+        .multi
+        .create_group(groups[0], Box::new(KvStateMachine::new()), Some(members))
+        .await;
+    assert!(
+        again.is_err(),
+        "the group is already hosted after the restart"
+    );
+
+    for group in groups {
+        cluster.wait_leader(group).await;
+        for node in VOTERS {
+            let term = cluster.status(node, group).expect("status").term;
+            assert!(
+                term >= terms[&(node, group)],
+                "term went back on {node} in {group}"
+            );
+        }
+        assert_eq!(cluster.wait_converged(group).await, hashes[&group]);
+    }
+    for i in (0..writes).step_by(37) {
+        let group = groups[i as usize % 2];
+        assert_eq!(
+            cluster.get(group, &format!("key-{i}")).await,
+            Some(format!("{i}"))
+        );
+    }
+    cluster.put(groups[1], "after-restart", "yes").await;
+    let leader = cluster.wait_leader(groups[1]).await;
+    assert_eq!(
+        cluster.status(leader, groups[1]).expect("status").role,
+        Role::Leader
+    );
+    cluster.shutdown().await;
+}
