@@ -70,10 +70,13 @@ pub struct KvStateMachine {
     entries: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
+/// One key and its value.
+type KeyValue = (Vec<u8>, Vec<u8>);
+
 #[derive(Serialize, Deserialize)]
 struct KvData {
     version: u8,
-    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    entries: Vec<KeyValue>,
 }
 
 impl KvCommand {
@@ -244,7 +247,7 @@ fn encode_data<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) ->
     postcard::to_stdvec(&data).unwrap_or_else(|error| panic!("kv data encode: {error}"))
 }
 
-fn decode_data(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateMachineError> {
+fn decode_data(bytes: &[u8]) -> Result<Vec<KeyValue>, StateMachineError> {
     match bytes.first() {
         Some(&KV_FORMAT_VERSION) => {}
         Some(other) => {

@@ -97,7 +97,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         let last_purged_log_id = self.read_log_id(MetaKey::LastPurged)?;
         let last_log_id = match self.last_entry()? {
             Some(entry) => Some(entry.log_id),
-            None => last_purged_log_id.clone(),
+            None => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,
@@ -161,7 +161,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         // Record the purge point first: a crash between the two leaves entries that are
         // already covered by the recorded point, which is harmless.
-        let bytes = wire::encode_log_id(&Some(log_id.clone()));
+        let bytes = wire::encode_log_id(&Some(log_id));
         self.db
             .put_meta(self.group, MetaKey::LastPurged, bytes)
             .await

@@ -73,7 +73,7 @@ impl MachineAdapter {
         .await
         .map_err(io::Error::other)??;
         let (applied, membership) = match &latest {
-            Some((meta, _)) => (meta.last_log_id.clone(), meta.last_membership.clone()),
+            Some((meta, _)) => (meta.last_log_id, meta.last_membership.clone()),
             None => (None, StoredMembership::default()),
         };
         if let Some(applied) = &applied {
@@ -140,7 +140,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        Ok((self.applied.clone(), self.membership.clone()))
+        Ok((self.applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -150,7 +150,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
         let mut pending: Vec<(LogId, Vec<u8>, Responder)> = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let log_id = entry.log_id.clone();
+            let log_id = entry.log_id;
             match entry.payload {
                 EntryPayload::Normal(request) if request.kind == EntryKind::Command => {
                     pending.push((log_id, request.payload, responder));
@@ -162,7 +162,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
                 }
                 EntryPayload::Membership(membership) => {
                     self.apply_commands(&mut pending)?;
-                    self.membership = StoredMembership::new(Some(log_id.clone()), membership);
+                    self.membership = StoredMembership::new(Some(log_id), membership);
                 }
                 EntryPayload::Blank => self.apply_commands(&mut pending)?,
             }
@@ -187,7 +187,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
             group: self.group,
             chunks: Mutex::new(chunks),
             meta: SnapshotMeta {
-                last_log_id: self.applied.clone(),
+                last_log_id: self.applied,
                 last_membership: self.membership.clone(),
             },
             snapshot_dir: self.snapshot_dir.clone(),
@@ -213,7 +213,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
         .await
         .map_err(io::Error::other)??;
         tracing::info!(group = %self.group, snapshot = %meta, "installed snapshot");
-        self.applied = meta.last_log_id.clone();
+        self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         *lock(&self.current) = Some((meta.clone(), file));
         Ok(())
