@@ -86,10 +86,13 @@ pub fn check_with_limits(history: &History, limits: CheckLimits) -> Report {
     let mut problems = Vec::new();
     let mut ops_checked: u64 = 0;
     let mut ops_ignored: u64 = 0;
+    let mut states_explored: u64 = 0;
     for key in &keys {
         ops_checked += key.ops.len() as u64;
         ops_ignored += key.ignored;
-        match search::search(key, limits.explored_states_max) {
+        let outcome = search::search(key, limits.explored_states_max);
+        states_explored += outcome.explored_states;
+        match outcome.result {
             SearchResult::Linearizable => {}
             SearchResult::NotLinearizable(stuck) => {
                 problems.push(report::not_linearizable(key, &stuck));
@@ -103,7 +106,13 @@ pub fn check_with_limits(history: &History, limits: CheckLimits) -> Report {
             }),
         }
     }
-    Report::from_keys(problems, keys.len() as u64, ops_checked, ops_ignored)
+    Report::from_keys(
+        problems,
+        keys.len() as u64,
+        ops_checked,
+        ops_ignored,
+        states_explored,
+    )
 }
 
 /// Checks `history` followed by one read per `(key, value)` in `final_reads`, invoked after

@@ -19,7 +19,7 @@ pub(super) struct Values<'h> {
 }
 
 /// What one operation does to the register, with ids instead of bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Step {
     /// A `Put` or `Delete` (`value` is `ABSENT`), answered or not.
     Write { value: ValueId },
@@ -33,7 +33,7 @@ pub(super) enum Step {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct CasAnswer {
     pub(super) swapped: bool,
     pub(super) current: ValueId,
@@ -47,6 +47,11 @@ pub(super) struct KeyOp<'h> {
     pub(super) invoked_at: u64,
     /// `None` for unknown outcomes: they complete at infinity.
     pub(super) completed_at: Option<u64>,
+    /// For unknown outcomes: the last completion of an operation that observes the value this
+    /// one writes (`None`: no limit, an unanswered CAS depends on it). Once an operation
+    /// invoked later than this is placed, every observer is placed too, so placing this one
+    /// is pointless: nothing after it would see its value, and it may be omitted instead.
+    pub(super) useful_until: Option<u64>,
 }
 
 /// The part of a history that concerns one key, ready for the search.
@@ -118,9 +123,12 @@ impl Step {
 ///
 /// Left out, because they cannot change the verdict: failed operations (they did not happen),
 /// unanswered reads (they constrain nothing), and unanswered writes whose written value no
-/// operation of the key ever observes. Such a write, if it took effect, was overwritten before
-/// anyone looked: any linearization that includes it stays a linearization without it, and
-/// since an unanswered operation may never have happened, it can always be omitted.
+/// kept operation of the key observes (see `observed_values`). Such a write, if it took
+/// effect, was overwritten before anyone looked. Removing all of them from a linearization
+/// changes the value seen only by blind writes and by unanswered CASes that did not swap
+/// there; those CASes may be omitted too, so a linearization remains. Conversely a
+/// linearization without them is one of the full history, since unanswered operations may
+/// never happen.
 pub(super) fn split_by_key(history: &History) -> Vec<KeyHistory<'_>> {
     let mut by_key: BTreeMap<&[u8], Vec<&Operation>> = BTreeMap::new();
     for operation in history.operations() {
@@ -151,13 +159,53 @@ fn prepare_key<'h>(key: &'h [u8], operations: &[&'h Operation]) -> KeyHistory<'h
             step,
             invoked_at: operation.invoked_at,
             completed_at,
+            useful_until: None,
         });
     }
+    set_useful_until(&mut ops);
     KeyHistory {
         key,
         ops,
         values,
         ignored,
+    }
+}
+
+/// Fills `useful_until` of unanswered writes from the observers of the values they write.
+fn set_useful_until(ops: &mut [KeyOp<'_>]) {
+    // Per value: the last completion of an observer, `None` if an unanswered CAS observes it.
+    let mut last_observed: BTreeMap<ValueId, Option<u64>> = BTreeMap::new();
+    let mut observe = |value: ValueId, until: Option<u64>| {
+        let entry = last_observed.entry(value).or_insert(until);
+        *entry = entry.zip(until).map(|(a, b)| a.max(b));
+    };
+    for op in ops.iter() {
+        match (op.step, op.completed_at) {
+            (Step::Read { value }, Some(completed_at)) => observe(value, Some(completed_at)),
+            (
+                Step::Cas {
+                    expected,
+                    answer: Some(answer),
+                    ..
+                },
+                Some(completed_at),
+            ) => {
+                observe(answer.current, Some(completed_at));
+                if answer.swapped {
+                    observe(expected, Some(completed_at));
+                }
+            }
+            (Step::Cas { expected, .. }, None) => observe(expected, None),
+            _ => {}
+        }
+    }
+    for op in ops.iter_mut().filter(|op| op.completed_at.is_none()) {
+        let written = match op.step {
+            Step::Write { value } | Step::Cas { new: value, .. } => value,
+            Step::Read { .. } => unreachable!("unanswered reads are left out"),
+        };
+        // Kept unanswered writes always have an observer; without one, no limit is safe.
+        op.useful_until = last_observed.get(&written).copied().flatten();
     }
 }
 
@@ -205,10 +253,13 @@ fn step_of<'h>(
     Some(step)
 }
 
-/// Every value (including "absent") that some operation of the key may have observed: read,
-/// reported as current by a CAS, or required by a CAS that swapped or may have swapped.
+/// Every value (including "absent") that some kept operation of the key may observe: read or
+/// reported as current by an answered operation, required by a CAS that swapped, or required
+/// by an unanswered CAS that is itself kept (its new value is observed). The last rule feeds
+/// on itself, so it runs to a fixpoint: one more pass per newly kept CAS at most.
 fn observed_values<'h>(operations: &[&'h Operation]) -> BTreeSet<Option<&'h [u8]>> {
     let mut observed = BTreeSet::new();
+    let mut unknown_cas: Vec<(Option<&'h [u8]>, &'h [u8])> = Vec::new();
     for operation in operations {
         match (&operation.kind, &operation.outcome) {
             (OpKind::Get, Outcome::Ok(OpResult::Read { value })) => {
@@ -220,13 +271,26 @@ fn observed_values<'h>(operations: &[&'h Operation]) -> BTreeSet<Option<&'h [u8]
                     observed.insert(expected.as_deref());
                 }
             }
-            (OpKind::Cas { expected, .. }, Outcome::Unknown) => {
-                observed.insert(expected.as_deref());
+            (OpKind::Cas { expected, new }, Outcome::Unknown) => {
+                unknown_cas.push((expected.as_deref(), new));
             }
             _ => {}
         }
     }
-    observed
+    // Bounded: each pass either keeps at least one more CAS or stops.
+    loop {
+        let before = unknown_cas.len();
+        unknown_cas.retain(|(expected, new)| {
+            let kept = observed.contains(&Some(*new));
+            if kept {
+                observed.insert(*expected);
+            }
+            !kept
+        });
+        if unknown_cas.len() == before {
+            return observed;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ pub struct Report {
     /// Operations left out because they cannot change the verdict: failed operations,
     /// unanswered reads, unanswered writes whose value nobody observed.
     pub ops_ignored: u64,
+    /// Search states visited over all keys: the cost of the check.
+    pub states_explored: u64,
 }
 
 impl Verdict {
@@ -76,6 +78,7 @@ impl Report {
         keys_checked: u64,
         ops_checked: u64,
         ops_ignored: u64,
+        states_explored: u64,
     ) -> Report {
         problems.sort_by_key(|verdict| !matches!(verdict, Verdict::NotLinearizable { .. }));
         let verdict = problems.first().cloned().unwrap_or(Verdict::Linearizable);
@@ -85,6 +88,7 @@ impl Report {
             keys_checked,
             ops_checked,
             ops_ignored,
+            states_explored,
         }
     }
 }
@@ -126,9 +130,9 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "{headline}: {} keys, {} operations checked, {} ignored; {failures} keys not \
-             linearizable, {undecided} undecided",
-            self.keys_checked, self.ops_checked, self.ops_ignored
+            "{headline}: {} keys, {} operations checked, {} ignored, {} states explored; \
+             {failures} keys not linearizable, {undecided} undecided",
+            self.keys_checked, self.ops_checked, self.ops_ignored, self.states_explored
         )?;
         for problem in &self.problems {
             writeln!(f, "{problem}")?;

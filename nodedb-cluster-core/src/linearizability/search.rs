@@ -5,12 +5,13 @@
 //! at a call it tries to place that operation next (apply it to the model, remove its two
 //! events from the list, restart from the head); at a return it has found an operation that
 //! completed without being placed, so it backtracks. Placing an operation that leads to an
-//! already visited (set, value) pair is skipped: the outcome from there is already known.
+//! already visited (set, value) pair is skipped: the outcome from there is already known; so is
+//! one dominated by a visited pair (see `VisitedStates`).
 //! Unanswered operations have no return event, so the search succeeds as soon as the list
 //! holds nothing but their calls.
 
 use super::model::{ABSENT, KeyHistory, ValueId};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 /// Steps of the deepest valid ordering kept for the report.
@@ -18,7 +19,13 @@ const ORDERING_SHOWN_MAX: usize = 8;
 /// Operations that could have come next kept for the report.
 const CANDIDATES_SHOWN_MAX: usize = 12;
 
-/// How the search over one key ended.
+/// How the search over one key ended, and how many states it visited.
+#[derive(Debug)]
+pub(super) struct SearchOutcome {
+    pub(super) result: SearchResult,
+    pub(super) explored_states: u64,
+}
+
 #[derive(Debug)]
 pub(super) enum SearchResult {
     Linearizable,
@@ -47,61 +54,202 @@ pub(super) struct StuckPoint {
 
 /// Searches for a linearization of `key`'s operations, visiting at most
 /// `explored_states_max` distinct (set, value) states.
-pub(super) fn search(key: &KeyHistory<'_>, explored_states_max: u64) -> SearchResult {
-    let mut list = EventList::new(key);
-    let mut placed = PlacedSet::new(key.ops.len());
-    let mut visited: HashSet<Visited, BuildHasherDefault<FingerprintHasher>> = HashSet::default();
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut state = ABSENT;
-    let mut stuck: Option<StuckPoint> = None;
-    let mut explored_states: u64 = 0;
-    let mut entry = list.first();
+pub(super) fn search(key: &KeyHistory<'_>, explored_states_max: u64) -> SearchOutcome {
+    let mut search = Search::new(key);
+    let result = run(&mut search, explored_states_max);
+    SearchOutcome {
+        result,
+        explored_states: search.explored_states,
+    }
+}
+
+fn run(search: &mut Search<'_, '_>, explored_states_max: u64) -> SearchResult {
+    let mut entry = search.list.first();
+    let mut pass = Pass::Answered;
     loop {
         // Bounded: every forward step visits a new state and the states are capped; between
         // two forward steps the walk moves along a finite list or pops the finite stack.
         let Some(node) = entry else {
+            assert_eq!(
+                pass,
+                Pass::Answered,
+                "the unanswered pass stops at a return event"
+            );
             return SearchResult::Linearizable;
         };
-        match list.event(node) {
-            Event::Call(op) => {
-                if let Some(after) = key.ops[op].step.apply(state) {
-                    placed.insert(op);
-                    if visited.insert(placed.visited(after)) {
-                        explored_states += 1;
-                        if explored_states > explored_states_max {
-                            return SearchResult::Exceeded;
-                        }
-                        stack.push(Frame {
-                            op,
-                            state_before: state,
-                        });
-                        state = after;
-                        list.lift(op);
-                        entry = list.first();
-                        continue;
-                    }
-                    placed.remove(op);
-                }
-                entry = list.next(node);
+        match (search.list.event(node), pass) {
+            (Event::Call(op), _) if search.is_unanswered(op) != (pass == Pass::Unanswered) => {
+                entry = search.list.next(node);
             }
-            Event::Return(op) => {
-                if stuck
-                    .as_ref()
-                    .is_none_or(|deepest| stack.len() > deepest.placed)
-                {
-                    stuck = Some(stuck_point(&list, &stack, state, op));
+            (Event::Call(op), _) => {
+                if search.try_place(op, node) {
+                    if search.explored_states > explored_states_max {
+                        return SearchResult::Exceeded;
+                    }
+                    entry = search.list.first();
+                    pass = Pass::Answered;
+                } else {
+                    entry = search.list.next(node);
                 }
-                let Some(frame) = stack.pop() else {
-                    let stuck = stuck.expect("a stuck point is recorded before giving up");
+            }
+            (Event::Return(_), Pass::Answered) => {
+                entry = search.list.first();
+                pass = Pass::Unanswered;
+            }
+            (Event::Return(op), Pass::Unanswered) => {
+                search.record_stuck(op);
+                let Some(undone) = search.undo() else {
+                    let stuck = search
+                        .stuck
+                        .take()
+                        .expect("a stuck point is recorded before giving up");
                     return SearchResult::NotLinearizable(stuck);
                 };
-                state = frame.state_before;
-                placed.remove(frame.op);
-                list.unlift(frame.op);
-                entry = list.next(list.call_node(frame.op));
+                entry = search.list.next(search.list.call_node(undone));
+                pass = if search.is_unanswered(undone) {
+                    Pass::Unanswered
+                } else {
+                    Pass::Answered
+                };
             }
         }
     }
+}
+
+/// The two passes over the operations that may be placed next: answered ones first, then
+/// unanswered ones, only once no answered one fits. Placing unanswered operations late keeps
+/// the states where they are not placed ahead of those where they are, and the former
+/// dominate the latter (see `VisitedStates`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Answered,
+    Unanswered,
+}
+
+/// The search's mutable state: the current partial ordering and what was visited.
+#[derive(Debug)]
+struct Search<'k, 'h> {
+    key: &'k KeyHistory<'h>,
+    list: EventList,
+    placed: PlacedSet,
+    visited: VisitedStates,
+    stack: Vec<Frame>,
+    state: ValueId,
+    /// The latest invocation among placed operations.
+    frontier: Option<u64>,
+    stuck: Option<StuckPoint>,
+    explored_states: u64,
+    /// Per operation: unanswered operations with the same step and the same `useful_until`
+    /// share a class; they are interchangeable, so only the first pending one of a class is
+    /// ever tried at a given state.
+    class: Vec<usize>,
+}
+
+impl<'k, 'h> Search<'k, 'h> {
+    fn new(key: &'k KeyHistory<'h>) -> Search<'k, 'h> {
+        Search {
+            key,
+            list: EventList::new(key),
+            placed: PlacedSet::new(key),
+            visited: VisitedStates::default(),
+            stack: Vec::new(),
+            state: ABSENT,
+            frontier: None,
+            stuck: None,
+            explored_states: 0,
+            class: interchangeable_classes(key),
+        }
+    }
+
+    fn is_unanswered(&self, op: usize) -> bool {
+        self.key.ops[op].completed_at.is_none()
+    }
+
+    /// Places `op` (whose call event is `node`) next if its answer fits, placing it is not
+    /// pointless, no interchangeable operation before it could take its place, and the
+    /// resulting state is new.
+    fn try_place(&mut self, op: usize, node: u32) -> bool {
+        let key_op = &self.key.ops[op];
+        if self.is_unanswered(op) && self.has_earlier_twin(op, node) {
+            return false;
+        }
+        let pointless = key_op
+            .useful_until
+            .is_some_and(|until| self.frontier.is_some_and(|frontier| frontier > until));
+        let Some(after) = key_op.step.apply(self.state).filter(|_| !pointless) else {
+            return false;
+        };
+        self.placed.insert(op);
+        if !self.visited.insert(&self.placed, after) {
+            self.placed.remove(op);
+            return false;
+        }
+        self.explored_states += 1;
+        self.stack.push(Frame {
+            op,
+            state_before: self.state,
+            frontier_before: self.frontier,
+        });
+        self.state = after;
+        self.frontier = self.frontier.max(Some(key_op.invoked_at));
+        self.list.lift(op);
+        true
+    }
+
+    /// Whether an unplaced operation of `op`'s class has its call before `node`. Every call
+    /// before `node` is a candidate too, since `node` comes before the first return event.
+    fn has_earlier_twin(&self, op: usize, node: u32) -> bool {
+        let mut entry = self.list.previous(node);
+        while let Some(earlier) = entry {
+            if let Event::Call(other) = self.list.event(earlier)
+                && self.class[other] == self.class[op]
+            {
+                return true;
+            }
+            entry = self.list.previous(earlier);
+        }
+        false
+    }
+
+    /// Takes back the last placed operation; `None` when nothing is placed.
+    fn undo(&mut self) -> Option<usize> {
+        let frame = self.stack.pop()?;
+        self.state = frame.state_before;
+        self.frontier = frame.frontier_before;
+        self.placed.remove(frame.op);
+        self.list.unlift(frame.op);
+        Some(frame.op)
+    }
+
+    /// Keeps the evidence of the deepest ordering that got stuck at `blocking`'s return.
+    fn record_stuck(&mut self, blocking: usize) {
+        let deeper = self
+            .stuck
+            .as_ref()
+            .is_none_or(|deepest| self.stack.len() > deepest.placed);
+        if deeper {
+            self.stuck = Some(stuck_point(&self.list, &self.stack, self.state, blocking));
+        }
+    }
+}
+
+/// Class ids per operation; unanswered operations with equal step and `useful_until` share
+/// one, every other operation has its own.
+fn interchangeable_classes(key: &KeyHistory<'_>) -> Vec<usize> {
+    let mut classes = BTreeMap::new();
+    key.ops
+        .iter()
+        .enumerate()
+        .map(|(op, key_op)| {
+            if key_op.completed_at.is_some() {
+                return op;
+            }
+            let fresh = op;
+            *classes
+                .entry((key_op.step, key_op.useful_until))
+                .or_insert(fresh)
+        })
+        .collect()
 }
 
 /// One placed operation and the value before it, to undo the placement.
@@ -109,6 +257,7 @@ pub(super) fn search(key: &KeyHistory<'_>, explored_states_max: u64) -> SearchRe
 struct Frame {
     op: usize,
     state_before: ValueId,
+    frontier_before: Option<u64>,
 }
 
 fn stuck_point(list: &EventList, stack: &[Frame], state: ValueId, blocking: usize) -> StuckPoint {
@@ -210,6 +359,12 @@ impl EventList {
         (next != NIL).then_some(next)
     }
 
+    /// The event before `node`, `None` at the head.
+    fn previous(&self, node: u32) -> Option<u32> {
+        let previous = self.prev[node as usize];
+        (previous != 0 && previous != NIL).then_some(previous)
+    }
+
     fn event(&self, node: u32) -> Event {
         self.events[node as usize].expect("only the head sentinel has no event")
     }
@@ -251,72 +406,125 @@ impl EventList {
     }
 }
 
-/// The set of placed operations, with a fingerprint kept up to date on every change so that
-/// hashing a visited state costs O(1).
+/// The set of placed operations, answered and unanswered ones in separate bitsets, with a
+/// fingerprint of the answered part kept up to date so that hashing a state costs O(1).
 #[derive(Debug)]
 struct PlacedSet {
-    words: Vec<u64>,
+    /// Per operation: whether it is unanswered, and its bit in the matching bitset.
+    slots: Vec<(bool, usize)>,
+    answered: Vec<u64>,
+    unanswered: Vec<u64>,
     fingerprint: u64,
-}
-
-/// A visited (placed set, value) pair. Hashes by fingerprint, compares in full.
-#[derive(Debug)]
-struct Visited {
-    fingerprint: u64,
-    words: Box<[u64]>,
-    state: ValueId,
 }
 
 impl PlacedSet {
-    fn new(op_count: usize) -> PlacedSet {
+    fn new(key: &KeyHistory<'_>) -> PlacedSet {
+        let mut counts = [0usize; 2];
+        let slots: Vec<(bool, usize)> = key
+            .ops
+            .iter()
+            .map(|op| {
+                let unanswered = op.completed_at.is_none();
+                let slot = counts[usize::from(unanswered)];
+                counts[usize::from(unanswered)] += 1;
+                (unanswered, slot)
+            })
+            .collect();
         PlacedSet {
-            words: vec![0; op_count.div_ceil(64)],
+            slots,
+            answered: vec![0; counts[0].div_ceil(64)],
+            unanswered: vec![0; counts[1].div_ceil(64)],
             fingerprint: 0,
         }
     }
 
     fn insert(&mut self, op: usize) {
-        let (word, bit) = (op / 64, 1u64 << (op % 64));
-        debug_assert_eq!(self.words[word] & bit, 0, "operation {op} placed twice");
-        self.words[word] |= bit;
-        self.fingerprint ^= mix(op as u64);
+        let (word, bit) = self.toggle(op);
+        debug_assert_ne!(word & bit, 0, "operation {op} placed twice");
     }
 
     fn remove(&mut self, op: usize) {
-        let (word, bit) = (op / 64, 1u64 << (op % 64));
-        debug_assert_ne!(
-            self.words[word] & bit,
-            0,
-            "operation {op} removed but not placed"
-        );
-        self.words[word] &= !bit;
-        self.fingerprint ^= mix(op as u64);
+        let (word, bit) = self.toggle(op);
+        debug_assert_eq!(word & bit, 0, "operation {op} removed but not placed");
     }
 
-    fn visited(&self, state: ValueId) -> Visited {
-        Visited {
-            fingerprint: self.fingerprint,
-            words: self.words.clone().into_boxed_slice(),
-            state,
-        }
+    /// Flips `op`'s bit; returns the word after the flip and the bit.
+    fn toggle(&mut self, op: usize) -> (u64, u64) {
+        let (unanswered, slot) = self.slots[op];
+        let bit = 1u64 << (slot % 64);
+        let words = if unanswered {
+            &mut self.unanswered
+        } else {
+            self.fingerprint ^= mix(slot as u64);
+            &mut self.answered
+        };
+        words[slot / 64] ^= bit;
+        (words[slot / 64], bit)
     }
 }
 
-impl Hash for Visited {
+/// Visited states, with dominance: a state is skipped when a visited one has the same value,
+/// the same answered operations placed and a subset of its unanswered ones. The visited state
+/// can do everything the new one can, since an unplaced unanswered operation blocks nothing
+/// (it never completes) and may simply stay unplaced. Without this, every unanswered write
+/// whose value is observed somewhere would double the states.
+#[derive(Debug, Default)]
+struct VisitedStates {
+    /// (answered set, value) -> the minimal unanswered sets visited with it.
+    states: HashMap<VisitedKey, Vec<Box<[u64]>>, BuildHasherDefault<FingerprintHasher>>,
+}
+
+/// The answered part of a visited state. Hashes by fingerprint, compares in full.
+#[derive(Debug)]
+struct VisitedKey {
+    fingerprint: u64,
+    answered: Box<[u64]>,
+    state: ValueId,
+}
+
+impl VisitedStates {
+    /// Records (`placed`, `state`); false if it, or a state that dominates it, was visited.
+    fn insert(&mut self, placed: &PlacedSet, state: ValueId) -> bool {
+        let key = VisitedKey {
+            fingerprint: placed.fingerprint,
+            answered: placed.answered.clone().into_boxed_slice(),
+            state,
+        };
+        let minimal = self.states.entry(key).or_default();
+        if minimal
+            .iter()
+            .any(|visited| is_subset(visited, &placed.unanswered))
+        {
+            return false;
+        }
+        minimal.retain(|visited| !is_subset(&placed.unanswered, visited));
+        minimal.push(placed.unanswered.clone().into_boxed_slice());
+        true
+    }
+}
+
+fn is_subset(small: &[u64], large: &[u64]) -> bool {
+    small
+        .iter()
+        .zip(large)
+        .all(|(small, large)| small & !large == 0)
+}
+
+impl Hash for VisitedKey {
     fn hash<H: Hasher>(&self, hasher: &mut H) {
         hasher.write_u64(self.fingerprint ^ mix(u64::from(self.state.0) | 1 << 63));
     }
 }
 
-impl PartialEq for Visited {
-    fn eq(&self, other: &Visited) -> bool {
+impl PartialEq for VisitedKey {
+    fn eq(&self, other: &VisitedKey) -> bool {
         self.fingerprint == other.fingerprint
             && self.state == other.state
-            && self.words == other.words
+            && self.answered == other.answered
     }
 }
 
-impl Eq for Visited {}
+impl Eq for VisitedKey {}
 
 /// SplitMix64's finalizer: spreads small integers over all 64 bits.
 fn mix(value: u64) -> u64 {
