@@ -2,8 +2,21 @@
 //! between [`NodeId`]s, with deadlines.
 //!
 //! The [`Transport`] trait is all that the layers above see. Two implementations:
-//! QUIC with mutual TLS for real clusters, and an in-memory network with a seeded fault plan
-//! for deterministic tests.
+//! QUIC with mutual TLS for real clusters ([`quic::QuicTransport`]), and an in-memory network
+//! with a seeded fault plan for deterministic tests ([`MemoryNetwork`], [`MemoryTransport`]).
+//!
+//! Using it:
+//! - Real cluster: make a CA once ([`tls::generate_ca`]), issue one certificate per node
+//!   ([`tls::issue_node_cert`]), then on each node
+//!   `QuicTransport::bind(QuicConfig { node_id, listen_addr, tls: TlsMode::Secure(material),
+//!   timings: QuicTimings::default() })` inside a tokio runtime, `set_handler`, and
+//!   `set_peer_addr` for every peer. The peer's node id is taken from its certificate.
+//! - Tests: `let network = MemoryNetwork::with_fault_plan(seed, plan)`, one
+//!   `network.register(node)` per node, and drive faults with `partition`, `cut`, `isolate`,
+//!   `heal`, `crash`, `restart`, `set_fault_plan`. The same seed replays the same faults.
+//! - Errors say whether the request may have been handled:
+//!   [`TransportError::outcome_unknown`]. The wire layout is in `docs/design.md`,
+//!   "Transport frames" ([`codec`]).
 //!
 //! **Architecture Invariant:** this crate knows nothing of Raft or of what the bytes mean. It
 //! moves opaque payloads, authenticates which node sent them, and reports failures as typed

@@ -610,6 +610,7 @@ impl Delivery {
         let (respond, response) = oneshot::channel();
         let sink = MemorySink {
             network: self.network.clone(),
+            from_endpoint: Arc::clone(&self.from_endpoint),
             from: self.from,
             to: self.to,
             chunks: Some(chunks),
@@ -652,6 +653,8 @@ enum StreamItem {
 
 struct MemorySink {
     network: MemoryNetwork,
+    /// The sender's own endpoint: a crashed sender cannot go on writing.
+    from_endpoint: Arc<Endpoint>,
     from: NodeId,
     to: NodeId,
     chunks: Option<mpsc::Sender<StreamItem>>,
@@ -670,6 +673,9 @@ struct MemorySource {
 
 impl MemorySink {
     fn check_link(&self) -> Result<(), TransportError> {
+        if !self.from_endpoint.is_alive() {
+            return Err(TransportError::Shutdown);
+        }
         if self.network.is_blocked(self.from, self.to) {
             return Err(TransportError::ConnectionLost {
                 node: self.to,

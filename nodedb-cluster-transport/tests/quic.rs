@@ -426,6 +426,108 @@ async fn garbage_datagrams_do_not_disturb_a_live_connection() {
 }
 
 #[tokio::test]
+async fn malformed_streams_are_dropped_and_the_connection_lives_on() {
+    let ca = tls::generate_ca("test").unwrap();
+    let (_, b, b_handler) = pair(&ca);
+    let material = TlsMaterial::issue(&ca, node(1)).unwrap();
+    let client = raw_client(&ca.cert_pem, Some(&material));
+    let connection = client
+        .connect(b.local_addr().unwrap(), &node_server_name(node(2)))
+        .unwrap()
+        .await
+        .unwrap();
+
+    let hello = Frame::hello(node(1)).encode().unwrap();
+    let request = Frame::new(FrameKind::Request, Bytes::from_static(b"ok"))
+        .encode()
+        .unwrap();
+    let mut unknown_kind = request.clone();
+    unknown_kind[2] = 99;
+    let mut bad_crc = request.clone();
+    *bad_crc.last_mut().unwrap() ^= 0xFF;
+    let oversize = [
+        0xDB,
+        1,
+        FrameKind::Request as u8,
+        0,
+        0xFF,
+        0xFF,
+        0xFF,
+        0xFF,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let response_first = Frame::new(FrameKind::Response, Bytes::new())
+        .encode()
+        .unwrap();
+    for garbage in [
+        unknown_kind,
+        bad_crc,
+        oversize.to_vec(),
+        response_first,
+        b"plain garbage".to_vec(),
+        Vec::new(),
+    ] {
+        let mut bytes = hello.clone();
+        bytes.extend_from_slice(&garbage);
+        let result = raw_stream(&connection, &bytes).await;
+        assert!(result.is_err(), "{result:?}");
+    }
+    let answer = raw_stream(&connection, &[hello.clone(), request].concat()).await;
+    assert_eq!(
+        answer.map(|frame| frame.body),
+        Ok(Bytes::from_static(b"echo:ok"))
+    );
+    assert_eq!(b_handler.request_count(), 1);
+}
+
+#[tokio::test]
+async fn stream_with_a_wrong_summary_or_cut_short_is_an_error_for_the_receiver() {
+    use nodedb_cluster_transport::codec::StreamEnd;
+    let ca = tls::generate_ca("test").unwrap();
+    let (_, b, b_handler) = pair(&ca);
+    let material = TlsMaterial::issue(&ca, node(1)).unwrap();
+    let client = raw_client(&ca.cert_pem, Some(&material));
+    let connection = client
+        .connect(b.local_addr().unwrap(), &node_server_name(node(2)))
+        .unwrap()
+        .await
+        .unwrap();
+    let frames = |frames: &[Frame]| -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|frame| frame.encode().unwrap())
+            .collect()
+    };
+    let hello = Frame::hello(node(1));
+    let open = Frame::new(FrameKind::StreamOpen, Bytes::from_static(b"snapshot"));
+    let chunk = Frame::new(FrameKind::StreamChunk, pattern_chunk(0, 1000));
+
+    let wrong_summary = Frame::stream_end(StreamEnd {
+        total_bytes: 1000,
+        crc: 12345,
+    });
+    let answer = raw_stream(
+        &connection,
+        &frames(&[hello.clone(), open.clone(), chunk.clone(), wrong_summary]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.kind, FrameKind::ErrorResponse);
+    assert_eq!(b_handler.stream_errors.load(Ordering::SeqCst), 1);
+
+    // No end frame: the sender finished its side early. Not a clean end.
+    let answer = raw_stream(&connection, &frames(&[hello, open, chunk]))
+        .await
+        .unwrap();
+    assert_eq!(answer.kind, FrameKind::ErrorResponse);
+    assert_eq!(b_handler.stream_errors.load(Ordering::SeqCst), 2);
+    assert_eq!(b_handler.stream_bytes_total.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn insecure_mode_takes_the_id_from_hello() {
     let bind_insecure = |id: u64| {
         QuicTransport::bind(QuicConfig {
@@ -473,6 +575,24 @@ fn raw_client(ca_pem: &str, identity: Option<&TlsMaterial>) -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     endpoint
+}
+
+/// Writes `bytes` on a new stream of `connection` and reads one frame back.
+async fn raw_stream(connection: &quinn::Connection, bytes: &[u8]) -> Result<Frame, String> {
+    let attempt = async {
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(bytes)
+            .await
+            .map_err(|error| error.to_string())?;
+        let _ = send.finish();
+        read_required_frame(&mut recv)
+            .await
+            .map_err(|error| error.to_string())
+    };
+    match tokio::time::timeout(TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out".into()),
+    }
 }
 
 /// One request on a fresh connection, claiming to be `claimed`.

@@ -207,11 +207,7 @@ impl QuicTransport {
         request: Bytes,
         deadline: Instant,
     ) -> Result<Bytes, TransportError> {
-        let connection = self
-            .pool
-            .connection(to, deadline, &self.endpoint, &self.client_config)
-            .await?;
-        let (mut send, mut recv) = open_bi(&connection, to, deadline).await?;
+        let (connection, mut send, mut recv) = self.stream_to(to, deadline).await?;
         let node = self.node;
         let exchange = async {
             write_frame(&mut send, &Frame::hello(node)).await?;
@@ -229,6 +225,34 @@ impl QuicTransport {
             Ok(Ok(frame)) => frame,
         };
         response_of(to, frame)
+    }
+
+    /// A new stream to `to`. A pooled connection that turns out closed (the peer restarted,
+    /// the idle timeout hit) is replaced once: nothing was sent on it, so retrying is safe.
+    async fn stream_to(
+        &self,
+        to: NodeId,
+        deadline: Instant,
+    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), TransportError> {
+        let attempts_max = 2;
+        let mut attempt = 1;
+        loop {
+            let connection = self
+                .pool
+                .connection(to, deadline, &self.endpoint, &self.client_config)
+                .await?;
+            match open_bi(&connection, to, deadline).await {
+                Ok((send, recv)) => return Ok((connection, send, recv)),
+                Err(error) => {
+                    self.pool.evict_if_closed(to, &connection);
+                    let retry = matches!(error, TransportError::Unreachable { .. });
+                    if !retry || attempt >= attempts_max {
+                        return Err(error);
+                    }
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     async fn open_stream_inner(
@@ -252,11 +276,7 @@ impl QuicTransport {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<OutboundStream, TransportError> {
-        let connection = self
-            .pool
-            .connection(to, deadline, &self.endpoint, &self.client_config)
-            .await?;
-        let (mut send, recv) = open_bi(&connection, to, deadline).await?;
+        let (_connection, mut send, recv) = self.stream_to(to, deadline).await?;
         let node = self.node;
         let open = async {
             write_frame(&mut send, &Frame::hello(node)).await?;

@@ -12,6 +12,10 @@ use nodedb_cluster_core::NodeId;
 use rustls_pki_types::CertificateDer;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Stream reset code for a stream that broke the protocol.
+pub(super) const STREAM_RESET_PROTOCOL: u32 = 1;
 
 /// Accepts connections until the endpoint closes.
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
@@ -44,6 +48,8 @@ enum StreamError {
     },
     #[error("unexpected {0:?} frame at the start of a stream")]
     UnexpectedFrame(FrameKind),
+    #[error("peer opened a stream and sent nothing for {0:?}")]
+    Idle(Duration),
 }
 
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
@@ -119,9 +125,24 @@ async fn serve_stream(
     shared: &Shared,
     identity: &Identity,
     mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), StreamError> {
+    let result = serve_stream_frames(shared, identity, &mut send, recv).await;
+    if result.is_err() {
+        // The peer learns at once that this stream is dead; the connection lives on.
+        let _ = send.reset(quinn::VarInt::from_u32(STREAM_RESET_PROTOCOL));
+    }
+    result
+}
+
+async fn serve_stream_frames(
+    shared: &Shared,
+    identity: &Identity,
+    send: &mut quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), StreamError> {
-    let hello = read_required_frame(&mut recv).await?;
+    let idle = shared.stream_idle;
+    let hello = read_opening_frame(&mut recv, idle).await?;
     let claimed = hello.hello_node()?;
     let from = match identity {
         Identity::Certified(node) => *node,
@@ -133,7 +154,7 @@ async fn serve_stream(
             authenticated: from,
         });
     }
-    let opening = read_required_frame(&mut recv).await?;
+    let opening = read_opening_frame(&mut recv, idle).await?;
     let handler = shared
         .handler
         .read()
@@ -145,16 +166,13 @@ async fn serve_stream(
             Some(handler) => handler.on_request(from, opening.body).await,
         },
         FrameKind::StreamOpen => serve_bulk(shared, handler, from, opening.body, recv).await,
-        other => {
-            let _ = send.reset(quinn::VarInt::from_u32(1));
-            return Err(StreamError::UnexpectedFrame(other));
-        }
+        other => return Err(StreamError::UnexpectedFrame(other)),
     };
     let answer = match result {
         Ok(body) => Frame::new(FrameKind::Response, body),
         Err(error) => Frame::error_response(&error),
     };
-    if let Err(error) = write_frame(&mut send, &answer).await {
+    if let Err(error) = write_frame(send, &answer).await {
         tracing::debug!(node = %shared.node, %from, %error, "could not send the answer");
     }
     // Dropping a finished stream still delivers what was written.
@@ -176,4 +194,16 @@ async fn serve_bulk(
     handler
         .on_stream(from, header, InboundStream::new(Box::new(source)))
         .await
+}
+
+/// The first frames of a stream must come within the stream idle time, so a peer cannot park
+/// streams (and tasks) here for free.
+async fn read_opening_frame(
+    recv: &mut quinn::RecvStream,
+    idle: Duration,
+) -> Result<Frame, StreamError> {
+    match tokio::time::timeout(idle, read_required_frame(recv)).await {
+        Ok(frame) => Ok(frame?),
+        Err(_elapsed) => Err(StreamError::Idle(idle)),
+    }
 }
