@@ -163,31 +163,15 @@ impl TestCluster {
         group: GroupId,
         command: KvCommand,
     ) -> Result<(Applied, KvResponse), ProposeError> {
-        let bytes = command.encode();
-        let mut target = self.nodes.keys().next().copied().expect("a node");
-        let mut last_error = None;
-        for _ in 0..CLIENT_ATTEMPTS_MAX {
-            let Some(node) = self.nodes.get(&target) else {
-                target = self.next_node(target);
-                continue;
-            };
-            match node.multi.propose(group, bytes.clone()).await {
-                Ok(applied) => {
-                    let response = KvResponse::decode(&applied.response).expect("kv response");
-                    return Ok((applied, response));
-                }
-                Err(ProposeError::NotLeader { leader_hint, .. }) => {
-                    target = match leader_hint {
-                        Some(leader) if self.nodes.contains_key(&leader) => leader,
-                        _ => self.next_node(target),
-                    };
-                    last_error = None;
-                    tokio::time::sleep(POLL).await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(last_error.unwrap_or(ProposeError::Timeout { group }))
+        propose_any(&self.handles(), group, command).await
+    }
+
+    /// Every live node's engine handle, for tasks that outlive a borrow of the cluster.
+    pub fn handles(&self) -> BTreeMap<NodeId, MultiRaft> {
+        self.nodes
+            .iter()
+            .map(|(id, node)| (*id, node.multi.clone()))
+            .collect()
     }
 
     pub async fn put(&self, group: GroupId, key: &str, value: &str) -> Applied {
@@ -256,15 +240,6 @@ impl TestCluster {
         .await
     }
 
-    fn next_node(&self, after: NodeId) -> NodeId {
-        self.nodes
-            .keys()
-            .copied()
-            .find(|node| *node > after)
-            .or_else(|| self.nodes.keys().next().copied())
-            .expect("a live node")
-    }
-
     pub async fn shutdown(mut self) {
         for node in self.nodes.keys().copied().collect::<Vec<_>>() {
             if let Some(test_node) = self.nodes.remove(&node) {
@@ -273,6 +248,54 @@ impl TestCluster {
             }
         }
     }
+}
+
+/// Proposes `command` on `nodes`, starting anywhere and following NotLeader hints; bounded by
+/// [`CLIENT_ATTEMPTS_MAX`]. Other errors (a timeout: outcome unknown) are returned as they are.
+pub async fn propose_any(
+    nodes: &BTreeMap<NodeId, MultiRaft>,
+    group: GroupId,
+    command: KvCommand,
+) -> Result<(Applied, KvResponse), ProposeError> {
+    let bytes = command.encode();
+    let mut target = *nodes.keys().next().expect("a node");
+    for _ in 0..CLIENT_ATTEMPTS_MAX {
+        let result = match nodes.get(&target) {
+            Some(multi) => multi.propose(group, bytes.clone()).await,
+            None => Err(ProposeError::NotLeader {
+                group,
+                leader_hint: None,
+            }),
+        };
+        match result {
+            Ok(applied) => {
+                let response = KvResponse::decode(&applied.response).expect("kv response");
+                return Ok((applied, response));
+            }
+            Err(ProposeError::UnknownGroup { .. }) => {
+                target = next_node(nodes, target);
+                tokio::time::sleep(POLL).await;
+            }
+            Err(ProposeError::NotLeader { leader_hint, .. }) => {
+                target = match leader_hint {
+                    Some(leader) if nodes.contains_key(&leader) => leader,
+                    _ => next_node(nodes, target),
+                };
+                tokio::time::sleep(POLL).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(ProposeError::Timeout { group })
+}
+
+fn next_node(nodes: &BTreeMap<NodeId, MultiRaft>, after: NodeId) -> NodeId {
+    nodes
+        .keys()
+        .copied()
+        .find(|node| *node > after)
+        .or_else(|| nodes.keys().next().copied())
+        .expect("a live node")
 }
 
 /// Polls `condition` until it yields a value, at most `deadline`; panics with `what` after.

@@ -1,0 +1,146 @@
+//! Membership changes while a client keeps writing: add a learner, promote it, remove a voter
+//! (possibly the leader), then check that every acknowledged write is on every member.
+
+mod common;
+
+use common::{TestCluster, WAIT, propose_any, wait_for};
+use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_raft::kv::{KvCommand, KvResponse};
+use nodedb_cluster_raft::{MembershipError, MultiRaft};
+use std::collections::BTreeMap;
+use std::future::Future;
+
+const WRITES: u64 = 120;
+/// Attempts of one membership step that is retried on NotLeader or InProgress.
+const CHANGE_ATTEMPTS_MAX: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_while_writing_lose_nothing() {
+    let mut cluster = TestCluster::new(4, 21).await;
+    let group = GroupId(1);
+    let voters = [NodeId(1), NodeId(2), NodeId(3)];
+    cluster.create_group(group, &voters).await;
+    cluster.wait_leader(group).await;
+    // The new node hosts an empty replica that learns the membership from the leader.
+    cluster.nodes[&NodeId(4)]
+        .multi
+        .open_group(
+            group,
+            Box::new(nodedb_cluster_raft::kv::KvStateMachine::new()),
+        )
+        .await
+        .expect("open on the new node");
+
+    let handles = cluster.handles();
+    let writer = tokio::spawn(write_keys(handles.clone(), group));
+
+    on_leader(&handles, group, |multi| async move {
+        multi
+            .add_learner(group, NodeId(4), common::address(NodeId(4)))
+            .await
+    })
+    .await;
+    wait_for("the learner to catch up", WAIT, || {
+        let leader = handles.values().find_map(|multi| {
+            let status = multi.status(group)?;
+            (status.leader == Some(status.node)).then_some(status)
+        })?;
+        let learner = leader
+            .followers
+            .iter()
+            .find(|progress| progress.node == NodeId(4))?;
+        (learner.lag < 5).then_some(())
+    })
+    .await;
+    on_leader(&handles, group, |multi| async move {
+        multi.promote(group, NodeId(4)).await
+    })
+    .await;
+    on_leader(&handles, group, |multi| async move {
+        multi.remove_replica(group, NodeId(1)).await
+    })
+    .await;
+
+    let acknowledged = writer.await.expect("writer task");
+    assert_eq!(
+        acknowledged.len() as u64,
+        WRITES,
+        "every write was eventually acknowledged"
+    );
+
+    let members = [NodeId(2), NodeId(3), NodeId(4)];
+    let leader = cluster.wait_leader_among(group, &members).await;
+    let status = cluster.status(leader, group).expect("status");
+    assert_eq!(status.voters, members.to_vec());
+    assert!(status.learners.is_empty());
+    assert!(!status.joint);
+
+    cluster.nodes[&NodeId(1)]
+        .multi
+        .remove_group(group)
+        .await
+        .expect("remove the old replica");
+    assert!(cluster.nodes[&NodeId(1)].multi.status(group).is_none());
+    cluster.wait_converged(group).await;
+    for key in acknowledged.keys().step_by(7) {
+        for node in members {
+            assert_eq!(
+                cluster.local_get(node, group, key).await.as_deref(),
+                Some("ok")
+            );
+        }
+    }
+    cluster.shutdown().await;
+}
+
+/// Writes `WRITES` keys one after the other; returns the acknowledged ones.
+async fn write_keys(nodes: BTreeMap<NodeId, MultiRaft>, group: GroupId) -> BTreeMap<String, u64> {
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..WRITES {
+        let key = format!("w-{i:04}");
+        let command = KvCommand::Put {
+            key: key.clone().into_bytes(),
+            value: b"ok".to_vec(),
+        };
+        // A timeout (outcome unknown) is retried: puts are idempotent.
+        for _ in 0..10 {
+            if let Ok((applied, response)) = propose_any(&nodes, group, command.clone()).await {
+                assert_eq!(response, KvResponse::Written);
+                acknowledged.insert(key.clone(), applied.index.0);
+                break;
+            }
+        }
+    }
+    acknowledged
+}
+
+/// Runs one membership step on whichever node leads `group`, retrying while leadership moves
+/// or a previous change is still committing.
+async fn on_leader<F, Fut>(nodes: &BTreeMap<NodeId, MultiRaft>, group: GroupId, step: F)
+where
+    F: Fn(MultiRaft) -> Fut,
+    Fut: Future<Output = Result<(), MembershipError>>,
+{
+    let mut last = None;
+    for _ in 0..CHANGE_ATTEMPTS_MAX {
+        let leader = nodes.values().find(|multi| {
+            multi
+                .status(group)
+                .is_some_and(|status| status.leader == Some(status.node))
+        });
+        if let Some(leader) = leader {
+            match step(leader.clone()).await {
+                Ok(()) => return,
+                Err(
+                    error
+                    @ (MembershipError::NotLeader { .. } | MembershipError::InProgress { .. }),
+                ) => {
+                    last = Some(error);
+                }
+                Err(error) => panic!("membership change failed: {error}"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("membership change did not go through: {last:?}");
+}
