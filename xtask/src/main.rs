@@ -6,9 +6,15 @@
 //! - `bench cluster`: closed-loop write throughput and latency of a local release cluster.
 
 mod api;
+mod checks;
 mod cli;
 mod cluster;
 mod layering;
+mod nemesis;
+mod progress;
+mod report;
+mod test_cluster;
+mod workload;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -44,7 +50,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Task::TestCluster(_args) => ExitCode::from(2),
+        Task::TestCluster(args) => match test_cluster::run(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("test-cluster failed:\n{error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Task::Bench(_target) => ExitCode::from(2),
     }
 }

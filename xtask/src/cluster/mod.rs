@@ -164,7 +164,7 @@ impl Cluster {
 
     /// Waits until every node of `node_ids` answers 200 on `/readyz`, printing progress once
     /// a second. Fails at once when one exits.
-    pub fn wait_ready(&self, node_ids: &[u64], timeout: Duration) -> Result<(), NotReady> {
+    pub fn wait_ready(&self, node_ids: &[u64], timeout: Duration) -> Result<(), Box<NotReady>> {
         let started = Instant::now();
         let mut answers: BTreeMap<u64, String> = BTreeMap::new();
         let mut last_print = Instant::now();
@@ -249,9 +249,9 @@ impl Cluster {
         exited: Option<String>,
         last_answer: String,
         started: Instant,
-    ) -> NotReady {
+    ) -> Box<NotReady> {
         let node = &self.nodes[&node_id];
-        NotReady {
+        Box::new(NotReady {
             node_id,
             admin_addr: node.ports.admin_addr,
             exited,
@@ -259,7 +259,7 @@ impl Cluster {
             waited: started.elapsed(),
             log_path: node.log_path(),
             log_tail: process::log_tail(&node.log_path(), LOG_TAIL_LINES),
-        }
+        })
     }
 }
 

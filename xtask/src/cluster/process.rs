@@ -125,6 +125,7 @@ impl Processes {
     }
 
     /// The ids of the children started and not killed.
+    #[cfg(test)]
     pub fn started(&self) -> Vec<u64> {
         self.lock().keys().copied().collect()
     }

@@ -1,0 +1,201 @@
+//! `cargo xtask test-cluster`: build the node, launch a local cluster, run the client
+//! workload while the nemesis kills and restarts leaders, then settle, check and report.
+//! Every node process dies with the driver, whichever way it ends.
+
+use crate::api::Api;
+use crate::checks;
+use crate::cli::TestClusterArgs;
+use crate::cluster::process::Processes;
+use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
+use crate::nemesis::{self, FaultEvent, PlannedFault};
+use crate::progress;
+use crate::report::{CheckResult, RunReport};
+use crate::workload::{self, Recorder, WorkloadSpec};
+use anyhow::{Context, Result, anyhow};
+use nodedb_cluster_core::linearizability::History;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Runs the whole task; `Ok(true)` when every check passed.
+pub fn run(args: &TestClusterArgs) -> Result<bool> {
+    args.validate()?;
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let binary = build::build_node(args.release)?;
+    let work_dir = work_dir(seed)?;
+    eprintln!("test-cluster: seed {seed}, work dir {}", work_dir.display());
+    eprintln!("(replay with: cargo xtask test-cluster --seed {seed} ...)");
+    let processes = Processes::new();
+    processes.kill_on_interrupt(&work_dir)?;
+    let spec = LaunchSpec {
+        binary,
+        work_dir: work_dir.clone(),
+        nodes: args.nodes,
+        num_groups: args.groups,
+    };
+    let cluster = Cluster::launch(&spec, &processes).with_context(|| {
+        format!(
+            "launching the cluster (work dir kept: {})",
+            work_dir.display()
+        )
+    })?;
+    let report = match drive(&cluster, args, seed) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
+            return Err(error.context(format!("work dir kept: {}", work_dir.display())));
+        }
+    };
+    println!("{}", report.render());
+    let passed = report.passed();
+    if !passed {
+        eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
+    }
+    drop(cluster);
+    finish_work_dir(&work_dir, passed && !args.keep)?;
+    Ok(passed)
+}
+
+/// Load, faults, settle and checks against a ready cluster.
+fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunReport> {
+    let faults = match args.no_faults {
+        true => Vec::new(),
+        false => nemesis::plan(seed, args.duration, args.groups),
+    };
+    for fault in &faults {
+        eprintln!("planned: {fault}");
+    }
+    let spec = WorkloadSpec {
+        clients: args.clients,
+        keys: args.keys,
+        seed,
+        nodes: cluster.admin_addrs().into_values().collect(),
+    };
+    let started = Instant::now();
+    let recorder = Recorder::new(started);
+    let events = run_load(cluster, &spec, &faults, args.duration, &recorder)?;
+    let workload = started.elapsed();
+    let history = recorder.history();
+    save_history(cluster.work_dir(), &history)?;
+    eprintln!("load done: {} operations recorded; settling", history.len());
+    let mut checks = vec![checks::settle(cluster)];
+    let (agreement, views) = checks::agreement(cluster);
+    checks.push(agreement);
+    checks.push(check_history(cluster, args.keys, &history)?);
+    checks.push(checks::state_hashes(&views));
+    let failovers = checks::failover_rows(&events, &recorder.writes());
+    checks.push(checks::failovers_recovered(
+        &failovers,
+        faults.len(),
+        events.len(),
+    ));
+    Ok(RunReport {
+        seed,
+        nodes: args.nodes,
+        groups: args.groups,
+        workload,
+        counts: recorder.counters.snapshot(),
+        checks,
+        failovers,
+    })
+}
+
+/// Runs the clients and the progress line for `duration` while the nemesis works through
+/// `faults`; returns what the nemesis did.
+fn run_load(
+    cluster: &Cluster,
+    spec: &WorkloadSpec,
+    faults: &[PlannedFault],
+    duration: Duration,
+    recorder: &Recorder,
+) -> Result<Vec<FaultEvent>> {
+    let stop = AtomicBool::new(false);
+    let phase = Mutex::new("load".to_string());
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let mut clients = Vec::new();
+        for client in 0..u64::from(spec.clients) {
+            let (stop, recorder) = (&stop, recorder);
+            clients.push(scope.spawn(move || workload::run_client(client, spec, recorder, stop)));
+        }
+        let progress = scope.spawn(|| progress::run(cluster, recorder, &phase, started, &stop));
+        let events = nemesis::execute(cluster, faults, started, recorder, &phase, &stop);
+        if events.is_ok() {
+            nemesis::sleep_until(started + duration, &stop);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut panicked = clients
+            .into_iter()
+            .map(|client| client.join())
+            .filter(Result::is_err)
+            .count();
+        panicked += usize::from(progress.join().is_err());
+        if panicked > 0 {
+            return Err(anyhow!("{panicked} workload threads panicked"));
+        }
+        events
+    })
+}
+
+/// Final reads of every key and the linearizability check, the full report saved.
+fn check_history(cluster: &Cluster, keys: u32, history: &History) -> Result<CheckResult> {
+    let api = Api::new(workload::REQUEST_TIMEOUT);
+    let names = workload::key_names(keys);
+    let reads = match checks::final_reads(cluster, &api, &names) {
+        Ok(reads) => reads,
+        Err(why) => {
+            return Ok(CheckResult::fail(
+                "linearizable per key",
+                format!("final reads: {why}"),
+            ));
+        }
+    };
+    eprintln!(
+        "checking linearizability of {} operations ...",
+        history.len()
+    );
+    let (row, full) = checks::linearizable(history, reads);
+    let path = cluster.work_dir().join("linearizability.txt");
+    std::fs::write(&path, full).with_context(|| format!("writing {}", path.display()))?;
+    Ok(row)
+}
+
+fn save_history(work_dir: &Path, history: &History) -> Result<()> {
+    let path = work_dir.join("history.json");
+    let text = serde_json::to_string(history).context("serializing the history")?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `<target>/test-cluster/<seed>-<unix seconds>`, created.
+fn work_dir(seed: u64) -> Result<PathBuf> {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or_default();
+    let dir = build::target_dir()?
+        .join("test-cluster")
+        .join(format!("{seed}-{seconds}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn finish_work_dir(work_dir: &Path, remove: bool) -> Result<()> {
+    if remove {
+        std::fs::remove_dir_all(work_dir)
+            .with_context(|| format!("removing {}", work_dir.display()))?;
+        eprintln!("work dir removed (pass --keep to keep it)");
+    } else {
+        eprintln!("work dir kept: {}", work_dir.display());
+    }
+    Ok(())
+}
+
+/// A seed from the clock, for runs without `--seed`.
+fn random_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_nanos())
+        .unwrap_or_default();
+    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}

@@ -1,0 +1,478 @@
+//! The client workload of `test-cluster`: concurrent clients doing puts, gets, deletes and
+//! compare-and-swaps over many keys against random nodes, and the recording of every
+//! operation (invocation, completion, outcome) for the linearizability checker, plus the
+//! successful writes per group from which failover windows are measured.
+
+use crate::api::{Api, CasReply, Reply, WriteReceipt};
+use nodedb_cluster_core::linearizability::{History, HistoryRecorder, OpId, OpKind, Outcome};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Operations one client issues at most in one run (the run normally ends by time first).
+pub const OPS_PER_CLIENT_MAX: u64 = 10_000_000;
+/// Pause of a client after an operation that did not succeed, so that a dead node does not
+/// turn the history into a flood of refused connections.
+pub const BACKOFF_AFTER_ERROR: Duration = Duration::from_millis(50);
+/// Deadline of one client request; past it the outcome of a write is unknown.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the clients do.
+#[derive(Clone, Debug)]
+pub struct WorkloadSpec {
+    pub clients: u32,
+    pub keys: u32,
+    pub seed: u64,
+    pub nodes: Vec<SocketAddr>,
+}
+
+/// Counts of finished operations by outcome.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub unknown: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub ok: u64,
+    pub failed: u64,
+    pub unknown: u64,
+}
+
+/// A write the cluster acknowledged, with the group that committed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupWrite {
+    pub group: u32,
+    pub invoked_at_us: u64,
+    pub completed_at_us: u64,
+}
+
+/// Everything the clients record, shared between them. Times are microseconds since
+/// `started`.
+#[derive(Debug)]
+pub struct Recorder {
+    started: Instant,
+    history: Mutex<HistoryRecorder>,
+    writes: Mutex<Vec<GroupWrite>>,
+    pub counters: Counters,
+}
+
+/// The operation a client picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpChoice {
+    Get,
+    Put,
+    Cas,
+    Delete,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            ok: self.ok.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            unknown: self.unknown.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        let counter = match outcome {
+            Outcome::Ok(_) => &self.ok,
+            Outcome::Failed => &self.failed,
+            Outcome::Unknown => &self.unknown,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed + self.unknown
+    }
+}
+
+impl Recorder {
+    pub fn new(started: Instant) -> Recorder {
+        Recorder {
+            started,
+            history: Mutex::new(HistoryRecorder::new()),
+            writes: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Microseconds since the run started.
+    pub fn now_us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Records that `client` sends `kind` on `key` now.
+    pub fn invoke(&self, client: u64, key: &str, kind: OpKind) -> (OpId, u64) {
+        let now = self.now_us();
+        (lock(&self.history).invoke(client, key, kind, now), now)
+    }
+
+    /// Records how `op` ended, now.
+    pub fn complete(&self, op: OpId, outcome: Outcome) -> u64 {
+        let now = self.now_us();
+        self.counters.count(&outcome);
+        lock(&self.history)
+            .complete(op, now, outcome)
+            .expect("every operation is completed once, after its invocation, by its client");
+        now
+    }
+
+    /// Remembers an acknowledged write on `group`.
+    pub fn acknowledged(&self, group: u32, invoked_at_us: u64, completed_at_us: u64) {
+        lock(&self.writes).push(GroupWrite {
+            group,
+            invoked_at_us,
+            completed_at_us,
+        });
+    }
+
+    /// The history so far; operations still in flight are unknown.
+    pub fn history(&self) -> History {
+        lock(&self.history).history()
+    }
+
+    /// Acknowledged writes so far, in completion order.
+    pub fn writes(&self) -> Vec<GroupWrite> {
+        let mut writes = lock(&self.writes).clone();
+        writes.sort_by_key(|write| write.completed_at_us);
+        writes
+    }
+}
+
+/// The name of key number `index`: short, URL-safe, and spread over the vShards by the hash.
+pub fn key_name(index: u32) -> String {
+    format!("k{index:05}")
+}
+
+/// Every key the workload may touch.
+pub fn key_names(keys: u32) -> Vec<String> {
+    (0..keys).map(key_name).collect()
+}
+
+/// The value of the `sequence`-th write of `client`: unique across the run, so the checker
+/// can tell every write apart.
+pub fn unique_value(client: u64, sequence: u64) -> String {
+    format!("c{client}-{sequence}")
+}
+
+/// The operation for a roll in `0..100`: 45% get, 30% put, 20% cas, 5% delete.
+pub fn choose_op(roll: u32) -> OpChoice {
+    match roll {
+        0..45 => OpChoice::Get,
+        45..75 => OpChoice::Put,
+        75..95 => OpChoice::Cas,
+        _ => OpChoice::Delete,
+    }
+}
+
+/// The seed of client `client`'s random choices, derived from the run's seed.
+pub fn client_seed(seed: u64, client: u64) -> u64 {
+    // SplitMix64 step: nearby client ids get unrelated streams.
+    let mut z = seed.wrapping_add(client.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The history outcome of a put or delete reply.
+pub fn write_outcome(reply: &Reply<Option<WriteReceipt>>) -> Outcome {
+    match reply {
+        Reply::Ok(_) => Outcome::done(),
+        Reply::Failed(_) => Outcome::Failed,
+        Reply::Unknown(_) => Outcome::Unknown,
+    }
+}
+
+/// The history outcome of a get reply. A failed or unanswered read constrains nothing.
+pub fn read_outcome(reply: &Reply<Option<Vec<u8>>>) -> Outcome {
+    match reply {
+        Reply::Ok(value) => Outcome::read(value.clone()),
+        Reply::Failed(_) => Outcome::Failed,
+        Reply::Unknown(_) => Outcome::Unknown,
+    }
+}
+
+/// The history outcome of a CAS reply.
+pub fn cas_outcome(reply: &Reply<CasReply>) -> Outcome {
+    match reply {
+        Reply::Ok(cas) => Outcome::cas(cas.swapped, cas.current.clone()),
+        Reply::Failed(_) => Outcome::Failed,
+        Reply::Unknown(_) => Outcome::Unknown,
+    }
+}
+
+/// Runs client `client` until `stop` is set (or [`OPS_PER_CLIENT_MAX`] operations).
+pub fn run_client(client: u64, spec: &WorkloadSpec, recorder: &Recorder, stop: &AtomicBool) {
+    let api = Api::new(REQUEST_TIMEOUT);
+    let mut rng = SmallRng::seed_from_u64(client_seed(spec.seed, client));
+    let mut client_state = ClientState {
+        client,
+        sequence: 0,
+        last_seen: HashMap::new(),
+    };
+    for _ in 0..OPS_PER_CLIENT_MAX {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let key = key_name(rng.random_range(0..spec.keys));
+        let node = spec.nodes[rng.random_range(0..spec.nodes.len())];
+        let choice = choose_op(rng.random_range(0..100));
+        let use_last_seen = rng.random_bool(0.8);
+        let succeeded = client_state.run_op(&api, recorder, node, &key, choice, use_last_seen);
+        if !succeeded {
+            std::thread::sleep(BACKOFF_AFTER_ERROR);
+        }
+    }
+}
+
+/// What one client remembers between operations.
+struct ClientState {
+    client: u64,
+    sequence: u64,
+    /// The last value this client saw per key: the `expected` of its CASes, so that many of
+    /// them swap.
+    last_seen: HashMap<String, Option<String>>,
+}
+
+impl ClientState {
+    /// Runs one operation and records it; true if it succeeded.
+    fn run_op(
+        &mut self,
+        api: &Api,
+        recorder: &Recorder,
+        node: SocketAddr,
+        key: &str,
+        choice: OpChoice,
+        use_last_seen: bool,
+    ) -> bool {
+        self.sequence += 1;
+        let value = unique_value(self.client, self.sequence);
+        let outcome = match choice {
+            OpChoice::Get => {
+                let (op, _) = recorder.invoke(self.client, key, OpKind::Get);
+                let reply = api.get(node, key);
+                if let Reply::Ok(seen) = &reply {
+                    let seen = seen
+                        .as_ref()
+                        .map(|bytes| String::from_utf8_lossy(bytes).into());
+                    self.last_seen.insert(key.to_string(), seen);
+                }
+                let outcome = read_outcome(&reply);
+                recorder.complete(op, outcome.clone());
+                outcome
+            }
+            OpChoice::Put | OpChoice::Delete => {
+                self.write(api, recorder, node, key, choice, &value)
+            }
+            OpChoice::Cas => {
+                let expected = match use_last_seen {
+                    true => self.last_seen.get(key).cloned().flatten(),
+                    false => None,
+                };
+                let kind = OpKind::cas(expected.clone(), value.clone());
+                let (op, _) = recorder.invoke(self.client, key, kind);
+                let reply = api.cas(node, key, expected.as_deref(), &value);
+                if let Reply::Ok(cas) = &reply {
+                    self.last_seen.insert(key.to_string(), cas.current.clone());
+                }
+                let outcome = cas_outcome(&reply);
+                recorder.complete(op, outcome.clone());
+                outcome
+            }
+        };
+        matches!(outcome, Outcome::Ok(_))
+    }
+
+    fn write(
+        &mut self,
+        api: &Api,
+        recorder: &Recorder,
+        node: SocketAddr,
+        key: &str,
+        choice: OpChoice,
+        value: &str,
+    ) -> Outcome {
+        let kind = match choice {
+            OpChoice::Delete => OpKind::Delete,
+            _ => OpKind::put(value),
+        };
+        let (op, invoked_at) = recorder.invoke(self.client, key, kind);
+        let reply = match choice {
+            OpChoice::Delete => api.delete(node, key),
+            _ => api.put(node, key, value.as_bytes()),
+        };
+        let outcome = write_outcome(&reply);
+        let completed_at = recorder.complete(op, outcome.clone());
+        if let Reply::Ok(receipt) = &reply {
+            let written = (choice != OpChoice::Delete).then(|| value.to_string());
+            self.last_seen.insert(key.to_string(), written);
+            if let Some(receipt) = receipt {
+                recorder.acknowledged(receipt.group, invoked_at, completed_at);
+            }
+        }
+        outcome
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A client that panicked mid-record leaves a usable value behind; the panic itself fails
+    // the run when its thread is joined.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodedb_cluster_core::linearizability::OpResult;
+    use nodedb_cluster_core::vshard_for_key;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn keys_spread_over_many_vshards() {
+        let names = key_names(200);
+        assert_eq!(names.len(), 200);
+        assert_eq!(names[7], "k00007");
+        let vshards: BTreeSet<_> = names
+            .iter()
+            .map(|key| vshard_for_key(key.as_bytes()))
+            .collect();
+        assert!(vshards.len() > 150, "only {} vShards", vshards.len());
+    }
+
+    #[test]
+    fn values_are_unique_per_client_and_sequence() {
+        let values: BTreeSet<_> = (0..20)
+            .flat_map(|client| (0..50).map(move |sequence| unique_value(client, sequence)))
+            .collect();
+        assert_eq!(values.len(), 1000);
+        // No value of one client is a value of another (c1-11 vs c11-1).
+        assert_ne!(unique_value(1, 11), unique_value(11, 1));
+    }
+
+    #[test]
+    fn the_op_mix_covers_every_kind() {
+        let mut counts = HashMap::new();
+        for roll in 0..100 {
+            *counts.entry(choose_op(roll)).or_insert(0) += 1;
+        }
+        assert_eq!(counts[&OpChoice::Get], 45);
+        assert_eq!(counts[&OpChoice::Put], 30);
+        assert_eq!(counts[&OpChoice::Cas], 20);
+        assert_eq!(counts[&OpChoice::Delete], 5);
+    }
+
+    #[test]
+    fn client_seeds_differ_and_repeat() {
+        assert_eq!(client_seed(42, 3), client_seed(42, 3));
+        let seeds: BTreeSet<_> = (0..64).map(|client| client_seed(42, client)).collect();
+        assert_eq!(seeds.len(), 64);
+        assert_ne!(client_seed(1, 0), client_seed(2, 0));
+    }
+
+    #[test]
+    fn replies_become_history_outcomes() {
+        let receipt = Some(WriteReceipt {
+            vshard: 1,
+            group: 2,
+            index: 3,
+        });
+        assert_eq!(write_outcome(&Reply::Ok(receipt)), Outcome::done());
+        assert_eq!(write_outcome(&Reply::Failed("503".into())), Outcome::Failed);
+        assert_eq!(
+            write_outcome(&Reply::Unknown("504".into())),
+            Outcome::Unknown
+        );
+        assert_eq!(
+            read_outcome(&Reply::Ok(None)),
+            Outcome::read(None::<Vec<u8>>)
+        );
+        assert_eq!(
+            read_outcome(&Reply::Ok(Some(b"v".to_vec()))),
+            Outcome::Ok(OpResult::Read {
+                value: Some(b"v".to_vec())
+            })
+        );
+        let cas = CasReply {
+            swapped: true,
+            current: Some("n".into()),
+        };
+        assert_eq!(cas_outcome(&Reply::Ok(cas)), Outcome::cas(true, Some("n")));
+        assert_eq!(cas_outcome(&Reply::Unknown("t".into())), Outcome::Unknown);
+    }
+
+    #[test]
+    fn the_recorder_keeps_times_outcomes_and_group_writes() {
+        let recorder = Recorder::new(Instant::now());
+        let (op, invoked) = recorder.invoke(3, "k00001", OpKind::put("c3-1"));
+        let (unfinished, _) = recorder.invoke(4, "k00001", OpKind::put("c4-1"));
+        let completed = recorder.complete(op, Outcome::done());
+        recorder.acknowledged(5, invoked, completed);
+        let history = recorder.history();
+        assert_eq!(history.len(), 2);
+        let first = &history.operations()[0];
+        assert_eq!(
+            (first.client, first.key.as_slice()),
+            (3, b"k00001".as_slice())
+        );
+        assert!(first.completed_at.unwrap() >= first.invoked_at);
+        assert_eq!(
+            history.operations()[unfinished.0 as usize].outcome,
+            Outcome::Unknown
+        );
+        assert_eq!(
+            recorder.counters.snapshot(),
+            Counts {
+                ok: 1,
+                failed: 0,
+                unknown: 0
+            }
+        );
+        assert_eq!(recorder.writes()[0].group, 5);
+    }
+
+    #[test]
+    fn a_client_against_a_dead_node_records_definite_failures() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let recorder = Recorder::new(Instant::now());
+        let api = Api::new(Duration::from_secs(2));
+        let mut state = ClientState {
+            client: 0,
+            sequence: 0,
+            last_seen: HashMap::new(),
+        };
+        for choice in [
+            OpChoice::Put,
+            OpChoice::Cas,
+            OpChoice::Delete,
+            OpChoice::Get,
+        ] {
+            assert!(!state.run_op(&api, &recorder, dead, "k00000", choice, true));
+        }
+        let counts = recorder.counters.snapshot();
+        assert_eq!(counts.ok, 0);
+        assert_eq!(counts.failed, 3, "refused writes are definite failures");
+        let history = recorder.history();
+        assert_eq!(history.len(), 4);
+        assert!(
+            history
+                .operations()
+                .iter()
+                .all(|op| op.completed_at.is_some())
+        );
+    }
+}
