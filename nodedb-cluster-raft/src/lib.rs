@@ -27,6 +27,7 @@
 pub mod error;
 pub mod kv;
 pub mod log_db;
+mod metadata_sm;
 mod log_store;
 mod multi_raft;
 mod network;
@@ -39,6 +40,10 @@ mod types;
 mod wire;
 
 pub use error::{GroupError, MembershipError, ProposeError};
+pub use metadata_sm::{
+    AppliedMetadata, METADATA_SNAPSHOT_VERSION, MetadataOutcome, MetadataQuery,
+    MetadataStateMachine, decode_metadata_outcome, decode_metadata_state, encode_metadata_command,
+};
 pub use multi_raft::{Applied, LEADER_CHANGES_MAX, MultiRaft, RaftTimings, ReadConsistency};
 pub use state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError};
 pub use status::{FollowerProgress, GroupStatus, LeaderChange, Role};
