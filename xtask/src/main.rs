@@ -6,6 +6,7 @@
 //! - `bench cluster`: closed-loop write throughput and latency of a local release cluster.
 
 mod api;
+mod bench;
 mod checks;
 mod cli;
 mod cluster;
@@ -58,6 +59,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Task::Bench(_target) => ExitCode::from(2),
+        Task::Bench(cli::BenchTarget::Cluster(args)) => match bench::run(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("bench cluster failed:\n{error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
