@@ -8,4 +8,5 @@ pub mod config;
 
 pub use config::{ConfigError, NodeConfig};
 pub mod http;
+pub mod mux;
 pub mod service;
