@@ -112,46 +112,7 @@ impl QuicTransport {
     /// the certificate must name `config.node_id`.
     pub fn bind(config: QuicConfig) -> Result<Arc<QuicTransport>, BindError> {
         tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let (server_tls, client_tls, secure) = match &config.tls {
-            TlsMode::Secure(material) => {
-                let named = material.node_id()?;
-                if named != config.node_id {
-                    return Err(TlsError::WrongNode {
-                        expected: config.node_id,
-                        actual: named,
-                    }
-                    .into());
-                }
-                (
-                    tls::server_config(material)?,
-                    tls::client_config(material)?,
-                    true,
-                )
-            }
-            TlsMode::Insecure => {
-                tracing::warn!(
-                    node = %config.node_id,
-                    "INSECURE transport: no certificates are checked and any peer may claim \
-                     any node id; never use this outside development"
-                );
-                (
-                    tls::insecure_server_config(config.node_id)?,
-                    tls::insecure_client_config()?,
-                    false,
-                )
-            }
-        };
-        let transport_config = Arc::new(transport_config(&config.timings)?);
-        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-            .map_err(|error| TlsError::Config(error.to_string()))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(Arc::clone(&transport_config));
-        server_config.max_incoming(INCOMING_CONNECTIONS_MAX);
-        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
-            .map_err(|error| TlsError::Config(error.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(transport_config);
-
+        let (server_config, client_config, secure) = quinn_configs(&config)?;
         let endpoint =
             quinn::Endpoint::server(server_config, config.listen_addr).map_err(|error| {
                 BindError::Socket {
@@ -388,6 +349,53 @@ impl fmt::Debug for QuicTransport {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// The quinn server and client configs for `config`, and whether peers are authenticated.
+fn quinn_configs(
+    config: &QuicConfig,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig, bool), BindError> {
+    let (server_tls, client_tls, secure) = match &config.tls {
+        TlsMode::Secure(material) => {
+            let named = material.node_id()?;
+            if named != config.node_id {
+                return Err(TlsError::WrongNode {
+                    expected: config.node_id,
+                    actual: named,
+                }
+                .into());
+            }
+            (
+                tls::server_config(material)?,
+                tls::client_config(material)?,
+                true,
+            )
+        }
+        TlsMode::Insecure => {
+            tracing::warn!(
+                node = %config.node_id,
+                "INSECURE transport: no certificates are checked and any peer may claim \
+                 any node id; never use this outside development"
+            );
+            (
+                tls::insecure_server_config(config.node_id)?,
+                tls::insecure_client_config()?,
+                false,
+            )
+        }
+    };
+    let transport_config = Arc::new(transport_config(&config.timings)?);
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server_config.transport_config(Arc::clone(&transport_config));
+    server_config.max_incoming(INCOMING_CONNECTIONS_MAX);
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client_config.transport_config(transport_config);
+
+    Ok((server_config, client_config, secure))
+}
 
 fn transport_config(timings: &QuicTimings) -> Result<quinn::TransportConfig, BindError> {
     let idle = quinn::IdleTimeout::try_from(Duration::from_millis(timings.idle_timeout_ms))
