@@ -5,6 +5,7 @@
 //! implementations together and has a `main`.
 
 pub mod config;
+pub mod control;
 
 pub use config::{ConfigError, NodeConfig};
 pub mod http;

@@ -1,0 +1,252 @@
+//! The node control protocol, spoken on the Control channel: identify a peer, admit a joining
+//! node, and carry client proposals, reads and membership changes to the replica that leads
+//! the group. Messages are postcard enums; variants are only ever appended (docs/design.md,
+//! "Node control messages").
+
+use nodedb_cluster_core::metadata::ClusterId;
+use nodedb_cluster_core::{GroupId, NodeId, NodeInfo};
+use nodedb_cluster_raft::{MembershipError, ProposeError};
+use serde::{Deserialize, Serialize};
+
+/// A request on the Control channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Who are you and which cluster are you in? Changes nothing anywhere.
+    Identify,
+    /// Admit `node` to the cluster. Served by the metadata leader; others redirect.
+    Join { node: NodeInfo },
+    /// Replicate `command` through `group`; served by the group's leader.
+    Propose { group: GroupId, command: Vec<u8> },
+    /// Answer `query` on `group`; with `linearizable`, served by the leader after a read
+    /// barrier, otherwise from the receiver's local replica.
+    Query {
+        group: GroupId,
+        query: Vec<u8>,
+        linearizable: bool,
+    },
+    /// Change the membership of `group`; served by the group's leader.
+    ChangeMembership {
+        group: GroupId,
+        change: MembershipChange,
+    },
+}
+
+/// One membership step of one group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    AddLearner { node: NodeId, addr: String },
+    Promote { node: NodeId },
+    Remove { node: NodeId },
+    TransferLeader { to: NodeId },
+}
+
+/// The answer to a [`ControlRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Identity {
+        node: NodeId,
+        cluster_id: Option<ClusterId>,
+    },
+    /// The node is admitted; it learns everything else from the metadata log.
+    Joined {
+        cluster_id: ClusterId,
+    },
+    Proposed {
+        index: u64,
+        response: Vec<u8>,
+    },
+    Answered {
+        answer: Vec<u8>,
+    },
+    MembershipChanged,
+    Refused(ControlError),
+}
+
+/// Why a control request was not served. Each variant says whether it may be retried and
+/// whether the outcome is known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ControlError {
+    /// The receiver does not lead the group; nothing was applied. Retry at the hint.
+    #[error("{node} does not lead {group} (leader hint: {leader_hint:?})")]
+    NotLeader {
+        node: NodeId,
+        group: GroupId,
+        leader_hint: Option<NodeId>,
+    },
+    /// The receiver hosts no replica of the group; nothing was applied.
+    #[error("{node} hosts no replica of {group}")]
+    UnknownGroup { node: NodeId, group: GroupId },
+    /// The group could not reach a quorum; nothing was applied.
+    #[error("{group} has no quorum")]
+    NoQuorum { group: GroupId },
+    /// The deadline passed after proposing: the outcome is unknown.
+    #[error("{group} did not answer in time (outcome unknown)")]
+    Timeout { group: GroupId },
+    /// The receiver is starting or stopping; nothing was applied.
+    #[error("{node} is not serving: {reason}")]
+    Unavailable { node: NodeId, reason: String },
+    /// Another membership change of the group is still in progress; nothing was changed.
+    #[error("a membership change of {group} is in progress")]
+    MembershipBusy { group: GroupId },
+    /// The request is invalid (bad bytes, refused join, invalid membership change).
+    #[error("refused: {0}")]
+    Invalid(String),
+    /// The receiver's storage failed.
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl ControlError {
+    /// True when the request may have taken effect.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, ControlError::Timeout { .. })
+    }
+
+    /// From a local propose or read failure on `node`.
+    pub fn from_propose(node: NodeId, error: ProposeError) -> ControlError {
+        match error {
+            ProposeError::UnknownGroup { group } => ControlError::UnknownGroup { node, group },
+            ProposeError::NotLeader { group, leader_hint } => ControlError::NotLeader {
+                node,
+                group,
+                leader_hint,
+            },
+            ProposeError::NoQuorum { group } => ControlError::NoQuorum { group },
+            ProposeError::Timeout { group } => ControlError::Timeout { group },
+            ProposeError::Shutdown { group } => ControlError::Unavailable {
+                node,
+                reason: format!("replica of {group} is shut down"),
+            },
+            ProposeError::Storage { group, reason } => {
+                ControlError::Storage(format!("{group}: {reason}"))
+            }
+            ProposeError::Query { group, reason } => {
+                ControlError::Invalid(format!("query on {group}: {reason}"))
+            }
+        }
+    }
+
+    /// From a local membership change failure on `node`.
+    pub fn from_membership(node: NodeId, error: MembershipError) -> ControlError {
+        match error {
+            MembershipError::UnknownGroup { group } => ControlError::UnknownGroup { node, group },
+            MembershipError::NotLeader { group, leader_hint } => ControlError::NotLeader {
+                node,
+                group,
+                leader_hint,
+            },
+            MembershipError::InProgress { group } => ControlError::MembershipBusy { group },
+            MembershipError::Invalid { group, reason } => {
+                ControlError::Invalid(format!("{group}: {reason}"))
+            }
+            MembershipError::Timeout { group } => ControlError::Timeout { group },
+            MembershipError::Shutdown { group } => ControlError::Unavailable {
+                node,
+                reason: format!("replica of {group} is shut down"),
+            },
+            MembershipError::Storage { group, reason } => {
+                ControlError::Storage(format!("{group}: {reason}"))
+            }
+        }
+    }
+}
+
+impl ControlRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_else(|error| panic!("control request encode: {error}"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ControlRequest, String> {
+        postcard::from_bytes(bytes).map_err(|error| error.to_string())
+    }
+}
+
+impl ControlResponse {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_else(|error| panic!("control response encode: {error}"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ControlResponse, String> {
+        postcard::from_bytes(bytes).map_err(|error| error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodedb_cluster_core::{NodeState, PeerAddr};
+
+    fn node_info() -> NodeInfo {
+        NodeInfo {
+            id: NodeId(2),
+            addr: PeerAddr::parse("127.0.0.1:9410").unwrap(),
+            admin_addr: PeerAddr::parse("127.0.0.1:9411").unwrap(),
+            state: NodeState::Joining,
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let requests = [
+            ControlRequest::Identify,
+            ControlRequest::Join { node: node_info() },
+            ControlRequest::Propose {
+                group: GroupId(3),
+                command: vec![1, 2, 3],
+            },
+            ControlRequest::Query {
+                group: GroupId(0),
+                query: vec![],
+                linearizable: true,
+            },
+            ControlRequest::ChangeMembership {
+                group: GroupId(1),
+                change: MembershipChange::AddLearner {
+                    node: NodeId(4),
+                    addr: "127.0.0.1:1".to_string(),
+                },
+            },
+        ];
+        for request in requests {
+            assert_eq!(ControlRequest::decode(&request.encode()).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn golden_bytes_pin_the_wire_layout() {
+        assert_eq!(ControlRequest::Identify.encode(), [0]);
+        let propose = ControlRequest::Propose {
+            group: GroupId(3),
+            command: vec![9],
+        };
+        assert_eq!(propose.encode(), [2, 3, 1, 9]);
+        let refused = ControlResponse::Refused(ControlError::Timeout { group: GroupId(1) });
+        assert_eq!(refused.encode(), [5, 3, 1]);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&[][..], &[200][..], &[2, 3][..], &[0xff; 32][..]] {
+            assert!(ControlRequest::decode(bytes).is_err(), "{bytes:?}");
+            assert!(ControlResponse::decode(bytes).is_err(), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn only_timeouts_leave_the_outcome_unknown() {
+        let node = NodeId(1);
+        let timeout = ControlError::from_propose(node, ProposeError::Timeout { group: GroupId(1) });
+        assert!(timeout.outcome_unknown());
+        let not_leader = ControlError::from_propose(
+            node,
+            ProposeError::NotLeader {
+                group: GroupId(1),
+                leader_hint: Some(NodeId(2)),
+            },
+        );
+        assert!(!not_leader.outcome_unknown());
+        let busy =
+            ControlError::from_membership(node, MembershipError::InProgress { group: GroupId(1) });
+        assert_eq!(busy, ControlError::MembershipBusy { group: GroupId(1) });
+    }
+}
