@@ -430,4 +430,43 @@ mod log_db {
         );
         assert_eq!(db.entries(G1, 0..100).unwrap(), entries(1..21));
     }
+
+    /// A callback may append again (it runs on the writer thread, even with a full queue) and
+    /// a panicking callback does not stop the writer.
+    #[test]
+    fn callbacks_may_append_and_may_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogDbOptions {
+            write_queue_len_max: 1,
+            batch_ops_max: 1,
+            batch_bytes_max: 1024,
+        };
+        let db = LogDb::open_with(&dir.path().join("raft.redb"), options).unwrap();
+        let (sender, receiver) = mpsc::channel::<u64>();
+        let chained = db.clone();
+        db.append(
+            G1,
+            entries(1..2),
+            Box::new(move |result| {
+                result.unwrap();
+                for index in 2..5u64 {
+                    let sender = sender.clone();
+                    chained.append(
+                        G1,
+                        entries(index..index + 1),
+                        Box::new(move |result| {
+                            result.unwrap();
+                            sender.send(index).unwrap();
+                        }),
+                    );
+                }
+                panic!("callback panics on purpose");
+            }),
+        );
+        let fired: Vec<u64> = (0..3)
+            .map(|_| receiver.recv_timeout(WAIT_MAX).unwrap())
+            .collect();
+        assert_eq!(fired, vec![2, 3, 4]);
+        assert_eq!(db.entries(G1, 0..10).unwrap(), entries(1..5));
+    }
 }

@@ -208,7 +208,9 @@ impl LogDb {
 
     /// Queues an append. The entries are readable through `entries`/`last_index` as soon as this
     /// returns (before fsync); `done` runs on the writer thread after the transaction holding
-    /// them is durable, or with the error. Waits while the queue is full.
+    /// them is durable, or with the error. Waits while the queue is full (except when called
+    /// from a completion callback, which runs on the writer thread: then it queues past the
+    /// bound rather than wait for itself).
     ///
     /// # Panics
     /// When the entries are not consecutive or do not continue the group's log (a caller bug).
@@ -367,9 +369,16 @@ impl LogDb {
         let shared = self.shared();
         let mut op = Arc::new(op);
         let mut done = done;
+        // On the writer thread (inside a completion callback) waiting for room would wait for
+        // this very thread: queue past the bound instead.
+        let queue_len_max = if std::thread::current().id() == self.handle.writer_id {
+            usize::MAX
+        } else {
+            shared.options.write_queue_len_max
+        };
         let mut state = shared.lock();
         loop {
-            match state.admit(&shared.options, group, op, done) {
+            match state.admit(queue_len_max, group, op, done) {
                 Admit::Queued => {
                     drop(state);
                     shared.work.notify_one();
@@ -412,7 +421,9 @@ impl LogDb {
         loop {
             let mut room = pin!(shared.room_async.notified());
             room.as_mut().enable();
-            let admitted = shared.lock().admit(&shared.options, group, op, done);
+            let admitted = shared
+                .lock()
+                .admit(shared.options.write_queue_len_max, group, op, done);
             match admitted {
                 Admit::Queued => {
                     shared.work.notify_one();
@@ -542,7 +553,7 @@ impl State {
     /// so that reads and the queue agree on order.
     fn admit(
         &mut self,
-        options: &LogDbOptions,
+        queue_len_max: usize,
         group: GroupId,
         op: Arc<Op>,
         done: AppendDone,
@@ -550,7 +561,7 @@ impl State {
         if let Err(error) = self.check_open() {
             return Admit::Rejected(error, done);
         }
-        if self.queue.len() >= options.write_queue_len_max {
+        if self.queue.len() >= queue_len_max {
             return Admit::Full(op, done);
         }
         let group_state = self.groups.entry(group).or_default();
