@@ -58,7 +58,11 @@ fn phase() -> impl Strategy<Value = MigrationPhase> {
 
 /// vShards 0..8 plus the edges; `out_of_range` adds ids no decoder would produce.
 fn vshard(out_of_range: bool) -> impl Strategy<Value = VShardId> {
-    let high = if out_of_range { u16::MAX } else { VSHARD_COUNT - 1 };
+    let high = if out_of_range {
+        u16::MAX
+    } else {
+        VSHARD_COUNT - 1
+    };
     prop_oneof![
         (0u16..8).prop_map(VShardId),
         Just(VShardId(VSHARD_COUNT - 1)),
@@ -110,12 +114,14 @@ fn log(out_of_range: bool) -> impl Strategy<Value = Vec<MetadataCommand>> {
             },
         }
     });
-    (bootstrap, prop::collection::vec(command(out_of_range), 0..80)).prop_map(
-        |(bootstrap, mut rest)| {
+    (
+        bootstrap,
+        prop::collection::vec(command(out_of_range), 0..80),
+    )
+        .prop_map(|(bootstrap, mut rest)| {
             rest.insert(0, bootstrap);
             rest
-        },
-    )
+        })
 }
 
 /// Every vShard maps to exactly one existing data group.
