@@ -10,6 +10,8 @@ mod bench;
 mod checks;
 mod cli;
 mod cluster;
+#[cfg(test)]
+mod fake_node;
 mod layering;
 mod nemesis;
 mod progress;

@@ -142,7 +142,8 @@ fn run_load(
 fn check_history(cluster: &Cluster, keys: u32, history: &History) -> Result<CheckResult> {
     let api = Api::new(workload::REQUEST_TIMEOUT);
     let names = workload::key_names(keys);
-    let reads = match checks::final_reads(cluster, &api, &names) {
+    let nodes: Vec<_> = cluster.admin_addrs().into_values().collect();
+    let reads = match checks::final_reads(&nodes, &api, &names) {
         Ok(reads) => reads,
         Err(why) => {
             return Ok(CheckResult::fail(
