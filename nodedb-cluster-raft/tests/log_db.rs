@@ -309,6 +309,7 @@ mod log_db {
             write_queue_len_max: 8,
             batch_ops_max: 3,
             batch_bytes_max: 64,
+            ..LogDbOptions::default()
         };
         let db = LogDb::open_with(&dir.path().join("raft.redb"), options).unwrap();
         let (sender, receiver) = mpsc::channel::<(u32, u64)>();
@@ -400,6 +401,7 @@ mod log_db {
             write_queue_len_max: 2,
             batch_ops_max: 2,
             batch_bytes_max: 1024,
+            ..LogDbOptions::default()
         };
         let db = LogDb::open_with(&dir.path().join("raft.redb"), options).unwrap();
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<u64>();
@@ -440,6 +442,7 @@ mod log_db {
             write_queue_len_max: 1,
             batch_ops_max: 1,
             batch_bytes_max: 1024,
+            ..LogDbOptions::default()
         };
         let db = LogDb::open_with(&dir.path().join("raft.redb"), options).unwrap();
         let (sender, receiver) = mpsc::channel::<u64>();

@@ -10,12 +10,14 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nodedb_cluster_core::GroupId;
-use nodedb_cluster_raft::log_db::LogDb;
+use nodedb_cluster_raft::log_db::{LogDb, LogDbOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 /// Set in the child's environment to the log file path.
 const CHILD_ENV: &str = "NODEDB_LOG_DB_CRASH_CHILD";
+/// Set in the child's environment to commit with redb quick repair (odd rounds).
+const QUICK_REPAIR_ENV: &str = "NODEDB_LOG_DB_CRASH_QUICK_REPAIR";
 const GROUPS: u32 = 4;
 const ROUNDS: usize = 12;
 /// Durable appends the parent waits for before killing, at most.
@@ -37,7 +39,11 @@ fn log_db_crash_child_process() {
     let Ok(path) = std::env::var(CHILD_ENV) else {
         return; // Only does something when re-executed by the parent test.
     };
-    let db = LogDb::open(Path::new(&path)).expect("child: open log");
+    let options = LogDbOptions {
+        quick_repair: std::env::var(QUICK_REPAIR_ENV).is_ok(),
+        ..LogDbOptions::default()
+    };
+    let db = LogDb::open_with(Path::new(&path), options).expect("child: open log");
     let started = Instant::now();
     let appenders: Vec<_> = (0..GROUPS)
         .map(|group| {
@@ -90,7 +96,7 @@ fn log_db_crash_keeps_every_durable_append() {
     let mut durable_max = [0u64; GROUPS as usize];
     for round in 0..ROUNDS {
         let kill_after = rng.random_range(0..=KILL_AFTER_MAX);
-        let reported = run_child_and_kill(&path, kill_after);
+        let reported = run_child_and_kill(&path, kill_after, round % 2 == 1);
         for (group, index) in reported {
             let slot = &mut durable_max[group as usize];
             *slot = (*slot).max(index);
@@ -102,8 +108,12 @@ fn log_db_crash_keeps_every_durable_append() {
     }
 }
 
-fn run_child_and_kill(path: &Path, kill_after: usize) -> Vec<(u32, u64)> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn run_child_and_kill(path: &Path, kill_after: usize, quick_repair: bool) -> Vec<(u32, u64)> {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if quick_repair {
+        command.env(QUICK_REPAIR_ENV, "1");
+    }
+    let mut child = command
         .args([
             "--exact",
             "log_db_crash_child_process",

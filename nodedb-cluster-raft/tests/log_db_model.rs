@@ -100,6 +100,7 @@ fn open(path: &Path) -> LogDb {
         write_queue_len_max: 16,
         batch_ops_max: 4,
         batch_bytes_max: 256,
+        ..LogDbOptions::default()
     };
     LogDb::open_with(path, options).expect("open log")
 }

@@ -141,10 +141,12 @@ pub(crate) fn load_groups(db: &Database) -> Result<HashMap<GroupId, GroupState>,
 /// Applies `ops` in order in one write transaction and commits it with an fsync.
 pub(crate) fn apply_batch<'a>(
     db: &Database,
+    quick_repair: bool,
     ops: impl Iterator<Item = (GroupId, &'a Op)>,
 ) -> Result<(), LogDbError> {
     let context = "committing a batch";
     let mut txn = db.begin_write().map_err(LogDbError::storage(context))?;
+    txn.set_quick_repair(quick_repair);
     txn.set_durability(Durability::Immediate)
         .map_err(LogDbError::storage(context))?;
     {

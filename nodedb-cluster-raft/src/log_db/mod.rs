@@ -77,6 +77,9 @@ pub struct LogDbOptions {
     pub batch_ops_max: usize,
     /// Payload bytes committed in one transaction (a single larger operation still goes alone).
     pub batch_bytes_max: u64,
+    /// redb quick repair: every commit also saves the allocator state and uses a two-phase
+    /// commit (two fsyncs), so that reopening after a crash need not walk the whole file.
+    pub quick_repair: bool,
 }
 
 impl Default for LogDbOptions {
@@ -85,6 +88,7 @@ impl Default for LogDbOptions {
             write_queue_len_max: 4096,
             batch_ops_max: 1024,
             batch_bytes_max: 16 * 1024 * 1024,
+            quick_repair: false,
         }
     }
 }

@@ -15,7 +15,11 @@ pub(super) fn run(shared: &Shared, db: &Database) {
     while let Some(batch) = next_batch(shared) {
         shared.room.notify_all();
         shared.room_async.notify_waiters();
-        let result = disk::apply_batch(db, batch.iter().map(|q| (q.group, q.op.as_ref())));
+        let result = disk::apply_batch(
+            db,
+            shared.options.quick_repair,
+            batch.iter().map(|q| (q.group, q.op.as_ref())),
+        );
         match result {
             Ok(()) => {
                 shared.batches_committed.fetch_add(1, Ordering::Relaxed);
