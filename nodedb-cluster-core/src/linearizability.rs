@@ -25,14 +25,29 @@
 //! # Algorithm and cost
 //!
 //! Wing & Gong's search with Lowe's refinements and Porcupine's memoization of visited
-//! (set of placed operations, value) pairs; see `search.rs`. Values are interned per key so a
-//! state is a bitset and an integer. The worst case is exponential in the number of
-//! operations in flight at once on one key (unknown writes stay in flight forever); for
-//! ordinary test workloads (a handful of clients, tens to thousands of operations per key)
-//! the search is close to linear. The search visits at most
-//! [`CheckLimits::explored_states_max`] states per key and then answers
-//! [`Verdict::Unknown`], never a false pass. Memory is about
-//! `explored_states_max * (ops_per_key / 8 + 48)` bytes at worst.
+//! (set of placed operations, value) pairs, per key; see `search.rs`. Values are interned per
+//! key, so a state is a compact bitset and two small integers. Unknown writes never complete,
+//! so they would stay candidates forever and multiply the states; the search therefore applies
+//! rules that keep the verdict (each argued where it is implemented, and all checked against a
+//! brute-force oracle in the tests):
+//!
+//! - an unknown write whose value no kept operation observes is dropped (`model.rs`);
+//! - an unknown write is placed only right before an operation that observes its value, only
+//!   while such an observer may still be unplaced, and only once no answered operation fits;
+//! - of several interchangeable unknown writes only the first is tried;
+//! - a state is skipped when a visited one has the same value and answered operations and a
+//!   subset of its unknown ones.
+//!
+//! The worst case stays exponential in the number of operations in flight at once on one key.
+//! Measured in a debug build (`tests/linearizability_props.rs`, simulated store, 1 in 10
+//! outcomes unknown, 1 in 20 failed): a linearizable history of 3000 operations from 8
+//! clients on one key takes about 0.3 s. Proving a history *not* linearizable means exhausting
+//! every ordering up to the failure, which costs more: with a bad read 90% of the way through,
+//! about 2 000 states for 1000 operations from 4 clients, but about 1.5 million for 3000
+//! operations from 8 busy clients (roughly 10 µs per state in debug; under 50 MB). The
+//! search visits at most [`CheckLimits::explored_states_max`] states per key and then answers
+//! [`Verdict::Unknown`], never a false pass; spreading a workload over more keys keeps each
+//! key's search small.
 //!
 //! # Lost writes
 //!
@@ -70,7 +85,7 @@ pub struct CheckLimits {
 impl Default for CheckLimits {
     fn default() -> CheckLimits {
         CheckLimits {
-            explored_states_max: 500_000,
+            explored_states_max: 1_000_000,
         }
     }
 }

@@ -92,6 +92,23 @@ impl<'h> Values<'h> {
 }
 
 impl Step {
+    /// Whether applying this step in `state` (when it applies) depends on that value: reads
+    /// and answered CASes do; an unanswered CAS does only when it swaps; blind writes never.
+    pub(super) fn observes(self, state: ValueId) -> bool {
+        match self {
+            Step::Write { .. } => false,
+            Step::Read { .. }
+            | Step::Cas {
+                answer: Some(_), ..
+            } => true,
+            Step::Cas {
+                expected,
+                answer: None,
+                ..
+            } => expected == state,
+        }
+    }
+
     /// The value after this step when it is applied to `state`, or `None` if its answer is
     /// impossible from `state`.
     pub(super) fn apply(self, state: ValueId) -> Option<ValueId> {

@@ -137,6 +137,11 @@ struct Search<'k, 'h> {
     state: ValueId,
     /// The latest invocation among placed operations.
     frontier: Option<u64>,
+    /// The last placed operation is an unanswered write, so the next one must observe the
+    /// value it wrote. An unanswered write can always be moved to just before the first
+    /// operation that observes its value (the operations in between observe nothing, so
+    /// they cannot tell), or dropped if nothing observes it before it is overwritten.
+    must_observe: bool,
     stuck: Option<StuckPoint>,
     explored_states: u64,
     /// Per operation: unanswered operations with the same step and the same `useful_until`
@@ -155,6 +160,7 @@ impl<'k, 'h> Search<'k, 'h> {
             stack: Vec::new(),
             state: ABSENT,
             frontier: None,
+            must_observe: false,
             stuck: None,
             explored_states: 0,
             class: interchangeable_classes(key),
@@ -173,14 +179,18 @@ impl<'k, 'h> Search<'k, 'h> {
         if self.is_unanswered(op) && self.has_earlier_twin(op, node) {
             return false;
         }
+        if self.must_observe && !key_op.step.observes(self.state) {
+            return false;
+        }
         let pointless = key_op
             .useful_until
             .is_some_and(|until| self.frontier.is_some_and(|frontier| frontier > until));
         let Some(after) = key_op.step.apply(self.state).filter(|_| !pointless) else {
             return false;
         };
+        let must_observe = self.is_unanswered(op);
         self.placed.insert(op);
-        if !self.visited.insert(&self.placed, after) {
+        if !self.visited.insert(&self.placed, after, must_observe) {
             self.placed.remove(op);
             return false;
         }
@@ -189,8 +199,10 @@ impl<'k, 'h> Search<'k, 'h> {
             op,
             state_before: self.state,
             frontier_before: self.frontier,
+            must_observe_before: self.must_observe,
         });
         self.state = after;
+        self.must_observe = must_observe;
         self.frontier = self.frontier.max(Some(key_op.invoked_at));
         self.list.lift(op);
         true
@@ -216,6 +228,7 @@ impl<'k, 'h> Search<'k, 'h> {
         let frame = self.stack.pop()?;
         self.state = frame.state_before;
         self.frontier = frame.frontier_before;
+        self.must_observe = frame.must_observe_before;
         self.placed.remove(frame.op);
         self.list.unlift(frame.op);
         Some(frame.op)
@@ -258,6 +271,7 @@ struct Frame {
     op: usize,
     state_before: ValueId,
     frontier_before: Option<u64>,
+    must_observe_before: bool,
 }
 
 fn stuck_point(list: &EventList, stack: &[Frame], state: ValueId, blocking: usize) -> StuckPoint {
@@ -419,17 +433,17 @@ struct PlacedSet {
 
 impl PlacedSet {
     fn new(key: &KeyHistory<'_>) -> PlacedSet {
+        // Slots follow invocation order, so that the answered set of a state is mostly a run
+        // of ones (everything long done) followed by a few bits: see `VisitedKey`.
+        let mut by_invocation: Vec<usize> = (0..key.ops.len()).collect();
+        by_invocation.sort_by_key(|op| (key.ops[*op].invoked_at, *op));
         let mut counts = [0usize; 2];
-        let slots: Vec<(bool, usize)> = key
-            .ops
-            .iter()
-            .map(|op| {
-                let unanswered = op.completed_at.is_none();
-                let slot = counts[usize::from(unanswered)];
-                counts[usize::from(unanswered)] += 1;
-                (unanswered, slot)
-            })
-            .collect();
+        let mut slots = vec![(false, 0); key.ops.len()];
+        for op in by_invocation {
+            let unanswered = key.ops[op].completed_at.is_none();
+            slots[op] = (unanswered, counts[usize::from(unanswered)]);
+            counts[usize::from(unanswered)] += 1;
+        }
         PlacedSet {
             slots,
             answered: vec![0; counts[0].div_ceil(64)],
@@ -474,21 +488,34 @@ struct VisitedStates {
     states: HashMap<VisitedKey, Vec<Box<[u64]>>, BuildHasherDefault<FingerprintHasher>>,
 }
 
-/// The answered part of a visited state. Hashes by fingerprint, compares in full.
+/// The answered part of a visited state. Hashes by fingerprint, compares in full. The set is
+/// stored compactly, as a count of leading all-ones words and the words after them up to the
+/// last non-zero one: a few words instead of one bit per operation of the key.
 #[derive(Debug)]
 struct VisitedKey {
     fingerprint: u64,
+    full_words: u32,
     answered: Box<[u64]>,
     state: ValueId,
+    /// Part of the state: it restricts what may come next.
+    must_observe: bool,
 }
 
 impl VisitedStates {
     /// Records (`placed`, `state`); false if it, or a state that dominates it, was visited.
-    fn insert(&mut self, placed: &PlacedSet, state: ValueId) -> bool {
+    fn insert(&mut self, placed: &PlacedSet, state: ValueId, must_observe: bool) -> bool {
+        let words = &placed.answered;
+        let full_words = words.iter().take_while(|word| **word == u64::MAX).count();
+        let used_words = words
+            .iter()
+            .rposition(|word| *word != 0)
+            .map_or(0, |last| last + 1);
         let key = VisitedKey {
             fingerprint: placed.fingerprint,
-            answered: placed.answered.clone().into_boxed_slice(),
+            full_words: u32::try_from(full_words).expect("fewer than 2^32 words"),
+            answered: words[full_words..used_words.max(full_words)].into(),
             state,
+            must_observe,
         };
         let minimal = self.states.entry(key).or_default();
         if minimal
@@ -512,7 +539,8 @@ fn is_subset(small: &[u64], large: &[u64]) -> bool {
 
 impl Hash for VisitedKey {
     fn hash<H: Hasher>(&self, hasher: &mut H) {
-        hasher.write_u64(self.fingerprint ^ mix(u64::from(self.state.0) | 1 << 63));
+        let state = u64::from(self.state.0) | u64::from(self.must_observe) << 32 | 1 << 63;
+        hasher.write_u64(self.fingerprint ^ mix(state));
     }
 }
 
@@ -520,6 +548,8 @@ impl PartialEq for VisitedKey {
     fn eq(&self, other: &VisitedKey) -> bool {
         self.fingerprint == other.fingerprint
             && self.state == other.state
+            && self.must_observe == other.must_observe
+            && self.full_words == other.full_words
             && self.answered == other.answered
     }
 }
