@@ -361,6 +361,17 @@ async fn client_without_certificate_is_rejected() {
 }
 
 #[tokio::test]
+async fn another_protocol_version_fails_in_the_handshake() {
+    let ca = tls::generate_ca("test").unwrap();
+    let (_, b, b_handler) = pair(&ca);
+    let material = TlsMaterial::issue(&ca, node(1)).unwrap();
+    let client = raw_client_with_alpn(&ca.cert_pem, Some(&material), b"nodedb-cluster/2");
+    let result = raw_call(&client, b.local_addr().unwrap(), node(2), node(1)).await;
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(b_handler.request_count(), 0);
+}
+
+#[tokio::test]
 async fn certificate_of_node_2_cannot_claim_node_3() {
     let ca = tls::generate_ca("test").unwrap();
     let b = bind(&ca, 5, loopback(), QuicTimings::default());
@@ -552,6 +563,14 @@ async fn insecure_mode_takes_the_id_from_hello() {
 
 /// A bare quinn client, to act as a misbehaving peer.
 fn raw_client(ca_pem: &str, identity: Option<&TlsMaterial>) -> quinn::Endpoint {
+    raw_client_with_alpn(ca_pem, identity, ALPN_PROTOCOL)
+}
+
+fn raw_client_with_alpn(
+    ca_pem: &str,
+    identity: Option<&TlsMaterial>,
+    alpn: &[u8],
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -570,7 +589,7 @@ fn raw_client(ca_pem: &str, identity: Option<&TlsMaterial>) -> quinn::Endpoint {
         }
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
     let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));

@@ -15,6 +15,8 @@ use std::time::Duration;
 pub struct EchoHandler {
     pub requests: AtomicU64,
     pub senders: Mutex<Vec<NodeId>>,
+    /// Second byte of each request starting with `r`, in arrival order.
+    pub arrivals: Mutex<Vec<u8>>,
     pub sleep: Mutex<Duration>,
     /// Largest number of chunk bytes held at once by the stream handler.
     pub stream_bytes_held_max: AtomicU64,
@@ -52,6 +54,9 @@ impl Handler for EchoHandler {
         Box::pin(async move {
             self.requests.fetch_add(1, Ordering::SeqCst);
             self.senders.lock().unwrap().push(from);
+            if let [b'r', index] = request.as_ref() {
+                self.arrivals.lock().unwrap().push(*index);
+            }
             if request.starts_with(b"sleep") {
                 let sleep = *self.sleep.lock().unwrap();
                 tokio::time::sleep(sleep).await;
