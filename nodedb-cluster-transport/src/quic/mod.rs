@@ -107,6 +107,18 @@ impl Default for QuicTimings {
     }
 }
 
+impl QuicConfig {
+    /// A config with the default timings.
+    pub fn new(node_id: NodeId, listen_addr: SocketAddr, tls: TlsMode) -> QuicConfig {
+        QuicConfig {
+            node_id,
+            listen_addr,
+            tls,
+            timings: QuicTimings::default(),
+        }
+    }
+}
+
 impl QuicTransport {
     /// Binds the endpoint and starts accepting. Call inside a tokio runtime. With TLS material,
     /// the certificate must name `config.node_id`.
