@@ -18,6 +18,7 @@ mod balance;
 mod rules;
 
 use crate::ids::{GroupId, NodeId};
+use crate::metadata::{MetadataCommand, MetadataState};
 use crate::routing::{GroupMembers, RoutingError, RoutingTable, validate_members};
 use crate::topology::{NodeState, Topology};
 use serde::{Deserialize, Serialize};
@@ -105,6 +106,39 @@ impl PlacementStep {
         }
         validate_members(group, &after)?;
         Ok(after)
+    }
+
+    /// The metadata command that records this step once carried out: `SetGroupMembers` with
+    /// the members after the step, or `SetLeaderHint` for a leadership transfer.
+    pub fn to_command(&self, routing: &RoutingTable) -> Result<MetadataCommand, RoutingError> {
+        let group = self.group();
+        let members = routing
+            .members(group)
+            .ok_or(RoutingError::UnknownGroup { group })?;
+        let after = self.members_after(members)?;
+        Ok(match self {
+            PlacementStep::TransferLeader { to, .. } => MetadataCommand::SetLeaderHint {
+                group,
+                leader: Some(*to),
+            },
+            _ => MetadataCommand::SetGroupMembers {
+                group,
+                voters: after.voters,
+                learners: after.learners,
+            },
+        })
+    }
+}
+
+impl MetadataState {
+    /// The next placement steps for the current metadata; empty before bootstrap.
+    pub fn plan_placement(&self) -> Vec<PlacementStep> {
+        match (self.routing(), self.replication_factor()) {
+            (Some(routing), Some(replication_factor)) => {
+                plan(self.topology(), routing, replication_factor)
+            }
+            _ => Vec::new(),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! planning and applying steps until the fixed point, with every safety invariant checked at
 //! every step and balance checked at every fixed point. Fixed seed: runs are reproducible.
 
+use nodedb_cluster_core::metadata::{ClusterId, MetadataCommand, MetadataEvent, MetadataState};
 use nodedb_cluster_core::placement::{PlacementStep, metadata_voter_target, plan};
 use nodedb_cluster_core::topology::{NodeInfo, NodeState, PeerAddr, Topology};
 use nodedb_cluster_core::{GroupId, METADATA_GROUP, NodeId, RoutingTable};
@@ -67,8 +68,100 @@ proptest! {
     }
 }
 
-fn add_node(topology: &mut Topology, id: u64, active: bool) {
-    let info = NodeInfo {
+proptest! {
+    #![proptest_config(Config { cases: 96, ..config() })]
+
+    /// The same journey through the metadata state machine: every step the planner proposes
+    /// must be accepted, as a command, by the metadata validation, and change something.
+    #[test]
+    fn planned_steps_are_valid_metadata_commands(
+        initial_nodes in 1u64..=6,
+        num_groups in 1u32..=8,
+        replication_factor in 1u8..=4,
+        events in prop::collection::vec(event(), 0..8),
+    ) {
+        let mut state = MetadataState::new();
+        let bootstrap = MetadataCommand::Bootstrap {
+            cluster_id: ClusterId([9; 16]),
+            num_groups,
+            replication_factor,
+            first_node: node_info(1, true),
+        };
+        state.apply(&bootstrap).unwrap();
+        for id in 2..=initial_nodes {
+            state.apply(&MetadataCommand::AddNode { node: node_info(id, true) }).unwrap();
+        }
+        converge_metadata(&mut state);
+        for event in events {
+            let command = match event {
+                Event::SetState(node, state) => MetadataCommand::SetNodeState {
+                    node: NodeId(node),
+                    state,
+                },
+                Event::Decommission(node) => MetadataCommand::SetNodeState {
+                    node: NodeId(node),
+                    state: NodeState::Decommissioned,
+                },
+                Event::AddNode { active } => MetadataCommand::AddNode {
+                    node: node_info(state.topology().len() as u64 + 1, active),
+                },
+            };
+            let _ = state.apply(&command);
+            converge_metadata(&mut state);
+        }
+    }
+}
+
+fn converge_metadata(state: &mut MetadataState) {
+    let replication_factor = state.replication_factor().unwrap();
+    for _ in 0..PLANS_PER_EVENT_MAX {
+        elect_through_metadata(state);
+        let steps = state.plan_placement();
+        if steps.is_empty() {
+            let routing = state.routing().unwrap();
+            check_fixed_point(state.topology(), routing, replication_factor);
+            return;
+        }
+        for step in &steps {
+            let command = step.to_command(state.routing().unwrap()).unwrap();
+            let event = state.apply(&command);
+            assert!(
+                matches!(event, Ok(ref event) if *event != MetadataEvent::Unchanged),
+                "{step:?} as {command:?} answered {event:?}"
+            );
+        }
+        state.validate().unwrap();
+    }
+    panic!("no fixed point after {PLANS_PER_EVENT_MAX} plans");
+}
+
+/// `elect`, recorded the way the cluster records it: with `SetLeaderHint`.
+fn elect_through_metadata(state: &mut MetadataState) {
+    let mut routing = state.routing().unwrap().clone();
+    elect(state.topology(), &mut routing);
+    let changes: Vec<MetadataCommand> = routing
+        .groups()
+        .filter(|(group, members)| {
+            state
+                .routing()
+                .unwrap()
+                .members(*group)
+                .unwrap()
+                .leader_hint
+                != members.leader_hint
+        })
+        .map(|(group, members)| MetadataCommand::SetLeaderHint {
+            group,
+            leader: members.leader_hint,
+        })
+        .collect();
+    for command in changes {
+        state.apply(&command).unwrap();
+    }
+}
+
+fn node_info(id: u64, active: bool) -> NodeInfo {
+    NodeInfo {
         id: NodeId(id),
         addr: PeerAddr::parse(&format!("10.0.0.{id}:9400")).unwrap(),
         admin_addr: PeerAddr::parse(&format!("10.0.0.{id}:9401")).unwrap(),
@@ -77,8 +170,11 @@ fn add_node(topology: &mut Topology, id: u64, active: bool) {
         } else {
             NodeState::Joining
         },
-    };
-    topology.insert(info).unwrap();
+    }
+}
+
+fn add_node(topology: &mut Topology, id: u64, active: bool) {
+    topology.insert(node_info(id, active)).unwrap();
 }
 
 /// Applies `event` if it is a legal transition; illegal ones are skipped, as the metadata
