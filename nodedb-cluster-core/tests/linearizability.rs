@@ -533,6 +533,55 @@ mod linearizability_cases {
     }
 
     #[test]
+    fn history_and_report_round_trip_through_json_readably() {
+        let mut recorder = HistoryRecorder::new();
+        recorder
+            .record(1, "user/1", OpKind::put("v1"), 0, 1, Outcome::done())
+            .unwrap();
+        let binary = vec![0u8, 159, 146, 150];
+        recorder
+            .record(
+                2,
+                binary.clone(),
+                OpKind::put(binary.clone()),
+                2,
+                3,
+                Outcome::done(),
+            )
+            .unwrap();
+        recorder
+            .record(3, "user/1", OpKind::Get, 4, 5, Outcome::read(Some("stale")))
+            .unwrap();
+        recorder.invoke(4, "user/1", OpKind::cas(None::<&str>, "v2"), 6);
+        let history = recorder.finish();
+
+        let json = serde_json::to_string(&history).unwrap();
+        assert!(json.contains(r#""key":"user/1""#), "{json}");
+        assert!(json.contains(r#""key":{"hex":"009f9296"}"#), "{json}");
+        assert!(json.contains(r#""expected":null"#), "{json}");
+        assert_eq!(serde_json::from_str::<History>(&json).unwrap(), history);
+
+        let report = check(&history);
+        assert!(!report.is_linearizable());
+        let json = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+    }
+
+    #[test]
+    fn json_histories_are_validated() {
+        let completed_before_invoked = r#"{"operations":[{"id":0,"client":1,"key":"k",
+            "kind":"get","invoked_at":5,"completed_at":4,"outcome":{"ok":{"read":{"value":null}}}}]}"#;
+        let error = serde_json::from_str::<History>(completed_before_invoked).unwrap_err();
+        assert!(
+            error.to_string().contains("before it was invoked"),
+            "{error}"
+        );
+        let bad_hex = r#"{"operations":[{"id":0,"client":1,"key":{"hex":"zz"},
+            "kind":"get","invoked_at":1,"completed_at":2,"outcome":"unknown"}]}"#;
+        assert!(serde_json::from_str::<History>(bad_hex).is_err());
+    }
+
+    #[test]
     fn failure_report_is_readable() {
         let report = Script::default()
             .put(1, "a", 0, 1)
