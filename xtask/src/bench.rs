@@ -55,6 +55,7 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
         work_dir: work_dir.clone(),
         nodes: args.nodes,
         num_groups: args.groups,
+        ready_timeout: crate::cluster::READY_TIMEOUT,
     };
     let cluster = Cluster::launch(&spec, &processes)?;
     let nodes: Vec<SocketAddr> = cluster.admin_addrs().into_values().collect();

@@ -4,7 +4,7 @@
 //! unavailability window of every failover.
 
 use crate::api::{Api, ClusterView, GroupView, NodeView, Reply};
-use crate::cluster::{Cluster, READY_TIMEOUT};
+use crate::cluster::Cluster;
 use crate::nemesis::FaultEvent;
 use crate::report::{CheckResult, FailoverRow};
 use crate::workload::GroupWrite;
@@ -36,7 +36,7 @@ pub fn settle(cluster: &Cluster) -> CheckResult {
             restarted.push(node);
         }
     }
-    match cluster.wait_ready(&cluster.node_ids(), READY_TIMEOUT) {
+    match cluster.wait_ready(&cluster.node_ids(), cluster.ready_timeout()) {
         Ok(()) if restarted.is_empty() => CheckResult::pass(NAME, "every node answers /readyz"),
         Ok(()) => CheckResult::pass(NAME, format!("after restarting nodes {restarted:?}")),
         Err(not_ready) => CheckResult::fail(NAME, not_ready.to_string()),

@@ -6,7 +6,7 @@
 //! Growing the cluster or decommissioning a node would be further [`FaultKind`] variants,
 //! planned by [`plan`] and carried out by `execute`, once the node supports them.
 
-use crate::cluster::{Cluster, READY_TIMEOUT};
+use crate::cluster::Cluster;
 use crate::workload::Recorder;
 use anyhow::{Context, Result, bail};
 use rand::rngs::SmallRng;
@@ -170,7 +170,7 @@ fn run_fault(
     restart(cluster, node)?;
     let restarted_at_us = recorder.now_us();
     cluster
-        .wait_ready(&[node], READY_TIMEOUT)
+        .wait_ready(&[node], cluster.ready_timeout())
         .map_err(|not_ready| anyhow::anyhow!("after restart: {not_ready}"))?;
     Ok(FaultEvent {
         kind: fault.kind,

@@ -33,6 +33,7 @@ pub fn run(args: &TestClusterArgs) -> Result<bool> {
         work_dir: work_dir.clone(),
         nodes: args.nodes,
         num_groups: args.groups,
+        ready_timeout: crate::cluster::READY_TIMEOUT,
     };
     let cluster = Cluster::launch(&spec, &processes).with_context(|| {
         format!(

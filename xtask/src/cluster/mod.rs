@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// How long every node gets to answer 200 on `/readyz` after a (re)start.
+/// How long every node gets by default to answer 200 on `/readyz` after a (re)start.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Fresh-port launches tried when a node cannot bind its ports (another process took one).
 pub const LAUNCH_ATTEMPTS_MAX: u32 = 3;
@@ -36,6 +36,8 @@ pub struct LaunchSpec {
     pub work_dir: PathBuf,
     pub nodes: u32,
     pub num_groups: u32,
+    /// How long a node gets to become ready after a (re)start.
+    pub ready_timeout: Duration,
 }
 
 /// A running local cluster. Dropping it kills every node process.
@@ -46,6 +48,7 @@ pub struct Cluster {
     nodes: BTreeMap<u64, NodeLayout>,
     processes: Processes,
     api: Api,
+    ready_timeout: Duration,
     _guard: ProcessGuard,
 }
 
@@ -75,7 +78,7 @@ impl Cluster {
             for node_id in &node_ids {
                 cluster.start(*node_id)?;
             }
-            match cluster.wait_ready(&node_ids, READY_TIMEOUT) {
+            match cluster.wait_ready(&node_ids, spec.ready_timeout) {
                 Ok(()) => return Ok(cluster),
                 Err(not_ready) if not_ready.is_bind_failure() && attempt < LAUNCH_ATTEMPTS_MAX => {
                     eprintln!("{not_ready}\nretrying the launch with fresh ports");
@@ -121,12 +124,18 @@ impl Cluster {
             nodes,
             processes: processes.clone(),
             api: Api::new(ADMIN_REQUEST_TIMEOUT),
+            ready_timeout: spec.ready_timeout,
             _guard: processes.guard(),
         })
     }
 
     pub fn work_dir(&self) -> &Path {
         &self.work_dir
+    }
+
+    /// How long a node gets to become ready after a (re)start.
+    pub fn ready_timeout(&self) -> Duration {
+        self.ready_timeout
     }
 
     pub fn node_ids(&self) -> Vec<u64> {
@@ -323,6 +332,78 @@ fn ready_progress(elapsed: Duration, timeout: Duration, answers: &BTreeMap<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in node binary: `certs` writes the promised files, `start` runs `start_body`.
+    /// Every start is counted in `<work dir>/starts`.
+    fn fake_binary(dir: &Path, start_body: &str) -> PathBuf {
+        let script = format!(
+            "#!/bin/sh\n\
+             case \"$1\" in\n\
+             certs) if [ \"$2\" = init ]; then touch \"$4/ca.pem\" \"$4/ca.key\";\n\
+                    else touch \"$4/node-$6.pem\" \"$4/node-$6.key\"; fi ;;\n\
+             start) echo start >> ../starts; {start_body} ;;\n\
+             esac\n"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("fake-nodedb-cluster");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn spec(name: &str, start_body: &str, nodes: u32) -> LaunchSpec {
+        let root = std::env::temp_dir().join(format!("xtask-launch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        LaunchSpec {
+            binary: fake_binary(&root.join("bin"), start_body),
+            work_dir: root.join("work"),
+            nodes,
+            num_groups: 2,
+            ready_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_node_that_never_answers_fails_the_launch_with_its_log() {
+        let spec = spec("hang", "echo joining the cluster; exec sleep 600", 2);
+        let processes = Processes::new();
+        let error = Cluster::launch(&spec, &processes).unwrap_err().to_string();
+        assert!(error.contains("node 1 (admin 127.0.0.1:"), "{error}");
+        assert!(error.contains("not ready after"), "{error}");
+        assert!(error.contains("no answer"), "{error}");
+        assert!(error.contains("joining the cluster"), "{error}");
+        assert!(
+            processes.started().is_empty(),
+            "the failed launch killed its nodes"
+        );
+        let config = std::fs::read_to_string(spec.work_dir.join("node-2/node.toml")).unwrap();
+        assert!(config.contains("node_id = 2"), "{config}");
+        std::fs::remove_dir_all(spec.work_dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_node_that_cannot_bind_makes_the_launch_retry_with_fresh_ports() {
+        let spec = spec("bind", "echo 'Error: Address already in use'; exit 1", 1);
+        let processes = Processes::new();
+        let error = Cluster::launch(&spec, &processes).unwrap_err().to_string();
+        assert!(error.contains("node 1 exited"), "{error}");
+        let starts = std::fs::read_to_string(spec.work_dir.join("starts")).unwrap();
+        assert_eq!(starts.lines().count(), LAUNCH_ATTEMPTS_MAX as usize);
+        std::fs::remove_dir_all(spec.work_dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_node_that_exits_otherwise_fails_at_once() {
+        let spec = spec("exit", "echo 'config key `tls`: needs ca_cert'; exit 2", 1);
+        let processes = Processes::new();
+        let error = Cluster::launch(&spec, &processes).unwrap_err().to_string();
+        assert!(error.contains("exit status: 2"), "{error}");
+        assert!(error.contains("needs ca_cert"), "{error}");
+        let starts = std::fs::read_to_string(spec.work_dir.join("starts")).unwrap();
+        assert_eq!(starts.lines().count(), 1);
+        std::fs::remove_dir_all(spec.work_dir.parent().unwrap()).unwrap();
+    }
 
     fn not_ready(exited: Option<&str>, log: &str) -> NotReady {
         NotReady {
