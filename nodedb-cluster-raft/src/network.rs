@@ -287,3 +287,79 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::{GroupTable, RaftRouter};
+    use nodedb_cluster_transport::MemoryNetwork;
+    use openraft::raft::VoteRequest;
+
+    fn client(transport: Arc<dyn Transport>, target: u64) -> PeerClient {
+        PeerClient {
+            group: GroupId(1),
+            local: transport.local_node(),
+            target: NodeId(target),
+            transport,
+        }
+    }
+
+    #[test]
+    fn transport_errors_map_to_the_right_openraft_kind() {
+        let network = MemoryNetwork::new(1);
+        let transport: Arc<dyn Transport> = network.register(NodeId(1)).unwrap();
+        let peer = client(transport, 2);
+        let node = NodeId(2);
+        let timeout = Duration::from_millis(5);
+        let map = |error| peer.rpc_error(error, RPCTypes::Vote, timeout);
+        assert!(matches!(
+            map(TransportError::Timeout { node }),
+            RPCError::Timeout(_)
+        ));
+        let lost = TransportError::ConnectionLost {
+            node,
+            reason: "reset".into(),
+        };
+        assert!(matches!(map(lost), RPCError::Network(_)));
+        for unreachable in [
+            TransportError::UnknownPeer { node },
+            TransportError::CircuitOpen { node },
+            TransportError::Shutdown,
+            TransportError::Unreachable {
+                node,
+                reason: "refused".into(),
+            },
+        ] {
+            assert!(matches!(map(unreachable), RPCError::Unreachable(_)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_group_is_unreachable_not_a_panic() {
+        let network = MemoryNetwork::new(2);
+        let local: Arc<dyn Transport> = network.register(NodeId(1)).unwrap();
+        let remote = network.register(NodeId(2)).unwrap();
+        remote.set_handler(Arc::new(RaftRouter::new(Arc::new(GroupTable::default()))));
+        let mut peer = client(local, 2);
+        let request = VoteRequest::new(Vote::new(1, 1), None);
+        let option = RPCOption::new(Duration::from_secs(1));
+        let error = RaftNetworkV2::vote(&mut peer, request.clone(), option.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, RPCError::Unreachable(_)), "{error:?}");
+        let mut nobody = client(peer.transport.clone(), 3);
+        let error = RaftNetworkV2::vote(&mut nobody, request, option)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, RPCError::Unreachable(_)), "{error:?}");
+    }
+
+    #[test]
+    fn snapshot_deadline_grows_with_size() {
+        let base = Duration::from_millis(500);
+        let small = snapshot_deadline(base, 1024);
+        let large = snapshot_deadline(base, 1024 * 1024 * 1024);
+        assert!(small >= SNAPSHOT_STEP_TIMEOUT_MIN);
+        assert!(large >= small + Duration::from_secs(200));
+    }
+}

@@ -257,3 +257,90 @@ async fn receive_snapshot(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Vote;
+    use nodedb_cluster_transport::{ChunkSource, TransportError};
+    use openraft::raft::VoteRequest;
+
+    struct Chunks(Vec<Bytes>);
+
+    impl ChunkSource for Chunks {
+        fn next_chunk(&mut self) -> BoxFuture<'_, Result<Option<Bytes>, TransportError>> {
+            let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+            Box::pin(async move { Ok(next) })
+        }
+    }
+
+    fn router() -> RaftRouter {
+        RaftRouter::new(Arc::new(GroupTable::default()))
+    }
+
+    #[tokio::test]
+    async fn garbage_and_unknown_groups_get_typed_answers() {
+        let router = router();
+        let from = NodeId(7);
+        for junk in [
+            &[][..],
+            &[1][..],
+            &[1, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+            &[9, 9][..],
+        ] {
+            let answer = router.serve_rpc(from, junk).await;
+            assert!(
+                matches!(answer, ReplyBody::Failed(RpcFailure::BadMessage(_))),
+                "{answer:?}"
+            );
+        }
+        let vote = RaftRpc {
+            version: WIRE_VERSION,
+            group: GroupId(9),
+            body: RpcBody::Vote(VoteRequest::new(Vote::new(1, 7), None)),
+        };
+        let answer = router.serve_rpc(from, &wire::encode(&vote)).await;
+        assert!(matches!(
+            answer,
+            ReplyBody::Failed(RpcFailure::UnknownGroup(GroupId(9)))
+        ));
+
+        let body = InboundStream::new(Box::new(Chunks(vec![Bytes::from_static(b"x")])));
+        let answer = router.serve_snapshot(from, b"\x01garbage", body).await;
+        assert!(
+            matches!(answer, ReplyBody::Failed(RpcFailure::BadMessage(_))),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_body_that_lies_about_its_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = SnapshotHeader {
+            version: WIRE_VERSION,
+            group: GroupId(1),
+            vote: Vote::new_committed(1, 1),
+            meta: Default::default(),
+            bytes: 4,
+            crc32c: 0,
+        };
+        let body = InboundStream::new(Box::new(Chunks(vec![Bytes::from_static(b"too long")])));
+        let refused = receive_snapshot(dir.path(), &header, body)
+            .await
+            .unwrap_err();
+        assert!(refused.contains("announced"), "{refused}");
+        let body = InboundStream::new(Box::new(Chunks(vec![Bytes::from_static(b"abcd")])));
+        assert!(
+            receive_snapshot(dir.path(), &header, body).await.is_err(),
+            "not a snapshot file"
+        );
+        let huge = SnapshotHeader {
+            bytes: SNAPSHOT_FILE_BYTES_MAX + 1,
+            ..header
+        };
+        let body = InboundStream::new(Box::new(Chunks(vec![])));
+        assert!(receive_snapshot(dir.path(), &huge, body).await.is_err());
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 0, "temporary files are removed");
+    }
+}
