@@ -81,27 +81,8 @@ impl Planner<'_> {
         {
             return Some(PlacementStep::RemoveReplica { group, node: *node });
         }
-        let active_learner = |planner: &Planner<'_>| {
-            let learners = members.learners.iter().copied();
-            match is_data {
-                true => planner.least_loaded(learners.filter(|n| planner.is_active(*n))),
-                false => learners.filter(|n| planner.is_active(*n)).min(),
-            }
-        };
         if healthy < add_target {
-            if let Some(node) = active_learner(self) {
-                return Some(PlacementStep::Promote { group, node });
-            }
-            let candidates = self
-                .active
-                .iter()
-                .copied()
-                .filter(|node| !members.contains(*node));
-            let node = match is_data {
-                true => self.least_loaded(candidates),
-                false => candidates.min(),
-            }?;
-            return Some(PlacementStep::AddLearner { group, node });
+            return self.grow_step(group, members);
         }
         // A voter on a non-Active node goes only once enough Active voters replace it.
         let unhealthy = members.voters.iter().find(|node| !self.is_active(**node));
@@ -111,7 +92,7 @@ impl Planner<'_> {
             return Some(self.remove_voter(group, members, *node));
         }
         // A learner on an Active node at this point is a move in progress: promote it.
-        if is_data && let Some(node) = active_learner(self) {
+        if is_data && let Some(node) = self.active_learner(group, members) {
             return Some(PlacementStep::Promote { group, node });
         }
         if healthy > target {
@@ -132,6 +113,38 @@ impl Planner<'_> {
             return self.hand_over_leadership(group, members, leader);
         }
         None
+    }
+
+    /// One step toward more Active voters: promote an Active learner, else add a learner on
+    /// the least loaded Active node outside the group.
+    fn grow_step(&self, group: GroupId, members: &GroupMembers) -> Option<PlacementStep> {
+        if let Some(node) = self.active_learner(group, members) {
+            return Some(PlacementStep::Promote { group, node });
+        }
+        let candidates = self
+            .active
+            .iter()
+            .copied()
+            .filter(|node| !members.contains(*node));
+        let node = match group.is_metadata() {
+            true => candidates.min(),
+            false => self.least_loaded(candidates),
+        }?;
+        Some(PlacementStep::AddLearner { group, node })
+    }
+
+    /// The learner on an Active node to promote: least loaded for data groups, lowest id for
+    /// the metadata group (where load is not counted).
+    fn active_learner(&self, group: GroupId, members: &GroupMembers) -> Option<NodeId> {
+        let learners = members
+            .learners
+            .iter()
+            .copied()
+            .filter(|node| self.is_active(*node));
+        match group.is_metadata() {
+            true => learners.min(),
+            false => self.least_loaded(learners),
+        }
     }
 
     /// Removes voter `node`, or first moves leadership off it if it is the (reachable) leader.
