@@ -84,7 +84,10 @@ impl Cluster {
                     eprintln!("{not_ready}\nretrying the launch with fresh ports");
                     attempt += 1;
                 }
-                Err(not_ready) => bail!("{not_ready}"),
+                Err(not_ready) => {
+                    let others = cluster.log_tails_except(not_ready.node_id, LOG_TAIL_LINES);
+                    bail!("{not_ready}\n{others}")
+                }
             }
         }
     }
@@ -233,8 +236,13 @@ impl Cluster {
 
     /// The last log lines of every node, each under a header.
     pub fn log_tails(&self, lines: usize) -> String {
+        self.log_tails_except(0, lines)
+    }
+
+    /// The last log lines of every node but `skipped`, each under a header.
+    pub fn log_tails_except(&self, skipped: u64, lines: usize) -> String {
         let mut text = String::new();
-        for node in self.nodes.values() {
+        for node in self.nodes.values().filter(|node| node.node_id != skipped) {
             let path = node.log_path();
             text.push_str(&format!(
                 "---- node {} ({}), last {lines} lines ----\n{}\n",
@@ -373,6 +381,10 @@ mod tests {
         assert!(error.contains("not ready after"), "{error}");
         assert!(error.contains("no answer"), "{error}");
         assert!(error.contains("joining the cluster"), "{error}");
+        assert!(
+            error.contains("---- node 2 ("),
+            "the other nodes' logs follow: {error}"
+        );
         assert!(
             processes.started().is_empty(),
             "the failed launch killed its nodes"
