@@ -121,6 +121,8 @@ fn run_load(
             clients.push(scope.spawn(move || workload::run_client(client, spec, recorder, stop)));
         }
         let progress = scope.spawn(|| progress::run(cluster, recorder, &phase, started, &stop));
+        // Should the nemesis panic, the clients must still stop, or the scope never ends.
+        let _stop_on_unwind = StopOnDrop(&stop);
         let events = nemesis::execute(cluster, faults, started, recorder, &phase, &stop);
         if events.is_ok() {
             nemesis::sleep_until(started + duration, &stop);
@@ -137,6 +139,15 @@ fn run_load(
         }
         events
     })
+}
+
+/// Sets its flag when dropped, on every way out of a scope.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Final reads of every key and the linearizability check, the full report saved.
