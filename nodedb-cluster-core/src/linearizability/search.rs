@@ -189,6 +189,10 @@ impl<'k, 'h> Search<'k, 'h> {
             return false;
         };
         let must_observe = self.is_unanswered(op);
+        if must_observe && after == self.state {
+            // An unanswered operation that changes nothing can as well be omitted.
+            return false;
+        }
         self.placed.insert(op);
         if !self.visited.insert(&self.placed, after, must_observe) {
             self.placed.remove(op);
@@ -510,13 +514,25 @@ impl VisitedStates {
             .iter()
             .rposition(|word| *word != 0)
             .map_or(0, |last| last + 1);
-        let key = VisitedKey {
+        let mut key = VisitedKey {
             fingerprint: placed.fingerprint,
             full_words: u32::try_from(full_words).expect("fewer than 2^32 words"),
             answered: words[full_words..used_words.max(full_words)].into(),
             state,
-            must_observe,
+            must_observe: false,
         };
+        if must_observe {
+            // The unrestricted state dominates the restricted one.
+            let dominated = self.states.get(&key).is_some_and(|minimal| {
+                minimal
+                    .iter()
+                    .any(|visited| is_subset(visited, &placed.unanswered))
+            });
+            if dominated {
+                return false;
+            }
+            key.must_observe = true;
+        }
         let minimal = self.states.entry(key).or_default();
         if minimal
             .iter()
