@@ -2,6 +2,7 @@
 //! the layers above must tell "definitely failed" from "outcome unknown".
 
 use nodedb_cluster_core::NodeId;
+use std::net::SocketAddr;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TransportError {
@@ -30,6 +31,10 @@ pub enum TransportError {
     /// The payload is larger than the protocol allows. Nothing was sent.
     #[error("payload of {bytes} bytes exceeds the limit of {limit} bytes")]
     TooLarge { bytes: u64, limit: u64 },
+    /// Nothing answered at this address (no handshake), or this transport cannot call by
+    /// address. Nothing was delivered.
+    #[error("{addr} unreachable: {reason}")]
+    UnreachableAddr { addr: SocketAddr, reason: String },
     /// This endpoint has been shut down.
     #[error("transport is shut down")]
     Shutdown,

@@ -101,6 +101,26 @@ pub trait Transport: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<OutboundStream, TransportError>>;
 
+    /// Calls whichever node answers at `addr`, for when only an address is known (joining
+    /// through seed addresses). Returns the id that node authenticated as (from its
+    /// certificate) with its response. Nothing is pooled: meant for rare calls. Errors before
+    /// the peer is identified are [`TransportError::UnreachableAddr`] (nothing delivered).
+    /// The default implementation cannot call by address.
+    fn call_addr(
+        &self,
+        addr: SocketAddr,
+        request: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(NodeId, Bytes), TransportError>> {
+        let _ = (request, timeout);
+        Box::pin(async move {
+            Err(TransportError::UnreachableAddr {
+                addr,
+                reason: "this transport cannot call by address".into(),
+            })
+        })
+    }
+
     /// Closes the endpoint: outgoing calls fail with [`TransportError::Shutdown`], incoming
     /// traffic is refused.
     fn shutdown(&self) -> BoxFuture<'_, ()>;

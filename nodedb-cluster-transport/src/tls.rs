@@ -12,6 +12,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -233,6 +234,30 @@ pub fn client_config(material: &TlsMaterial) -> Result<ClientConfig, TlsError> {
     Ok(config)
 }
 
+/// Client side for calls by address, when the peer's node id is not known yet: the server's
+/// chain is checked against the CA and the certificate must be valid for the node name it
+/// carries itself; the caller then reads the node id from it.
+pub fn client_config_any_node(material: &TlsMaterial) -> Result<ClientConfig, TlsError> {
+    let provider = ring_provider();
+    let roots = Arc::new(root_store(&material.ca_cert_pem)?);
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(config_error)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyNodeServer { inner }))
+        .with_client_auth_cert(
+            certificates(&material.cert_pem, "node certificate")?,
+            private_key(&material.key_pem)?,
+        )
+        .map_err(config_error)?;
+    config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    config.enable_early_data = false;
+    Ok(config)
+}
+
 /// Insecure server: an ephemeral self-signed certificate, no client authentication.
 pub fn insecure_server_config(node: NodeId) -> Result<ServerConfig, TlsError> {
     let (params, key) = node_params(node)?;
@@ -297,6 +322,55 @@ impl fmt::Debug for TlsMaterial {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// Verifies a server against the CA under the node name its own certificate carries.
+#[derive(Debug)]
+struct AnyNodeServer {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for AnyNodeServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let node = node_id_from_cert(end_entity).map_err(|error| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(error),
+            )))
+        })?;
+        let name = ServerName::try_from(node_server_name(node))
+            .map_err(|_| rustls::Error::General("node name is not a DNS name".into()))?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
 
 /// Accepts any server certificate; used only in insecure mode.
 #[derive(Debug)]

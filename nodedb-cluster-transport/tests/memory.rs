@@ -49,6 +49,22 @@ async fn round_trip_carries_sender_and_handler_errors() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn call_by_address_uses_the_address_book() {
+    let network = MemoryNetwork::new(1);
+    let (a, _) = start(&network, 1);
+    let (_b, _) = start(&network, 2);
+    let addr: std::net::SocketAddr = "10.0.0.2:9400".parse().unwrap();
+    let unknown = a.call_addr(addr, Bytes::from_static(b"x"), TIMEOUT).await;
+    assert!(matches!(
+        unknown,
+        Err(TransportError::UnreachableAddr { .. })
+    ));
+    network.set_addr(node(2), addr);
+    let answer = a.call_addr(addr, Bytes::from_static(b"x"), TIMEOUT).await;
+    assert_eq!(answer, Ok((node(2), Bytes::from_static(b"echo:x"))));
+}
+
+#[tokio::test(start_paused = true)]
 async fn missing_handler_answers_not_ready() {
     let network = MemoryNetwork::new(1);
     let (a, _) = start(&network, 1);

@@ -86,6 +86,51 @@ async fn rpc_round_trip_with_authenticated_sender() {
 }
 
 #[tokio::test]
+async fn call_by_address_learns_the_node_id_from_the_certificate() {
+    let ca = tls::generate_ca("test").unwrap();
+    let other_ca = tls::generate_ca("other").unwrap();
+    let a = bind(&ca, 1, loopback(), QuicTimings::default());
+    let b = bind(&ca, 2, loopback(), QuicTimings::default());
+    let handler = Arc::new(EchoHandler::new());
+    b.set_handler(handler.clone());
+
+    let answer = a
+        .call_addr(b.local_addr().unwrap(), Bytes::from_static(b"who"), TIMEOUT)
+        .await;
+    assert_eq!(answer, Ok((node(2), Bytes::from_static(b"echo:who"))));
+    assert_eq!(*handler.senders.lock().unwrap(), vec![node(1)]);
+
+    // A server of another cluster is not trusted, whatever it is called.
+    let stranger = bind(&other_ca, 3, loopback(), QuicTimings::default());
+    stranger.set_handler(Arc::new(EchoHandler::new()));
+    let refused = a
+        .call_addr(
+            stranger.local_addr().unwrap(),
+            Bytes::from_static(b"x"),
+            TIMEOUT,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(TransportError::UnreachableAddr { .. })),
+        "{refused:?}"
+    );
+
+    // Nothing listening: refused within the deadline, nothing delivered.
+    let black_hole = std::net::UdpSocket::bind(loopback()).unwrap();
+    let nobody = a
+        .call_addr(
+            black_hole.local_addr().unwrap(),
+            Bytes::from_static(b"x"),
+            Duration::from_millis(200),
+        )
+        .await;
+    assert!(
+        matches!(nobody, Err(TransportError::UnreachableAddr { .. })),
+        "{nobody:?}"
+    );
+}
+
+#[tokio::test]
 async fn missing_handler_answers_not_ready() {
     let ca = tls::generate_ca("test").unwrap();
     let a = bind(&ca, 1, loopback(), QuicTimings::default());
@@ -557,6 +602,10 @@ async fn insecure_mode_takes_the_id_from_hello() {
     let response = a.call(node(2), Bytes::from_static(b"x"), TIMEOUT).await;
     assert_eq!(response, Ok(Bytes::from_static(b"echo:x")));
     assert_eq!(*handler.senders.lock().unwrap(), vec![node(1)]);
+    let by_addr = a
+        .call_addr(b.local_addr().unwrap(), Bytes::from_static(b"y"), TIMEOUT)
+        .await;
+    assert_eq!(by_addr, Ok((node(2), Bytes::from_static(b"echo:y"))));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ impl MemoryNetwork {
                     crashed: HashSet::new(),
                     blocked: HashSet::new(),
                     isolated: HashSet::new(),
+                    addrs: HashMap::new(),
                     plan,
                     rng: SmallRng::seed_from_u64(seed),
                     stats: NetworkStats::default(),
@@ -219,6 +220,17 @@ impl MemoryNetwork {
         self.inner.lock().link_blocked(from, to)
     }
 
+    /// Records that `node` is reached at `addr`, for [`Transport::call_addr`]. Addresses mean
+    /// nothing else in memory.
+    pub fn set_addr(&self, node: NodeId, addr: SocketAddr) {
+        self.inner.lock().addrs.insert(addr, node);
+    }
+
+    /// The node recorded at `addr`.
+    pub fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.inner.lock().addrs.get(&addr).copied()
+    }
+
     pub fn stats(&self) -> NetworkStats {
         self.inner.lock().stats
     }
@@ -251,8 +263,11 @@ impl Transport for MemoryTransport {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handler);
     }
 
-    /// Addresses mean nothing in memory: nodes are reached by id.
-    fn set_peer_addr(&self, _node: NodeId, _addr: SocketAddr) {}
+    /// Nodes are reached by id; the address only goes into the network's address book, for
+    /// [`Transport::call_addr`].
+    fn set_peer_addr(&self, node: NodeId, addr: SocketAddr) {
+        self.network.set_addr(node, addr);
+    }
 
     fn remove_peer(&self, _node: NodeId) {}
 
@@ -309,6 +324,25 @@ impl Transport for MemoryTransport {
         })
     }
 
+    fn call_addr(
+        &self,
+        addr: SocketAddr,
+        request: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(NodeId, Bytes), TransportError>> {
+        Box::pin(async move {
+            let node =
+                self.network
+                    .node_at(addr)
+                    .ok_or_else(|| TransportError::UnreachableAddr {
+                        addr,
+                        reason: "no node has this address in the memory network".into(),
+                    })?;
+            let response = self.call(node, request, timeout).await?;
+            Ok((node, response))
+        })
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.endpoint.kill();
@@ -347,6 +381,8 @@ struct NetworkState {
     blocked: HashSet<(NodeId, NodeId)>,
     /// Nodes cut off from everyone, including nodes registered later.
     isolated: HashSet<NodeId>,
+    /// Address book for calls by address.
+    addrs: HashMap<SocketAddr, NodeId>,
     plan: FaultPlan,
     rng: SmallRng,
     stats: NetworkStats,

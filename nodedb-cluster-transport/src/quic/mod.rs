@@ -4,6 +4,7 @@
 //! in `docs/design.md`, "Transport frames".
 
 mod breaker;
+mod by_addr;
 mod pool;
 mod server;
 mod stream;
@@ -82,6 +83,8 @@ pub struct QuicTransport {
     node: NodeId,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    /// For calls by address: checks the server's chain, takes its node id from the certificate.
+    addr_client_config: quinn::ClientConfig,
     pool: Pool,
     shared: Arc<Shared>,
     accept_task: tokio::task::JoinHandle<()>,
@@ -124,7 +127,12 @@ impl QuicTransport {
     /// the certificate must name `config.node_id`.
     pub fn bind(config: QuicConfig) -> Result<Arc<QuicTransport>, BindError> {
         tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
-        let (server_config, client_config, secure) = quinn_configs(&config)?;
+        let QuinnConfigs {
+            server: server_config,
+            client: client_config,
+            addr_client: addr_client_config,
+            secure,
+        } = quinn_configs(&config)?;
         let endpoint =
             quinn::Endpoint::server(server_config, config.listen_addr).map_err(|error| {
                 BindError::Socket {
@@ -146,6 +154,7 @@ impl QuicTransport {
             pool: Pool::new(config.timings.breaker),
             endpoint,
             client_config,
+            addr_client_config,
             shared,
             accept_task,
         }))
@@ -180,24 +189,12 @@ impl QuicTransport {
         request: Bytes,
         deadline: Instant,
     ) -> Result<Bytes, TransportError> {
-        let (connection, mut send, mut recv) = self.stream_to(to, deadline).await?;
-        let node = self.node;
-        let exchange = async {
-            write_frame(&mut send, &Frame::hello(node)).await?;
-            write_frame(&mut send, &Frame::new(FrameKind::Request, request)).await?;
-            let _ = send.finish();
-            read_required_frame(&mut recv).await
-        };
-        let frame = match tokio::time::timeout_at(deadline, exchange).await {
-            Err(_elapsed) => return Err(TransportError::Timeout { node: to }),
-            Ok(Err(error)) => {
-                let error = error.into_transport(to);
-                self.pool.evict_if_closed(to, &connection);
-                return Err(error);
-            }
-            Ok(Ok(frame)) => frame,
-        };
-        response_of(to, frame)
+        let (connection, send, recv) = self.stream_to(to, deadline).await?;
+        let result = rpc(self.node, to, send, recv, request, deadline).await;
+        if let Err(TransportError::ConnectionLost { .. }) = &result {
+            self.pool.evict_if_closed(to, &connection);
+        }
+        result
     }
 
     /// A new stream to `to`. A pooled connection that turns out closed (the peer restarted,
@@ -327,6 +324,27 @@ impl Transport for QuicTransport {
         })
     }
 
+    fn call_addr(
+        &self,
+        addr: SocketAddr,
+        request: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(NodeId, Bytes), TransportError>> {
+        Box::pin(async move {
+            if self.shared.shut_down.load(Ordering::Acquire) {
+                return Err(TransportError::Shutdown);
+            }
+            if request.len() > RPC_PAYLOAD_BYTES_MAX {
+                return Err(TransportError::TooLarge {
+                    bytes: request.len() as u64,
+                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
+                });
+            }
+            self.call_addr_inner(addr, request, Instant::now() + timeout)
+                .await
+        })
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if self.shared.shut_down.swap(true, Ordering::AcqRel) {
@@ -362,11 +380,18 @@ impl fmt::Debug for QuicTransport {
 
 // ---------------------------------------------------------------------------------------------
 
-/// The quinn server and client configs for `config`, and whether peers are authenticated.
-fn quinn_configs(
-    config: &QuicConfig,
-) -> Result<(quinn::ServerConfig, quinn::ClientConfig, bool), BindError> {
-    let (server_tls, client_tls, secure) = match &config.tls {
+/// The quinn configs of one endpoint.
+struct QuinnConfigs {
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+    addr_client: quinn::ClientConfig,
+    /// Whether peers are authenticated by certificate.
+    secure: bool,
+}
+
+/// The quinn server and client configs for `config`.
+fn quinn_configs(config: &QuicConfig) -> Result<QuinnConfigs, BindError> {
+    let (server_tls, client_tls, addr_client_tls, secure) = match &config.tls {
         TlsMode::Secure(material) => {
             let named = material.node_id()?;
             if named != config.node_id {
@@ -379,6 +404,7 @@ fn quinn_configs(
             (
                 tls::server_config(material)?,
                 tls::client_config(material)?,
+                tls::client_config_any_node(material)?,
                 true,
             )
         }
@@ -391,6 +417,7 @@ fn quinn_configs(
             (
                 tls::insecure_server_config(config.node_id)?,
                 tls::insecure_client_config()?,
+                tls::insecure_client_config()?,
                 false,
             )
         }
@@ -398,15 +425,23 @@ fn quinn_configs(
     let transport_config = Arc::new(transport_config(&config.timings)?);
     let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|error| TlsError::Config(error.to_string()))?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server_config.transport_config(Arc::clone(&transport_config));
-    server_config.max_incoming(INCOMING_CONNECTIONS_MAX);
-    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
-        .map_err(|error| TlsError::Config(error.to_string()))?;
-    let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client_config.transport_config(transport_config);
-
-    Ok((server_config, client_config, secure))
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(Arc::clone(&transport_config));
+    server.max_incoming(INCOMING_CONNECTIONS_MAX);
+    let quinn_client =
+        |rustls_config: rustls::ClientConfig| -> Result<quinn::ClientConfig, BindError> {
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
+                .map_err(|error| TlsError::Config(error.to_string()))?;
+            let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+            client.transport_config(Arc::clone(&transport_config));
+            Ok(client)
+        };
+    Ok(QuinnConfigs {
+        client: quinn_client(client_tls)?,
+        addr_client: quinn_client(addr_client_tls)?,
+        server,
+        secure,
+    })
 }
 
 fn transport_config(timings: &QuicTimings) -> Result<quinn::TransportConfig, BindError> {
@@ -440,6 +475,28 @@ async fn open_bi(
         }),
         // Stream limit reached and the peer did not grant more in time.
         Err(_elapsed) => Err(TransportError::Timeout { node: to }),
+    }
+}
+
+/// One RPC on a freshly opened stream: hello, request, then the answer, all by `deadline`.
+async fn rpc(
+    local: NodeId,
+    to: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    request: Bytes,
+    deadline: Instant,
+) -> Result<Bytes, TransportError> {
+    let exchange = async {
+        write_frame(&mut send, &Frame::hello(local)).await?;
+        write_frame(&mut send, &Frame::new(FrameKind::Request, request)).await?;
+        let _ = send.finish();
+        read_required_frame(&mut recv).await
+    };
+    match tokio::time::timeout_at(deadline, exchange).await {
+        Err(_elapsed) => Err(TransportError::Timeout { node: to }),
+        Ok(Err(error)) => Err(error.into_transport(to)),
+        Ok(Ok(frame)) => response_of(to, frame),
     }
 }
 

@@ -113,8 +113,8 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     }
 }
 
-/// The node id in the peer's leaf certificate.
-fn certified_node(connection: &quinn::Connection) -> Option<NodeId> {
+/// The node id in the peer's leaf certificate (either side of a connection).
+pub(super) fn certified_node(connection: &quinn::Connection) -> Option<NodeId> {
     let identity = connection.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     let leaf = chain.first()?;
