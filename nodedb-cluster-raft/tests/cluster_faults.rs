@@ -167,7 +167,8 @@ async fn full_restart_recovers_data_and_votes_without_reinitializing() {
     for group in groups {
         cluster.create_group(group, &VOTERS).await;
     }
-    let writes = cluster.timings.snapshot_logs_since_last + 30;
+    // Enough writes that each group builds a snapshot: restart = snapshot + log replay.
+    let writes = cluster.timings.snapshot_logs_since_last * 2 + 30;
     for i in 0..writes {
         cluster
             .put(groups[i as usize % 2], &format!("key-{i}"), &format!("{i}"))
@@ -185,6 +186,19 @@ async fn full_restart_recovers_data_and_votes_without_reinitializing() {
         }
     }
 
+    for group in groups {
+        wait_for("every replica to build a snapshot", WAIT, || {
+            VOTERS
+                .iter()
+                .all(|node| {
+                    cluster
+                        .status(*node, group)
+                        .is_some_and(|s| s.snapshot_index.is_some())
+                })
+                .then_some(())
+        })
+        .await;
+    }
     for node in VOTERS {
         cluster.crash_node(node).await;
     }
