@@ -1,0 +1,78 @@
+//! A multi-megabyte snapshot streamed in many chunks to a follower that was down while the
+//! leader compacted its log; the follower then survives its own restart from that snapshot.
+
+mod common;
+
+use common::{TestCluster, WAIT, wait_for};
+use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_raft::RaftTimings;
+
+const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+const VALUE_BYTES: usize = 64 * 1024;
+const WRITES: u64 = 48;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_snapshot_streams_in_chunks_and_survives_a_restart() {
+    let timings = RaftTimings {
+        snapshot_logs_since_last: 16,
+        logs_to_keep_after_snapshot: 2,
+        ..RaftTimings::for_tests()
+    };
+    let mut cluster = TestCluster::with_timings(3, 41, timings).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let leader = cluster.wait_leader(group).await;
+    let lagging = VOTERS
+        .iter()
+        .copied()
+        .find(|node| *node != leader)
+        .expect("a follower");
+    cluster.crash_node(lagging).await;
+
+    let value = "v".repeat(VALUE_BYTES);
+    for i in 0..WRITES {
+        cluster.put(group, &format!("big-{i}"), &value).await;
+    }
+    let leader = cluster.wait_leader(group).await;
+    wait_for("the leader to purge past the follower", WAIT, || {
+        let purged = cluster.status(leader, group)?.purged_index?;
+        (purged.0 > 10).then_some(())
+    })
+    .await;
+
+    cluster.restart_node(lagging).await;
+    let hash = cluster.wait_converged(group).await;
+    let snapshots = cluster
+        .data_dir(lagging)
+        .join("groups")
+        .join("1")
+        .join("snapshots");
+    let size: u64 = std::fs::read_dir(&snapshots)
+        .expect("snapshot dir")
+        .flatten()
+        .filter(|entry| {
+            entry
+                .path()
+                .extension()
+                .is_some_and(|extension| extension == "snap")
+        })
+        .map(|entry| entry.metadata().expect("metadata").len())
+        .sum();
+    assert!(
+        size > 2 * 1024 * 1024,
+        "snapshot of {size} bytes spans several stream chunks"
+    );
+
+    cluster.crash_node(lagging).await;
+    cluster.restart_node(lagging).await;
+    assert_eq!(cluster.wait_converged(group).await, hash);
+    let last = format!("big-{}", WRITES - 1);
+    assert_eq!(
+        cluster
+            .local_get(lagging, group, &last)
+            .await
+            .map(|v| v.len()),
+        Some(VALUE_BYTES)
+    );
+    cluster.shutdown().await;
+}
