@@ -11,8 +11,9 @@
 //!   `add learner -> promote -> remove`;
 //! - a leader about to be removed (or on a Draining node) first hands leadership over.
 //!
-//! Rebalancing (replica moves, then leader transfers) only starts once no group needs repair,
-//! and moves one replica at a time, so loads change monotonically and the process converges.
+//! Rebalancing (replica moves, then leader transfers) only starts once no group needs repair;
+//! replica moves started together touch disjoint nodes, so each one strictly reduces the
+//! imbalance and the process converges.
 
 mod balance;
 mod rules;
@@ -26,6 +27,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Most voters the metadata group is given; every other node follows it as a learner.
 pub const METADATA_VOTERS_MAX: usize = 5;
+
+/// Most replica moves (for balance, not repair) started by one plan. Each copies a group's
+/// data to a new node, so this bounds the extra replication traffic of rebalancing.
+pub const REBALANCE_MOVES_PER_PLAN_MAX: usize = 4;
 
 /// One membership or leadership change of one group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

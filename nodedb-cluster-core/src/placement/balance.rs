@@ -1,27 +1,61 @@
-//! Balancing once nothing needs repair: replica moves (one at a time, from the most loaded
-//! node of a group to the least loaded node outside it) and leader transfers along a chain of
+//! Balancing once nothing needs repair: replica moves (a bounded batch of moves on disjoint
+//! nodes, each from the most loaded voter of a group to the least loaded node outside it) and leader transfers along a chain of
 //! groups, each strictly reducing the imbalance so that planning converges.
 
-use super::{PlacementStep, Planner};
+use super::{PlacementStep, Planner, REBALANCE_MOVES_PER_PLAN_MAX};
 use crate::ids::{GroupId, NodeId};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 impl Planner<'_> {
-    /// Starts one replica move if some Active node holds at least two more data-group replicas
-    /// than another that could take one of them. Returns whether a move was started.
+    /// Starts replica moves (up to [`REBALANCE_MOVES_PER_PLAN_MAX`]) where some Active node
+    /// holds at least two more data-group replicas than another that could take one. Returns
+    /// whether any move was started.
     ///
-    /// The move is `AddLearner(to)` now; the repair rules then promote it and remove the most
-    /// loaded voter, which is the source chosen here (loads elsewhere do not change meanwhile,
-    /// since only one move runs at a time).
+    /// A move is `AddLearner(target)` now; the repair rules then promote it and remove the
+    /// most loaded voter, which is the source chosen here. Moves started together use groups
+    /// with disjoint voters, none of them a target, so no other move changes the loads that
+    /// removal compares; several moves may share a target, each gap measured with the earlier
+    /// ones counted. Each move lowers the sum of squared loads, so balancing ends.
     pub(super) fn rebalance_replicas(&mut self) -> bool {
+        let mut moving: BTreeSet<NodeId> = BTreeSet::new();
+        let mut targets: BTreeSet<NodeId> = BTreeSet::new();
+        let mut started = false;
+        for _ in 0..REBALANCE_MOVES_PER_PLAN_MAX {
+            let Some((group, target)) = self.best_move(&moving, &targets) else {
+                break;
+            };
+            if let Some(members) = self.routing.members(group) {
+                moving.extend(members.voters.iter().copied());
+            }
+            targets.insert(target);
+            self.push(PlacementStep::AddLearner {
+                group,
+                node: target,
+            });
+            started = true;
+        }
+        started
+    }
+
+    /// The move with the largest load gap among steady, idle groups whose voters are neither
+    /// in `moving` (voters of groups already moving) nor in `targets`: `(group, target)`.
+    /// Lowest group id and target id win ties.
+    fn best_move(
+        &self,
+        moving: &BTreeSet<NodeId>,
+        targets: &BTreeSet<NodeId>,
+    ) -> Option<(GroupId, NodeId)> {
         let mut best: Option<(i64, GroupId, NodeId)> = None;
         for group in self.routing.data_groups() {
             let Some(members) = self.routing.members(group) else {
                 continue;
             };
-            let steady = members.learners.is_empty()
-                && members.voters.iter().all(|node| self.is_active(*node));
-            if !steady {
+            let eligible = !self.busy.contains(&group)
+                && members.learners.is_empty()
+                && members.voters.iter().all(|node| {
+                    self.is_active(*node) && !moving.contains(node) && !targets.contains(node)
+                });
+            if !eligible {
                 continue;
             }
             let source = members
@@ -33,7 +67,7 @@ impl Planner<'_> {
                 .active
                 .iter()
                 .copied()
-                .filter(|node| !members.contains(*node));
+                .filter(|node| !members.contains(*node) && !moving.contains(node));
             let (Some(source), Some(target)) = (source, self.least_loaded(outside)) else {
                 continue;
             };
@@ -42,11 +76,7 @@ impl Planner<'_> {
                 best = Some((gain, group, target));
             }
         }
-        let Some((_, group, node)) = best else {
-            return false;
-        };
-        self.push(PlacementStep::AddLearner { group, node });
-        true
+        best.map(|(_, group, target)| (group, target))
     }
 
     /// Moves one leadership unit from a node leading at least two groups more than another,

@@ -244,3 +244,27 @@ fn apply_step_refuses_steps_that_do_not_fit() {
     );
     assert_eq!(routing, before);
 }
+
+#[test]
+fn nodes_joining_one_by_one_spread_replicas_with_few_moves() {
+    let mut states = vec![(1, NodeState::Active)];
+    let mut routing = RoutingTable::new(64, NodeId(1)).unwrap();
+    let mut plans = 0;
+    for id in 2..=16 {
+        states.push((id, NodeState::Active));
+        plans += converge(&topology(&states), &mut routing, 3);
+    }
+    let version = routing.routing_version();
+    println!("16 nodes joined one by one, 64 groups: {plans} plans, routing_version {version}");
+    // Each join moves at most its fair share of replicas, three plans per move, in parallel
+    // with the metadata group.
+    assert!(plans <= 16 * 64, "{plans} plans");
+    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for group in routing.data_groups() {
+        for node in &routing.members(group).unwrap().voters {
+            *load.entry(*node).or_default() += 1;
+        }
+    }
+    let (min, max) = (load.values().min().unwrap(), load.values().max().unwrap());
+    assert!(max - min <= 1, "{load:?}");
+}
