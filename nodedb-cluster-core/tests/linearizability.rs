@@ -582,6 +582,33 @@ mod linearizability_cases {
     }
 
     #[test]
+    fn every_failing_key_is_listed_and_the_text_stays_short() {
+        let mut recorder = HistoryRecorder::new();
+        for key in 0..7u64 {
+            let key = format!("key-{key}");
+            recorder
+                .record(1, key.as_str(), OpKind::put("a"), 0, 1, Outcome::done())
+                .unwrap();
+            recorder
+                .record(
+                    2,
+                    key.as_str(),
+                    OpKind::Get,
+                    2,
+                    3,
+                    Outcome::read(None::<&str>),
+                )
+                .unwrap();
+        }
+        let report = check(&recorder.history());
+        assert_eq!(report.problems.len(), 7);
+        let text = report.to_string();
+        assert!(text.contains("7 keys not linearizable"), "{text}");
+        assert!(text.contains("... and 2 keys not shown"), "{text}");
+        assert!(!text.contains("key \"key-5\" is not"), "{text}");
+    }
+
+    #[test]
     fn failure_report_is_readable() {
         let report = Script::default()
             .put(1, "a", 0, 1)
@@ -589,7 +616,10 @@ mod linearizability_cases {
             .get(3, Some("a"), 4, 5)
             .check();
         let text = report.to_string();
-        assert!(text.starts_with("NOT linearizable: 1 keys"), "{text}");
+        assert!(
+            text.starts_with("NOT linearizable: 1 key, 3 operations checked, 0 ignored"),
+            "{text}"
+        );
         assert!(text.contains("key \"k\" is not linearizable"), "{text}");
         assert!(
             text.contains("#1 client 2 [2, 3] put \"b\" -> ok  => \"b\""),

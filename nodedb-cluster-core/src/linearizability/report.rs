@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 
+/// Problem keys whose explanation `Report`'s text shows; the rest are only counted.
+const PROBLEMS_SHOWN_MAX: usize = 5;
+
 /// The verdict on a whole history, or on one key of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -130,15 +133,33 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "{headline}: {} keys, {} operations checked, {} ignored, {} states explored; \
-             {failures} keys not linearizable, {undecided} undecided",
-            self.keys_checked, self.ops_checked, self.ops_ignored, self.states_explored
+            "{headline}: {}, {} checked, {} ignored, {} explored; {} not linearizable, \
+             {undecided} undecided",
+            count(self.keys_checked, "key"),
+            count(self.ops_checked, "operation"),
+            self.ops_ignored,
+            count(self.states_explored, "state"),
+            count(failures as u64, "key"),
         )?;
-        for problem in &self.problems {
+        for problem in self.problems.iter().take(PROBLEMS_SHOWN_MAX) {
             writeln!(f, "{problem}")?;
+        }
+        if self.problems.len() > PROBLEMS_SHOWN_MAX {
+            let more = self.problems.len() - PROBLEMS_SHOWN_MAX;
+            writeln!(
+                f,
+                "... and {} not shown (see `problems`)",
+                count(more as u64, "key")
+            )?;
         }
         Ok(())
     }
+}
+
+/// "1 key", "2 keys".
+fn count(number: u64, noun: &str) -> String {
+    let plural = if number == 1 { "" } else { "s" };
+    format!("{number} {noun}{plural}")
 }
 
 /// The verdict for a key whose search got stuck at `stuck`.
