@@ -4,11 +4,21 @@
 //! Call and return events sit in one time-ordered, doubly linked list. The search walks it:
 //! at a call it tries to place that operation next (apply it to the model, remove its two
 //! events from the list, restart from the head); at a return it has found an operation that
-//! completed without being placed, so it backtracks. Placing an operation that leads to an
-//! already visited (set, value) pair is skipped: the outcome from there is already known; so is
-//! one dominated by a visited pair (see `VisitedStates`).
-//! Unanswered operations have no return event, so the search succeeds as soon as the list
-//! holds nothing but their calls.
+//! completed without being placed, so it backtracks. Unanswered operations have no return
+//! event, so the search succeeds as soon as the list holds nothing but their calls.
+//!
+//! Rules that prune without changing the verdict, because some linearization that obeys them
+//! exists whenever any linearization does:
+//! - a visited (set, value) pair is not explored again: it failed, or it is being explored;
+//!   neither is a pair dominated by a visited one (`VisitedStates`);
+//! - answered operations are tried first, unanswered ones only when none fits (`Pass`);
+//! - an unanswered write is placed only right before an operation that observes its value
+//!   (`Search::must_observe`), never when it changes nothing, never once every observer of its
+//!   value must already be placed (`KeyOp::useful_until`), and only the first of several
+//!   interchangeable ones is tried (`Search::class`).
+//!
+//! The tests check the rules together against a brute-force oracle
+//! (`tests/linearizability_oracle.rs`).
 
 use super::model::{ABSENT, KeyHistory, ValueId};
 use std::collections::{BTreeMap, HashMap};
@@ -599,5 +609,125 @@ impl Hasher for FingerprintHasher {
 
     fn write_u64(&mut self, value: u64) {
         self.hash = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linearizability::model::split_by_key;
+    use crate::linearizability::{History, HistoryRecorder, OpKind, Outcome};
+
+    /// put "a" [0, 5] answered; get [5, 6] reads "a"; put "b" [1, ?] unanswered, observed.
+    fn small_history() -> History {
+        let mut recorder = HistoryRecorder::new();
+        let put = recorder.invoke(1, "k", OpKind::put("a"), 0);
+        recorder.invoke(2, "k", OpKind::put("b"), 1);
+        let get = recorder.invoke(3, "k", OpKind::Get, 5);
+        recorder.complete(put, 5, Outcome::done()).unwrap();
+        recorder.complete(get, 6, Outcome::read(Some("a"))).unwrap();
+        recorder
+            .record(3, "k", OpKind::Get, 7, 8, Outcome::read(Some("b")))
+            .unwrap();
+        recorder.finish()
+    }
+
+    fn events(list: &EventList) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut entry = list.first();
+        while let Some(node) = entry {
+            events.push(list.event(node));
+            entry = list.next(node);
+        }
+        events
+    }
+
+    #[test]
+    fn events_are_in_time_order_with_calls_first_at_equal_times() {
+        let history = small_history();
+        let keys = split_by_key(&history);
+        let list = EventList::new(&keys[0]);
+        use Event::{Call, Return};
+        let expected = [
+            Call(0),
+            Call(1),
+            Call(2),
+            Return(0),
+            Return(2),
+            Call(3),
+            Return(3),
+        ];
+        assert_eq!(events(&list), expected);
+    }
+
+    #[test]
+    fn lifts_are_undone_exactly() {
+        let history = small_history();
+        let keys = split_by_key(&history);
+        let mut list = EventList::new(&keys[0]);
+        let before = events(&list);
+        list.lift(0);
+        list.lift(2);
+        list.lift(1);
+        assert_eq!(events(&list), [Event::Call(3), Event::Return(3)]);
+        assert_eq!(list.previous(list.call_node(3)), None);
+        list.unlift(1);
+        list.unlift(2);
+        list.unlift(0);
+        assert_eq!(events(&list), before);
+    }
+
+    #[test]
+    fn fewer_unanswered_operations_dominate_more() {
+        let history = small_history();
+        let keys = split_by_key(&history);
+        let mut placed = PlacedSet::new(&keys[0]);
+        let mut visited = VisitedStates::default();
+        let value = ValueId(1);
+        placed.insert(0);
+        placed.insert(1);
+        assert!(visited.insert(&placed, value, false));
+        assert!(
+            !visited.insert(&placed, value, false),
+            "the same state again"
+        );
+        placed.remove(1);
+        assert!(visited.insert(&placed, value, false), "a subset is new");
+        placed.insert(1);
+        assert!(
+            !visited.insert(&placed, value, true),
+            "dominated by the subset"
+        );
+        assert!(
+            visited.insert(&placed, ValueId(2), false),
+            "another value is new"
+        );
+    }
+
+    #[test]
+    fn search_finds_the_ordering_and_reports_the_stuck_read() {
+        let history = small_history();
+        let keys = split_by_key(&history);
+        let outcome = search(&keys[0], 1_000);
+        assert!(matches!(outcome.result, SearchResult::Linearizable));
+
+        let mut operations = history.operations().to_vec();
+        operations[3].outcome = Outcome::read(Some("c"));
+        let history = History::new(operations).unwrap();
+        let keys = split_by_key(&history);
+        assert_eq!(keys[0].ignored, 1, "nothing observes \"b\" any more");
+        let SearchResult::NotLinearizable(stuck) = search(&keys[0], 1_000).result else {
+            panic!("a read of a value never written cannot be placed");
+        };
+        // Key operations: put "a", get "a", get "c".
+        assert_eq!((stuck.blocking, stuck.placed), (2, 2));
+        assert_eq!(stuck.candidates, [2]);
+    }
+
+    #[test]
+    fn the_state_bound_stops_the_search() {
+        let history = small_history();
+        let keys = split_by_key(&history);
+        assert!(matches!(search(&keys[0], 1).result, SearchResult::Exceeded));
     }
 }
