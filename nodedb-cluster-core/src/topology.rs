@@ -14,7 +14,9 @@ pub const NODES_MAX: usize = 1024;
 pub const PEER_ADDR_BYTES_MAX: usize = 262;
 
 /// A validated `host:port` address: a DNS name, an IPv4 address or a bracketed IPv6 address,
-/// and a non-zero port. Kept as text; the IO layer resolves it.
+/// and a non-zero port. Kept as text; the IO layer resolves it. Canonical spelling: lower
+/// case, no leading zeros in the port or in IPv4 octets, so that one address has one text
+/// and duplicate detection can compare texts (IPv6 is compared as written).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String")]
 pub struct PeerAddr(String);
@@ -99,10 +101,10 @@ pub enum TopologyError {
 }
 
 impl PeerAddr {
-    /// Validates `text` as `host:port` without resolving it.
+    /// Validates `text` as `host:port` without resolving it; letters are lower-cased.
     pub fn parse(text: &str) -> Result<PeerAddr, AddrError> {
         validate_addr(text)?;
-        Ok(PeerAddr(text.to_owned()))
+        Ok(PeerAddr(text.to_ascii_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -143,8 +145,7 @@ impl TryFrom<String> for PeerAddr {
     type Error = AddrError;
 
     fn try_from(text: String) -> Result<PeerAddr, AddrError> {
-        validate_addr(&text)?;
-        Ok(PeerAddr(text))
+        PeerAddr::parse(&text)
     }
 }
 
@@ -317,6 +318,7 @@ fn validate_addr(text: &str) -> Result<(), AddrError> {
     }
     let (host, port) = text.rsplit_once(':').ok_or(AddrError::MissingPort)?;
     let port_valid = (1..=5).contains(&port.len())
+        && !port.starts_with('0')
         && port.bytes().all(|byte| byte.is_ascii_digit())
         && port.parse::<u16>().is_ok_and(|port| port != 0);
     if !port_valid {
@@ -379,6 +381,7 @@ fn is_ipv4(text: &str) -> bool {
     octets.len() == 4
         && octets.iter().all(|octet| {
             (1..=3).contains(&octet.len())
+                && (octet.len() == 1 || !octet.starts_with('0'))
                 && octet.bytes().all(|byte| byte.is_ascii_digit())
                 && octet.parse::<u8>().is_ok()
         })
@@ -431,6 +434,8 @@ mod tests {
         }
         let addr = PeerAddr::parse("[::1]:9400").unwrap();
         assert_eq!((addr.host(), addr.port()), ("[::1]", 9400));
+        let addr = PeerAddr::parse("Node-1.Example.COM:80").unwrap();
+        assert_eq!(addr.as_str(), "node-1.example.com:80");
     }
 
     #[test]
@@ -443,6 +448,8 @@ mod tests {
             ("127.0.0.1:65536", AddrError::InvalidPort),
             ("127.0.0.1:+80", AddrError::InvalidPort),
             ("127.0.0.1:000080", AddrError::InvalidPort),
+            ("127.0.0.1:09400", AddrError::InvalidPort),
+            ("010.0.0.1:80", AddrError::InvalidHost),
             (":80", AddrError::InvalidHost),
             ("256.0.0.1:80", AddrError::InvalidHost),
             ("1.2.3:80", AddrError::InvalidHost),
