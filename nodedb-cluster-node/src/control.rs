@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum ControlRequest {
     /// Who are you and which cluster are you in? Changes nothing anywhere.
     Identify,
-    /// Admit `node` to the cluster. Served by the metadata leader; others redirect.
-    Join { node: NodeInfo },
+    /// Admit `node` to the cluster. Served by the metadata leader; a seed that does not lead
+    /// forwards it there once (`forwarded` stops a second hop).
+    Join { node: NodeInfo, forwarded: bool },
     /// Replicate `command` through `group`; served by the group's leader.
     Propose { group: GroupId, command: Vec<u8> },
     /// Answer `query` on `group`; with `linearizable`, served by the leader after a read
@@ -189,7 +190,10 @@ mod tests {
     fn every_request_round_trips() {
         let requests = [
             ControlRequest::Identify,
-            ControlRequest::Join { node: node_info() },
+            ControlRequest::Join {
+                node: node_info(),
+                forwarded: false,
+            },
             ControlRequest::Propose {
                 group: GroupId(3),
                 command: vec![1, 2, 3],

@@ -4,10 +4,16 @@
 //! **Architecture Invariant:** this is the only crate that owns a tokio runtime, wires concrete
 //! implementations together and has a `main`.
 
+pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod control_server;
+pub mod group_client;
+mod hosting;
 
 pub use config::{ConfigError, NodeConfig};
 pub mod http;
 pub mod mux;
+pub mod node_service;
+pub mod run;
 pub mod service;

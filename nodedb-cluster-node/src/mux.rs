@@ -143,6 +143,16 @@ impl Transport for ChannelTransport {
         self.mux.inner.open_stream(to, header, timeout)
     }
 
+    fn call_addr(
+        &self,
+        addr: SocketAddr,
+        request: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(NodeId, Bytes), TransportError>> {
+        let request = tagged(self.channel, &request);
+        self.mux.inner.call_addr(addr, request, timeout)
+    }
+
     /// Stops serving this channel only; the shared endpoint is closed by its owner.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         self.mux.set(self.channel, None);

@@ -60,6 +60,9 @@ pub enum ServiceError {
     /// The request conflicts with the cluster's current state, e.g. a vShard already moving (409).
     #[error("{0}")]
     Conflict(String),
+    /// The feature exists in the API but not yet in this node (501).
+    #[error("{0}")]
+    NotImplemented(String),
     /// A broken invariant inside the node (500).
     #[error("{0}")]
     Internal(String),
@@ -81,9 +84,12 @@ pub struct GroupView {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub leader: Option<u64>,
-    pub term: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
+    /// The next four describe this node's replica; `null` where it hosts none.
+    pub term: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Hash of the replica's state, hex; equal on replicas at equal applied indexes.
+    pub state_hash: Option<String>,
     pub vshard_count: u32,
 }
 

@@ -23,6 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Start a node.
+    Start(StartArgs),
     /// Create a cluster CA or node certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -48,6 +50,32 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// `start`: the config file, and flags that override its keys.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The node's TOML config file.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    #[arg(long)]
+    pub listen_addr: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    pub admin_addr: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated QUIC addresses of seed nodes.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<std::net::SocketAddr>>,
+    /// Initialize a new cluster with this node.
+    #[arg(long)]
+    pub bootstrap: bool,
+    #[arg(long)]
+    pub num_groups: Option<u32>,
+    #[arg(long)]
+    pub replication_factor: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +162,7 @@ pub struct AdminArgs {
 /// Runs a command; the error is printed by `main` as one line.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Start(args) => start(args),
         Command::Certs(CertsCommand::Init {
             dir,
             cluster_name,
@@ -166,6 +195,40 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Loads the config, applies the flag overrides, validates again, and runs the node.
+fn start(args: StartArgs) -> anyhow::Result<()> {
+    let mut config = nodedb_cluster_node::NodeConfig::load(&args.config)?;
+    if let Some(node_id) = args.node_id {
+        config.node_id = node_id;
+    }
+    if let Some(addr) = args.listen_addr {
+        config.listen_addr = addr;
+    }
+    if let Some(addr) = args.admin_addr {
+        config.admin_addr = addr;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(seeds) = args.seeds {
+        config.seeds = seeds;
+    }
+    config.bootstrap |= args.bootstrap;
+    if let Some(groups) = args.num_groups {
+        config.num_groups = groups;
+    }
+    if let Some(factor) = args.replication_factor {
+        config.replication_factor = factor;
+    }
+    config.validate()?;
+    nodedb_cluster_node::run::init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nodedb-cluster")
+        .build()?;
+    runtime.block_on(nodedb_cluster_node::run::run(config))
 }
 
 fn run_kv(command: KvCommand) -> anyhow::Result<()> {

@@ -61,6 +61,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
+            ServiceError::NotImplemented(message) => {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
+            }
             ServiceError::Internal(message) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }

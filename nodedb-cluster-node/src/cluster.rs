@@ -1,0 +1,565 @@
+//! The library entry point: [`ClusterConfig`] and [`start_cluster`], which opens a node's
+//! disk state, decides between restart, bootstrap and join, and returns the running
+//! [`Cluster`] with its topology, routing and multi-raft handle.
+
+use crate::control::{ControlError, ControlRequest, ControlResponse};
+use crate::control_server::ControlServer;
+use crate::group_client::GroupClient;
+use crate::hosting;
+use crate::mux::{Channel, Multiplexer};
+use nodedb_cluster_catalog::{Catalog, CatalogError, ClusterId as StoredClusterId};
+use nodedb_cluster_core::metadata::ClusterId;
+use nodedb_cluster_core::{
+    GroupId, METADATA_GROUP, MetadataCommand, NodeId, NodeInfo, NodeState, PeerAddr,
+};
+use nodedb_cluster_raft::kv::KvStateMachine;
+use nodedb_cluster_raft::log_db::LogDb;
+use nodedb_cluster_raft::{
+    AppliedMetadata, MetadataOutcome, MetadataStateMachine, MultiRaft, RaftTimings,
+    decode_metadata_outcome, encode_metadata_command,
+};
+use nodedb_cluster_transport::quic::{QuicConfig, QuicTimings, QuicTransport};
+use nodedb_cluster_transport::tls::TlsMode;
+use nodedb_cluster_transport::{Bytes, Transport};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// File name of the Raft log under the data dir.
+pub const RAFT_LOG_FILE: &str = "raft-log.redb";
+/// Join attempts (over all seeds) before start gives up.
+pub const JOIN_ATTEMPTS_MAX: u32 = 60;
+/// Pause between join rounds grows to this.
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long start waits for the metadata group to elect this node or to admit it.
+const START_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of one control RPC.
+pub const CONTROL_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a node needs to know to start.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// QUIC address, bound and advertised to peers.
+    pub listen_addr: SocketAddr,
+    /// HTTP admin address, advertised in the topology.
+    pub admin_addr: SocketAddr,
+    /// QUIC addresses of nodes to contact when joining (may include this node).
+    pub seeds: Vec<SocketAddr>,
+    /// Initialize a new cluster even without being the lowest-id seed.
+    pub bootstrap: bool,
+    pub num_groups: u32,
+    pub replication_factor: u8,
+    pub data_dir: PathBuf,
+    pub tls: TlsMode,
+    pub timings: RaftTimings,
+}
+
+/// Why a node could not start. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("cannot open the Raft log: {0}")]
+    RaftLog(String),
+    #[error("cannot bind the QUIC endpoint on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("cannot start group {group}: {reason}")]
+    Group { group: GroupId, reason: String },
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(String),
+    #[error("could not join through seeds {seeds:?}: {last_error}")]
+    Join {
+        seeds: Vec<SocketAddr>,
+        last_error: String,
+    },
+}
+
+/// A running node of the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    raft: MultiRaft,
+    log_db: LogDb,
+    mux: Arc<Multiplexer>,
+    groups: GroupClient,
+    metadata: watch::Receiver<AppliedMetadata>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Binds the node's QUIC endpoint and starts it (see [`start_cluster_on`]).
+pub async fn start_cluster(config: ClusterConfig) -> Result<Cluster, StartError> {
+    let quic = QuicTransport::bind(QuicConfig {
+        node_id: config.node_id,
+        listen_addr: config.listen_addr,
+        tls: config.tls.clone(),
+        timings: QuicTimings::default(),
+    })
+    .map_err(|error| StartError::Bind {
+        addr: config.listen_addr,
+        reason: error.to_string(),
+    })?;
+    start_cluster_on(config, quic).await
+}
+
+/// Starts a node over `transport`: restart when the data dir holds cluster state, otherwise
+/// bootstrap when this node is the designated seed, otherwise join through the seeds.
+pub async fn start_cluster_on(
+    config: ClusterConfig,
+    transport: Arc<dyn Transport>,
+) -> Result<Cluster, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let catalog = open_catalog(&config).await?;
+    let log_db = LogDb::open(&config.data_dir.join(RAFT_LOG_FILE))
+        .map_err(|error| StartError::RaftLog(error.to_string()))?;
+    let mux = Multiplexer::new(transport);
+    let raft_channel = mux.channel(Channel::Raft);
+    let raft = MultiRaft::new(
+        config.node_id,
+        raft_channel.clone(),
+        log_db.clone(),
+        config.data_dir.clone(),
+        config.timings,
+    )
+    .map_err(|error| StartError::RaftLog(error.to_string()))?;
+    raft_channel.set_handler(raft.handler());
+    let (metadata_machine, metadata) = MetadataStateMachine::new();
+    let control = mux.channel(Channel::Control);
+    control.set_handler(Arc::new(ControlServer::new(
+        config.node_id,
+        raft.clone(),
+        metadata.clone(),
+        control.clone(),
+    )));
+    let groups = GroupClient::new(
+        config.node_id,
+        raft.clone(),
+        control.clone(),
+        metadata.clone(),
+        CONTROL_RPC_TIMEOUT,
+    );
+    let (stop, _) = watch::channel(false);
+    let cluster = Cluster {
+        inner: Arc::new(Inner {
+            config,
+            raft,
+            log_db,
+            mux,
+            groups,
+            metadata,
+            stop,
+            tasks: Mutex::new(Vec::new()),
+        }),
+    };
+    let stored = cluster
+        .inner
+        .raft
+        .stored_groups()
+        .map_err(|error| StartError::RaftLog(error.to_string()))?;
+    let known_cluster = catalog.cluster_id()?;
+    if known_cluster.is_some() || stored.contains(&METADATA_GROUP) {
+        cluster
+            .restart(metadata_machine, &stored, known_cluster)
+            .await?;
+    } else if cluster.is_designated_bootstrapper().await {
+        cluster.bootstrap(metadata_machine, &catalog).await?;
+    } else {
+        cluster.join(metadata_machine, &catalog).await?;
+    }
+    cluster.spawn_background_tasks();
+    Ok(cluster)
+}
+
+impl Cluster {
+    pub fn node(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// The multi-raft engine of this node.
+    pub fn raft(&self) -> &MultiRaft {
+        &self.inner.raft
+    }
+
+    /// Routes group operations to their leaders.
+    pub fn groups(&self) -> &GroupClient {
+        &self.inner.groups
+    }
+
+    /// The applied metadata (topology, routing, migrations); changes as group 0 commits.
+    pub fn metadata(&self) -> watch::Receiver<AppliedMetadata> {
+        self.inner.metadata.clone()
+    }
+
+    /// True once this node is in the topology and its metadata is bootstrapped.
+    pub fn is_member(&self) -> bool {
+        let metadata = self.inner.metadata.borrow();
+        metadata.state.is_bootstrapped() && metadata.state.topology().get(self.node()).is_some()
+    }
+
+    /// Stops background tasks and every replica, then the endpoint and the log.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        self.inner.raft.shutdown().await;
+        self.inner.mux.inner().shutdown().await;
+        self.inner.log_db.shutdown();
+    }
+
+    async fn restart(
+        &self,
+        metadata_machine: MetadataStateMachine,
+        stored: &[GroupId],
+        known_cluster: Option<StoredClusterId>,
+    ) -> Result<(), StartError> {
+        tracing::info!(node = %self.node(), groups = stored.len(), "restarting from the data dir");
+        self.open_group(METADATA_GROUP, Box::new(metadata_machine))
+            .await?;
+        for group in stored.iter().filter(|group| !group.is_metadata()) {
+            self.open_group(*group, Box::new(KvStateMachine::new()))
+                .await?;
+        }
+        if let Some(stored_id) = known_cluster {
+            self.finish_interrupted_bootstrap(ClusterId(stored_id.0.to_be_bytes()))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// A bootstrap interrupted before its Bootstrap command committed is finished by the
+    /// node that began it: only it can lead a metadata group without metadata.
+    async fn finish_interrupted_bootstrap(&self, cluster_id: ClusterId) {
+        let deadline = tokio::time::Instant::now() + self.election_wait();
+        while tokio::time::Instant::now() < deadline {
+            if self.inner.metadata.borrow().state.is_bootstrapped() {
+                return;
+            }
+            let leads = self
+                .inner
+                .raft
+                .status(METADATA_GROUP)
+                .is_some_and(|status| {
+                    status.leader == Some(self.node()) && status.voters == [self.node()]
+                });
+            if leads {
+                if let Err(error) = self.propose_bootstrap(cluster_id).await {
+                    tracing::warn!(%error, "could not finish the interrupted bootstrap");
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The lowest-id seed bootstraps, or any node started with `bootstrap = true`. Seeds are
+    /// identified by asking them; a seed that already belongs to a cluster means "join".
+    async fn is_designated_bootstrapper(&self) -> bool {
+        let config = &self.inner.config;
+        if config.bootstrap {
+            return true;
+        }
+        let others: Vec<SocketAddr> = config
+            .seeds
+            .iter()
+            .copied()
+            .filter(|seed| *seed != config.listen_addr)
+            .collect();
+        if others.is_empty() {
+            return true;
+        }
+        let control = self.inner.mux.channel(Channel::Control);
+        let mut backoff = Duration::from_millis(100);
+        for round in 0..JOIN_ATTEMPTS_MAX {
+            let mut lowest = true;
+            let mut all_answered = true;
+            for seed in &others {
+                match identify(&control, *seed).await {
+                    Ok((_, Some(_))) => return false,
+                    Ok((node, None)) => lowest &= config.node_id < node,
+                    Err(error) => {
+                        tracing::info!(%seed, %error, round, "seed not answering yet");
+                        all_answered = false;
+                    }
+                }
+            }
+            if all_answered {
+                return lowest;
+            }
+            if !lowest {
+                return false;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
+        }
+        false
+    }
+
+    async fn bootstrap(
+        &self,
+        metadata_machine: MetadataStateMachine,
+        catalog: &Catalog,
+    ) -> Result<(), StartError> {
+        let config = &self.inner.config;
+        let cluster_id = ClusterId(new_cluster_id());
+        tracing::info!(node = %self.node(), cluster = %cluster_id, "bootstrapping a new cluster");
+        catalog.set_cluster_id(StoredClusterId(u128::from_be_bytes(cluster_id.0)))?;
+        let members = BTreeMap::from([(self.node(), config.listen_addr.to_string())]);
+        let create = |group: GroupId, machine| {
+            let members = members.clone();
+            async move {
+                self.inner
+                    .raft
+                    .create_group(group, machine, Some(members))
+                    .await
+                    .map_err(|error| StartError::Group {
+                        group,
+                        reason: error.to_string(),
+                    })
+            }
+        };
+        create(METADATA_GROUP, Box::new(metadata_machine)).await?;
+        for group in 1..=config.num_groups {
+            create(GroupId(group), Box::new(KvStateMachine::new())).await?;
+        }
+        self.wait_for_metadata_leadership().await?;
+        self.propose_bootstrap(cluster_id)
+            .await
+            .map_err(StartError::Bootstrap)
+    }
+
+    async fn wait_for_metadata_leadership(&self) -> Result<(), StartError> {
+        let deadline = tokio::time::Instant::now() + START_STEP_TIMEOUT;
+        loop {
+            let leads = self
+                .inner
+                .raft
+                .status(METADATA_GROUP)
+                .is_some_and(|status| status.leader == Some(self.node()));
+            if leads {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StartError::Bootstrap(format!(
+                    "this node did not become leader of the metadata group within {START_STEP_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn propose_bootstrap(&self, cluster_id: ClusterId) -> Result<(), String> {
+        let config = &self.inner.config;
+        let command = MetadataCommand::Bootstrap {
+            cluster_id,
+            num_groups: config.num_groups,
+            replication_factor: config.replication_factor,
+            first_node: self.node_info(NodeState::Active)?,
+        };
+        let (_, response) = self
+            .inner
+            .groups
+            .propose(METADATA_GROUP, encode_metadata_command(&command))
+            .await
+            .map_err(|error| error.to_string())?;
+        match decode_metadata_outcome(&response) {
+            Some(MetadataOutcome::Applied(_)) => Ok(()),
+            other => Err(format!("the metadata group answered {other:?}")),
+        }
+    }
+
+    async fn join(
+        &self,
+        metadata_machine: MetadataStateMachine,
+        catalog: &Catalog,
+    ) -> Result<(), StartError> {
+        let config = &self.inner.config;
+        let me = self
+            .node_info(NodeState::Joining)
+            .map_err(|reason| StartError::Join {
+                seeds: config.seeds.clone(),
+                last_error: reason,
+            })?;
+        let control = self.inner.mux.channel(Channel::Control);
+        let request = ControlRequest::Join {
+            node: me,
+            forwarded: false,
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut last_error = "no seeds configured".to_string();
+        for round in 0..JOIN_ATTEMPTS_MAX {
+            for seed in config
+                .seeds
+                .iter()
+                .filter(|seed| **seed != config.listen_addr)
+            {
+                match call_seed(&control, *seed, &request).await {
+                    Ok(ControlResponse::Joined { cluster_id }) => {
+                        tracing::info!(%seed, cluster = %cluster_id, "joined");
+                        catalog
+                            .set_cluster_id(StoredClusterId(u128::from_be_bytes(cluster_id.0)))?;
+                        self.open_group(METADATA_GROUP, Box::new(metadata_machine))
+                            .await?;
+                        return self.wait_for_admission().await;
+                    }
+                    Ok(ControlResponse::Refused(error @ ControlError::Invalid(_))) => {
+                        return Err(StartError::Join {
+                            seeds: config.seeds.clone(),
+                            last_error: error.to_string(),
+                        });
+                    }
+                    Ok(other) => last_error = format!("{seed} answered {other:?}"),
+                    Err(error) => last_error = format!("{seed}: {error}"),
+                }
+            }
+            tracing::info!(round, %last_error, "join not accepted yet; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
+        }
+        Err(StartError::Join {
+            seeds: config.seeds.clone(),
+            last_error,
+        })
+    }
+
+    /// Waits until the metadata log, replicated to this new learner, shows this node.
+    async fn wait_for_admission(&self) -> Result<(), StartError> {
+        let mut metadata = self.inner.metadata.clone();
+        let admitted = tokio::time::timeout(
+            START_STEP_TIMEOUT,
+            metadata.wait_for(|applied| applied.state.topology().get(self.node()).is_some()),
+        )
+        .await;
+        match admitted {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StartError::Join {
+                seeds: self.inner.config.seeds.clone(),
+                last_error: format!(
+                    "admitted, but the metadata log did not reach this node within {START_STEP_TIMEOUT:?}"
+                ),
+            }),
+        }
+    }
+
+    async fn open_group(
+        &self,
+        group: GroupId,
+        machine: Box<dyn nodedb_cluster_raft::StateMachine>,
+    ) -> Result<(), StartError> {
+        self.inner
+            .raft
+            .open_group(group, machine)
+            .await
+            .map_err(|error| StartError::Group {
+                group,
+                reason: error.to_string(),
+            })
+    }
+
+    fn node_info(&self, state: NodeState) -> Result<NodeInfo, String> {
+        let config = &self.inner.config;
+        let addr = PeerAddr::parse(&config.listen_addr.to_string())
+            .map_err(|error| format!("listen_addr: {error}"))?;
+        let admin_addr = PeerAddr::parse(&config.admin_addr.to_string())
+            .map_err(|error| format!("admin_addr: {error}"))?;
+        Ok(NodeInfo {
+            id: config.node_id,
+            addr,
+            admin_addr,
+            state,
+        })
+    }
+
+    fn election_wait(&self) -> Duration {
+        Duration::from_millis(self.inner.config.timings.election_timeout_ms_max * 10)
+    }
+
+    fn spawn_background_tasks(&self) {
+        let hosting = tokio::spawn(hosting::run(
+            self.node(),
+            self.inner.raft.clone(),
+            self.inner.mux.inner().clone(),
+            self.inner.metadata.clone(),
+            self.inner.stop.subscribe(),
+        ));
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(hosting);
+    }
+}
+
+async fn open_catalog(config: &ClusterConfig) -> Result<Catalog, StartError> {
+    let data_dir = config.data_dir.clone();
+    let node = config.node_id;
+    tokio::task::spawn_blocking(move || Catalog::open(data_dir, node))
+        .await
+        .map_err(|error| StartError::Bootstrap(format!("catalog open task failed: {error}")))?
+        .map_err(StartError::from)
+}
+
+/// Asks whoever listens at `seed` who it is.
+async fn identify(
+    control: &Arc<dyn Transport>,
+    seed: SocketAddr,
+) -> Result<(NodeId, Option<ClusterId>), String> {
+    match call_seed(control, seed, &ControlRequest::Identify).await? {
+        ControlResponse::Identity { node, cluster_id } => Ok((node, cluster_id)),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+async fn call_seed(
+    control: &Arc<dyn Transport>,
+    seed: SocketAddr,
+    request: &ControlRequest,
+) -> Result<ControlResponse, String> {
+    let (_, bytes) = control
+        .call_addr(seed, Bytes::from(request.encode()), CONTROL_RPC_TIMEOUT)
+        .await
+        .map_err(|error| error.to_string())?;
+    ControlResponse::decode(&bytes)
+}
+
+/// A fresh random cluster id.
+fn new_cluster_id() -> [u8; 16] {
+    rand::random()
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node())
+            .finish_non_exhaustive()
+    }
+}
