@@ -16,10 +16,25 @@ const RESPONSE_BYTES_MAX: u64 = 2 * 1024 * 1024;
 pub enum Reply<T> {
     /// The node answered and the operation took effect with this result.
     Ok(T),
-    /// The operation definitely did not take effect.
+    /// The node answered that the operation did not take effect.
     Failed(String),
+    /// The node refused the connection: nothing was sent, so the operation definitely did not
+    /// take effect, and the node is probably down.
+    Refused(String),
     /// The operation may or may not take effect.
     Unknown(String),
+}
+
+impl<T> Reply<T> {
+    /// The same reply with the success value mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Reply<U> {
+        match self {
+            Reply::Ok(value) => Reply::Ok(f(value)),
+            Reply::Failed(why) => Reply::Failed(why),
+            Reply::Refused(why) => Reply::Refused(why),
+            Reply::Unknown(why) => Reply::Unknown(why),
+        }
+    }
 }
 
 /// The answer to a successful put or delete.
@@ -121,8 +136,7 @@ impl Api {
         match write_reply(result, |body| serde_json::from_slice::<CasReply>(body).ok()) {
             Reply::Ok(Some(reply)) => Reply::Ok(reply),
             Reply::Ok(None) => Reply::Unknown("200 with an unreadable CAS body".to_string()),
-            Reply::Failed(why) => Reply::Failed(why),
-            Reply::Unknown(why) => Reply::Unknown(why),
+            other => other.map(|_| unreachable!("`Ok` is handled above")),
         }
     }
 
@@ -130,7 +144,7 @@ impl Api {
     pub fn get(&self, node: SocketAddr, key: &str) -> Reply<Option<Vec<u8>>> {
         let response = match self.agent.get(kv_url(node, key, "")).call() {
             Ok(response) => response,
-            Err(error) => return Reply::Unknown(error.to_string()),
+            Err(error) => return classify_transport_error(&error).map(|()| None),
         };
         let status = response.status().as_u16();
         match (status, read_body(response)) {
@@ -193,7 +207,7 @@ pub fn classify_write_status(status: u16) -> Reply<()> {
 pub fn classify_transport_error(error: &ureq::Error) -> Reply<()> {
     match error {
         ureq::Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused => {
-            Reply::Failed(format!("connection refused: {io}"))
+            Reply::Refused(format!("connection refused: {io}"))
         }
         ureq::Error::BadUri(_) | ureq::Error::Http(_) => Reply::Failed(error.to_string()),
         _ => Reply::Unknown(error.to_string()),
@@ -221,8 +235,8 @@ fn write_reply<T>(
         Ok(response) => response,
         Err(error) => {
             return match classify_transport_error(&error) {
-                Reply::Failed(why) => Reply::Failed(why),
-                Reply::Ok(()) | Reply::Unknown(_) => Reply::Unknown(error.to_string()),
+                Reply::Ok(()) => Reply::Unknown(error.to_string()),
+                other => other.map(|()| unreachable!("`Ok` is handled above")),
             };
         }
     };
@@ -235,7 +249,7 @@ fn write_reply<T>(
     };
     match classify_write_status(status) {
         Reply::Ok(()) => Reply::Ok(parse(&body)),
-        Reply::Failed(_) => Reply::Failed(status_text(status, &body)),
+        Reply::Failed(_) | Reply::Refused(_) => Reply::Failed(status_text(status, &body)),
         Reply::Unknown(_) => Reply::Unknown(status_text(status, &body)),
     }
 }
@@ -283,7 +297,7 @@ mod tests {
         let refused = ureq::Error::Io(std::io::Error::from(ErrorKind::ConnectionRefused));
         assert!(matches!(
             classify_transport_error(&refused),
-            Reply::Failed(_)
+            Reply::Refused(_)
         ));
         let reset = ureq::Error::Io(std::io::Error::from(ErrorKind::ConnectionReset));
         assert!(matches!(
@@ -399,7 +413,9 @@ mod tests {
             .local_addr()
             .unwrap();
         let api = Api::new(Duration::from_secs(2));
-        assert!(matches!(api.put(addr, "k", b"v"), Reply::Failed(_)));
+        assert!(matches!(api.put(addr, "k", b"v"), Reply::Refused(_)));
+        assert!(matches!(api.get(addr, "k"), Reply::Refused(_)));
+        assert!(matches!(api.cas(addr, "k", None, "v"), Reply::Refused(_)));
         assert!(api.readyz(addr).unwrap_err().contains("no answer"));
     }
 }

@@ -205,7 +205,7 @@ fn client_loop(
                     .latencies_us
                     .saturating_record(micros.clamp(1, LATENCY_US_MAX));
             }
-            Reply::Failed(_) | Reply::Unknown(_) => result.errors += 1,
+            Reply::Failed(_) | Reply::Refused(_) | Reply::Unknown(_) => result.errors += 1,
         }
     }
     result

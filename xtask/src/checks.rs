@@ -146,7 +146,9 @@ pub fn final_reads(
                     value = Some(seen);
                     break;
                 }
-                Reply::Failed(why) | Reply::Unknown(why) => last = format!("{node}: {why}"),
+                Reply::Failed(why) | Reply::Refused(why) | Reply::Unknown(why) => {
+                    last = format!("{node}: {why}")
+                }
             }
             std::thread::sleep(RETRY_INTERVAL);
         }

@@ -4,6 +4,7 @@
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Largest cluster the local launcher starts: every node is a real process on this machine.
@@ -44,6 +45,9 @@ pub struct TestClusterArgs {
     /// Run the workload without killing any node.
     #[arg(long)]
     pub no_faults: bool,
+    /// Run this node binary instead of building `nodedb-cluster`.
+    #[arg(long)]
+    pub node_binary: Option<PathBuf>,
 }
 
 /// `cargo xtask bench <target>`.
@@ -219,6 +223,8 @@ mod tests {
             "50",
             "--release",
             "--no-faults",
+            "--node-binary",
+            "/opt/nodedb-cluster",
         ])
         .unwrap();
         assert_eq!(
@@ -228,6 +234,7 @@ mod tests {
         assert_eq!(args.duration, Duration::from_secs(120));
         assert_eq!(args.seed, Some(42));
         assert!(args.keep && args.release && args.no_faults);
+        assert_eq!(args.node_binary, Some(PathBuf::from("/opt/nodedb-cluster")));
     }
 
     #[test]

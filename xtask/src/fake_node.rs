@@ -1,15 +1,34 @@
-//! A test stand-in for a node's HTTP admin API: a single in-memory register per key behind
-//! one lock (so correct by construction), optionally broken on purpose, so that the
-//! workload, the recording and the end checks are tested end to end over real HTTP without
-//! a cluster.
+//! Stand-ins for the node's HTTP admin API, so that the driver is tested end to end over
+//! real HTTP and real processes before a real cluster exists.
+//!
+//! - The store: one in-memory register per key behind one lock (linearizable by
+//!   construction, or broken on purpose), which also tracks which fake nodes are alive and
+//!   makes up a `/v1/cluster` view whose leaders move away from dead nodes.
+//! - `cargo xtask fake-node --config node.toml` (hidden): a process that reads a node config,
+//!   binds its admin address, tells the store it is alive, and relays every request to the
+//!   store named by `XTASK_FAKE_STORE`. Killing it behaves like killing a node: its requests
+//!   in flight are lost, its port refuses connections, and its groups get other leaders.
 
+use anyhow::{Context, Result};
+use nodedb_cluster_core::vshard_for_key;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Largest request body the fake reads.
+/// Environment variable naming the store's address, for fake nodes.
+pub const FAKE_STORE_ENV: &str = "XTASK_FAKE_STORE";
+/// Largest request body the fakes read.
 const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// A fake node silent for longer than this leads no group.
+const ALIVE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Interval of a fake node's heartbeats, and how many it sends at most (its lifetime bound).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+const HEARTBEATS_MAX: u32 = 36_000;
+/// Header by which a fake node tells the store on whose behalf it asks.
+const NODE_HEADER: &str = "x-fake-node";
 
 /// How the fake store behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,41 +45,101 @@ struct Store {
     values: BTreeMap<String, String>,
     puts: u64,
     index: u64,
+    /// Last heartbeat of every fake node ever seen.
+    alive: BTreeMap<u64, Instant>,
+    groups: u32,
 }
 
-/// Starts a fake node on a free loopback port; it serves until the test process ends.
+/// One request as the fakes read it.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    body: String,
+    node: Option<u64>,
+}
+
+/// Starts a store on a free loopback port; it serves until the process ends.
+#[cfg(test)]
 pub fn start(behaviour: Behaviour) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     let addr = listener.local_addr().expect("bound address");
+    std::thread::spawn(move || serve_store(listener, behaviour));
+    addr
+}
+
+/// `cargo xtask fake-store --addr A`: serves a correct store on `addr` until killed.
+pub fn run_store(addr: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    eprintln!("fake store listening on {addr}");
+    serve_store(listener, Behaviour::Correct);
+    Ok(())
+}
+
+/// `cargo xtask fake-node --config C`: relays the admin address of config `C` to the store.
+pub fn run_node(config: &Path) -> Result<()> {
+    let store: SocketAddr = std::env::var(FAKE_STORE_ENV)
+        .with_context(|| format!("{FAKE_STORE_ENV} names no store"))?
+        .parse()
+        .with_context(|| format!("{FAKE_STORE_ENV} is not an address"))?;
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let table: toml::Table = text.parse().context("parsing the node config")?;
+    let node_id = table["node_id"].as_integer().context("node_id")? as u64;
+    let groups = table["num_groups"].as_integer().context("num_groups")? as u32;
+    let admin: SocketAddr = table["admin_addr"]
+        .as_str()
+        .context("admin_addr")?
+        .parse()
+        .context("admin_addr")?;
+    let listener = TcpListener::bind(admin).with_context(|| format!("binding {admin}"))?;
+    eprintln!("fake node {node_id} serving {admin}, relaying to {store}");
+    let agent = fake_agent();
+    let heartbeat_agent = agent.clone();
+    std::thread::spawn(move || {
+        let url = format!("http://{store}/fake/alive/{node_id}/{groups}");
+        for _ in 0..HEARTBEATS_MAX {
+            let _ = heartbeat_agent.post(&url).send_empty();
+            std::thread::sleep(HEARTBEAT_INTERVAL);
+        }
+    });
+    for stream in listener.incoming().flatten() {
+        let agent = agent.clone();
+        std::thread::spawn(move || serve(stream, |request| relay(&agent, store, node_id, request)));
+    }
+    Ok(())
+}
+
+fn serve_store(listener: TcpListener, behaviour: Behaviour) {
     let store = Arc::new(Mutex::new(Store {
         behaviour,
         values: BTreeMap::new(),
         puts: 0,
         index: 0,
+        alive: BTreeMap::new(),
+        groups: 1,
     }));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let store = Arc::clone(&store);
-            std::thread::spawn(move || serve(stream, &store));
-        }
-    });
-    addr
+    for stream in listener.incoming().flatten() {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || {
+            serve(stream, |request| {
+                store.lock().expect("fake store lock").answer(&request)
+            })
+        });
+    }
 }
 
-fn serve(stream: TcpStream, store: &Mutex<Store>) {
+/// Answers requests on one connection (keep-alive) until the client closes it.
+fn serve(stream: TcpStream, mut answer: impl FnMut(Request) -> (u16, String)) {
     let Ok(reader) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(reader);
     let mut writer = stream;
-    // Keep-alive: answer requests on this connection until the client closes it.
-    while let Some((method, path, body)) = read_request(&mut reader) {
-        let (status, body) = {
-            let mut store = store.lock().expect("fake store lock");
-            store.answer(&method, &path, &body)
-        };
+    while let Some(request) = read_request(&mut reader) {
+        let (status, body) = answer(request);
         let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} FAKE\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         if writer.write_all(response.as_bytes()).is_err() {
@@ -69,7 +148,34 @@ fn serve(stream: TcpStream, store: &Mutex<Store>) {
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, String, String)> {
+fn relay(agent: &ureq::Agent, store: SocketAddr, node_id: u64, request: Request) -> (u16, String) {
+    let forwarded = ureq::http::Request::builder()
+        .method(request.method.as_str())
+        .uri(format!("http://{store}{}", request.path))
+        .header(NODE_HEADER, node_id.to_string())
+        .body(request.body.into_bytes());
+    let Ok(forwarded) = forwarded else {
+        return (400, r#"{"error":{"code":"bad_request"}}"#.to_string());
+    };
+    match agent.run(forwarded) {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.into_body().read_to_string().unwrap_or_default();
+            (status, body)
+        }
+        Err(_) => (504, r#"{"error":{"code":"outcome_unknown"}}"#.to_string()),
+    }
+}
+
+fn fake_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .new_agent()
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).ok()? == 0 {
         return None;
@@ -78,6 +184,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, String, St
     let method = parts.next()?.to_string();
     let path = parts.next()?.to_string();
     let mut content_length = 0;
+    let mut node = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).ok()? == 0 {
@@ -86,8 +193,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, String, St
         if line == "\r\n" {
             break;
         }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+        let lower = line.to_ascii_lowercase();
+        if let Some(value) = lower.strip_prefix("content-length:") {
             content_length = value.trim().parse().ok()?;
+        }
+        if let Some(value) = lower.strip_prefix(&format!("{NODE_HEADER}:")) {
+            node = value.trim().parse().ok();
         }
     }
     if content_length > BODY_BYTES_MAX {
@@ -95,53 +206,97 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(String, String, St
     }
     let mut body = vec![0; content_length];
     reader.read_exact(&mut body).ok()?;
-    Some((method, path, String::from_utf8_lossy(&body).into_owned()))
+    let body = String::from_utf8_lossy(&body).into_owned();
+    Some(Request {
+        method,
+        path,
+        body,
+        node,
+    })
 }
 
 impl Store {
-    fn answer(&mut self, method: &str, path: &str, body: &str) -> (&'static str, String) {
+    fn answer(&mut self, request: &Request) -> (u16, String) {
+        let path = request.path.as_str();
         let key_path = path.strip_prefix("/v1/kv/");
-        match (method, path, key_path) {
-            ("GET", "/readyz", _) => ("200 OK", r#"{"ready":true}"#.to_string()),
-            ("GET", "/v1/cluster", _) => ("200 OK", CLUSTER_VIEW.to_string()),
+        match (request.method.as_str(), path, key_path) {
+            ("POST", _, _) if path.starts_with("/fake/alive/") => self.heartbeat(path),
+            ("GET", "/readyz", _) => (200, r#"{"ready":true}"#.to_string()),
+            ("GET", "/v1/cluster", _) => (200, self.view(request.node.unwrap_or(1))),
             ("POST", _, Some(rest)) if rest.ends_with("/cas") => {
                 let key = rest.trim_end_matches("/cas").to_string();
-                self.cas(key, body)
+                self.cas(key, &request.body)
             }
-            ("PUT", _, Some(key)) => self.put(key.to_string(), body.to_string()),
+            ("PUT", _, Some(key)) => self.put(key.to_string(), request.body.clone()),
             ("DELETE", _, Some(key)) => {
                 self.values.remove(key);
-                self.receipt()
+                self.receipt(key)
             }
             ("GET", _, Some(key)) => match self.values.get(key) {
-                Some(value) => ("200 OK", value.clone()),
-                None => (
-                    "404 Not Found",
-                    r#"{"error":{"code":"not_found"}}"#.to_string(),
-                ),
+                Some(value) => (200, value.clone()),
+                None => not_found(),
             },
-            _ => (
-                "404 Not Found",
-                r#"{"error":{"code":"not_found"}}"#.to_string(),
-            ),
+            _ => not_found(),
         }
     }
 
-    fn put(&mut self, key: String, value: String) -> (&'static str, String) {
+    fn heartbeat(&mut self, path: &str) -> (u16, String) {
+        let mut parts = path.trim_start_matches("/fake/alive/").split('/');
+        let node = parts.next().and_then(|text| text.parse().ok());
+        let groups = parts.next().and_then(|text| text.parse().ok());
+        match (node, groups) {
+            (Some(node), Some(groups)) => {
+                self.alive.insert(node, Instant::now());
+                self.groups = self.groups.max(groups);
+                (200, "{}".to_string())
+            }
+            _ => (400, r#"{"error":{"code":"bad_request"}}"#.to_string()),
+        }
+    }
+
+    /// Every node ever seen is a member; group `g` is led by the `g`-th live node (in id
+    /// order, wrapping), so leaders move when a node dies.
+    fn view(&self, node_id: u64) -> String {
+        let members: Vec<u64> = self.alive.keys().copied().collect();
+        let live: Vec<u64> = self
+            .alive
+            .iter()
+            .filter(|(_, seen)| seen.elapsed() < ALIVE_TIMEOUT)
+            .map(|(node, _)| *node)
+            .collect();
+        let nodes: Vec<_> = members
+            .iter()
+            .map(|id| {
+                serde_json::json!({ "id": id, "addr": format!("fake-{id}"),
+                    "admin_addr": format!("fake-{id}"), "state": "active" })
+            })
+            .collect();
+        let groups: Vec<_> = (0..=self.groups)
+            .map(|group| {
+                let leader = (!live.is_empty()).then(|| live[group as usize % live.len()]);
+                serde_json::json!({ "id": group, "voters": members, "learners": [],
+                    "leader": leader, "term": 1, "commit_index": self.index,
+                    "applied_index": self.index, "vshard_count": 0 })
+            })
+            .collect();
+        serde_json::json!({ "cluster_id": "fake", "node_id": node_id, "routing_version": 1,
+            "nodes": nodes, "groups": groups })
+        .to_string()
+    }
+
+    fn put(&mut self, key: String, value: String) -> (u16, String) {
         self.puts += 1;
         let lose = self.behaviour == Behaviour::LosesEveryFifthPut && self.puts.is_multiple_of(5);
+        let receipt = self.receipt(&key);
         if !lose {
             self.values.insert(key, value);
         }
-        self.receipt()
+        receipt
     }
 
-    fn cas(&mut self, key: String, body: &str) -> (&'static str, String) {
+    fn cas(&mut self, key: String, body: &str) -> (u16, String) {
         let Ok(request) = serde_json::from_str::<serde_json::Value>(body) else {
-            return (
-                "400 Bad Request",
-                r#"{"error":{"code":"bad_request"}}"#.to_string(),
-            );
+            return (400, r#"{"error":{"code":"bad_request"}}"#.to_string());
         };
         let expected = request["expected"].as_str().map(str::to_string);
         let new = request["new"].as_str().unwrap_or_default().to_string();
@@ -152,21 +307,22 @@ impl Store {
         }
         let current = self.values.get(&key).cloned();
         let answer = serde_json::json!({ "swapped": swapped, "current": current });
-        ("200 OK", answer.to_string())
+        (200, answer.to_string())
     }
 
-    fn receipt(&mut self) -> (&'static str, String) {
+    /// A receipt naming the group of `key`'s vShard, so failover windows can be measured.
+    fn receipt(&mut self, key: &str) -> (u16, String) {
         self.index += 1;
-        let group = 1 + self.index % 2;
-        let receipt = serde_json::json!({ "vshard": 0, "group": group, "index": self.index });
-        ("200 OK", receipt.to_string())
+        let vshard = vshard_for_key(key.as_bytes()).0;
+        let group = 1 + u32::from(vshard) % self.groups.max(1);
+        let receipt = serde_json::json!({ "vshard": vshard, "group": group, "index": self.index });
+        (200, receipt.to_string())
     }
 }
 
-const CLUSTER_VIEW: &str = r#"{"cluster_id":"fake","node_id":1,"routing_version":1,
-"nodes":[{"id":1,"addr":"127.0.0.1:1","admin_addr":"127.0.0.1:2","state":"active"}],
-"groups":[{"id":0,"voters":[1],"learners":[],"leader":1,"term":1,"commit_index":1,
-"applied_index":1,"vshard_count":0}]}"#;
+fn not_found() -> (u16, String) {
+    (404, r#"{"error":{"code":"not_found"}}"#.to_string())
+}
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,6 @@ mod bench;
 mod checks;
 mod cli;
 mod cluster;
-#[cfg(test)]
 mod fake_node;
 mod layering;
 mod nemesis;
@@ -20,6 +19,8 @@ mod test_cluster;
 mod workload;
 
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -38,6 +39,18 @@ enum Task {
     /// Measure a local cluster.
     #[command(subcommand)]
     Bench(cli::BenchTarget),
+    /// Test stand-in: serve a fake store for fake nodes (used by the driver's own tests).
+    #[command(hide = true)]
+    FakeStore {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Test stand-in: a fake node that relays its admin API to the fake store.
+    #[command(hide = true)]
+    FakeNode {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +74,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Task::FakeStore { addr } => exit_code(fake_node::run_store(addr)),
+        Task::FakeNode { config } => exit_code(fake_node::run_node(&config)),
         Task::Bench(cli::BenchTarget::Cluster(args)) => match bench::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
             Err(error) => {
@@ -68,5 +83,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

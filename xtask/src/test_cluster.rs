@@ -22,7 +22,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub fn run(args: &TestClusterArgs) -> Result<bool> {
     args.validate()?;
     let seed = args.seed.unwrap_or_else(random_seed);
-    let binary = build::build_node(args.release)?;
+    let binary = match &args.node_binary {
+        Some(path) => path.clone(),
+        None => build::build_node(args.release)?,
+    };
     let work_dir = work_dir(seed)?;
     eprintln!("test-cluster: seed {seed}, work dir {}", work_dir.display());
     eprintln!("(replay with: cargo xtask test-cluster --seed {seed} ...)");

@@ -18,6 +18,9 @@ pub const OPS_PER_CLIENT_MAX: u64 = 10_000_000;
 /// Pause of a client after an operation that did not succeed, so that a dead node does not
 /// turn the history into a flood of refused connections.
 pub const BACKOFF_AFTER_ERROR: Duration = Duration::from_millis(50);
+/// How long a client sends nothing to a node that refused its connection (it is down):
+/// clients keep going against the others instead of piling up refusals.
+pub const AVOID_REFUSED_NODE: Duration = Duration::from_millis(500);
 /// Deadline of one client request; past it the outcome of a write is unknown.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -62,6 +65,16 @@ pub struct Recorder {
     history: Mutex<HistoryRecorder>,
     writes: Mutex<Vec<GroupWrite>>,
     pub counters: Counters,
+}
+
+/// How an operation ended, for the client's next move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpEnd {
+    Succeeded,
+    /// The node refused the connection: try the others for a while.
+    Refused,
+    /// Failed or unknown: back off a little.
+    NotSucceeded,
 }
 
 /// The operation a client picked.
@@ -190,7 +203,7 @@ pub fn client_seed(seed: u64, client: u64) -> u64 {
 pub fn write_outcome(reply: &Reply<Option<WriteReceipt>>) -> Outcome {
     match reply {
         Reply::Ok(_) => Outcome::done(),
-        Reply::Failed(_) => Outcome::Failed,
+        Reply::Failed(_) | Reply::Refused(_) => Outcome::Failed,
         Reply::Unknown(_) => Outcome::Unknown,
     }
 }
@@ -199,7 +212,7 @@ pub fn write_outcome(reply: &Reply<Option<WriteReceipt>>) -> Outcome {
 pub fn read_outcome(reply: &Reply<Option<Vec<u8>>>) -> Outcome {
     match reply {
         Reply::Ok(value) => Outcome::read(value.clone()),
-        Reply::Failed(_) => Outcome::Failed,
+        Reply::Failed(_) | Reply::Refused(_) => Outcome::Failed,
         Reply::Unknown(_) => Outcome::Unknown,
     }
 }
@@ -208,7 +221,7 @@ pub fn read_outcome(reply: &Reply<Option<Vec<u8>>>) -> Outcome {
 pub fn cas_outcome(reply: &Reply<CasReply>) -> Outcome {
     match reply {
         Reply::Ok(cas) => Outcome::cas(cas.swapped, cas.current.clone()),
-        Reply::Failed(_) => Outcome::Failed,
+        Reply::Failed(_) | Reply::Refused(_) => Outcome::Failed,
         Reply::Unknown(_) => Outcome::Unknown,
     }
 }
@@ -222,18 +235,47 @@ pub fn run_client(client: u64, spec: &WorkloadSpec, recorder: &Recorder, stop: &
         sequence: 0,
         last_seen: HashMap::new(),
     };
+    let mut avoided: HashMap<SocketAddr, Instant> = HashMap::new();
     for _ in 0..OPS_PER_CLIENT_MAX {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let key = key_name(rng.random_range(0..spec.keys));
-        let node = spec.nodes[rng.random_range(0..spec.nodes.len())];
+        let node = pick_node(&mut rng, &spec.nodes, &avoided, Instant::now());
         let choice = choose_op(rng.random_range(0..100));
         let use_last_seen = rng.random_bool(0.8);
-        let succeeded = client_state.run_op(&api, recorder, node, &key, choice, use_last_seen);
-        if !succeeded {
-            std::thread::sleep(BACKOFF_AFTER_ERROR);
+        match client_state.run_op(&api, recorder, node, &key, choice, use_last_seen) {
+            OpEnd::Succeeded => {}
+            OpEnd::Refused => {
+                avoided.insert(node, Instant::now() + AVOID_REFUSED_NODE);
+            }
+            OpEnd::NotSucceeded => std::thread::sleep(BACKOFF_AFTER_ERROR),
         }
+    }
+}
+
+/// A random node of `nodes`, avoiding those in `avoided` until their time, unless all are.
+pub fn pick_node(
+    rng: &mut SmallRng,
+    nodes: &[SocketAddr],
+    avoided: &HashMap<SocketAddr, Instant>,
+    now: Instant,
+) -> SocketAddr {
+    let usable: Vec<SocketAddr> = nodes
+        .iter()
+        .copied()
+        .filter(|node| avoided.get(node).is_none_or(|until| *until <= now))
+        .collect();
+    let choices = if usable.is_empty() { nodes } else { &usable };
+    choices[rng.random_range(0..choices.len())]
+}
+
+/// What a reply means for the client's next move.
+pub fn op_end<T>(reply: &Reply<T>) -> OpEnd {
+    match reply {
+        Reply::Ok(_) => OpEnd::Succeeded,
+        Reply::Refused(_) => OpEnd::Refused,
+        Reply::Failed(_) | Reply::Unknown(_) => OpEnd::NotSucceeded,
     }
 }
 
@@ -256,10 +298,10 @@ impl ClientState {
         key: &str,
         choice: OpChoice,
         use_last_seen: bool,
-    ) -> bool {
+    ) -> OpEnd {
         self.sequence += 1;
         let value = unique_value(self.client, self.sequence);
-        let outcome = match choice {
+        match choice {
             OpChoice::Get => {
                 let (op, _) = recorder.invoke(self.client, key, OpKind::Get);
                 let reply = api.get(node, key);
@@ -269,9 +311,8 @@ impl ClientState {
                         .map(|bytes| String::from_utf8_lossy(bytes).into());
                     self.last_seen.insert(key.to_string(), seen);
                 }
-                let outcome = read_outcome(&reply);
-                recorder.complete(op, outcome.clone());
-                outcome
+                recorder.complete(op, read_outcome(&reply));
+                op_end(&reply)
             }
             OpChoice::Put | OpChoice::Delete => {
                 self.write(api, recorder, node, key, choice, &value)
@@ -287,12 +328,10 @@ impl ClientState {
                 if let Reply::Ok(cas) = &reply {
                     self.last_seen.insert(key.to_string(), cas.current.clone());
                 }
-                let outcome = cas_outcome(&reply);
-                recorder.complete(op, outcome.clone());
-                outcome
+                recorder.complete(op, cas_outcome(&reply));
+                op_end(&reply)
             }
-        };
-        matches!(outcome, Outcome::Ok(_))
+        }
     }
 
     fn write(
@@ -303,7 +342,7 @@ impl ClientState {
         key: &str,
         choice: OpChoice,
         value: &str,
-    ) -> Outcome {
+    ) -> OpEnd {
         let kind = match choice {
             OpChoice::Delete => OpKind::Delete,
             _ => OpKind::put(value),
@@ -313,8 +352,7 @@ impl ClientState {
             OpChoice::Delete => api.delete(node, key),
             _ => api.put(node, key, value.as_bytes()),
         };
-        let outcome = write_outcome(&reply);
-        let completed_at = recorder.complete(op, outcome.clone());
+        let completed_at = recorder.complete(op, write_outcome(&reply));
         if let Reply::Ok(receipt) = &reply {
             let written = (choice != OpChoice::Delete).then(|| value.to_string());
             self.last_seen.insert(key.to_string(), written);
@@ -322,7 +360,7 @@ impl ClientState {
                 recorder.acknowledged(receipt.group, invoked_at, completed_at);
             }
         }
-        outcome
+        op_end(&reply)
     }
 }
 
@@ -379,6 +417,29 @@ mod tests {
         let seeds: BTreeSet<_> = (0..64).map(|client| client_seed(42, client)).collect();
         assert_eq!(seeds.len(), 64);
         assert_ne!(client_seed(1, 0), client_seed(2, 0));
+    }
+
+    #[test]
+    fn refusing_nodes_are_avoided_until_their_time() {
+        let nodes: Vec<SocketAddr> = (1..=3)
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let avoided = HashMap::from([(nodes[0], later), (nodes[1], later)]);
+        for _ in 0..50 {
+            assert_eq!(pick_node(&mut rng, &nodes, &avoided, now), nodes[2]);
+        }
+        let picked: BTreeSet<_> = (0..100)
+            .map(|_| pick_node(&mut rng, &nodes, &avoided, later))
+            .collect();
+        assert_eq!(picked.len(), 3, "avoidance ends");
+        let all = nodes.iter().map(|node| (*node, later)).collect();
+        let picked: BTreeSet<_> = (0..100)
+            .map(|_| pick_node(&mut rng, &nodes, &all, now))
+            .collect();
+        assert_eq!(picked.len(), 3, "with every node avoided, any will do");
     }
 
     #[test]
@@ -461,11 +522,12 @@ mod tests {
             OpChoice::Delete,
             OpChoice::Get,
         ] {
-            assert!(!state.run_op(&api, &recorder, dead, "k00000", choice, true));
+            let end = state.run_op(&api, &recorder, dead, "k00000", choice, true);
+            assert_eq!(end, OpEnd::Refused, "{choice:?}");
         }
         let counts = recorder.counters.snapshot();
         assert_eq!(counts.ok, 0);
-        assert_eq!(counts.failed, 3, "refused writes are definite failures");
+        assert_eq!(counts.failed, 4, "refused operations are definite failures");
         let history = recorder.history();
         assert_eq!(history.len(), 4);
         assert!(

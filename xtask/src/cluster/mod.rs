@@ -202,11 +202,7 @@ impl Cluster {
                 };
             }
             let Some(first_waiting) = waiting.first() else {
-                eprintln!(
-                    "all {} nodes ready after {:.1?}",
-                    node_ids.len(),
-                    started.elapsed()
-                );
+                eprintln!("nodes {node_ids:?} ready after {:.1?}", started.elapsed());
                 return Ok(());
             };
             if started.elapsed() > timeout {
