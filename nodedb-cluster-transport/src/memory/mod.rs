@@ -35,6 +35,9 @@ use stream::{MemorySink, MemorySource};
 /// Chunks buffered between the two ends of an in-memory stream; the writer waits beyond it.
 pub const MEMORY_STREAM_CHUNKS_MAX: usize = 4;
 
+/// Messages in flight at once; beyond it the network loses messages, like a full buffer.
+pub const MEMORY_IN_FLIGHT_MAX: u64 = 65_536;
+
 /// Random faults applied to every message (requests, responses, stream opens).
 ///
 /// Reordering comes from the random delay: two messages sent in order may arrive in the other
@@ -134,6 +137,7 @@ impl MemoryNetwork {
                     addrs: HashMap::new(),
                     plan,
                     rng: SmallRng::seed_from_u64(seed),
+                    in_flight: 0,
                     stats: NetworkStats::default(),
                 }),
             }),
@@ -229,6 +233,11 @@ impl MemoryNetwork {
     /// The node recorded at `addr`.
     pub fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
         self.inner.lock().addrs.get(&addr).copied()
+    }
+
+    /// Messages sent that have not arrived yet (nor been lost on arrival).
+    pub fn in_flight(&self) -> u64 {
+        self.inner.lock().in_flight
     }
 
     pub fn stats(&self) -> NetworkStats {
@@ -385,6 +394,8 @@ struct NetworkState {
     addrs: HashMap<SocketAddr, NodeId>,
     plan: FaultPlan,
     rng: SmallRng,
+    /// Messages sent and not yet arrived (or lost on arrival).
+    in_flight: u64,
     stats: NetworkStats,
 }
 
@@ -393,6 +404,14 @@ struct Endpoint {
     handler: RwLock<Option<Arc<dyn Handler>>>,
     alive: AtomicBool,
     killed: watch::Sender<bool>,
+}
+
+/// What a message is, for the faults that apply to one kind only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageKind {
+    Request,
+    Response,
+    StreamOpen,
 }
 
 /// Where a message goes once the fault plan let it through.
@@ -428,7 +447,12 @@ impl NetworkState {
 
     /// Decides the fate of one message from `from` to `to`: refused now (Err), or a route
     /// (possibly marked dropped).
-    fn route(&mut self, from: NodeId, to: NodeId) -> Result<Route, TransportError> {
+    fn route(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        kind: MessageKind,
+    ) -> Result<Route, TransportError> {
         self.stats.sent += 1;
         let endpoint = match self.endpoints.get(&to) {
             Some(endpoint) if !self.link_blocked(from, to) => Arc::clone(endpoint),
@@ -441,9 +465,21 @@ impl NetworkState {
                 return Err(unreachable(to, "no live endpoint"));
             }
         };
-        let decision = self.decide();
+        let mut decision = self.decide();
+        if kind != MessageKind::Request {
+            // Only requests are duplicated; the draw still happened, keeping the sequence.
+            decision.duplicate_delay = None;
+        }
+        let copies = 1 + u64::from(decision.duplicate_delay.is_some());
+        if !decision.dropped && self.in_flight + copies > MEMORY_IN_FLIGHT_MAX {
+            // A full network buffer loses the message, as a real one would.
+            decision.dropped = true;
+        }
         if decision.dropped {
             self.stats.dropped += 1;
+            decision.duplicate_delay = None;
+        } else {
+            self.in_flight += copies;
         }
         if decision.duplicate_delay.is_some() {
             self.stats.duplicated += 1;
@@ -460,6 +496,7 @@ impl NetworkState {
             .get(&to)
             .is_some_and(|current| Arc::ptr_eq(current, endpoint));
         let delivered = live && endpoint.is_alive() && !self.link_blocked(from, to);
+        self.in_flight = self.in_flight.saturating_sub(1);
         if delivered {
             self.stats.delivered += 1;
         } else {
@@ -521,7 +558,11 @@ impl MemoryTransport {
         if !self.endpoint.is_alive() {
             return Err(TransportError::Shutdown);
         }
-        let route = self.network.inner.lock().route(self.node, to)?;
+        let route = self
+            .network
+            .inner
+            .lock()
+            .route(self.node, to, MessageKind::Request)?;
         let (reply, response) = oneshot::channel();
         if !route.decision.dropped {
             let delivery = Delivery {
@@ -553,7 +594,11 @@ impl MemoryTransport {
         if !self.endpoint.is_alive() {
             return Err(TransportError::Shutdown);
         }
-        let route = self.network.inner.lock().route(self.node, to)?;
+        let route = self
+            .network
+            .inner
+            .lock()
+            .route(self.node, to, MessageKind::StreamOpen)?;
         let (opened, open_result) = oneshot::channel();
         if !route.decision.dropped {
             let delivery = Delivery {
@@ -607,13 +652,16 @@ impl Delivery {
         };
         let Some(reply) = reply else { return };
         // The response crosses the network too: the reverse link, the fault plan, a crash.
-        let route = match self.network.inner.lock().route(self.to, self.from) {
+        let route = match self
+            .network
+            .inner
+            .lock()
+            .route(self.to, self.from, MessageKind::Response)
+        {
             Ok(route) if !route.decision.dropped => route,
             _ => return,
         };
-        if !Arc::ptr_eq(&route.endpoint, &self.from_endpoint) {
-            return;
-        }
+        // Arrival checks that the caller's endpoint is still the one that asked.
         tokio::time::sleep(route.decision.delay).await;
         if !self
             .network
