@@ -11,7 +11,7 @@ mod linearizability_oracle {
     };
     use proptest::prelude::*;
     use proptest::test_runner::{Config, RngSeed};
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     type Value = Option<Vec<u8>>;
 
@@ -33,19 +33,28 @@ mod linearizability_oracle {
                 })
                 .collect();
             let mut placed = vec![false; candidates.len()];
-            extend(&candidates, &mut placed, None)
+            extend(&candidates, &mut placed, None, &mut BTreeSet::new())
         })
     }
 
     /// Whether the ordering so far (`placed`, ending in value `state`) extends to one that
-    /// places every answered operation.
-    fn extend(candidates: &[&Operation], placed: &mut [bool], state: Value) -> bool {
+    /// places every answered operation. `dead` remembers (placed, value) pairs already shown
+    /// not to extend, so that a dozen operations stay affordable.
+    fn extend(
+        candidates: &[&Operation],
+        placed: &mut [bool],
+        state: Value,
+        dead: &mut BTreeSet<(Vec<bool>, Value)>,
+    ) -> bool {
         let all_answered_placed = candidates
             .iter()
             .zip(placed.iter())
             .all(|(op, placed)| *placed || matches!(op.outcome, Outcome::Unknown));
         if all_answered_placed {
             return true;
+        }
+        if dead.contains(&(placed.to_vec(), state.clone())) {
+            return false;
         }
         for next in 0..candidates.len() {
             if placed[next] || !may_come_next(candidates, placed, next) {
@@ -55,12 +64,13 @@ mod linearizability_oracle {
                 continue;
             };
             placed[next] = true;
-            let found = extend(candidates, placed, after);
+            let found = extend(candidates, placed, after, dead);
             placed[next] = false;
             if found {
                 return true;
             }
         }
+        dead.insert((placed.to_vec(), state));
         false
     }
 
@@ -158,9 +168,9 @@ mod linearizability_oracle {
         )
     }
 
-    /// Up to 7 operations (the oracle is factorial) on `keys` keys.
+    /// Up to 11 operations (the oracle is exponential) on `keys` keys.
     fn history(keys: u8, unknown_weight: u32) -> impl Strategy<Value = History> {
-        prop::collection::vec(operation(keys, unknown_weight), 0..8).prop_map(|operations| {
+        prop::collection::vec(operation(keys, unknown_weight), 0..12).prop_map(|operations| {
             let operations = operations
                 .into_iter()
                 .enumerate()
