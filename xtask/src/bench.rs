@@ -42,7 +42,10 @@ pub struct BenchResult {
 /// Runs the benchmark and writes its JSON; returns the path of the JSON file.
 pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
     args.validate()?;
-    let binary = build::build_node(!args.debug)?;
+    let binary = match &args.node_binary {
+        Some(path) => path.clone(),
+        None => build::build_node(!args.debug)?,
+    };
     let stamp = unix_seconds();
     let bench_dir = build::target_dir()?.join("bench");
     let work_dir = bench_dir.join(format!("cluster-{stamp}"));
@@ -133,7 +136,7 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
     json!({
         "bench": "cluster",
         "unix_time": unix_time,
-        "profile": if args.debug { "dev" } else { "release" },
+        "profile": profile(args),
         "nodes": args.nodes,
         "groups": args.groups,
         "clients": args.clients,
@@ -174,6 +177,14 @@ pub fn render(summary: &Value) -> String {
         ms(&latency["p99_9"]),
         ms(&latency["max"]),
     )
+}
+
+fn profile(args: &BenchClusterArgs) -> &'static str {
+    match (&args.node_binary, args.debug) {
+        (Some(_), _) => "prebuilt binary",
+        (None, true) => "dev",
+        (None, false) => "release",
+    }
 }
 
 fn client_loop(
@@ -235,6 +246,7 @@ mod tests {
             value_bytes: 256,
             keep: false,
             debug: false,
+            node_binary: None,
         }
     }
 

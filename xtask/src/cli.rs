@@ -82,6 +82,9 @@ pub struct BenchClusterArgs {
     /// the benchmark itself).
     #[arg(long)]
     pub debug: bool,
+    /// Run this node binary instead of building `nodedb-cluster`.
+    #[arg(long)]
+    pub node_binary: Option<PathBuf>,
 }
 
 impl TestClusterArgs {

@@ -68,11 +68,15 @@ pub fn start(behaviour: Behaviour) -> SocketAddr {
     addr
 }
 
-/// `cargo xtask fake-store --addr A`: serves a correct store on `addr` until killed.
-pub fn run_store(addr: SocketAddr) -> Result<()> {
+/// `cargo xtask fake-store --addr A [--lose-writes]`: serves a store on `addr` until killed.
+pub fn run_store(addr: SocketAddr, lose_writes: bool) -> Result<()> {
     let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     eprintln!("fake store listening on {addr}");
-    serve_store(listener, Behaviour::Correct);
+    let behaviour = match lose_writes {
+        true => Behaviour::LosesEveryFifthPut,
+        false => Behaviour::Correct,
+    };
+    serve_store(listener, behaviour);
     Ok(())
 }
 

@@ -44,6 +44,9 @@ enum Task {
     FakeStore {
         #[arg(long)]
         addr: SocketAddr,
+        /// Acknowledge every fifth put without storing it (a store that loses writes).
+        #[arg(long)]
+        lose_writes: bool,
     },
     /// Test stand-in: a fake node that relays its admin API to the fake store.
     #[command(hide = true)]
@@ -74,7 +77,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Task::FakeStore { addr } => exit_code(fake_node::run_store(addr)),
+        Task::FakeStore { addr, lose_writes } => exit_code(fake_node::run_store(addr, lose_writes)),
         Task::FakeNode { config } => exit_code(fake_node::run_node(&config)),
         Task::Bench(cli::BenchTarget::Cluster(args)) => match bench::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
