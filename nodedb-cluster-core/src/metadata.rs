@@ -213,7 +213,7 @@ impl MetadataState {
         if event != MetadataEvent::Unchanged
             && !matches!(event, MetadataEvent::MigrationExists { .. })
         {
-            self.changes_applied += 1;
+            self.changes_applied = self.changes_applied.saturating_add(1);
         }
         Ok(event)
     }

@@ -183,7 +183,8 @@ impl RoutingTable {
             return Ok(false);
         }
         self.vshard_groups[vshard.index()] = group;
-        self.routing_version += 1;
+        // Saturating: a version near u64::MAX only arrives from corrupt bytes; never panic.
+        self.routing_version = self.routing_version.saturating_add(1);
         Ok(true)
     }
 
@@ -279,7 +280,8 @@ impl RoutingTable {
             return Ok(false);
         }
         *slot = members;
-        self.routing_version += 1;
+        // Saturating: a version near u64::MAX only arrives from corrupt bytes; never panic.
+        self.routing_version = self.routing_version.saturating_add(1);
         Ok(true)
     }
 }

@@ -230,7 +230,11 @@ proptest! {
             let _ = state.apply(&command);
             state.validate().unwrap();
         }
-        if let Ok(state) = postcard::from_bytes::<MetadataState>(&bytes) {
+        if let Ok(mut state) = postcard::from_bytes::<MetadataState>(&bytes) {
+            state.validate().unwrap();
+            for command in &seed {
+                let _ = state.apply(command);
+            }
             state.validate().unwrap();
         }
         let _ = postcard::from_bytes::<MetadataEvent>(&bytes);

@@ -216,7 +216,14 @@ fn begin_migration(
         });
     }
     let id = state.next_migration_id;
-    state.next_migration_id = MigrationId(id.0 + 1);
+    // Ids are never reused, so an exhausted id space (only reachable from corrupt bytes)
+    // refuses new migrations instead of wrapping.
+    let Some(next) = id.0.checked_add(1) else {
+        return Err(MetadataError::TooManyMigrations {
+            max: MIGRATIONS_ACTIVE_MAX as u64,
+        });
+    };
+    state.next_migration_id = MigrationId(next);
     let phase = MigrationPhase::Planned;
     let migration = Migration {
         id,

@@ -459,3 +459,25 @@ fn snapshot_round_trip_validates() {
         MetadataState::new()
     );
 }
+
+#[test]
+fn counters_at_their_limit_do_not_panic() {
+    let mut state = bootstrapped(2);
+    state.next_migration_id = MigrationId(u64::MAX);
+    state.changes_applied = u64::MAX;
+    let begin = MetadataCommand::BeginMigration {
+        vshard: VShardId(0),
+        from: GroupId(1),
+        to: GroupId(2),
+    };
+    assert!(matches!(
+        refused(&mut state, begin),
+        MetadataError::TooManyMigrations { .. }
+    ));
+    let hint = MetadataCommand::SetLeaderHint {
+        group: GroupId(1),
+        leader: Some(NodeId(1)),
+    };
+    state.apply(&hint).unwrap();
+    assert_eq!(state.changes_applied(), u64::MAX);
+}
