@@ -112,13 +112,11 @@ pub fn check_with_limits(history: &History, limits: CheckLimits) -> Report {
             SearchResult::NotLinearizable(stuck) => {
                 problems.push(report::not_linearizable(key, &stuck));
             }
-            SearchResult::Exceeded => problems.push(Verdict::Unknown {
-                key: key.key.to_vec(),
-                reason: UnknownReason::ExploredStatesExceeded {
-                    explored_states_max: limits.explored_states_max,
-                    ops: key.ops.len() as u64,
-                },
-            }),
+            SearchResult::Exceeded(stuck) => problems.push(report::undecided(
+                key,
+                limits.explored_states_max,
+                stuck.as_ref(),
+            )),
         }
     }
     Report::from_keys(

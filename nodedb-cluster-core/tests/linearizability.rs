@@ -468,6 +468,33 @@ mod linearizability_cases {
     }
 
     #[test]
+    fn an_undecided_key_hints_where_the_search_got_stuck() {
+        let mut script = Script::default();
+        script.put(1, "a", 0, 1);
+        for (client, value) in [(2, "b"), (3, "c"), (4, "d")] {
+            script.put(client, value, 2, 10);
+        }
+        script.get(1, Some("zzz"), 11, 12);
+        let limits = CheckLimits {
+            explored_states_max: 6,
+        };
+        let report = check_with_limits(&script.recorder.history(), limits);
+        let Verdict::Unknown { hint, .. } = &report.verdict else {
+            panic!("expected undecided, got:\n{report}");
+        };
+        assert!(hint.contains("observed \"zzz\""), "{hint}");
+        assert!(
+            report.to_string().contains("a hint, not a proof"),
+            "{report}"
+        );
+        assert!(
+            check(&script.recorder.history())
+                .to_string()
+                .starts_with("NOT linearizable")
+        );
+    }
+
+    #[test]
     fn recorder_rejects_malformed_operations() {
         let mut recorder = HistoryRecorder::new();
         let put = recorder.invoke(1, KEY, OpKind::put("a"), 10);

@@ -27,11 +27,14 @@ pub enum Verdict {
         explanation: String,
         window: Vec<Operation>,
     },
-    /// The search for `key` stopped before reaching an answer. Not a pass.
+    /// The search for `key` stopped before reaching an answer. Not a pass. `hint` shows
+    /// where the search got furthest before it stopped, in the same form as a failure's
+    /// explanation: a likely place to look, not a proof. Empty if it never got stuck.
     Unknown {
         #[serde(with = "text_bytes")]
         key: Vec<u8>,
         reason: UnknownReason,
+        hint: String,
     },
 }
 
@@ -101,19 +104,22 @@ impl fmt::Display for Verdict {
         match self {
             Verdict::Linearizable => write!(f, "linearizable"),
             Verdict::NotLinearizable { explanation, .. } => write!(f, "{explanation}"),
-            Verdict::Unknown {
-                key,
-                reason:
-                    UnknownReason::ExploredStatesExceeded {
-                        explored_states_max,
-                        ops,
-                    },
-            } => write!(
-                f,
-                "key {} undecided: the search over its {ops} operations visited \
-                 {explored_states_max} states without an answer (explored_states_max)",
-                show(key)
-            ),
+            Verdict::Unknown { key, reason, hint } => {
+                let UnknownReason::ExploredStatesExceeded {
+                    explored_states_max,
+                    ops,
+                } = reason;
+                write!(
+                    f,
+                    "key {} undecided: the search over its {ops} operations visited \
+                     {explored_states_max} states without an answer (explored_states_max)",
+                    show(key)
+                )?;
+                if !hint.is_empty() {
+                    write!(f, ". Where it got furthest (a hint, not a proof):\n{hint}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -162,9 +168,39 @@ fn count(number: u64, noun: &str) -> String {
     format!("{number} {noun}{plural}")
 }
 
+/// The verdict for a key whose search stopped after `explored_states_max` states, the
+/// deepest it got stuck being `stuck`.
+pub(super) fn undecided(
+    key: &KeyHistory<'_>,
+    explored_states_max: u64,
+    stuck: Option<&StuckPoint>,
+) -> Verdict {
+    let mut hint = String::new();
+    if let Some(stuck) = stuck {
+        explain(key, stuck, &mut hint).expect("writing to a String cannot fail");
+    }
+    Verdict::Unknown {
+        key: key.key.to_vec(),
+        reason: UnknownReason::ExploredStatesExceeded {
+            explored_states_max,
+            ops: key.ops.len() as u64,
+        },
+        hint,
+    }
+}
+
 /// The verdict for a key whose search got stuck at `stuck`.
 pub(super) fn not_linearizable(key: &KeyHistory<'_>, stuck: &StuckPoint) -> Verdict {
     let mut text = String::new();
+    let clients: BTreeSet<u64> = key.ops.iter().map(|op| op.operation.client).collect();
+    writeln!(
+        text,
+        "key {} is not linearizable ({} operations from {} clients checked).",
+        show(key.key),
+        key.ops.len(),
+        clients.len()
+    )
+    .expect("writing to a String cannot fail");
     explain(key, stuck, &mut text).expect("writing to a String cannot fail");
     let mut window: BTreeSet<usize> = stuck.candidates.iter().copied().collect();
     window.extend(stuck.ordering_tail.iter().map(|(op, _)| *op));
@@ -181,15 +217,8 @@ pub(super) fn not_linearizable(key: &KeyHistory<'_>, stuck: &StuckPoint) -> Verd
     }
 }
 
+/// The deepest valid ordering, the operation it could not place and why nothing fits.
 fn explain(key: &KeyHistory<'_>, stuck: &StuckPoint, out: &mut String) -> fmt::Result {
-    let clients: BTreeSet<u64> = key.ops.iter().map(|op| op.operation.client).collect();
-    writeln!(
-        out,
-        "key {} is not linearizable ({} operations from {} clients checked).",
-        show(key.key),
-        key.ops.len(),
-        clients.len()
-    )?;
     writeln!(
         out,
         "The deepest valid ordering places {} of them; the value is then {}.",

@@ -41,7 +41,8 @@ pub(super) enum SearchResult {
     Linearizable,
     NotLinearizable(StuckPoint),
     /// The search visited `explored_states_max` states without an answer.
-    Exceeded,
+    /// With the deepest stuck point so far, if any: a hint, not a proof.
+    Exceeded(Option<StuckPoint>),
 }
 
 /// Where the deepest attempt got stuck: evidence for the report. Operations are indexes into
@@ -94,7 +95,7 @@ fn run(search: &mut Search<'_, '_>, explored_states_max: u64) -> SearchResult {
             (Event::Call(op), _) => {
                 if search.try_place(op, node) {
                     if search.explored_states > explored_states_max {
-                        return SearchResult::Exceeded;
+                        return SearchResult::Exceeded(search.stuck.take());
                     }
                     entry = search.list.first();
                     pass = Pass::Answered;
@@ -728,6 +729,9 @@ mod tests {
     fn the_state_bound_stops_the_search() {
         let history = small_history();
         let keys = split_by_key(&history);
-        assert!(matches!(search(&keys[0], 1).result, SearchResult::Exceeded));
+        assert!(matches!(
+            search(&keys[0], 1).result,
+            SearchResult::Exceeded(_)
+        ));
     }
 }
