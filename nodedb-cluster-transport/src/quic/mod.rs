@@ -14,7 +14,7 @@ pub use breaker::{
     RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN,
 };
 
-use crate::codec::{Frame, FrameKind, read_required_frame, write_frame};
+use crate::codec::{Frame, FrameError, FrameKind, encode_header, read_required_frame};
 use crate::tls::{self, TlsError, TlsMode};
 use crate::{
     BoxFuture, Bytes, Handler, OutboundStream, RPC_PAYLOAD_BYTES_MAX, Transport, TransportError,
@@ -249,8 +249,8 @@ impl QuicTransport {
         let (_connection, mut send, recv) = self.stream_to(to, deadline).await?;
         let node = self.node;
         let open = async {
-            write_frame(&mut send, &Frame::hello(node)).await?;
-            write_frame(&mut send, &Frame::new(FrameKind::StreamOpen, header)).await
+            let open = Frame::new(FrameKind::StreamOpen, header);
+            send_frames(&mut send, &[&Frame::hello(node), &open]).await
         };
         match tokio::time::timeout_at(deadline, open).await {
             Err(_elapsed) => Err(TransportError::Timeout { node: to }),
@@ -488,8 +488,8 @@ async fn rpc(
     deadline: Instant,
 ) -> Result<Bytes, TransportError> {
     let exchange = async {
-        write_frame(&mut send, &Frame::hello(local)).await?;
-        write_frame(&mut send, &Frame::new(FrameKind::Request, request)).await?;
+        let request = Frame::new(FrameKind::Request, request);
+        send_frames(&mut send, &[&Frame::hello(local), &request]).await?;
         let _ = send.finish();
         read_required_frame(&mut recv).await
     };
@@ -498,6 +498,25 @@ async fn rpc(
         Ok(Err(error)) => Err(error.into_transport(to)),
         Ok(Ok(frame)) => response_of(to, frame),
     }
+}
+
+/// Writes `frames` in one go (headers and bodies as separate chunks, bodies not copied), so a
+/// small RPC costs one write rather than one per header and body.
+pub(crate) async fn send_frames(
+    send: &mut quinn::SendStream,
+    frames: &[&Frame],
+) -> Result<(), FrameError> {
+    let mut chunks = Vec::with_capacity(frames.len() * 2);
+    for frame in frames {
+        let header = encode_header(frame.kind, &frame.body)?;
+        chunks.push(Bytes::copy_from_slice(&header));
+        if !frame.body.is_empty() {
+            chunks.push(frame.body.clone());
+        }
+    }
+    send.write_all_chunks(&mut chunks)
+        .await
+        .map_err(|error| FrameError::Io(error.to_string()))
 }
 
 /// The answer carried by a response frame.

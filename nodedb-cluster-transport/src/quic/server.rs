@@ -4,8 +4,8 @@
 //! logged; a peer claiming another node's id loses its whole connection.
 
 use super::stream::QuicSource;
-use super::{CLOSE_IDENTITY_MISMATCH, CLOSE_NO_IDENTITY, Shared};
-use crate::codec::{Frame, FrameError, FrameKind, read_required_frame, write_frame};
+use super::{CLOSE_IDENTITY_MISMATCH, CLOSE_NO_IDENTITY, Shared, send_frames};
+use crate::codec::{Frame, FrameError, FrameKind, read_required_frame};
 use crate::tls::node_id_from_cert;
 use crate::{Bytes, Handler, HandlerError, InboundStream};
 use nodedb_cluster_core::NodeId;
@@ -172,7 +172,7 @@ async fn serve_stream_frames(
         Ok(body) => Frame::new(FrameKind::Response, body),
         Err(error) => Frame::error_response(&error),
     };
-    if let Err(error) = write_frame(send, &answer).await {
+    if let Err(error) = send_frames(send, &[&answer]).await {
         tracing::debug!(node = %shared.node, %from, %error, "could not send the answer");
     }
     // Dropping a finished stream still delivers what was written.

@@ -2,9 +2,7 @@
 //! total length and CRC32C; the receiver reads a frame only when its handler asks for the next
 //! chunk, so QUIC flow control holds the sender back and memory stays bounded on both sides.
 
-use crate::codec::{
-    Frame, FrameKind, StreamChecksum, read_frame, read_required_frame, write_frame,
-};
+use crate::codec::{Frame, FrameKind, StreamChecksum, read_frame, read_required_frame};
 use crate::{BoxFuture, Bytes, ChunkSink, ChunkSource, TransportError};
 use nodedb_cluster_core::NodeId;
 use std::time::Duration;
@@ -78,7 +76,9 @@ impl ChunkSink for QuicSink {
             }
             self.checksum.update(&chunk);
             let frame = Frame::new(FrameKind::StreamChunk, chunk);
-            let written = tokio::time::timeout(self.timeout, write_frame(&mut self.send, &frame));
+            let frames = [&frame];
+            let written =
+                tokio::time::timeout(self.timeout, super::send_frames(&mut self.send, &frames));
             match written.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => {
@@ -107,7 +107,7 @@ impl ChunkSink for QuicSink {
             let timeout = self.timeout;
             let sink = &mut *self;
             let finish = async {
-                write_frame(&mut sink.send, &end).await?;
+                super::send_frames(&mut sink.send, &[&end]).await?;
                 let _ = sink.send.finish();
                 read_required_frame(&mut sink.recv).await
             };
