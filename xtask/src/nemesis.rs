@@ -161,8 +161,10 @@ fn run_fault(
     let killed_at_us = recorder.now_us();
     let killed = Instant::now();
     set_phase(phase, &format!("node {node} down ({})", fault.kind));
+    // Watched only while the victim is down, so the schedule is kept whatever happens.
     let metadata_leader_after_us = match groups_led.contains(&0) {
-        true => wait_new_leader(cluster, 0, node, stop).map(|after| after.as_micros() as u64),
+        true => wait_new_leader(cluster, 0, node, killed, killed + fault.down_for, stop)
+            .map(|after| u64::try_from(after.as_micros()).unwrap_or(u64::MAX)),
         false => None,
     };
     sleep_until(killed + fault.down_for, stop);
@@ -213,18 +215,30 @@ fn find_leader(cluster: &Cluster, group: u32) -> Result<(u64, Vec<u32>)> {
     bail!("no leader of group {group} found within {LEADER_WAIT:?}: {last}")
 }
 
-/// How long until some node other than `old` is reported leading `group`.
-fn wait_new_leader(cluster: &Cluster, group: u32, old: u64, stop: &AtomicBool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < LEADER_WAIT && !stop.load(Ordering::Relaxed) {
-        let leader = cluster.view_from_any().and_then(|view| {
-            view.groups
-                .into_iter()
-                .find(|candidate| candidate.id == group)
-                .and_then(|candidate| candidate.leader)
-        });
-        if leader.is_some_and(|leader| leader != old) {
-            return Some(started.elapsed());
+/// Time from `since` until any running node reports a leader of `group` other than `old`;
+/// `None` if none does before `deadline`.
+fn wait_new_leader(
+    cluster: &Cluster,
+    group: u32,
+    old: u64,
+    since: Instant,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Option<Duration> {
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        let new_leader = cluster
+            .node_ids()
+            .into_iter()
+            .filter(|node| cluster.is_running(*node))
+            .filter_map(|node| cluster.view(node).ok())
+            .filter_map(|view| {
+                view.groups
+                    .into_iter()
+                    .find(|candidate| candidate.id == group)
+            })
+            .any(|view| view.leader.is_some_and(|leader| leader != old));
+        if new_leader {
+            return Some(since.elapsed());
         }
         std::thread::sleep(POLL_INTERVAL);
     }

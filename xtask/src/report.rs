@@ -142,7 +142,7 @@ impl RunReport {
             writeln!(
                 out,
                 "(window: data group = kill to the first successful write invoked after it; \
-                 group 0 = kill to a new leader seen)"
+                 group 0 = kill to a new leader reported by any node while the old one is down)"
             )?;
         }
         let verdict = if self.passed() { "PASSED" } else { "FAILED" };
