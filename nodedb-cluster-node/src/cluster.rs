@@ -7,6 +7,7 @@ use crate::control_server::ControlServer;
 use crate::group_client::GroupClient;
 use crate::hosting;
 use crate::mux::{Channel, Multiplexer};
+use crate::reconciler::{self, ReconcilerContext};
 use nodedb_cluster_catalog::{Catalog, CatalogError, ClusterId as StoredClusterId};
 use nodedb_cluster_core::metadata::ClusterId;
 use nodedb_cluster_core::{
@@ -57,6 +58,8 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     pub tls: TlsMode,
     pub timings: RaftTimings,
+    /// A node silent this long is marked Down and its replicas are replaced.
+    pub node_down_timeout: Duration,
 }
 
 /// Why a node could not start. Each message says what to do.
@@ -504,18 +507,34 @@ impl Cluster {
     }
 
     fn spawn_background_tasks(&self) {
-        let hosting = tokio::spawn(hosting::run(
-            self.node(),
-            self.inner.raft.clone(),
-            self.inner.mux.inner().clone(),
-            self.inner.metadata.clone(),
-            self.inner.stop.subscribe(),
-        ));
-        self.inner
+        let inner = &self.inner;
+        let context = ReconcilerContext {
+            node: self.node(),
+            raft: inner.raft.clone(),
+            groups: inner.groups.clone(),
+            control: inner.mux.channel(Channel::Control),
+            metadata: inner.metadata.clone(),
+            down_timeout: inner.config.node_down_timeout,
+        };
+        let tasks = [
+            tokio::spawn(hosting::run(
+                self.node(),
+                inner.raft.clone(),
+                inner.mux.inner().clone(),
+                inner.metadata.clone(),
+                inner.stop.subscribe(),
+            )),
+            tokio::spawn(reconciler::run(context.clone(), inner.stop.subscribe())),
+            tokio::spawn(reconciler::publish_leader_hints(
+                context,
+                inner.stop.subscribe(),
+            )),
+        ];
+        inner
             .tasks
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .push(hosting);
+            .extend(tasks);
     }
 }
 

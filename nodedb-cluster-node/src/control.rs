@@ -89,6 +89,13 @@ pub enum ControlError {
     /// Another membership change of the group is still in progress; nothing was changed.
     #[error("a membership change of {group} is in progress")]
     MembershipBusy { group: GroupId },
+    /// A learner is too far behind to become a voter yet; nothing was changed.
+    #[error("{node} is {lag} entries behind in {group}; not promoted yet")]
+    NotCaughtUp {
+        group: GroupId,
+        node: NodeId,
+        lag: u64,
+    },
     /// The request is invalid (bad bytes, refused join, invalid membership change).
     #[error("refused: {0}")]
     Invalid(String),

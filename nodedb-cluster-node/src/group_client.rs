@@ -3,6 +3,7 @@
 //! Control channel. Retries are bounded; a timeout after proposing stays "outcome unknown".
 
 use crate::control::{ControlError, ControlRequest, ControlResponse, MembershipChange};
+use crate::reconciler::CAUGHT_UP_LAG_MAX;
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_raft::{AppliedMetadata, MultiRaft, ReadConsistency};
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
@@ -257,7 +258,18 @@ pub async fn serve_locally(
                     node: learner,
                     addr,
                 } => raft.add_learner(group, learner, addr).await,
-                MembershipChange::Promote { node: learner } => raft.promote(group, learner).await,
+                MembershipChange::Promote { node: learner } => {
+                    if let Some(lag) = learner_lag(raft, group, learner)
+                        && lag > CAUGHT_UP_LAG_MAX
+                    {
+                        return Err(ControlError::NotCaughtUp {
+                            group,
+                            node: learner,
+                            lag,
+                        });
+                    }
+                    raft.promote(group, learner).await
+                }
                 MembershipChange::Remove { node: member } => {
                     raft.remove_replica(group, member).await
                 }
@@ -268,6 +280,16 @@ pub async fn serve_locally(
                 .map_err(|error| ControlError::from_membership(node, error))
         }
     }
+}
+
+/// How far `learner` is behind this leader's log, if this node leads `group` and knows.
+fn learner_lag(raft: &MultiRaft, group: GroupId, learner: NodeId) -> Option<u64> {
+    let status = raft.status(group)?;
+    status
+        .followers
+        .iter()
+        .find(|follower| follower.node == learner)
+        .map(|follower| follower.lag)
 }
 
 /// Maps a transport failure: after a write may have been delivered, the outcome is unknown;

@@ -15,5 +15,6 @@ pub use config::{ConfigError, NodeConfig};
 pub mod http;
 pub mod mux;
 pub mod node_service;
+mod reconciler;
 pub mod run;
 pub mod service;

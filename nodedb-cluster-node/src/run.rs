@@ -91,6 +91,7 @@ pub fn cluster_config(config: &NodeConfig) -> Result<ClusterConfig> {
             snapshot_logs_since_last: raft.snapshot_logs_since_last,
             ..RaftTimings::default()
         },
+        node_down_timeout: std::time::Duration::from_millis(raft.node_down_timeout_ms),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Whole nodes in one process over the in-memory network: bootstrap, join, restart, and the
 //! KV store served through any node.
 
-use nodedb_cluster_core::NodeId;
+use nodedb_cluster_core::{NodeId, NodeState};
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig, start_cluster_on};
 use nodedb_cluster_node::node_service::NodeService;
 use nodedb_cluster_node::service::{ClusterService, ReadConsistency};
@@ -32,6 +32,7 @@ fn config(node: u64, seeds: &[u64], data_root: &Path) -> ClusterConfig {
         data_dir: data_root.join(format!("node-{node}")),
         tls: TlsMode::Insecure,
         timings: RaftTimings::for_tests(),
+        node_down_timeout: Duration::from_secs(2),
     }
 }
 
@@ -144,6 +145,133 @@ async fn nodes_started_together_form_one_cluster() {
         }
     }
     for cluster in &nodes {
+        cluster.shutdown().await;
+    }
+}
+
+/// True when every group of `cluster`'s metadata has `voters` voters, none of them `absent`.
+fn fully_replicated(cluster: &Cluster, voters: usize, absent: Option<NodeId>) -> bool {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    let Some(routing) = applied.state.routing() else {
+        return false;
+    };
+    routing.groups().all(|(_, members)| {
+        members.voters.len() == voters
+            && members
+                .learners
+                .iter()
+                .chain(&members.voters)
+                .all(|node| Some(*node) != absent)
+    })
+}
+
+fn node_state(cluster: &Cluster, node: u64) -> Option<NodeState> {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    applied
+        .state
+        .topology()
+        .get(NodeId(node))
+        .map(|info| info.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_reach_the_replication_factor_on_every_group() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(13);
+    let seeds = [1, 2, 3];
+    let (first, second, third) = tokio::join!(
+        start(&network, config(1, &seeds, data.path())),
+        start(&network, config(2, &seeds, data.path())),
+        start(&network, config(3, &seeds, data.path())),
+    );
+    let nodes = [first, second, third];
+    eventually("every group to have three voters", || async {
+        fully_replicated(&nodes[0], 3, None)
+    })
+    .await;
+    eventually("every node to be active", || async {
+        (1..=3).all(|node| node_state(&nodes[0], node) == Some(NodeState::Active))
+    })
+    .await;
+    eventually("every replica to see three voters", || async {
+        nodes.iter().all(|cluster| {
+            cluster.raft().groups().len() == NUM_GROUPS as usize + 1
+                && cluster.raft().groups().iter().all(|group| {
+                    cluster
+                        .raft()
+                        .status(*group)
+                        .is_some_and(|status| status.voters.len() == 3)
+                })
+        })
+    })
+    .await;
+    for cluster in &nodes {
+        cluster.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_marked_down_and_replaced() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(14);
+    let seeds = [1, 2, 3];
+    let (first, second, third) = tokio::join!(
+        start(&network, config(1, &seeds, data.path())),
+        start(&network, config(2, &seeds, data.path())),
+        start(&network, config(3, &seeds, data.path())),
+    );
+    let fourth = start(&network, config(4, &seeds, data.path())).await;
+    let nodes = [first, second, third, fourth];
+    eventually("full replication on four nodes", || async {
+        fully_replicated(&nodes[0], 3, None)
+            && (1..=4).all(|node| node_state(&nodes[0], node) == Some(NodeState::Active))
+    })
+    .await;
+
+    let metadata_leader = nodes[0]
+        .raft()
+        .status(nodedb_cluster_core::METADATA_GROUP)
+        .unwrap()
+        .leader
+        .unwrap();
+    let victim = nodes
+        .iter()
+        .find(|cluster| cluster.node() != metadata_leader)
+        .unwrap()
+        .clone();
+    victim.shutdown().await;
+    network.crash(victim.node());
+    let survivor = nodes
+        .iter()
+        .find(|cluster| cluster.node() != victim.node())
+        .unwrap()
+        .clone();
+    eventually("the dead node to be marked Down", || async {
+        node_state(&survivor, victim.node().0) == Some(NodeState::Down)
+    })
+    .await;
+    eventually("its replicas to be replaced", || async {
+        fully_replicated(&survivor, 3, Some(victim.node()))
+    })
+    .await;
+    let service = NodeService::new(survivor.clone());
+    service
+        .kv_put("after-failure".into(), b"ok".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        service
+            .kv_get("after-failure".into(), ReadConsistency::Linearizable)
+            .await
+            .unwrap(),
+        Some(b"ok".to_vec())
+    );
+    for cluster in nodes
+        .iter()
+        .filter(|cluster| cluster.node() != victim.node())
+    {
         cluster.shutdown().await;
     }
 }

@@ -1,0 +1,262 @@
+//! The placement reconciler and failure detector. It runs on every node but acts only while
+//! the node leads the metadata group: it pings every member, marks silent ones Down and
+//! returning ones Active again (damped), admits caught-up joiners, and carries out the core
+//! planner's steps at each group's leader, recording each result in group 0.
+
+use crate::control::{ControlError, ControlRequest, MembershipChange};
+use crate::group_client::GroupClient;
+use nodedb_cluster_core::{
+    METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, PlacementStep,
+};
+use nodedb_cluster_raft::{
+    AppliedMetadata, MetadataOutcome, MultiRaft, decode_metadata_outcome, encode_metadata_command,
+};
+use nodedb_cluster_transport::{Bytes, Transport};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Pause between reconciliation rounds.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
+/// Deadline of one liveness ping.
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
+/// A Down node must answer pings this long, without a gap, before it is Active again.
+pub const RECOVERY_DAMPING: Duration = Duration::from_secs(3);
+/// Entries a learner may still miss and count as caught up.
+pub const CAUGHT_UP_LAG_MAX: u64 = 64;
+
+/// What the reconciler needs from the node.
+#[derive(Clone)]
+pub struct ReconcilerContext {
+    pub node: NodeId,
+    pub raft: MultiRaft,
+    pub groups: GroupClient,
+    pub control: Arc<dyn Transport>,
+    pub metadata: watch::Receiver<AppliedMetadata>,
+    /// A node silent this long is marked Down.
+    pub down_timeout: Duration,
+}
+
+/// Liveness as the metadata leader sees it.
+#[derive(Debug, Default)]
+struct Liveness {
+    last_seen: HashMap<NodeId, Instant>,
+    reachable_since: HashMap<NodeId, Instant>,
+}
+
+/// Reconciles until `stop` turns true.
+pub async fn run(context: ReconcilerContext, mut stop: watch::Receiver<bool>) {
+    let mut liveness: Option<Liveness> = None;
+    loop {
+        let leads = context
+            .raft
+            .status(METADATA_GROUP)
+            .is_some_and(|status| status.leader == Some(context.node));
+        if leads {
+            // A new leader gives every node a full timeout before judging it.
+            let state = liveness.get_or_insert_with(|| fresh_liveness(&context));
+            round(&context, state).await;
+        } else {
+            liveness = None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+/// Records this node's leaderships in the routing table's leader hints, so that forwarding
+/// and leader balancing see who leads. Runs on every node.
+pub async fn publish_leader_hints(context: ReconcilerContext, mut stop: watch::Receiver<bool>) {
+    let mut changes = context.raft.leader_changes();
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let change = match change {
+            Ok(change) => change,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if change.leader != Some(context.node) || change.group.is_metadata() {
+            continue;
+        }
+        let recorded = context
+            .metadata
+            .borrow()
+            .state
+            .routing()
+            .and_then(|routing| routing.members(change.group))
+            .and_then(|members| members.leader_hint);
+        if recorded != Some(context.node) {
+            let command = MetadataCommand::SetLeaderHint {
+                group: change.group,
+                leader: Some(context.node),
+            };
+            if let Err(error) = propose(&context, &command).await {
+                tracing::debug!(group = %change.group, %error, "could not record leader hint");
+            }
+        }
+    }
+}
+
+fn fresh_liveness(context: &ReconcilerContext) -> Liveness {
+    let now = Instant::now();
+    let metadata = context.metadata.borrow();
+    let last_seen = metadata
+        .state
+        .topology()
+        .nodes()
+        .map(|node| (node.id, now))
+        .collect();
+    Liveness {
+        last_seen,
+        reachable_since: HashMap::new(),
+    }
+}
+
+async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
+    let state = context.metadata.borrow().state.clone();
+    ping_members(context, &state, liveness).await;
+    for command in node_state_changes(context, &state, liveness) {
+        if let Err(error) = propose(context, &command).await {
+            tracing::warn!(?command, %error, "node state change not recorded");
+        }
+    }
+    let steps = state.plan_placement();
+    let executions = steps.iter().map(|step| execute(context, &state, *step));
+    for (step, result) in steps
+        .iter()
+        .zip(futures::future::join_all(executions).await)
+    {
+        match result {
+            Ok(()) => tracing::info!(?step, "placement step done"),
+            Err(error) => tracing::debug!(?step, %error, "placement step not done yet"),
+        }
+    }
+}
+
+async fn ping_members(context: &ReconcilerContext, state: &MetadataState, liveness: &mut Liveness) {
+    let now = Instant::now();
+    let peers: Vec<NodeId> = state
+        .topology()
+        .nodes()
+        .filter(|node| node.id != context.node && node.state != NodeState::Decommissioned)
+        .map(|node| node.id)
+        .collect();
+    let request = Bytes::from(ControlRequest::Identify.encode());
+    let pings = peers
+        .iter()
+        .map(|peer| context.control.call(*peer, request.clone(), PING_TIMEOUT));
+    let answers = futures::future::join_all(pings).await;
+    for (peer, answer) in peers.into_iter().zip(answers) {
+        liveness.last_seen.entry(peer).or_insert(now);
+        if answer.is_ok() {
+            liveness.last_seen.insert(peer, now);
+            liveness.reachable_since.entry(peer).or_insert(now);
+        } else {
+            liveness.reachable_since.remove(&peer);
+        }
+    }
+    liveness.last_seen.insert(context.node, now);
+}
+
+/// The lifecycle commands this round calls for, at most one per node.
+fn node_state_changes(
+    context: &ReconcilerContext,
+    state: &MetadataState,
+    liveness: &Liveness,
+) -> Vec<MetadataCommand> {
+    let now = Instant::now();
+    let metadata_followers = context
+        .raft
+        .status(METADATA_GROUP)
+        .map(|status| status.followers)
+        .unwrap_or_default();
+    let mut commands = Vec::new();
+    for node in state.topology().nodes() {
+        let silent_for = liveness
+            .last_seen
+            .get(&node.id)
+            .map_or(Duration::ZERO, |seen| now.duration_since(*seen));
+        let reachable_for = liveness
+            .reachable_since
+            .get(&node.id)
+            .map(|since| now.duration_since(*since));
+        let next = match node.state {
+            NodeState::Joining | NodeState::Active | NodeState::Draining
+                if silent_for > context.down_timeout =>
+            {
+                Some(NodeState::Down)
+            }
+            NodeState::Down if reachable_for.is_some_and(|period| period >= RECOVERY_DAMPING) => {
+                Some(NodeState::Active)
+            }
+            NodeState::Joining => {
+                let caught_up = metadata_followers
+                    .iter()
+                    .any(|follower| follower.node == node.id && follower.lag <= CAUGHT_UP_LAG_MAX);
+                caught_up.then_some(NodeState::Active)
+            }
+            _ => None,
+        };
+        if let Some(next) = next {
+            tracing::info!(node = %node.id, from = ?node.state, to = ?next, "node state change");
+            commands.push(MetadataCommand::SetNodeState {
+                node: node.id,
+                state: next,
+            });
+        }
+    }
+    commands
+}
+
+/// Carries out one step at the group's leader, then records it in the metadata.
+async fn execute(
+    context: &ReconcilerContext,
+    state: &MetadataState,
+    step: PlacementStep,
+) -> Result<(), String> {
+    let routing = state.routing().ok_or("no routing")?;
+    let record = step
+        .to_command(routing)
+        .map_err(|error| error.to_string())?;
+    let change = match step {
+        PlacementStep::AddLearner { node, .. } => {
+            let addr = state
+                .topology()
+                .get(node)
+                .map(|info| info.addr.as_str().to_string())
+                .ok_or_else(|| format!("{node} has no address"))?;
+            MembershipChange::AddLearner { node, addr }
+        }
+        PlacementStep::Promote { node, .. } => MembershipChange::Promote { node },
+        PlacementStep::RemoveReplica { node, .. } => MembershipChange::Remove { node },
+        PlacementStep::TransferLeader { to, .. } => MembershipChange::TransferLeader { to },
+    };
+    match context.groups.change_membership(step.group(), change).await {
+        Ok(()) => {}
+        // The change is already in place (a retried step whose record was lost).
+        Err(ControlError::Invalid(reason)) => {
+            tracing::debug!(?step, %reason, "step already carried out; recording it");
+        }
+        Err(error) => return Err(error.to_string()),
+    }
+    propose(context, &record).await
+}
+
+async fn propose(context: &ReconcilerContext, command: &MetadataCommand) -> Result<(), String> {
+    let (_, response) = context
+        .groups
+        .propose(METADATA_GROUP, encode_metadata_command(command))
+        .await
+        .map_err(|error| error.to_string())?;
+    match decode_metadata_outcome(&response) {
+        Some(MetadataOutcome::Applied(_)) => Ok(()),
+        other => Err(format!("metadata answered {other:?}")),
+    }
+}
