@@ -256,3 +256,82 @@ proptest! {
         let _ = postcard::from_bytes::<PeerAddr>(&bytes);
     }
 }
+
+/// The metadata snapshot is persisted by the catalog and sent to lagging replicas; its
+/// encoding is pinned by length and xxh64 of the bytes (the full text would be ~1 KiB).
+#[test]
+fn metadata_state_golden_digest() {
+    let mut state = MetadataState::new();
+    for (command, _) in golden_commands().into_iter().take(2) {
+        state.apply(&command).unwrap();
+    }
+    let more = [
+        MetadataCommand::SetNodeState {
+            node: NodeId(3),
+            state: NodeState::Active,
+        },
+        MetadataCommand::SetGroupMembers {
+            group: GroupId(2),
+            voters: BTreeSet::from([NodeId(1), NodeId(3)]),
+            learners: BTreeSet::new(),
+        },
+        MetadataCommand::SetLeaderHint {
+            group: GroupId(2),
+            leader: Some(NodeId(3)),
+        },
+        MetadataCommand::BeginMigration {
+            vshard: VShardId(0),
+            from: GroupId(1),
+            to: GroupId(2),
+        },
+        MetadataCommand::AdvanceMigration {
+            id: MigrationId(1),
+            phase: MigrationPhase::Copying,
+        },
+    ];
+    for command in &more {
+        state.apply(command).unwrap();
+    }
+    let bytes = postcard::to_allocvec(&state).unwrap();
+    let digest = nodedb_cluster_core::routing::xxh64(&bytes, 0);
+    assert_eq!(
+        (bytes.len(), format!("{digest:016x}")),
+        (1163, "17124b5aa636b5d3".to_owned()),
+        "MetadataState encoding changed; stored snapshots would no longer decode"
+    );
+}
+
+/// Answers to proposals travel between nodes (forwarded proposals), so their encoding is
+/// pinned too.
+#[test]
+fn metadata_event_and_error_golden_bytes() {
+    let answers: Vec<(Result<MetadataEvent, MetadataError>, &str)> = vec![
+        (Ok(MetadataEvent::Unchanged), "0000"),
+        (
+            Ok(MetadataEvent::MigrationFinished {
+                id: MigrationId(5),
+                vshard: VShardId(1023),
+                to: GroupId(2),
+                routing_version: 300,
+            }),
+            "000905ff0702ac02",
+        ),
+        (Err(MetadataError::NotBootstrapped), "0100"),
+        (
+            Err(MetadataError::NotOwner {
+                vshard: VShardId(3),
+                group: GroupId(2),
+                owner: GroupId(4),
+            }),
+            "0109030204",
+        ),
+    ];
+    let mut mismatches = Vec::new();
+    for (answer, golden) in answers {
+        let bytes = postcard::to_allocvec(&answer).unwrap();
+        if hex(&bytes) != golden {
+            mismatches.push(format!("{answer:?}\n  encodes as {}", hex(&bytes)));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
