@@ -46,10 +46,10 @@
 //! failure, which costs more: with a bad read 90% of the way through, 5 000 to 20 000 states
 //! for 1000 operations from 4 clients (well under a second), but 1.3 to 2 million for 3000
 //! operations from 8 busy clients on one key, beyond the default bound (roughly 10 µs per
-//! state in debug; under 50 MB). The search visits at
-//! most [`CheckLimits::explored_states_max`] states per key and then answers
-//! [`Verdict::Unknown`] (with a hint of where it got furthest), never a false pass; spreading a
-//! workload over more keys keeps each key's search small.
+//! state in debug; under 50 MB). The search visits at most
+//! [`CheckLimits::explored_states_max`] states per key and then answers [`Verdict::Unknown`]
+//! (with a hint of where it got furthest), never a false pass; spreading a workload over more
+//! keys keeps each key's search small.
 //!
 //! # Lost writes
 //!
