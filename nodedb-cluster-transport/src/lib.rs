@@ -11,6 +11,8 @@
 //!   `QuicTransport::bind(QuicConfig { node_id, listen_addr, tls: TlsMode::Secure(material),
 //!   timings: QuicTimings::default() })` inside a tokio runtime, `set_handler`, and
 //!   `set_peer_addr` for every peer. The peer's node id is taken from its certificate.
+//!   Before any id is known (joining through seed addresses), [`Transport::call_addr`] calls
+//!   whoever answers at an address and reports the id its certificate names.
 //! - Tests: `let network = MemoryNetwork::with_fault_plan(seed, plan)`, one
 //!   `network.register(node)` per node, and drive faults with `partition`, `cut`, `isolate`,
 //!   `heal`, `crash`, `restart`, `set_fault_plan`. The same seed replays the same faults.
