@@ -2,8 +2,8 @@
 //! full before the first mutation, so a refused command leaves the state exactly as it was.
 
 use super::{
-    MIGRATION_HISTORY_MAX, MIGRATIONS_ACTIVE_MAX, MetadataCommand, MetadataError, MetadataEvent,
-    MetadataState, Migration, MigrationId, MigrationPhase, REPLICATION_FACTOR_MAX,
+    ClusterId, MIGRATION_HISTORY_MAX, MIGRATIONS_ACTIVE_MAX, MetadataCommand, MetadataError,
+    MetadataEvent, MetadataState, Migration, MigrationId, MigrationPhase, REPLICATION_FACTOR_MAX,
 };
 use crate::ids::{GroupId, METADATA_GROUP, NodeId, VShardId};
 use crate::routing::{GroupMembers, RoutingTable, validate_members};
@@ -14,26 +14,20 @@ pub(super) fn apply(
     state: &mut MetadataState,
     command: &MetadataCommand,
 ) -> Result<MetadataEvent, MetadataError> {
-    if let MetadataCommand::Bootstrap {
-        cluster_id,
-        num_groups,
-        replication_factor,
-        first_node,
-    } = command
-    {
-        return bootstrap(
+    match command {
+        MetadataCommand::Bootstrap {
+            cluster_id,
+            num_groups,
+            replication_factor,
+            first_node,
+        } => bootstrap(
             state,
             *cluster_id,
             *num_groups,
             *replication_factor,
             first_node,
-        );
-    }
-    if state.routing.is_none() {
-        return Err(MetadataError::NotBootstrapped);
-    }
-    match command {
-        MetadataCommand::Bootstrap { .. } => Err(MetadataError::NotBootstrapped),
+        ),
+        _ if state.routing.is_none() => Err(MetadataError::NotBootstrapped),
         MetadataCommand::AddNode { node } => match state.topology.insert(node.clone())? {
             true => Ok(MetadataEvent::NodeAdded { node: node.id }),
             false => Ok(MetadataEvent::Unchanged),
@@ -56,7 +50,7 @@ pub(super) fn apply(
 
 fn bootstrap(
     state: &mut MetadataState,
-    cluster_id: super::ClusterId,
+    cluster_id: ClusterId,
     num_groups: u32,
     replication_factor: u8,
     first_node: &NodeInfo,
