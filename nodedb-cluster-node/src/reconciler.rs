@@ -69,37 +69,40 @@ pub async fn run(context: ReconcilerContext, mut stop: watch::Receiver<bool>) {
 }
 
 /// Records this node's leaderships in the routing table's leader hints, so that forwarding
-/// and leader balancing see who leads. Runs on every node.
+/// and leader balancing see who leads. Runs on every node; scans its own replicas each round,
+/// so leaderships won before it started are recorded too.
 pub async fn publish_leader_hints(context: ReconcilerContext, mut stop: watch::Receiver<bool>) {
-    let mut changes = context.raft.leader_changes();
     loop {
-        let change = tokio::select! {
-            change = changes.recv() => change,
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        };
-        let change = match change {
-            Ok(change) => change,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        if change.leader != Some(context.node) || change.group.is_metadata() {
-            continue;
-        }
-        let recorded = context
-            .metadata
-            .borrow()
-            .state
-            .routing()
-            .and_then(|routing| routing.members(change.group))
-            .and_then(|members| members.leader_hint);
-        if recorded != Some(context.node) {
-            let command = MetadataCommand::SetLeaderHint {
-                group: change.group,
-                leader: Some(context.node),
-            };
-            if let Err(error) = propose(&context, &command).await {
-                tracing::debug!(group = %change.group, %error, "could not record leader hint");
+        for group in context
+            .raft
+            .groups()
+            .into_iter()
+            .filter(|group| !group.is_metadata())
+        {
+            let leads = context
+                .raft
+                .status(group)
+                .is_some_and(|status| status.leader == Some(context.node));
+            let recorded = context
+                .metadata
+                .borrow()
+                .state
+                .routing()
+                .and_then(|routing| routing.members(group))
+                .and_then(|members| members.leader_hint);
+            if leads && recorded != Some(context.node) {
+                let command = MetadataCommand::SetLeaderHint {
+                    group,
+                    leader: Some(context.node),
+                };
+                if let Err(error) = propose(&context, &command).await {
+                    tracing::debug!(%group, %error, "could not record leader hint");
+                }
             }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
 }

@@ -275,3 +275,41 @@ async fn a_dead_node_is_marked_down_and_replaced() {
         cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_spread_over_the_nodes() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(15);
+    let seeds = [1, 2, 3];
+    let (first, second, third) = tokio::join!(
+        start(&network, config(1, &seeds, data.path())),
+        start(&network, config(2, &seeds, data.path())),
+        start(&network, config(3, &seeds, data.path())),
+    );
+    let nodes = [first, second, third];
+    let leaders_per_node = || {
+        let mut counts = [0usize; 3];
+        for group in 1..=NUM_GROUPS {
+            let leader = nodes[0]
+                .raft()
+                .status(nodedb_cluster_core::GroupId(group))
+                .and_then(|status| status.leader);
+            if let Some(leader) = leader {
+                counts[(leader.0 - 1) as usize] += 1;
+            }
+        }
+        counts
+    };
+    eventually(
+        "data group leaders to differ by at most one per node",
+        || async {
+            let counts = leaders_per_node();
+            counts.iter().sum::<usize>() == NUM_GROUPS as usize
+                && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+        },
+    )
+    .await;
+    for cluster in &nodes {
+        cluster.shutdown().await;
+    }
+}
