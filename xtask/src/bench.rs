@@ -4,6 +4,7 @@
 
 use crate::api::{Api, Reply};
 use crate::cli::BenchClusterArgs;
+use crate::cluster::config::RaftTimings;
 use crate::cluster::process::Processes;
 use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
 use anyhow::{Context, Result, anyhow};
@@ -59,6 +60,7 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
         nodes: args.nodes,
         num_groups: args.groups,
         ready_timeout: crate::cluster::READY_TIMEOUT,
+        raft: RaftTimings::for_profile(!args.debug),
     };
     let cluster = Cluster::launch(&spec, &processes)?;
     let nodes: Vec<SocketAddr> = cluster.admin_addrs().into_values().collect();

@@ -5,6 +5,7 @@
 use crate::api::Api;
 use crate::checks;
 use crate::cli::TestClusterArgs;
+use crate::cluster::config::RaftTimings;
 use crate::cluster::process::Processes;
 use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
 use crate::nemesis::{self, FaultEvent, PlannedFault};
@@ -17,6 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Load that continues after the last restarted node is ready, so that the failover
+/// windows include the recovery of the groups it leads again.
+pub const RECOVERY_TAIL: Duration = Duration::from_secs(5);
 
 /// Runs the whole task; `Ok(true)` when every check passed.
 pub fn run(args: &TestClusterArgs) -> Result<bool> {
@@ -37,6 +42,7 @@ pub fn run(args: &TestClusterArgs) -> Result<bool> {
         nodes: args.nodes,
         num_groups: args.groups,
         ready_timeout: crate::cluster::READY_TIMEOUT,
+        raft: RaftTimings::for_profile(args.release),
     };
     let cluster = Cluster::launch(&spec, &processes).with_context(|| {
         format!(
@@ -127,8 +133,13 @@ fn run_load(
         // Should the nemesis panic, the clients must still stop, or the scope never ends.
         let _stop_on_unwind = StopOnDrop(&stop);
         let events = nemesis::execute(cluster, faults, started, recorder, &phase, &stop);
-        if events.is_ok() {
-            nemesis::sleep_until(started + duration, &stop);
+        if let Ok(events) = &events {
+            // Recovery after the last restart is part of what is measured.
+            let after_faults = match events.is_empty() {
+                true => started,
+                false => Instant::now() + RECOVERY_TAIL,
+            };
+            nemesis::sleep_until((started + duration).max(after_faults), &stop);
         }
         stop.store(true, Ordering::Relaxed);
         let mut panicked = clients

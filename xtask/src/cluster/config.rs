@@ -8,23 +8,53 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// Raft timings of test clusters: fast elections, and a node-down timeout well above the
-/// longest time the fault schedule keeps a node dead, so that a restarted node comes back
-/// to its own replicas instead of racing re-replication.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
-pub const ELECTION_TIMEOUT_MS_MIN: u64 = 300;
-pub const ELECTION_TIMEOUT_MS_MAX: u64 = 600;
+/// Log entries between snapshots: low, so that runs exercise snapshots and compaction.
 pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1_000;
+/// Well above the longest time the fault schedule keeps a node dead, so that a restarted
+/// node comes back to its own replicas instead of racing re-replication.
 pub const NODE_DOWN_TIMEOUT_MS: u64 = 30_000;
 
-// The node refuses a config unless heartbeat < election min < election max < node-down
-// timeout and snapshots are enabled: hold these timings to that at compile time.
-const _: () = assert!(
-    HEARTBEAT_INTERVAL_MS < ELECTION_TIMEOUT_MS_MIN
-        && ELECTION_TIMEOUT_MS_MIN < ELECTION_TIMEOUT_MS_MAX
-        && ELECTION_TIMEOUT_MS_MAX < NODE_DOWN_TIMEOUT_MS
-        && SNAPSHOT_LOGS_SINCE_LAST > 0
-);
+/// The Raft heartbeat and election timings written into every node's config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+}
+
+impl RaftTimings {
+    /// Release builds: fast elections, so failovers finish well within a run.
+    pub const RELEASE: RaftTimings = RaftTimings {
+        heartbeat_interval_ms: 50,
+        election_timeout_ms_min: 300,
+        election_timeout_ms_max: 600,
+    };
+    /// Debug builds are many times slower and share the machine with the build: doubled
+    /// timings, so that slow RPCs are not taken for dead leaders.
+    pub const DEBUG: RaftTimings = RaftTimings {
+        heartbeat_interval_ms: 100,
+        election_timeout_ms_min: 600,
+        election_timeout_ms_max: 1200,
+    };
+
+    pub fn for_profile(release: bool) -> RaftTimings {
+        if release {
+            RaftTimings::RELEASE
+        } else {
+            RaftTimings::DEBUG
+        }
+    }
+
+    /// The node refuses a config unless heartbeat < election min < election max < node-down
+    /// timeout.
+    const fn is_valid(&self) -> bool {
+        self.heartbeat_interval_ms < self.election_timeout_ms_min
+            && self.election_timeout_ms_min < self.election_timeout_ms_max
+            && self.election_timeout_ms_max < NODE_DOWN_TIMEOUT_MS
+    }
+}
+
+const _: () = assert!(RaftTimings::RELEASE.is_valid() && RaftTimings::DEBUG.is_valid());
 
 /// Everything that differs between the nodes of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +72,7 @@ pub struct ClusterShape {
     pub replication_factor: u32,
     pub certs_dir: PathBuf,
     pub seeds: Vec<SocketAddr>,
+    pub raft: RaftTimings,
 }
 
 impl NodeLayout {
@@ -77,9 +108,9 @@ pub fn render(node: &NodeLayout, shape: &ClusterShape) -> Result<String> {
             key: path_text(&certs.join(format!("node-{}.key", node.node_id)))?,
         },
         raft: RaftSection {
-            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
-            election_timeout_ms_min: ELECTION_TIMEOUT_MS_MIN,
-            election_timeout_ms_max: ELECTION_TIMEOUT_MS_MAX,
+            heartbeat_interval_ms: shape.raft.heartbeat_interval_ms,
+            election_timeout_ms_min: shape.raft.election_timeout_ms_min,
+            election_timeout_ms_max: shape.raft.election_timeout_ms_max,
             snapshot_logs_since_last: SNAPSHOT_LOGS_SINCE_LAST,
             node_down_timeout_ms: NODE_DOWN_TIMEOUT_MS,
         },
@@ -191,6 +222,7 @@ mod tests {
                 "127.0.0.1:7001".parse().unwrap(),
                 "127.0.0.1:7002".parse().unwrap(),
             ],
+            raft: RaftTimings::RELEASE,
         };
         (node, shape)
     }
@@ -230,6 +262,9 @@ mod tests {
         assert_eq!(seeds, ["127.0.0.1:7001", "127.0.0.1:7002"]);
         assert_eq!(table["bootstrap"].as_bool(), Some(false));
         assert_eq!(table["num_groups"].as_integer(), Some(8));
+        let raft = table["raft"].as_table().unwrap();
+        assert_eq!(raft["heartbeat_interval_ms"].as_integer(), Some(50));
+        assert_eq!(raft["election_timeout_ms_max"].as_integer(), Some(600));
         let tls = table["tls"].as_table().unwrap();
         assert_eq!(tls["ca_cert"].as_str(), Some("/work dir/certs/ca.pem"));
         assert_eq!(tls["cert"].as_str(), Some("/work dir/certs/node-2.pem"));

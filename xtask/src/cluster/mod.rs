@@ -9,7 +9,7 @@ pub mod process;
 
 use crate::api::{Api, ClusterView};
 use anyhow::{Context, Result, bail};
-use config::{ClusterShape, NodeLayout};
+use config::{ClusterShape, NodeLayout, RaftTimings};
 use process::{ChildState, ProcessGuard, Processes};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +38,7 @@ pub struct LaunchSpec {
     pub num_groups: u32,
     /// How long a node gets to become ready after a (re)start.
     pub ready_timeout: Duration,
+    pub raft: RaftTimings,
 }
 
 /// A running local cluster. Dropping it kills every node process.
@@ -105,6 +106,7 @@ impl Cluster {
             replication_factor: spec.nodes.min(3),
             certs_dir: certs_dir.to_path_buf(),
             seeds: ports.iter().map(|pair| pair.listen_addr).collect(),
+            raft: spec.raft,
         };
         let mut nodes = BTreeMap::new();
         for (node_id, ports) in node_ids.iter().zip(ports) {
@@ -365,6 +367,7 @@ mod tests {
             nodes,
             num_groups: 2,
             ready_timeout: Duration::from_secs(1),
+            raft: RaftTimings::DEBUG,
         }
     }
 
