@@ -32,6 +32,10 @@ pub const METADATA_VOTERS_MAX: usize = 5;
 /// data to a new node, so this bounds the extra replication traffic of rebalancing.
 pub const REBALANCE_MOVES_PER_PLAN_MAX: usize = 4;
 
+/// Most leader-transfer chains started by one plan (each chain moves one unit of leadership
+/// from an overloaded node to an underloaded one).
+pub const LEADER_CHAINS_PER_PLAN_MAX: usize = 8;
+
 /// One membership or leadership change of one group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PlacementStep {

@@ -2,7 +2,7 @@
 //! nodes, each from the most loaded voter of a group to the least loaded node outside it) and leader transfers along a chain of
 //! groups, each strictly reducing the imbalance so that planning converges.
 
-use super::{PlacementStep, Planner, REBALANCE_MOVES_PER_PLAN_MAX};
+use super::{LEADER_CHAINS_PER_PLAN_MAX, PlacementStep, Planner, REBALANCE_MOVES_PER_PLAN_MAX};
 use crate::ids::{GroupId, NodeId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -79,18 +79,22 @@ impl Planner<'_> {
         best.map(|(_, group, target)| (group, target))
     }
 
-    /// Moves one leadership unit from a node leading at least two groups more than another,
-    /// along the shortest chain `a -> x -> ... -> b` where each arrow is a group led by the
-    /// left node with the right node as an Active voter. Intermediate counts do not change.
+    /// Moves leadership units (up to [`LEADER_CHAINS_PER_PLAN_MAX`] chains) from nodes leading
+    /// at least two groups more than another, each along the shortest chain
+    /// `a -> x -> ... -> b` where each arrow is a group led by the left node with the right
+    /// node as an Active voter. Intermediate counts do not change; chains use distinct groups.
     pub(super) fn balance_leaders(&mut self) {
-        let mut sources: Vec<NodeId> = self.active.iter().copied().collect();
-        sources.sort_by_key(|node| (std::cmp::Reverse(self.leader_load(*node)), *node));
-        for source in sources {
-            if let Some(path) = self.leader_path(source) {
-                for (group, to) in path {
-                    self.push(PlacementStep::TransferLeader { group, to });
-                }
+        for _ in 0..LEADER_CHAINS_PER_PLAN_MAX {
+            let mut sources: Vec<NodeId> = self.active.iter().copied().collect();
+            sources.sort_by_key(|node| (std::cmp::Reverse(self.leader_load(*node)), *node));
+            let Some(path) = sources
+                .into_iter()
+                .find_map(|source| self.leader_path(source))
+            else {
                 return;
+            };
+            for (group, to) in path {
+                self.push(PlacementStep::TransferLeader { group, to });
             }
         }
     }
@@ -103,6 +107,9 @@ impl Planner<'_> {
             let Some(members) = self.routing.members(group) else {
                 continue;
             };
+            if self.busy.contains(&group) {
+                continue;
+            }
             let Some(leader) = members.leader_hint.filter(|l| self.is_active(*l)) else {
                 continue;
             };
