@@ -1,6 +1,6 @@
 //! Deterministic-schedule fault harness: N nodes, M groups, a seeded plan of partitions,
-//! isolations and lossy periods on the in-memory network, and concurrent put/get/delete/CAS
-//! clients recorded into core's linearizability checker. After healing: every key's history
+//! isolations, lossy periods and node crash/restarts on the in-memory network, and concurrent
+//! put/get/delete/CAS clients recorded into core's linearizability checker. After healing: every key's history
 //! must be linearizable (with final reads, so no acknowledged write is lost) and every group's
 //! replicas must report equal state hashes.
 //!
@@ -18,7 +18,7 @@ use nodedb_cluster_transport::FaultPlan;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const NODES: u64 = 3;
@@ -33,6 +33,9 @@ const FAULT_STEPS: usize = 8;
 const REDIRECTS_MAX: usize = 20;
 const DEFAULT_SEEDS: [u64; 3] = [101, 202, 303];
 
+/// The engines of the live nodes; a crashed node is absent until it restarts.
+type LiveNodes = Arc<RwLock<BTreeMap<NodeId, MultiRaft>>>;
+
 #[derive(Clone, Debug)]
 enum Fault {
     Calm,
@@ -44,6 +47,8 @@ enum Fault {
         drop_percent: u32,
         delay_ms_max: u64,
     },
+    /// The node stops (its files stay) and restarts at the end of the step.
+    Crash(NodeId),
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +85,7 @@ async fn run_seed(seed: u64) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for client in 0..CLIENTS {
-        let nodes = cluster.handles();
+        let nodes = Arc::clone(&cluster.live);
         let recorder = Arc::clone(&recorder);
         let stop = Arc::clone(&stop);
         let client_seed = seed.wrapping_mul(31).wrapping_add(client);
@@ -90,10 +95,16 @@ async fn run_seed(seed: u64) {
     }
 
     for (fault, duration) in &schedule {
+        if let Fault::Crash(node) = fault {
+            cluster.crash_node(*node).await;
+        }
         apply_fault(&cluster, fault);
         tokio::time::sleep(*duration).await;
         cluster.network.heal();
         cluster.network.set_fault_plan(FaultPlan::none());
+        if let Fault::Crash(node) = fault {
+            cluster.restart_node(*node).await;
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for client in clients {
@@ -141,10 +152,11 @@ async fn run_seed(seed: u64) {
 
 fn next_fault(rng: &mut SmallRng) -> (Fault, Duration) {
     let node = NodeId(rng.random_range(1..=NODES));
-    let fault = match rng.random_range(0..4) {
+    let fault = match rng.random_range(0..5) {
         0 => Fault::Calm,
         1 => Fault::Isolate(node),
         2 => Fault::Partition { minority: node },
+        3 => Fault::Crash(node),
         _ => Fault::Lossy {
             drop_percent: rng.random_range(1..=15),
             delay_ms_max: rng.random_range(0..=20),
@@ -155,7 +167,7 @@ fn next_fault(rng: &mut SmallRng) -> (Fault, Duration) {
 
 fn apply_fault(cluster: &TestCluster, fault: &Fault) {
     match fault {
-        Fault::Calm => {}
+        Fault::Calm | Fault::Crash(_) => {}
         Fault::Isolate(node) => cluster.network.isolate(*node),
         Fault::Partition { minority } => {
             let majority: Vec<NodeId> = (1..=NODES)
@@ -181,7 +193,7 @@ fn key_name(group: GroupId, key: u32) -> String {
 async fn run_client(
     client: u64,
     seed: u64,
-    nodes: BTreeMap<NodeId, MultiRaft>,
+    nodes: LiveNodes,
     recorder: Arc<Mutex<HistoryRecorder>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     started: Instant,
@@ -233,15 +245,15 @@ async fn run_client(
 }
 
 /// Runs one client operation, following leader hints; maps the result to what the client knows.
-async fn execute(
-    nodes: &BTreeMap<NodeId, MultiRaft>,
-    group: GroupId,
-    key: &[u8],
-    kind: &OpKind,
-) -> Outcome {
+async fn execute(nodes: &LiveNodes, group: GroupId, key: &[u8], kind: &OpKind) -> Outcome {
     let mut target = NodeId(1);
     for _ in 0..REDIRECTS_MAX {
-        let multi = &nodes[&target];
+        let live = nodes.read().expect("live nodes").get(&target).cloned();
+        let Some(multi) = live else {
+            target = NodeId(target.0 % NODES + 1);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
         let result = match kind {
             OpKind::Get => {
                 let query = KvQuery::Get { key: key.to_vec() }.encode();

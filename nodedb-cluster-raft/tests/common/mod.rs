@@ -13,7 +13,7 @@ use nodedb_cluster_raft::{
 use nodedb_cluster_transport::{MemoryNetwork, MemoryTransport, Transport};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Default deadline of a wait in these tests: generous, because CI machines are slow.
@@ -36,6 +36,8 @@ pub struct TestCluster {
     pub nodes: BTreeMap<NodeId, TestNode>,
     pub groups: BTreeSet<GroupId>,
     pub timings: RaftTimings,
+    /// The engines of the live nodes, shared with client tasks that outlive crashes.
+    pub live: Arc<RwLock<BTreeMap<NodeId, MultiRaft>>>,
 }
 
 pub fn address(node: NodeId) -> String {
@@ -55,6 +57,7 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             groups: BTreeSet::new(),
             timings,
+            live: Arc::new(RwLock::new(BTreeMap::new())),
         };
         for id in 1..=node_count {
             cluster.start_node(NodeId(id)).await;
@@ -87,6 +90,7 @@ impl TestCluster {
                 .await
                 .expect("open group");
         }
+        self.live.write().expect("live").insert(node, multi.clone());
         self.nodes.insert(
             node,
             TestNode {
@@ -101,6 +105,7 @@ impl TestCluster {
     /// Stops `node` abruptly for its peers (network crash) and releases its files.
     pub async fn crash_node(&mut self, node: NodeId) {
         self.network.crash(node);
+        self.live.write().expect("live").remove(&node);
         if let Some(test_node) = self.nodes.remove(&node) {
             test_node.multi.shutdown().await;
             test_node.log.shutdown();
@@ -184,24 +189,38 @@ impl TestCluster {
         applied
     }
 
-    /// Linearizable read through the leader.
+    /// Linearizable read through the leader; retried while leadership or quorum settles.
     pub async fn get(&self, group: GroupId, key: &str) -> Option<String> {
-        let leader = self.wait_leader(group).await;
         let query = KvQuery::Get {
             key: key.as_bytes().to_vec(),
         }
         .encode();
-        let answer = self.nodes[&leader]
-            .multi
-            .query(group, &query, ReadConsistency::Linearizable)
-            .await
-            .expect("linearizable get");
-        match KvAnswer::decode(&answer) {
-            Some(KvAnswer::Value(value)) => {
-                value.map(|bytes| String::from_utf8(bytes).expect("utf8"))
+        let mut last_error = None;
+        for _ in 0..CLIENT_ATTEMPTS_MAX {
+            let leader = self.wait_leader(group).await;
+            let read = self.nodes[&leader]
+                .multi
+                .query(group, &query, ReadConsistency::Linearizable)
+                .await;
+            match read {
+                Ok(answer) => match KvAnswer::decode(&answer) {
+                    Some(KvAnswer::Value(value)) => {
+                        return value.map(|bytes| String::from_utf8(bytes).expect("utf8"));
+                    }
+                    other => panic!("unexpected answer {other:?}"),
+                },
+                Err(
+                    error @ (ProposeError::NoQuorum { .. }
+                    | ProposeError::NotLeader { .. }
+                    | ProposeError::Timeout { .. }),
+                ) => {
+                    last_error = Some(error);
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(error) => panic!("linearizable get of {key} failed: {error}"),
             }
-            other => panic!("unexpected answer {other:?}"),
         }
+        panic!("linearizable get of {key} never succeeded: {last_error:?}");
     }
 
     /// Reads `key` from `node`'s own replica without a barrier.
