@@ -165,18 +165,20 @@ impl RoutingTable {
     }
 }
 
-/// The voter target of the metadata group: the largest odd number up to
-/// [`METADATA_VOTERS_MAX`] not above the number of Active and Down nodes (Down nodes count so
-/// that a failure does not shrink the group; they are replaced when an Active node is free).
+/// The voter target of the metadata group, from the number `n` of Active and Down nodes (Down
+/// nodes count so that a failure does not shrink the group; they are replaced when an Active
+/// node is free): every node up to 3, then the largest odd number up to
+/// [`METADATA_VOTERS_MAX`]. Two nodes get two voters: a fourth or sixth voter adds no fault
+/// tolerance, but with two nodes a second voter keeps every committed entry on both disks.
 pub fn metadata_voter_target(topology: &Topology) -> usize {
     let alive_or_down = topology
         .nodes()
         .filter(|info| matches!(info.state, NodeState::Active | NodeState::Down))
         .count()
         .clamp(1, METADATA_VOTERS_MAX);
-    match alive_or_down % 2 {
-        0 => alive_or_down - 1,
-        _ => alive_or_down,
+    match alive_or_down {
+        4 => 3,
+        count => count,
     }
 }
 

@@ -176,11 +176,11 @@ fn draining_leader_hands_over_before_removal() {
 }
 
 #[test]
-fn metadata_group_target_is_odd_and_capped() {
+fn metadata_group_target_is_odd_beyond_three_and_capped() {
     let states = |count: u64| -> Vec<(u64, NodeState)> {
         (1..=count).map(|id| (id, NodeState::Active)).collect()
     };
-    let expected = [(1, 1), (2, 1), (3, 3), (4, 3), (5, 5), (6, 5), (9, 5)];
+    let expected = [(1, 1), (2, 2), (3, 3), (4, 3), (5, 5), (6, 5), (9, 5)];
     for (count, target) in expected {
         assert_eq!(metadata_voter_target(&topology(&states(count))), target);
     }
