@@ -102,7 +102,15 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError>
             supported: WIRE_VERSION,
         });
     }
-    postcard::from_bytes(bytes).map_err(|error| DecodeError::Malformed(error.to_string()))
+    let (value, rest) = postcard::take_from_bytes(bytes)
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(value)
 }
 
 /// A log entry as stored in the log: `[RECORD_VERSION][postcard(Entry)]`.
@@ -236,6 +244,36 @@ mod tests {
         assert_eq!(hex(&encode(&reply)), "01040009");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn log_entries_round_trip(
+            term in 0u64..1000,
+            node in 0u64..100,
+            index in 0u64..u64::MAX,
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            vshard in 0u16..1024,
+            kind_tag in 0u8..3,
+        ) {
+            let kind = match kind_tag {
+                0 => EntryKind::Command,
+                1 => EntryKind::ImportVShard { vshard: VShardId(vshard) },
+                _ => EntryKind::DropVShard { vshard: VShardId(vshard) },
+            };
+            let entry = Entry::new_normal(log_id(term, node, index), AppRequest { kind, payload });
+            proptest::prop_assert_eq!(decode_entry(&encode_entry(&entry)).unwrap(), entry);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode::<RaftRpc>(&bytes);
+            let _ = decode::<RaftReply>(&bytes);
+            let _ = decode::<SnapshotHeader>(&bytes);
+            let _ = decode_entry(&bytes);
+            let _ = decode_vote(&bytes);
+            let _ = decode_log_id(&bytes);
+        }
+    }
+
     #[test]
     fn hostile_bytes_are_errors_not_panics() {
         assert_eq!(decode::<RaftRpc>(&[]).unwrap_err(), DecodeError::Empty);
@@ -245,6 +283,15 @@ mod tests {
         ));
         assert!(decode_entry(&[1, 0xff, 0xff, 0xff]).is_err());
         assert!(decode_vote(&[2, 1, 1, 1]).is_err());
+        let mut padded = encode(&RaftReply {
+            version: WIRE_VERSION,
+            body: ReplyBody::Failed(RpcFailure::UnknownGroup(GroupId(1))),
+        });
+        padded.push(0);
+        assert!(matches!(
+            decode::<RaftReply>(&padded),
+            Err(DecodeError::Malformed(_))
+        ));
         for length in 0..64 {
             let junk: Vec<u8> = (0..length).map(|i| (i * 37 + 1) as u8).collect();
             let _ = decode::<RaftRpc>(&junk);
