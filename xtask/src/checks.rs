@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 pub const AGREEMENT_WAIT: Duration = Duration::from_secs(30);
 /// Attempts per key of the final read, each against the next node.
 pub const FINAL_READ_ATTEMPTS_MAX: u32 = 20;
+/// How long all final reads together may take: a stuck cluster fails the check instead of
+/// retrying every key for minutes.
+pub const FINAL_READS_TIMEOUT: Duration = Duration::from_secs(90);
 /// Characters of a checker explanation shown in the report (the full text goes to a file).
 const EXPLANATION_CHARS_MAX: usize = 3_000;
 const RETRY_INTERVAL: Duration = Duration::from_millis(200);
@@ -126,7 +129,8 @@ pub fn compare_views(views: &[ClusterView], expected: &[u64]) -> Result<String, 
     ))
 }
 
-/// Reads every key once (linearizable), trying the nodes in turn.
+/// Reads every key once (linearizable), trying the nodes in turn, within
+/// [`FINAL_READS_TIMEOUT`] in all.
 pub fn final_reads(
     nodes: &[SocketAddr],
     api: &Api,
@@ -135,11 +139,19 @@ pub fn final_reads(
     if nodes.is_empty() {
         return Err("no nodes to read from".to_string());
     }
+    let deadline = Instant::now() + FINAL_READS_TIMEOUT;
     let mut reads = Vec::with_capacity(keys.len());
     for (index, key) in keys.iter().enumerate() {
         let mut last = String::new();
         let mut value = None;
         for attempt in 0..FINAL_READ_ATTEMPTS_MAX as usize {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "only {} of {} keys read within {FINAL_READS_TIMEOUT:?}; last: {last}",
+                    reads.len(),
+                    keys.len()
+                ));
+            }
             let node = nodes[(index + attempt) % nodes.len()];
             match api.get(node, key) {
                 Reply::Ok(seen) => {
@@ -400,6 +412,23 @@ mod tests {
                 .unwrap_err()
                 .contains("asked as 2")
         );
+    }
+
+    #[test]
+    fn final_reads_name_the_unreadable_key() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let api = Api::new(Duration::from_secs(1));
+        let error = final_reads(&[], &api, &["k".to_string()]).unwrap_err();
+        assert!(error.contains("no nodes"), "{error}");
+        let error = final_reads(&[dead], &api, &["k00001".to_string()]).unwrap_err();
+        assert!(
+            error.contains("key k00001 unreadable after 20 attempts"),
+            "{error}"
+        );
+        assert!(error.contains("connection refused"), "{error}");
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub fn render(node: &NodeLayout, shape: &ClusterShape) -> Result<String> {
             node_down_timeout_ms: NODE_DOWN_TIMEOUT_MS,
         },
         log: LogSection {
-            filter: "info".to_string(),
+            filter: "info,openraft=warn".to_string(),
             json: false,
         },
     };
