@@ -80,7 +80,7 @@ impl PeerClient {
             group: self.group,
             body,
         });
-        let timeout = option.hard_ttl();
+        let timeout = option.soft_ttl();
         let reply = self
             .transport
             .call(self.target, Bytes::from(request), timeout)
@@ -127,7 +127,7 @@ impl PeerClient {
             bytes: file.bytes,
             crc32c: file.crc32c,
         };
-        let step_timeout = option.hard_ttl().max(SNAPSHOT_STEP_TIMEOUT_MIN);
+        let step_timeout = option.soft_ttl().max(SNAPSHOT_STEP_TIMEOUT_MIN);
         let mut stream = self
             .transport
             .open_stream(
@@ -253,7 +253,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let deadline = snapshot_deadline(option.hard_ttl(), snapshot.snapshot.bytes);
+        let deadline = snapshot_deadline(option.soft_ttl(), snapshot.snapshot.bytes);
         let send = tokio::time::timeout(deadline, self.send_snapshot(vote, snapshot, &option));
         tokio::select! {
             result = send => match result {
