@@ -188,7 +188,12 @@ pub fn linearizable(history: &History, reads: Vec<FinalRead>) -> (CheckResult, S
         report.keys_checked, report.ops_checked, report.ops_ignored
     );
     let row = match &report.verdict {
-        Verdict::Linearizable => CheckResult::pass(NAME, summary),
+        Verdict::Linearizable => CheckResult::pass(
+            NAME,
+            format!(
+                "{summary}\nthe final reads fit: no acknowledged write lost, no failed one seen"
+            ),
+        ),
         Verdict::NotLinearizable { .. } | Verdict::Unknown { .. } => {
             let shown: String = full.chars().take(EXPLANATION_CHARS_MAX).collect();
             CheckResult::fail(NAME, format!("{summary}\n{shown}"))
