@@ -49,6 +49,9 @@ pub enum GroupError {
     InvalidTimings(String),
     #[error("storage failure in {group}: {reason}")]
     Storage { group: GroupId, reason: String },
+    /// The node's log file failed outside any one group.
+    #[error("log file failure: {reason}")]
+    LogFile { reason: String },
     #[error("multi-raft is shut down")]
     Shutdown,
 }
