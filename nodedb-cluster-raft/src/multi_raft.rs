@@ -175,8 +175,7 @@ impl MultiRaft {
         self.inner
             .log_db
             .groups()
-            .map_err(|error| GroupError::Storage {
-                group: GroupId(u32::MAX),
+            .map_err(|error| GroupError::LogFile {
                 reason: error.to_string(),
             })
     }
@@ -428,6 +427,7 @@ impl MultiRaft {
     }
 
     /// Stops every replica. Their durable state stays; the log file is the caller's to close.
+    /// Call it before dropping the last handle: replicas run as tasks of their own.
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         let _lifecycle = self.inner.lifecycle.lock().await;
