@@ -9,7 +9,8 @@
 //! 3. Start replicas: [`MultiRaft::create_group`] with the initial members on exactly one node
 //!    of a new group; [`MultiRaft::open_group`] everywhere else and after every restart (it
 //!    never initializes). Each replica gets its own engine implementing [`StateMachine`]; the
-//!    built-in [`kv::KvStateMachine`] is one.
+//!    built-in [`kv::KvStateMachine`] is one, group 0 runs
+//!    [`MetadataStateMachine`].
 //! 4. Write with [`MultiRaft::propose`], read with [`MultiRaft::query`] (linearizable by
 //!    default through a ReadIndex barrier), change membership with `add_learner`, `promote`,
 //!    `change_voters`, `remove_replica` (one change at a time per group), observe with
@@ -27,8 +28,8 @@
 pub mod error;
 pub mod kv;
 pub mod log_db;
-mod metadata_sm;
 mod log_store;
+mod metadata_sm;
 mod multi_raft;
 mod network;
 mod router;
