@@ -13,6 +13,8 @@ pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:9400";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9401";
 pub const DEFAULT_NUM_GROUPS: u32 = 8;
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+/// Default log filter: the node at info, openraft (very chatty at info) at warn.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
 /// Upper bound on data groups: at most one per vShard.
 pub const NUM_GROUPS_MAX: u32 = nodedb_cluster_core::VSHARD_COUNT as u32;
 /// Upper bound on the replication factor; larger groups only slow commits down.
@@ -261,7 +263,7 @@ impl Default for RaftConfig {
 impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
-            filter: "info".to_string(),
+            filter: DEFAULT_LOG_FILTER.to_string(),
             json: false,
         }
     }

@@ -6,7 +6,7 @@
 use crate::control::{ControlError, ControlRequest, MembershipChange};
 use crate::group_client::GroupClient;
 use nodedb_cluster_core::{
-    METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, PlacementStep,
+    GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, PlacementStep,
 };
 use nodedb_cluster_raft::{
     AppliedMetadata, MetadataOutcome, MultiRaft, decode_metadata_outcome, encode_metadata_command,
@@ -20,12 +20,19 @@ use tokio::time::Instant;
 
 /// Pause between reconciliation rounds.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest a round waits for one placement step; a slower step is left to finish (or not)
+/// on its own and is planned again from the recorded state.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of one liveness ping.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// A Down node must answer pings this long, without a gap, before it is Active again.
 pub const RECOVERY_DAMPING: Duration = Duration::from_secs(3);
 /// Entries a learner may still miss and count as caught up.
 pub const CAUGHT_UP_LAG_MAX: u64 = 64;
+/// After a leadership transfer, the group's leadership is left alone this long: the new
+/// leader needs time to win and to publish its hint, and acting on the old hint meanwhile
+/// makes leadership ping-pong.
+pub const LEADER_TRANSFER_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// What the reconciler needs from the node.
 #[derive(Clone)]
@@ -39,11 +46,12 @@ pub struct ReconcilerContext {
     pub down_timeout: Duration,
 }
 
-/// Liveness as the metadata leader sees it.
+/// What the metadata leader remembers between rounds: liveness and recent transfers.
 #[derive(Debug, Default)]
 struct Liveness {
     last_seen: HashMap<NodeId, Instant>,
     reachable_since: HashMap<NodeId, Instant>,
+    transferred_at: HashMap<GroupId, Instant>,
 }
 
 /// Reconciles until `stop` turns true.
@@ -118,20 +126,41 @@ fn fresh_liveness(context: &ReconcilerContext) -> Liveness {
         .collect();
     Liveness {
         last_seen,
-        reachable_since: HashMap::new(),
+        ..Liveness::default()
     }
 }
 
 async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
     let state = context.metadata.borrow().state.clone();
     ping_members(context, &state, liveness).await;
-    for command in node_state_changes(context, &state, liveness) {
-        if let Err(error) = propose(context, &command).await {
-            tracing::warn!(?command, %error, "node state change not recorded");
+    let changes = node_state_changes(context, &state, liveness);
+    if !changes.is_empty() {
+        for command in changes {
+            if let Err(error) = propose(context, &command).await {
+                tracing::warn!(?command, %error, "node state change not recorded");
+            }
         }
+        // Plan from the state these changes produced, next round: planning from the old
+        // state would treat a node that just became Active as absent.
+        return;
     }
-    let steps = state.plan_placement();
-    let executions = steps.iter().map(|step| execute(context, &state, *step));
+    let now = Instant::now();
+    liveness
+        .transferred_at
+        .retain(|_, at| now.duration_since(*at) < LEADER_TRANSFER_COOLDOWN);
+    let steps: Vec<PlacementStep> = state
+        .plan_placement()
+        .into_iter()
+        .filter(|step| !liveness.transferred_at.contains_key(&step.group()))
+        .collect();
+    for step in steps.iter().filter(|step| !step.is_membership()) {
+        liveness.transferred_at.insert(step.group(), now);
+    }
+    let executions = steps.iter().map(|step| async {
+        tokio::time::timeout(STEP_TIMEOUT, execute(context, &state, *step))
+            .await
+            .unwrap_or_else(|_| Err(format!("not done within {STEP_TIMEOUT:?}")))
+    });
     for (step, result) in steps
         .iter()
         .zip(futures::future::join_all(executions).await)
@@ -218,7 +247,8 @@ fn node_state_changes(
     commands
 }
 
-/// Carries out one step at the group's leader, then records it in the metadata.
+/// Carries out one step at the group's leader, then records a membership change in the
+/// metadata. A leadership transfer is recorded by the new leader itself, once it leads.
 async fn execute(
     context: &ReconcilerContext,
     state: &MetadataState,
@@ -248,6 +278,9 @@ async fn execute(
             tracing::debug!(?step, %reason, "step already carried out; recording it");
         }
         Err(error) => return Err(error.to_string()),
+    }
+    if !step.is_membership() {
+        return Ok(());
     }
     propose(context, &record).await
 }
