@@ -3,7 +3,7 @@
 //! failed" or "outcome unknown" for the history.
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,7 +54,7 @@ pub struct CasReply {
 
 /// `GET /v1/cluster`. Fields the driver does not know are ignored, so a newer node still
 /// parses.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ClusterView {
     pub cluster_id: String,
     pub node_id: u64,
@@ -64,7 +64,7 @@ pub struct ClusterView {
 }
 
 /// One node of [`ClusterView`].
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 pub struct NodeView {
     pub id: u64,
     pub addr: String,
@@ -73,7 +73,7 @@ pub struct NodeView {
 }
 
 /// One group of [`ClusterView`].
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct GroupView {
     pub id: u32,
     pub voters: Vec<u64>,

@@ -154,10 +154,13 @@ fn run_fault(
     stop: &AtomicBool,
 ) -> Result<FaultEvent> {
     let group = fault.kind.group();
-    let (node, groups_led) = find_leader(cluster, group)?;
+    let (node, groups_led, voters) = find_leader(cluster, group)?;
     if !cluster.kill(node) {
         bail!("node {node}, leader of group {group}, was not running");
     }
+    eprintln!(
+        "killed node {node}: leader of groups {groups_led:?}; group {group} voters {voters:?}"
+    );
     let killed_at_us = recorder.now_us();
     let killed = Instant::now();
     set_phase(phase, &format!("node {node} down ({})", fault.kind));
@@ -186,16 +189,16 @@ fn run_fault(
 }
 
 /// The running node that leads `group`, and every group it leads, as the cluster reports.
-fn find_leader(cluster: &Cluster, group: u32) -> Result<(u64, Vec<u32>)> {
+fn find_leader(cluster: &Cluster, group: u32) -> Result<(u64, Vec<u32>, Vec<u64>)> {
     let deadline = Instant::now() + LEADER_WAIT;
     let mut last = String::from("no node answered /v1/cluster");
     while Instant::now() < deadline {
         if let Some(view) = cluster.view_from_any() {
-            let leader = view
-                .groups
-                .iter()
-                .find(|candidate| candidate.id == group)
-                .and_then(|candidate| candidate.leader);
+            let target = view.groups.iter().find(|candidate| candidate.id == group);
+            let leader = target.and_then(|candidate| candidate.leader);
+            let voters = target
+                .map(|candidate| candidate.voters.clone())
+                .unwrap_or_default();
             match leader {
                 Some(node) if cluster.is_running(node) => {
                     let led = view
@@ -204,7 +207,7 @@ fn find_leader(cluster: &Cluster, group: u32) -> Result<(u64, Vec<u32>)> {
                         .filter(|candidate| candidate.leader == Some(node))
                         .map(|candidate| candidate.id)
                         .collect();
-                    return Ok((node, led));
+                    return Ok((node, led, voters));
                 }
                 Some(node) => last = format!("group {group} reports dead node {node} as leader"),
                 None => last = format!("group {group} has no leader"),

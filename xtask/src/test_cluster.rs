@@ -87,11 +87,12 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     let events = run_load(cluster, &spec, &faults, args.duration, &recorder)?;
     let workload = started.elapsed();
     let history = recorder.history();
-    save_history(cluster.work_dir(), &history)?;
+    save_json(cluster.work_dir(), "history.json", &history)?;
     eprintln!("load done: {} operations recorded; settling", history.len());
     let mut checks = vec![checks::settle(cluster)];
     let (agreement, views) = checks::agreement(cluster);
     checks.push(agreement);
+    save_json(cluster.work_dir(), "cluster-views.json", &views)?;
     checks.push(check_history(cluster, args.keys, &history)?);
     checks.push(checks::state_hashes(&views));
     let failovers = checks::failover_rows(&events, &recorder.writes());
@@ -188,9 +189,10 @@ fn check_history(cluster: &Cluster, keys: u32, history: &History) -> Result<Chec
     Ok(row)
 }
 
-fn save_history(work_dir: &Path, history: &History) -> Result<()> {
-    let path = work_dir.join("history.json");
-    let text = serde_json::to_string(history).context("serializing the history")?;
+/// Writes `value` as JSON to `work_dir/name`, for reading after a failed run.
+fn save_json(work_dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<()> {
+    let path = work_dir.join(name);
+    let text = serde_json::to_string(value).with_context(|| format!("serializing {name}"))?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
