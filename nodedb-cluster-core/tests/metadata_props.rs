@@ -241,3 +241,137 @@ proptest! {
         let _ = postcard::from_bytes::<Result<MetadataEvent, MetadataError>>(&bytes);
     }
 }
+
+/// What a state-aware driver should try next; turned into a command against the current state
+/// so that deep sequences (a migration through every phase, membership of live nodes) are
+/// common rather than lucky.
+#[derive(Clone, Copy, Debug)]
+struct Intent {
+    kind: u8,
+    a: u16,
+    b: u8,
+}
+
+fn intent() -> impl Strategy<Value = Intent> {
+    (0u8..7, any::<u16>(), any::<u8>()).prop_map(|(kind, a, b)| Intent { kind, a, b })
+}
+
+/// The command `intent` stands for in `state` (bootstrapped).
+fn command_for(state: &MetadataState, intent: Intent) -> MetadataCommand {
+    let routing = state.routing().unwrap();
+    let num_groups = routing.num_data_groups();
+    let group = GroupId(1 + u32::from(intent.b) % num_groups);
+    let migrations: Vec<_> = state.migrations().values().collect();
+    let picked =
+        (!migrations.is_empty()).then(|| migrations[usize::from(intent.a) % migrations.len()]);
+    let nodes: Vec<NodeId> = state.topology().nodes().map(|info| info.id).collect();
+    match (intent.kind, picked) {
+        (0, _) => {
+            let vshard = VShardId(intent.a % VSHARD_COUNT);
+            MetadataCommand::BeginMigration {
+                vshard,
+                from: routing.group_of(vshard),
+                to: group,
+            }
+        }
+        (1, Some(migration)) => {
+            let phase = match migration.phase {
+                MigrationPhase::Planned => MigrationPhase::Copying,
+                MigrationPhase::Copying => MigrationPhase::Fenced {
+                    fence_index: u64::from(intent.a),
+                },
+                MigrationPhase::Switched => MigrationPhase::Cleaned,
+                other => other,
+            };
+            MetadataCommand::AdvanceMigration {
+                id: migration.id,
+                phase,
+            }
+        }
+        (2, Some(migration)) => MetadataCommand::FinishMigration { id: migration.id },
+        (3, Some(migration)) if intent.b.is_multiple_of(4) => {
+            MetadataCommand::AbortMigration { id: migration.id }
+        }
+        (4, _) => {
+            let id = 2 + u64::from(intent.b % 5);
+            match state.topology().contains(NodeId(id)) {
+                true => MetadataCommand::SetNodeState {
+                    node: NodeId(id),
+                    state: NodeState::Active,
+                },
+                false => MetadataCommand::AddNode {
+                    node: NodeInfo {
+                        id: NodeId(id),
+                        addr: PeerAddr::parse(&format!("10.0.0.{id}:9400")).unwrap(),
+                        admin_addr: PeerAddr::parse(&format!("10.0.1.{id}:9400")).unwrap(),
+                        state: NodeState::Joining,
+                    },
+                },
+            }
+        }
+        (5, _) => {
+            let pick = |mask: u16| -> BTreeSet<NodeId> {
+                nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, n)| *n)
+                    .collect()
+            };
+            let voters = pick(intent.a);
+            let learners = pick(intent.a >> 8).difference(&voters).copied().collect();
+            MetadataCommand::SetGroupMembers {
+                group,
+                voters,
+                learners,
+            }
+        }
+        (_, _) => {
+            let node = nodes[usize::from(intent.a) % nodes.len()];
+            let state = [
+                NodeState::Active,
+                NodeState::Draining,
+                NodeState::Down,
+                NodeState::Decommissioned,
+            ][usize::from(intent.b) % 4];
+            MetadataCommand::SetNodeState { node, state }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn driven_sequences_keep_every_invariant(
+        bootstrap in log(false).prop_map(|log| log[0].clone()),
+        intents in prop::collection::vec(intent(), 0..120),
+    ) {
+        let mut state = MetadataState::new();
+        state.apply(&bootstrap).unwrap();
+        let mut log = vec![bootstrap];
+        for intent in intents {
+            let command = command_for(&state, intent);
+            let before = state.clone();
+            let answer = state.apply(&command);
+            if answer.is_err() {
+                prop_assert_eq!(&state, &before);
+            }
+            if let Ok(MetadataEvent::MigrationFinished { vshard, to, .. }) = &answer {
+                prop_assert_eq!(state.routing().unwrap().group_of(*vshard), *to);
+            }
+            let after = state.clone();
+            let _ = state.apply(&command);
+            prop_assert_eq!(&state, &after, "retry of {:?} changed the state", command);
+            state.validate().unwrap();
+            check_routing_complete(&state);
+            log.push(command);
+        }
+        let mut replayed = MetadataState::new();
+        for command in &log {
+            let _ = replayed.apply(command);
+            let _ = replayed.apply(command);
+        }
+        prop_assert_eq!(replayed, state);
+    }
+}
