@@ -38,6 +38,8 @@ pub const JOIN_ATTEMPTS_MAX: u32 = 60;
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long start waits for the metadata group to elect this node or to admit it.
 const START_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a graceful shutdown waits for this node's leaderships to move elsewhere.
+pub const SHUTDOWN_HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of one control RPC.
 pub const CONTROL_RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -220,8 +222,17 @@ impl Cluster {
         metadata.state.is_bootstrapped() && metadata.state.topology().get(self.node()).is_some()
     }
 
-    /// Stops background tasks and every replica, then the endpoint and the log.
+    /// Stops gracefully: hands this node's leaderships to other voters (bounded by
+    /// [`SHUTDOWN_HANDOVER_TIMEOUT`]), then stops background tasks, every replica, the
+    /// endpoint and the log.
     pub async fn shutdown(&self) {
+        let still_leading = self.hand_over_leaderships().await;
+        if still_leading > 0 {
+            tracing::warn!(
+                groups = still_leading,
+                "stopping while still leading some groups"
+            );
+        }
         self.inner.stop.send_replace(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(
             &mut *self
@@ -237,6 +248,52 @@ impl Cluster {
         self.inner.raft.shutdown().await;
         self.inner.mux.inner().shutdown().await;
         self.inner.log_db.shutdown();
+    }
+
+    /// Asks every group this node leads to elect the most caught-up other voter, and waits
+    /// until none is led here or the handover deadline passes. Returns the groups still led.
+    pub async fn hand_over_leaderships(&self) -> usize {
+        let raft = &self.inner.raft;
+        let me = self.node();
+        let led_here = || {
+            raft.groups()
+                .into_iter()
+                .filter(|group| {
+                    raft.status(*group)
+                        .is_some_and(|status| status.leader == Some(me))
+                })
+                .collect::<Vec<GroupId>>()
+        };
+        for group in led_here() {
+            let Some(status) = raft.status(group) else {
+                continue;
+            };
+            let successor = status
+                .followers
+                .iter()
+                .filter(|follower| follower.node != me && status.voters.contains(&follower.node))
+                .min_by_key(|follower| (follower.lag, follower.node))
+                .map(|follower| follower.node);
+            if let Some(successor) = successor
+                && let Err(error) = raft.transfer_leader(group, successor).await
+            {
+                tracing::debug!(%group, %error, "leadership handover not started");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_HANDOVER_TIMEOUT;
+        loop {
+            let remaining = led_here()
+                .into_iter()
+                .filter(|group| {
+                    raft.status(*group)
+                        .is_some_and(|status| status.voters.len() > 1)
+                })
+                .count();
+            if remaining == 0 || tokio::time::Instant::now() >= deadline {
+                return remaining;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn restart(

@@ -313,3 +313,37 @@ async fn leaders_spread_over_the_nodes() {
         cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_hands_leaderships_over() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(16);
+    let seeds = [1, 2, 3];
+    let (first, second, third) = tokio::join!(
+        start(&network, config(1, &seeds, data.path())),
+        start(&network, config(2, &seeds, data.path())),
+        start(&network, config(3, &seeds, data.path())),
+    );
+    let nodes = [first, second, third];
+    eventually("full replication", || async {
+        fully_replicated(&nodes[0], 3, None)
+    })
+    .await;
+    let leader = nodes[0]
+        .raft()
+        .status(nodedb_cluster_core::METADATA_GROUP)
+        .and_then(|status| status.leader)
+        .unwrap();
+    let leaving = nodes
+        .iter()
+        .find(|cluster| cluster.node() == leader)
+        .unwrap();
+    assert_eq!(
+        leaving.hand_over_leaderships().await,
+        0,
+        "every leadership handed over"
+    );
+    for cluster in &nodes {
+        cluster.shutdown().await;
+    }
+}
