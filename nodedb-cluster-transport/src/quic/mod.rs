@@ -55,6 +55,28 @@ pub struct QuicTimings {
     pub breaker: BreakerConfig,
 }
 
+/// A call that timed out after waiting at least this long without a single datagram from the
+/// peer drops its connection, so the next call dials afresh. Shorter waits (heartbeats) say
+/// too little: a busy but live peer may not have acknowledged yet.
+pub const SILENT_PEER_WAIT_MIN: Duration = Duration::from_millis(250);
+
+/// A secret that stays the same across restarts of this node (derived from its private key,
+/// or from its id in insecure mode). It keys the stateless-reset tokens and the connection-id
+/// generator, so a restarted process recognises the connection ids of its predecessor and
+/// answers their packets with a reset the peer accepts: the peer drops the dead connection at
+/// once instead of at its idle timeout.
+fn restart_secret(config: &QuicConfig) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"nodedb-cluster restart secret v1");
+    context.update(&config.node_id.0.to_be_bytes());
+    if let TlsMode::Secure(material) = &config.tls {
+        context.update(material.key_pem.as_bytes());
+    }
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(context.finish().as_ref());
+    secret
+}
+
 /// Everything [`QuicTransport::bind`] needs.
 #[derive(Debug, Clone)]
 pub struct QuicConfig {
@@ -133,13 +155,28 @@ impl QuicTransport {
             addr_client: addr_client_config,
             secure,
         } = quinn_configs(&config)?;
-        let endpoint =
-            quinn::Endpoint::server(server_config, config.listen_addr).map_err(|error| {
-                BindError::Socket {
-                    addr: config.listen_addr,
-                    reason: error.to_string(),
-                }
-            })?;
+        let socket_error = |error: std::io::Error| BindError::Socket {
+            addr: config.listen_addr,
+            reason: error.to_string(),
+        };
+        let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(socket_error)?;
+        let restart_secret = restart_secret(&config);
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.reset_key(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &restart_secret,
+        )));
+        let cid_key = u64::from_be_bytes(restart_secret[..8].try_into().unwrap_or_default());
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(socket_error)?;
         let shared = Arc::new(Shared {
             node: config.node_id,
             handler: RwLock::new(None),
@@ -190,9 +227,25 @@ impl QuicTransport {
         deadline: Instant,
     ) -> Result<Bytes, TransportError> {
         let (connection, send, recv) = self.stream_to(to, deadline).await?;
+        let waited_from = Instant::now();
+        let datagrams_before = connection.stats().udp_rx.datagrams;
         let result = rpc(self.node, to, send, recv, request, deadline).await;
-        if let Err(TransportError::ConnectionLost { .. }) = &result {
-            self.pool.evict_if_closed(to, &connection);
+        match &result {
+            Err(TransportError::ConnectionLost { .. }) => {
+                self.pool.evict_if_closed(to, &connection);
+            }
+            Err(TransportError::Timeout { .. })
+                if waited_from.elapsed() >= SILENT_PEER_WAIT_MIN
+                    && connection.stats().udp_rx.datagrams == datagrams_before =>
+            {
+                // Not even an acknowledgement came back: the process behind this connection
+                // is gone (killed, or restarted with no memory of it). Without this the pooled
+                // connection would swallow every call until the idle timeout.
+                tracing::info!(peer = %to, "peer silent through a timed-out call; reconnecting");
+                connection.close(quinn::VarInt::from_u32(0), b"peer silent");
+                self.pool.evict_if_closed(to, &connection);
+            }
+            _ => {}
         }
         result
     }
