@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 /// Consecutive failures that open the breaker.
 pub const BREAKER_FAILURES_MAX: u32 = 5;
-/// How long an open breaker fails calls fast before letting one probe through.
-pub const BREAKER_OPEN_MS: u64 = 10_000;
+/// How long an open breaker fails calls fast before letting one probe through. Short: a peer
+/// back from a restart must be reachable again within an election timeout or two, or the
+/// survivors of the next failure cannot gather the votes they need from it.
+pub const BREAKER_OPEN_MS: u64 = 1_000;
 /// First reconnect delay after a failure; doubles per consecutive failure.
 pub const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
 /// Largest reconnect delay.
