@@ -347,3 +347,56 @@ async fn graceful_shutdown_hands_leaderships_over() {
         cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_leader_dies_and_the_cluster_keeps_serving() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(17);
+    let seeds = [1, 2, 3];
+    let (first, second, third) = tokio::join!(
+        start(&network, config(1, &seeds, data.path())),
+        start(&network, config(2, &seeds, data.path())),
+        start(&network, config(3, &seeds, data.path())),
+    );
+    let nodes = [first, second, third];
+    eventually("full replication", || async {
+        fully_replicated(&nodes[0], 3, None)
+    })
+    .await;
+    let metadata_leader = |cluster: &Cluster| {
+        cluster
+            .raft()
+            .status(nodedb_cluster_core::METADATA_GROUP)
+            .and_then(|status| status.leader)
+    };
+    let old_leader = metadata_leader(&nodes[0]).unwrap();
+    let victim = nodes
+        .iter()
+        .find(|cluster| cluster.node() == old_leader)
+        .unwrap();
+    network.crash(victim.node());
+    let survivors: Vec<&Cluster> = nodes
+        .iter()
+        .filter(|cluster| cluster.node() != old_leader)
+        .collect();
+    eventually("a new metadata leader", || async {
+        survivors
+            .iter()
+            .all(|cluster| metadata_leader(cluster).is_some_and(|leader| leader != old_leader))
+    })
+    .await;
+    let service = NodeService::new(survivors[0].clone());
+    for round in 0..20 {
+        let key = format!("after-{round}");
+        eventually("a write on every group", || {
+            let service = service.clone();
+            let key = key.clone();
+            async move { service.kv_put(key, b"v".to_vec()).await.is_ok() }
+        })
+        .await;
+    }
+    victim.shutdown().await;
+    for cluster in survivors {
+        cluster.shutdown().await;
+    }
+}
