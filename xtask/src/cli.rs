@@ -55,6 +55,10 @@ pub struct TestClusterArgs {
 pub enum BenchTarget {
     /// Closed-loop puts against a local cluster started from a release build.
     Cluster(BenchClusterArgs),
+    /// QUIC transport on loopback: RPC rate and latency, stream throughput (release build).
+    Transport,
+    /// Multi-raft in one process: commit rate and latency, idle cost per group (release build).
+    Raft(crate::bench_examples::BenchRaftArgs),
 }
 
 /// `cargo xtask bench cluster`.

@@ -7,6 +7,7 @@
 
 mod api;
 mod bench;
+mod bench_examples;
 mod checks;
 mod cli;
 mod cluster;
@@ -86,6 +87,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Task::Bench(cli::BenchTarget::Transport) => exit_code(bench_examples::transport()),
+        Task::Bench(cli::BenchTarget::Raft(args)) => exit_code(bench_examples::raft(&args)),
     }
 }
 
