@@ -42,6 +42,17 @@ async fn start(network: &MemoryNetwork, config: ClusterConfig) -> Cluster {
     start_cluster_on(config, transport).await.unwrap()
 }
 
+/// Starts nodes 1, 2 and 3 at the same moment, all with the same seed list.
+async fn start_three(network: &MemoryNetwork, data_root: &Path) -> [Cluster; 3] {
+    let seeds = [1, 2, 3];
+    let (first, second, third) = tokio::join!(
+        start(network, config(1, &seeds, data_root)),
+        start(network, config(2, &seeds, data_root)),
+        start(network, config(3, &seeds, data_root)),
+    );
+    [first, second, third]
+}
+
 /// Polls `check` until it holds, failing the test with `what` after [`WAIT`].
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -100,6 +111,8 @@ async fn one_node_bootstraps_serves_and_restarts() {
 async fn nodes_started_together_form_one_cluster() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(12);
+    // Started in another order than start_three: the lowest id must still be the one that
+    // bootstraps.
     let seeds = [1, 2, 3];
     let (first, second, third) = tokio::join!(
         start(&network, config(3, &seeds, data.path())),
@@ -180,13 +193,7 @@ fn node_state(cluster: &Cluster, node: u64) -> Option<NodeState> {
 async fn three_nodes_reach_the_replication_factor_on_every_group() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(13);
-    let seeds = [1, 2, 3];
-    let (first, second, third) = tokio::join!(
-        start(&network, config(1, &seeds, data.path())),
-        start(&network, config(2, &seeds, data.path())),
-        start(&network, config(3, &seeds, data.path())),
-    );
-    let nodes = [first, second, third];
+    let nodes = start_three(&network, data.path()).await;
     eventually("every group to have three voters", || async {
         fully_replicated(&nodes[0], 3, None)
     })
@@ -216,13 +223,8 @@ async fn three_nodes_reach_the_replication_factor_on_every_group() {
 async fn a_dead_node_is_marked_down_and_replaced() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(14);
-    let seeds = [1, 2, 3];
-    let (first, second, third) = tokio::join!(
-        start(&network, config(1, &seeds, data.path())),
-        start(&network, config(2, &seeds, data.path())),
-        start(&network, config(3, &seeds, data.path())),
-    );
-    let fourth = start(&network, config(4, &seeds, data.path())).await;
+    let [first, second, third] = start_three(&network, data.path()).await;
+    let fourth = start(&network, config(4, &[1, 2, 3], data.path())).await;
     let nodes = [first, second, third, fourth];
     eventually("full replication on four nodes", || async {
         fully_replicated(&nodes[0], 3, None)
@@ -280,13 +282,7 @@ async fn a_dead_node_is_marked_down_and_replaced() {
 async fn leaders_spread_over_the_nodes() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(15);
-    let seeds = [1, 2, 3];
-    let (first, second, third) = tokio::join!(
-        start(&network, config(1, &seeds, data.path())),
-        start(&network, config(2, &seeds, data.path())),
-        start(&network, config(3, &seeds, data.path())),
-    );
-    let nodes = [first, second, third];
+    let nodes = start_three(&network, data.path()).await;
     let leaders_per_node = || {
         let mut counts = [0usize; 3];
         for group in 1..=NUM_GROUPS {
@@ -318,13 +314,7 @@ async fn leaders_spread_over_the_nodes() {
 async fn graceful_shutdown_hands_leaderships_over() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(16);
-    let seeds = [1, 2, 3];
-    let (first, second, third) = tokio::join!(
-        start(&network, config(1, &seeds, data.path())),
-        start(&network, config(2, &seeds, data.path())),
-        start(&network, config(3, &seeds, data.path())),
-    );
-    let nodes = [first, second, third];
+    let nodes = start_three(&network, data.path()).await;
     eventually("full replication", || async {
         fully_replicated(&nodes[0], 3, None)
     })
@@ -352,13 +342,7 @@ async fn graceful_shutdown_hands_leaderships_over() {
 async fn the_metadata_leader_dies_and_the_cluster_keeps_serving() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(17);
-    let seeds = [1, 2, 3];
-    let (first, second, third) = tokio::join!(
-        start(&network, config(1, &seeds, data.path())),
-        start(&network, config(2, &seeds, data.path())),
-        start(&network, config(3, &seeds, data.path())),
-    );
-    let nodes = [first, second, third];
+    let nodes = start_three(&network, data.path()).await;
     eventually("full replication", || async {
         fully_replicated(&nodes[0], 3, None)
     })

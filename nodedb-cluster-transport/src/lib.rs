@@ -49,6 +49,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Largest request or response payload of one RPC. Bulk data goes through streams.
 pub const RPC_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Refuses a request payload or stream header larger than [`RPC_PAYLOAD_BYTES_MAX`] before
+/// anything is sent.
+pub(crate) fn ensure_payload_fits(payload: &Bytes) -> Result<(), TransportError> {
+    if payload.len() > RPC_PAYLOAD_BYTES_MAX {
+        return Err(TransportError::TooLarge {
+            bytes: payload.len() as u64,
+            limit: RPC_PAYLOAD_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
+}
+
 /// Serves incoming traffic. Implemented by the layer above (the Raft router, the node).
 ///
 /// `from` is authenticated: it comes from the peer's certificate (or, in memory, the sender's

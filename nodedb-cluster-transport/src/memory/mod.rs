@@ -287,12 +287,7 @@ impl Transport for MemoryTransport {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Bytes, TransportError>> {
         Box::pin(async move {
-            if request.len() > RPC_PAYLOAD_BYTES_MAX {
-                return Err(TransportError::TooLarge {
-                    bytes: request.len() as u64,
-                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
-                });
-            }
+            crate::ensure_payload_fits(&request)?;
             let deadline = tokio::time::Instant::now() + timeout;
             let response = self.start_call(to, request)?;
             match tokio::time::timeout_at(deadline, response).await {
@@ -314,12 +309,7 @@ impl Transport for MemoryTransport {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<OutboundStream, TransportError>> {
         Box::pin(async move {
-            if header.len() > RPC_PAYLOAD_BYTES_MAX {
-                return Err(TransportError::TooLarge {
-                    bytes: header.len() as u64,
-                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
-                });
-            }
+            crate::ensure_payload_fits(&header)?;
             let deadline = tokio::time::Instant::now() + timeout;
             let opened = self.start_stream(to, header, timeout)?;
             match tokio::time::timeout_at(deadline, opened).await {

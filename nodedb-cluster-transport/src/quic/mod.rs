@@ -346,12 +346,7 @@ impl Transport for QuicTransport {
             if self.shared.shut_down.load(Ordering::Acquire) {
                 return Err(TransportError::Shutdown);
             }
-            if request.len() > RPC_PAYLOAD_BYTES_MAX {
-                return Err(TransportError::TooLarge {
-                    bytes: request.len() as u64,
-                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
-                });
-            }
+            crate::ensure_payload_fits(&request)?;
             let deadline = Instant::now() + timeout;
             self.call_inner(to, request, deadline).await
         })
@@ -367,12 +362,7 @@ impl Transport for QuicTransport {
             if self.shared.shut_down.load(Ordering::Acquire) {
                 return Err(TransportError::Shutdown);
             }
-            if header.len() > RPC_PAYLOAD_BYTES_MAX {
-                return Err(TransportError::TooLarge {
-                    bytes: header.len() as u64,
-                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
-                });
-            }
+            crate::ensure_payload_fits(&header)?;
             self.open_stream_inner(to, header, timeout).await
         })
     }
@@ -387,12 +377,7 @@ impl Transport for QuicTransport {
             if self.shared.shut_down.load(Ordering::Acquire) {
                 return Err(TransportError::Shutdown);
             }
-            if request.len() > RPC_PAYLOAD_BYTES_MAX {
-                return Err(TransportError::TooLarge {
-                    bytes: request.len() as u64,
-                    limit: RPC_PAYLOAD_BYTES_MAX as u64,
-                });
-            }
+            crate::ensure_payload_fits(&request)?;
             self.call_addr_inner(addr, request, Instant::now() + timeout)
                 .await
         })
