@@ -14,8 +14,8 @@
 //! `tokio::time::sleep`, so tests may run with paused time.
 
 use crate::{
-    BoxFuture, Bytes, Handler, HandlerError, InboundStream, OutboundStream, RPC_PAYLOAD_BYTES_MAX,
-    Transport, TransportError,
+    BoxFuture, Bytes, Handler, HandlerError, InboundStream, OutboundStream, Transport,
+    TransportError,
 };
 use nodedb_cluster_core::NodeId;
 use rand::rngs::SmallRng;

@@ -16,9 +16,7 @@ pub use breaker::{
 
 use crate::codec::{Frame, FrameError, FrameKind, encode_header, read_required_frame};
 use crate::tls::{self, TlsError, TlsMode};
-use crate::{
-    BoxFuture, Bytes, Handler, OutboundStream, RPC_PAYLOAD_BYTES_MAX, Transport, TransportError,
-};
+use crate::{BoxFuture, Bytes, Handler, OutboundStream, Transport, TransportError};
 use nodedb_cluster_core::NodeId;
 use pool::Pool;
 use std::fmt;
