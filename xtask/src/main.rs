@@ -16,6 +16,7 @@ mod layering;
 mod nemesis;
 mod progress;
 mod report;
+mod soak;
 mod test_cluster;
 mod workload;
 
@@ -40,6 +41,9 @@ enum Task {
     /// Measure a local cluster.
     #[command(subcommand)]
     Bench(cli::BenchTarget),
+    /// Long suites: many seeds of the deterministic fault harnesses.
+    #[command(subcommand)]
+    Soak(SoakTarget),
     /// Test stand-in: serve a fake store for fake nodes (used by the driver's own tests).
     #[command(hide = true)]
     FakeStore {
@@ -55,6 +59,13 @@ enum Task {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+/// `cargo xtask soak <target>`.
+#[derive(Debug, Subcommand)]
+enum SoakTarget {
+    /// The multi-raft fault harness (linearizability and replica hashes) over many seeds.
+    Raft(soak::SoakRaftArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +98,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Task::Soak(SoakTarget::Raft(args)) => exit_code(soak::raft(&args)),
         Task::Bench(cli::BenchTarget::Transport) => exit_code(bench_examples::transport()),
         Task::Bench(cli::BenchTarget::Raft(args)) => exit_code(bench_examples::raft(&args)),
     }
