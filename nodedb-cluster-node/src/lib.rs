@@ -1,6 +1,36 @@
 //! The NodeDB cluster node: assembles the transport, the catalog and multi-raft into a running
 //! node, and ships the `nodedb-cluster` binary.
 //!
+//! How to use it from another NodeDB component:
+//! 1. Fill a [`cluster::ClusterConfig`] (node id, QUIC and admin addresses, seeds, data dir,
+//!    TLS material, Raft timings) or build one from a TOML file with [`NodeConfig::load`] and
+//!    [`run::cluster_config`].
+//! 2. [`cluster::start_cluster`] binds the QUIC endpoint and restarts, bootstraps or joins, as
+//!    the data dir and the seeds say; it returns a [`cluster::Cluster`].
+//! 3. Route work with [`cluster::Cluster::groups`] (proposals and reads reach the group leader
+//!    in one hop), watch topology and routing with [`cluster::Cluster::metadata`], and stop
+//!    with [`cluster::Cluster::shutdown`], which hands leaderships over first.
+//!
+//! ```no_run
+//! # async fn example(config: nodedb_cluster_node::cluster::ClusterConfig) -> anyhow::Result<()> {
+//! use nodedb_cluster_core::vshard_for_key;
+//! use nodedb_cluster_raft::kv::KvCommand;
+//!
+//! let cluster = nodedb_cluster_node::cluster::start_cluster(config).await?;
+//! let key = b"user:42".to_vec();
+//! let group = {
+//!     let metadata = cluster.metadata();
+//!     let applied = metadata.borrow();
+//!     applied.state.routing().expect("bootstrapped").group_of(vshard_for_key(&key))
+//! };
+//! let command = KvCommand::Put { key, value: b"alice".to_vec() };
+//! let (index, _response) = cluster.groups().propose(group, command.encode()).await?;
+//! println!("committed at index {index}");
+//! cluster.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! **Architecture Invariant:** this is the only crate that owns a tokio runtime, wires concrete
 //! implementations together and has a `main`.
 
