@@ -538,6 +538,27 @@ impl Endpoint {
 }
 
 impl MemoryTransport {
+    /// Routes one message to `to` under the fault plan: its delivery (none when the plan drops
+    /// it) and the fault decision that shapes it.
+    fn dispatch(
+        &self,
+        to: NodeId,
+        kind: MessageKind,
+    ) -> Result<(Option<Delivery>, FaultDecision), TransportError> {
+        if !self.endpoint.is_alive() {
+            return Err(TransportError::Shutdown);
+        }
+        let route = self.network.inner.lock().route(self.node, to, kind)?;
+        let delivery = (!route.decision.dropped).then(|| Delivery {
+            network: self.network.clone(),
+            from: self.node,
+            from_endpoint: Arc::clone(&self.endpoint),
+            to,
+            to_endpoint: Arc::clone(&route.endpoint),
+        });
+        Ok((delivery, route.decision))
+    }
+
     /// Routes the request and spawns its delivery; the receiver yields the response, or an
     /// error when the request or response was lost.
     fn start_call(
@@ -545,31 +566,17 @@ impl MemoryTransport {
         to: NodeId,
         request: Bytes,
     ) -> Result<oneshot::Receiver<Result<Bytes, TransportError>>, TransportError> {
-        if !self.endpoint.is_alive() {
-            return Err(TransportError::Shutdown);
-        }
-        let route = self
-            .network
-            .inner
-            .lock()
-            .route(self.node, to, MessageKind::Request)?;
+        let (delivery, decision) = self.dispatch(to, MessageKind::Request)?;
         let (reply, response) = oneshot::channel();
-        if !route.decision.dropped {
-            let delivery = Delivery {
-                network: self.network.clone(),
-                from: self.node,
-                from_endpoint: Arc::clone(&self.endpoint),
-                to,
-                to_endpoint: Arc::clone(&route.endpoint),
-            };
-            if let Some(duplicate_delay) = route.decision.duplicate_delay {
+        if let Some(delivery) = delivery {
+            if let Some(duplicate_delay) = decision.duplicate_delay {
                 let copy = delivery.clone();
                 let request = request.clone();
                 tokio::spawn(
                     async move { copy.deliver_request(duplicate_delay, request, None).await },
                 );
             }
-            tokio::spawn(delivery.deliver_request(route.decision.delay, request, Some(reply)));
+            tokio::spawn(delivery.deliver_request(decision.delay, request, Some(reply)));
         }
         Ok(response)
     }
@@ -581,24 +588,10 @@ impl MemoryTransport {
         header: Bytes,
         timeout: Duration,
     ) -> Result<oneshot::Receiver<MemorySink>, TransportError> {
-        if !self.endpoint.is_alive() {
-            return Err(TransportError::Shutdown);
-        }
-        let route = self
-            .network
-            .inner
-            .lock()
-            .route(self.node, to, MessageKind::StreamOpen)?;
+        let (delivery, decision) = self.dispatch(to, MessageKind::StreamOpen)?;
         let (opened, open_result) = oneshot::channel();
-        if !route.decision.dropped {
-            let delivery = Delivery {
-                network: self.network.clone(),
-                from: self.node,
-                from_endpoint: Arc::clone(&self.endpoint),
-                to,
-                to_endpoint: Arc::clone(&route.endpoint),
-            };
-            tokio::spawn(delivery.deliver_stream(route.decision.delay, header, opened, timeout));
+        if let Some(delivery) = delivery {
+            tokio::spawn(delivery.deliver_stream(decision.delay, header, opened, timeout));
         }
         Ok(open_result)
     }
