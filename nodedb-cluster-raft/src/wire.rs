@@ -102,15 +102,7 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError>
             supported: WIRE_VERSION,
         });
     }
-    let (value, rest) = postcard::take_from_bytes(bytes)
-        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
-    if !rest.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
-    Ok(value)
+    decode_exact(bytes)
 }
 
 /// A log entry as stored in the log: `[RECORD_VERSION][postcard(Entry)]`.
@@ -154,7 +146,12 @@ fn decode_record<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, DecodeEr
             supported: RECORD_VERSION,
         });
     }
-    let (value, rest) = postcard::take_from_bytes(body)
+    decode_exact(body)
+}
+
+/// Decodes `bytes` as exactly one `T`: trailing bytes are an error, not ignored.
+fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    let (value, rest) = postcard::take_from_bytes(bytes)
         .map_err(|error| DecodeError::Malformed(error.to_string()))?;
     if !rest.is_empty() {
         return Err(DecodeError::Malformed(format!(
