@@ -15,10 +15,7 @@ use nodedb_cluster_core::{
 };
 use nodedb_cluster_raft::kv::KvStateMachine;
 use nodedb_cluster_raft::log_db::LogDb;
-use nodedb_cluster_raft::{
-    AppliedMetadata, MetadataOutcome, MetadataStateMachine, MultiRaft, RaftTimings,
-    decode_metadata_outcome, encode_metadata_command,
-};
+use nodedb_cluster_raft::{AppliedMetadata, MetadataStateMachine, MultiRaft, RaftTimings};
 use nodedb_cluster_transport::quic::{QuicConfig, QuicTimings, QuicTransport};
 use nodedb_cluster_transport::tls::TlsMode;
 use nodedb_cluster_transport::{Bytes, Transport};
@@ -445,16 +442,7 @@ impl Cluster {
             replication_factor: config.replication_factor,
             first_node: self.node_info(NodeState::Active)?,
         };
-        let (_, response) = self
-            .inner
-            .groups
-            .propose(METADATA_GROUP, encode_metadata_command(&command))
-            .await
-            .map_err(|error| error.to_string())?;
-        match decode_metadata_outcome(&response) {
-            Some(MetadataOutcome::Applied(_)) => Ok(()),
-            other => Err(format!("the metadata group answered {other:?}")),
-        }
+        self.inner.groups.propose_metadata(&command).await
     }
 
     async fn join(

@@ -4,8 +4,11 @@
 
 use crate::control::{ControlError, ControlRequest, ControlResponse, MembershipChange};
 use crate::reconciler::CAUGHT_UP_LAG_MAX;
-use nodedb_cluster_core::{GroupId, NodeId};
-use nodedb_cluster_raft::{AppliedMetadata, MultiRaft, ReadConsistency};
+use nodedb_cluster_core::{GroupId, METADATA_GROUP, MetadataCommand, NodeId};
+use nodedb_cluster_raft::{
+    AppliedMetadata, MetadataOutcome, MultiRaft, ReadConsistency, decode_metadata_outcome,
+    encode_metadata_command,
+};
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +106,19 @@ impl GroupClient {
         match self.run(group, Operation::ChangeMembership(change)).await? {
             Served::MembershipChanged => Ok(()),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Commits `command` in the metadata group (group 0); `Ok` only when it was applied, the
+    /// refusal or the routing failure otherwise, as text for logs and start errors.
+    pub async fn propose_metadata(&self, command: &MetadataCommand) -> Result<(), String> {
+        let (_, response) = self
+            .propose(METADATA_GROUP, encode_metadata_command(command))
+            .await
+            .map_err(|error| error.to_string())?;
+        match decode_metadata_outcome(&response) {
+            Some(MetadataOutcome::Applied(_)) => Ok(()),
+            other => Err(format!("the metadata group answered {other:?}")),
         }
     }
 

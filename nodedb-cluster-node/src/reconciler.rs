@@ -8,9 +8,7 @@ use crate::group_client::GroupClient;
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, PlacementStep,
 };
-use nodedb_cluster_raft::{
-    AppliedMetadata, MetadataOutcome, MultiRaft, decode_metadata_outcome, encode_metadata_command,
-};
+use nodedb_cluster_raft::{AppliedMetadata, MultiRaft};
 use nodedb_cluster_transport::{Bytes, Transport};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -286,13 +284,5 @@ async fn execute(
 }
 
 async fn propose(context: &ReconcilerContext, command: &MetadataCommand) -> Result<(), String> {
-    let (_, response) = context
-        .groups
-        .propose(METADATA_GROUP, encode_metadata_command(command))
-        .await
-        .map_err(|error| error.to_string())?;
-    match decode_metadata_outcome(&response) {
-        Some(MetadataOutcome::Applied(_)) => Ok(()),
-        other => Err(format!("metadata answered {other:?}")),
-    }
+    context.groups.propose_metadata(command).await
 }
