@@ -5,6 +5,7 @@
 use crate::ClusterId;
 use crate::create;
 use crate::error::{CatalogError, Corruption};
+use crate::metrics::{self, WriteOutcome};
 use crate::record::{self, EnvelopeError, RECORD_BODY_BYTES_MAX, RecordKind};
 use nodedb_cluster_core::{NodeId, VSHARD_COUNT};
 use redb::{
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The catalog format this binary writes and the newest it reads.
 pub const FORMAT_VERSION_CURRENT: u32 = 1;
@@ -116,7 +118,7 @@ impl Catalog {
     /// different one is refused with [`CatalogError::ClusterIdMismatch`].
     pub fn set_cluster_id(&self, cluster_id: ClusterId) -> Result<(), CatalogError> {
         let envelope = encode_record(RecordKind::Cluster, &cluster_id)?;
-        self.write(|transaction| {
+        self.write(RecordKind::Cluster, |transaction| {
             let mut table = transaction.open_table(META).map_err(|e| self.error(e))?;
             if let Some(stored) = table.get(KEY_CLUSTER).map_err(|e| self.error(e))? {
                 let body = self.decode_envelope(RecordKind::Cluster, stored.value())?;
@@ -148,7 +150,7 @@ impl Catalog {
         state: &S,
     ) -> Result<(), CatalogError> {
         let envelope = encode_record(RecordKind::Metadata, &(applied_index, state))?;
-        self.write(|transaction| {
+        self.write(RecordKind::Metadata, |transaction| {
             let mut table = transaction.open_table(META).map_err(|e| self.error(e))?;
             if let Some(stored) = table.get(KEY_METADATA).map_err(|e| self.error(e))? {
                 let body = self.decode_envelope(RecordKind::Metadata, stored.value())?;
@@ -199,7 +201,7 @@ impl Catalog {
         checkpoint: &C,
     ) -> Result<(), CatalogError> {
         let envelope = encode_record(RecordKind::MigrationCheckpoint, checkpoint)?;
-        self.write(|transaction| {
+        self.write(RecordKind::MigrationCheckpoint, |transaction| {
             let mut table = transaction
                 .open_table(MIGRATIONS)
                 .map_err(|e| self.error(e))?;
@@ -243,7 +245,7 @@ impl Catalog {
     /// Removes the checkpoint of migration `migration_id`; returns whether one was saved.
     pub fn remove_migration_checkpoint(&self, migration_id: u64) -> Result<bool, CatalogError> {
         let mut removed = false;
-        self.write(|transaction| {
+        self.write(RecordKind::MigrationCheckpoint, |transaction| {
             let mut table = transaction
                 .open_table(MIGRATIONS)
                 .map_err(|e| self.error(e))?;
@@ -337,18 +339,41 @@ impl Catalog {
         Ok(())
     }
 
-    /// Runs `body` in one write transaction; commits durably if it changed something.
+    /// Runs `body` in one write transaction of `record`; commits durably if it changed
+    /// something. Counted in [`crate::metrics`].
     fn write(
         &self,
+        record: RecordKind,
         body: impl FnOnce(&WriteTransaction) -> Result<Write, CatalogError>,
     ) -> Result<(), CatalogError> {
+        let started = Instant::now();
+        let result = self.write_transaction(body);
+        let outcome = match &result {
+            Ok(Write::Changed) => WriteOutcome::Committed,
+            Ok(Write::Unchanged) => WriteOutcome::Unchanged,
+            Err(_) => WriteOutcome::Failed,
+        };
+        metrics::write_done(record, outcome, started.elapsed());
+        result.map(|_| ())
+    }
+
+    fn write_transaction(
+        &self,
+        body: impl FnOnce(&WriteTransaction) -> Result<Write, CatalogError>,
+    ) -> Result<Write, CatalogError> {
         let mut transaction = self.database.begin_write().map_err(|e| self.error(e))?;
         transaction
             .set_durability(Durability::Immediate)
             .map_err(|e| self.error(e))?;
         match body(&transaction) {
-            Ok(Write::Changed) => transaction.commit().map_err(|e| self.error(e)),
-            Ok(Write::Unchanged) => transaction.abort().map_err(|e| self.error(e)),
+            Ok(Write::Changed) => transaction
+                .commit()
+                .map(|()| Write::Changed)
+                .map_err(|e| self.error(e)),
+            Ok(Write::Unchanged) => transaction
+                .abort()
+                .map(|()| Write::Unchanged)
+                .map_err(|e| self.error(e)),
             Err(error) => {
                 // The transaction changed nothing that must survive; an abort failure would
                 // only hide the error that matters.

@@ -43,6 +43,7 @@
 mod catalog;
 mod create;
 mod error;
+pub mod metrics;
 mod record;
 
 pub use catalog::{CATALOG_FILE_NAME, Catalog, FORMAT_VERSION_CURRENT, MIGRATION_CHECKPOINTS_MAX};

@@ -30,6 +30,7 @@ pub mod kv;
 pub mod log_db;
 mod log_store;
 mod metadata_sm;
+pub mod metrics;
 mod multi_raft;
 mod network;
 mod router;

@@ -2,6 +2,7 @@
 //! [`RaftRpc`] envelope tagged with the group, sent as one request/response call with the
 //! deadline openraft asks for; a snapshot is the snapshot file streamed over a bulk stream.
 
+use crate::metrics::{self, SnapshotSend};
 use crate::snapshot::SnapshotFile;
 use crate::types::{RaftNode, TypeConfig, Vote, node_id};
 use crate::wire::{self, RaftReply, RaftRpc, ReplyBody, RpcBody, SnapshotHeader, WIRE_VERSION};
@@ -253,9 +254,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let deadline = snapshot_deadline(option.soft_ttl(), snapshot.snapshot.bytes);
+        let bytes = snapshot.snapshot.bytes;
+        let deadline = snapshot_deadline(option.soft_ttl(), bytes);
         let send = tokio::time::timeout(deadline, self.send_snapshot(vote, snapshot, &option));
-        tokio::select! {
+        let result = tokio::select! {
             result = send => match result {
                 Ok(result) => result,
                 Err(_) => Err(StreamingError::Timeout(Timeout {
@@ -266,7 +268,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 })),
             },
             closed = cancel => Err(StreamingError::Closed(closed)),
-        }
+        };
+        let send = match &result {
+            Ok(_) => SnapshotSend::Delivered { bytes },
+            Err(StreamingError::Timeout(_)) => SnapshotSend::TimedOut,
+            Err(StreamingError::Closed(_)) => SnapshotSend::Closed,
+            Err(_) => SnapshotSend::Failed,
+        };
+        metrics::snapshot_sent(self.group, send);
+        result
     }
 
     async fn transfer_leader(

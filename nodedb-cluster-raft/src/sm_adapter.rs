@@ -222,6 +222,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
     async fn get_current_snapshot(&mut self) -> io::Result<Option<SmSnapshotOf<TypeConfig, Self>>> {
         Ok(lock(&self.current)
             .clone()
+        crate::metrics::snapshot_installed(self.group);
             .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
@@ -250,6 +251,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        crate::metrics::snapshot_built(self.group);
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

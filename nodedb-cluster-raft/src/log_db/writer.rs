@@ -5,6 +5,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use redb::Database;
 
@@ -15,11 +16,13 @@ pub(super) fn run(shared: &Shared, db: &Database) {
     while let Some(batch) = next_batch(shared) {
         shared.room.notify_all();
         shared.room_async.notify_waiters();
+        let started = Instant::now();
         let result = disk::apply_batch(
             db,
             shared.options.quick_repair,
             batch.iter().map(|q| (q.group, q.op.as_ref())),
         );
+        crate::metrics::log_committed(batch.len(), started.elapsed(), result.is_ok());
         match result {
             Ok(()) => {
                 shared.batches_committed.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 
 mod breaker;
 mod by_addr;
+pub mod metrics;
 mod pool;
 mod server;
 mod stream;
@@ -301,7 +302,7 @@ impl QuicTransport {
         let node = self.node;
         let open = async {
             let open = Frame::new(FrameKind::StreamOpen, header);
-            send_frames(&mut send, &[&Frame::hello(node), &open]).await
+            send_frames(&mut send, to, &[&Frame::hello(node), &open]).await
         };
         match tokio::time::timeout_at(deadline, open).await {
             Err(_elapsed) => Err(TransportError::Timeout { node: to }),
@@ -344,9 +345,13 @@ impl Transport for QuicTransport {
             if self.shared.shut_down.load(Ordering::Acquire) {
                 return Err(TransportError::Shutdown);
             }
-            crate::ensure_payload_fits(&request)?;
-            let deadline = Instant::now() + timeout;
-            self.call_inner(to, request, deadline).await
+            metrics::rpc_sent(to);
+            let result = match crate::ensure_payload_fits(&request) {
+                Ok(()) => self.call_inner(to, request, Instant::now() + timeout).await,
+                Err(error) => Err(error),
+            };
+            metrics::outcome(to, &result);
+            result
         })
     }
 
@@ -360,8 +365,13 @@ impl Transport for QuicTransport {
             if self.shared.shut_down.load(Ordering::Acquire) {
                 return Err(TransportError::Shutdown);
             }
-            crate::ensure_payload_fits(&header)?;
-            self.open_stream_inner(to, header, timeout).await
+            metrics::stream_opened(to);
+            let result = match crate::ensure_payload_fits(&header) {
+                Ok(()) => self.open_stream_inner(to, header, timeout).await,
+                Err(error) => Err(error),
+            };
+            metrics::outcome(to, &result);
+            result
         })
     }
 
@@ -525,9 +535,11 @@ async fn rpc(
 ) -> Result<Bytes, TransportError> {
     let exchange = async {
         let request = Frame::new(FrameKind::Request, request);
-        send_frames(&mut send, &[&Frame::hello(local), &request]).await?;
+        send_frames(&mut send, to, &[&Frame::hello(local), &request]).await?;
         let _ = send.finish();
-        read_required_frame(&mut recv).await
+        let answer = read_required_frame(&mut recv).await?;
+        metrics::frames_received(to, &[&answer]);
+        Ok::<Frame, FrameError>(answer)
     };
     match tokio::time::timeout_at(deadline, exchange).await {
         Err(_elapsed) => Err(TransportError::Timeout { node: to }),
@@ -537,9 +549,10 @@ async fn rpc(
 }
 
 /// Writes `frames` in one go (headers and bodies as separate chunks, bodies not copied), so a
-/// small RPC costs one write rather than one per header and body.
+/// small RPC costs one write rather than one per header and body. `peer` is who reads them.
 pub(crate) async fn send_frames(
     send: &mut quinn::SendStream,
+    peer: NodeId,
     frames: &[&Frame],
 ) -> Result<(), FrameError> {
     let mut chunks = Vec::with_capacity(frames.len() * 2);
@@ -552,7 +565,9 @@ pub(crate) async fn send_frames(
     }
     send.write_all_chunks(&mut chunks)
         .await
-        .map_err(|error| FrameError::Io(error.to_string()))
+        .map_err(|error| FrameError::Io(error.to_string()))?;
+    metrics::frames_sent(peer, frames);
+    Ok(())
 }
 
 /// The answer carried by a response frame.

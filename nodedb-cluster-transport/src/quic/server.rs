@@ -3,6 +3,7 @@
 //! serves requests and bulk streams with the installed handler. A bad stream is reset and
 //! logged; a peer claiming another node's id loses its whole connection.
 
+use super::metrics::{self, InboundError};
 use super::stream::QuicSource;
 use super::{CLOSE_IDENTITY_MISMATCH, CLOSE_NO_IDENTITY, Shared, send_frames};
 use crate::codec::{Frame, FrameError, FrameKind, read_required_frame};
@@ -52,11 +53,23 @@ enum StreamError {
     Idle(Duration),
 }
 
+impl StreamError {
+    fn kind(&self) -> InboundError {
+        match self {
+            StreamError::Frame(_) => InboundError::BadFrame,
+            StreamError::IdentityMismatch { .. } => InboundError::IdentityMismatch,
+            StreamError::UnexpectedFrame(_) => InboundError::UnexpectedFrame,
+            StreamError::Idle(_) => InboundError::Idle,
+        }
+    }
+}
+
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
         Ok(connection) => connection,
         Err(error) => {
+            metrics::inbound_error(InboundError::Handshake);
             tracing::warn!(node = %shared.node, %remote, %error, "handshake failed");
             return;
         }
@@ -65,6 +78,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         match certified_node(&connection) {
             Some(node) => Identity::Certified(node),
             None => {
+                metrics::inbound_error(InboundError::NoIdentity);
                 tracing::warn!(node = %shared.node, %remote, "peer certificate names no node; closing");
                 connection.close(
                     quinn::VarInt::from_u32(CLOSE_NO_IDENTITY),
@@ -90,6 +104,9 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let result = serve_stream(&shared, &identity, send, recv).await;
+            if let Err(error) = &result {
+                metrics::inbound_error(error.kind());
+            }
             match result {
                 Ok(()) => {}
                 Err(StreamError::IdentityMismatch {
@@ -155,24 +172,31 @@ async fn serve_stream_frames(
         });
     }
     let opening = read_opening_frame(&mut recv, idle).await?;
+    metrics::frames_received(from, &[&hello, &opening]);
     let handler = shared
         .handler
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
     let result = match opening.kind {
-        FrameKind::Request => match handler {
-            None => Err(HandlerError::NotReady),
-            Some(handler) => handler.on_request(from, opening.body).await,
-        },
-        FrameKind::StreamOpen => serve_bulk(shared, handler, from, opening.body, recv).await,
+        FrameKind::Request => {
+            metrics::rpc_received(from);
+            match handler {
+                None => Err(HandlerError::NotReady),
+                Some(handler) => handler.on_request(from, opening.body).await,
+            }
+        }
+        FrameKind::StreamOpen => {
+            metrics::stream_accepted(from);
+            serve_bulk(shared, handler, from, opening.body, recv).await
+        }
         other => return Err(StreamError::UnexpectedFrame(other)),
     };
     let answer = match result {
         Ok(body) => Frame::new(FrameKind::Response, body),
         Err(error) => Frame::error_response(&error),
     };
-    if let Err(error) = send_frames(send, &[&answer]).await {
+    if let Err(error) = send_frames(send, from, &[&answer]).await {
         tracing::debug!(node = %shared.node, %from, %error, "could not send the answer");
     }
     // Dropping a finished stream still delivers what was written.

@@ -2,7 +2,8 @@
 //! total length and CRC32C; the receiver reads a frame only when its handler asks for the next
 //! chunk, so QUIC flow control holds the sender back and memory stays bounded on both sides.
 
-use crate::codec::{Frame, FrameKind, StreamChecksum, read_frame, read_required_frame};
+use super::metrics;
+use crate::codec::{Frame, FrameError, FrameKind, StreamChecksum, read_frame, read_required_frame};
 use crate::{BoxFuture, Bytes, ChunkSink, ChunkSource, TransportError};
 use nodedb_cluster_core::NodeId;
 use std::time::Duration;
@@ -77,9 +78,11 @@ impl ChunkSink for QuicSink {
             self.checksum.update(&chunk);
             let frame = Frame::new(FrameKind::StreamChunk, chunk);
             let frames = [&frame];
-            let written =
-                tokio::time::timeout(self.timeout, super::send_frames(&mut self.send, &frames));
-            match written.await {
+            let written = tokio::time::timeout(
+                self.timeout,
+                super::send_frames(&mut self.send, self.to, &frames),
+            );
+            let result = match written.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => {
                     self.failed = true;
@@ -90,7 +93,9 @@ impl ChunkSink for QuicSink {
                     self.failed = true;
                     Err(TransportError::Timeout { node: self.to })
                 }
-            }
+            };
+            metrics::outcome(self.to, &result);
+            result
         })
     }
 
@@ -107,19 +112,22 @@ impl ChunkSink for QuicSink {
             let timeout = self.timeout;
             let sink = &mut *self;
             let finish = async {
-                super::send_frames(&mut sink.send, &[&end]).await?;
+                super::send_frames(&mut sink.send, to, &[&end]).await?;
                 let _ = sink.send.finish();
-                read_required_frame(&mut sink.recv).await
+                let answer = read_required_frame(&mut sink.recv).await?;
+                metrics::frames_received(to, &[&answer]);
+                Ok::<Frame, FrameError>(answer)
             };
-            let frame = match tokio::time::timeout(timeout, finish).await {
-                Err(_elapsed) => return Err(TransportError::Timeout { node: to }),
+            let result = match tokio::time::timeout(timeout, finish).await {
+                Err(_elapsed) => Err(TransportError::Timeout { node: to }),
                 Ok(Err(error)) => {
                     let error = error.into_transport(to);
-                    return Err(self.early_answer(error).await);
+                    Err(self.early_answer(error).await)
                 }
-                Ok(Ok(frame)) => frame,
+                Ok(Ok(frame)) => super::response_of(to, frame),
             };
-            super::response_of(to, frame)
+            metrics::outcome(to, &result);
+            result
         })
     }
 }
@@ -155,6 +163,7 @@ impl ChunkSource for QuicSource {
                     Ok(Err(error)) => return Err(error.into_transport(self.from)),
                     Ok(Ok(frame)) => frame,
                 };
+            metrics::frames_received(self.from, &[&frame]);
             match frame.kind {
                 FrameKind::StreamChunk => {
                     self.checksum.update(&frame.body);

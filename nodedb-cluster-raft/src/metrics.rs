@@ -1,0 +1,83 @@
+//! What the replication engine counts, through the `metrics` facade (a no-op until the process
+//! installs a recorder): snapshots sent, built and installed per group, and the log's group
+//! commits (one fsync each) with their size and duration. Labels stay bounded: `group` is a
+//! group id, `outcome` a fixed set.
+
+use nodedb_cluster_core::GroupId;
+use std::time::Duration;
+
+/// Snapshots sent to a follower, per group and outcome (`ok`, `timeout`, `closed`, `failed`).
+pub const SNAPSHOTS_SENT: &str = "nodedb_cluster_raft_snapshots_sent_total";
+/// Bytes of snapshots delivered to followers, per group.
+pub const SNAPSHOT_BYTES_SENT: &str = "nodedb_cluster_raft_snapshot_bytes_sent_total";
+/// Snapshots this node built from its state machine, per group.
+pub const SNAPSHOTS_BUILT: &str = "nodedb_cluster_raft_snapshots_built_total";
+/// Snapshots received from a leader and installed into the state machine, per group.
+pub const SNAPSHOTS_INSTALLED: &str = "nodedb_cluster_raft_snapshots_installed_total";
+/// Transactions of the Raft log, each one fsync, by outcome (`ok`, `failed`).
+pub const LOG_COMMITS: &str = "nodedb_cluster_raft_log_commits_total";
+/// Operations (appends, truncates, purges, votes of any group) per log transaction.
+pub const LOG_COMMIT_OPERATIONS: &str = "nodedb_cluster_raft_log_commit_operations";
+/// Time to write and fsync one log transaction.
+pub const LOG_COMMIT_SECONDS: &str = "nodedb_cluster_raft_log_commit_duration_seconds";
+
+/// How a snapshot send ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SnapshotSend {
+    Delivered { bytes: u64 },
+    TimedOut,
+    Closed,
+    Failed,
+}
+
+/// Gives every series above its help text; call once after installing a recorder.
+pub fn describe() {
+    metrics::describe_counter!(SNAPSHOTS_SENT, "snapshots sent to followers, by outcome");
+    metrics::describe_counter!(SNAPSHOT_BYTES_SENT, "bytes of snapshots delivered");
+    metrics::describe_counter!(SNAPSHOTS_BUILT, "snapshots built from the state machine");
+    metrics::describe_counter!(SNAPSHOTS_INSTALLED, "snapshots installed from a leader");
+    metrics::describe_counter!(LOG_COMMITS, "Raft log transactions (one fsync each)");
+    metrics::describe_histogram!(
+        LOG_COMMIT_OPERATIONS,
+        "operations committed together in one Raft log transaction"
+    );
+    metrics::describe_histogram!(
+        LOG_COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "time to write and fsync one Raft log transaction"
+    );
+}
+
+pub(crate) fn snapshot_sent(group: GroupId, send: SnapshotSend) {
+    let outcome = match send {
+        SnapshotSend::Delivered { bytes } => {
+            metrics::counter!(SNAPSHOT_BYTES_SENT, "group" => group_label(group)).increment(bytes);
+            "ok"
+        }
+        SnapshotSend::TimedOut => "timeout",
+        SnapshotSend::Closed => "closed",
+        SnapshotSend::Failed => "failed",
+    };
+    metrics::counter!(SNAPSHOTS_SENT, "group" => group_label(group), "outcome" => outcome)
+        .increment(1);
+}
+
+pub(crate) fn snapshot_built(group: GroupId) {
+    metrics::counter!(SNAPSHOTS_BUILT, "group" => group_label(group)).increment(1);
+}
+
+pub(crate) fn snapshot_installed(group: GroupId) {
+    metrics::counter!(SNAPSHOTS_INSTALLED, "group" => group_label(group)).increment(1);
+}
+
+/// One log transaction of `operations`, which took `elapsed`.
+pub(crate) fn log_committed(operations: usize, elapsed: Duration, ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    metrics::counter!(LOG_COMMITS, "outcome" => outcome).increment(1);
+    metrics::histogram!(LOG_COMMIT_OPERATIONS).record(operations as f64);
+    metrics::histogram!(LOG_COMMIT_SECONDS).record(elapsed.as_secs_f64());
+}
+
+fn group_label(group: GroupId) -> String {
+    group.0.to_string()
+}
