@@ -4,7 +4,7 @@
 //! "Node control messages").
 
 use nodedb_cluster_core::metadata::ClusterId;
-use nodedb_cluster_core::{GroupId, NodeId, NodeInfo};
+use nodedb_cluster_core::{GroupId, NodeId, NodeInfo, VShardId};
 use nodedb_cluster_raft::{MembershipError, ProposeError};
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +102,14 @@ pub enum ControlError {
     /// The receiver's storage failed.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// `vshard` is fenced in `group` (moved or moving away); nothing was applied. Retry
+    /// through the routing once it changes; `routing_version` is the receiver's view.
+    #[error("{vshard} moved away from {group} (routing version {routing_version} at the receiver)")]
+    Moved {
+        group: GroupId,
+        vshard: VShardId,
+        routing_version: u64,
+    },
 }
 
 impl ControlError {
@@ -131,6 +139,11 @@ impl ControlError {
             ProposeError::Query { group, reason } => {
                 ControlError::Invalid(format!("query on {group}: {reason}"))
             }
+            ProposeError::Moved { group, vshard } => ControlError::Moved {
+                group,
+                vshard,
+                routing_version: 0,
+            },
         }
     }
 

@@ -3,7 +3,7 @@
 //! unknown (`Timeout`).
 
 use crate::types::TypeConfig;
-use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_core::{GroupId, NodeId, VShardId};
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
 
 /// Failure of a proposal or a read on a group.
@@ -33,6 +33,10 @@ pub enum ProposeError {
     /// The state machine refused a query.
     #[error("query on {group} failed: {reason}")]
     Query { group: GroupId, reason: String },
+    /// `vshard` is fenced in `group`: it moved, or is moving, to another group. Nothing was
+    /// applied; retry once the routing says where the vShard lives now.
+    #[error("{vshard} is fenced in {group} (moved or moving)")]
+    Moved { group: GroupId, vshard: VShardId },
 }
 
 /// Failure to create, open or remove a group replica.

@@ -33,6 +33,7 @@ mod metadata_sm;
 pub mod metrics;
 mod multi_raft;
 mod network;
+mod replica;
 mod router;
 mod sm_adapter;
 mod snapshot;

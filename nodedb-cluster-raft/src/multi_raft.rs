@@ -6,11 +6,12 @@ use crate::error::{self, GroupError, MembershipError, ProposeError};
 use crate::log_db::LogDb;
 use crate::log_store::GroupLog;
 use crate::network::NetworkFactory;
+use crate::replica::SharedMachine;
 use crate::router::{GroupTable, HostedGroup, RaftRouter};
-use crate::sm_adapter::{MachineAdapter, SharedMachine};
+use crate::sm_adapter::MachineAdapter;
 use crate::state_machine::{LogIndex, StateMachine};
 use crate::status::{GroupStatus, LeaderChange, status_from_metrics};
-use crate::types::{AppRequest, EntryKind, Raft, RaftNode, node_id, raft_id};
+use crate::types::{AppRequest, AppResponse, EntryKind, Raft, RaftNode, node_id, raft_id};
 use nodedb_cluster_core::{GroupId, NodeId, VShardId};
 use nodedb_cluster_transport::{Handler, Transport};
 use openraft::async_runtime::watch::WatchReceiver;
@@ -257,7 +258,79 @@ impl MultiRaft {
         self.propose_entry(group, EntryKind::Command, command).await
     }
 
-    /// Imports the exported data of `vshard` on every replica of `group` (migrations).
+    /// Replicates `command`, which touches only `vshard`, through `group`. Refused with
+    /// [`ProposeError::Moved`] when the vShard is fenced in the group at the command's log
+    /// position (it moved away); then nothing was applied.
+    pub async fn propose_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        command: Vec<u8>,
+    ) -> Result<Applied, ProposeError> {
+        self.propose_entry(group, EntryKind::VShardCommand { vshard }, command)
+            .await
+    }
+
+    /// Answers `query`, which reads only `vshard`, like [`MultiRaft::query`]; refused with
+    /// [`ProposeError::Moved`] when the vShard is fenced in the group's applied state.
+    pub async fn query_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        query: &[u8],
+        consistency: ReadConsistency,
+    ) -> Result<Vec<u8>, ProposeError> {
+        if consistency == ReadConsistency::Linearizable {
+            self.read_barrier(group).await?;
+        }
+        let hosted = self.propose_target(group)?;
+        let replica = hosted.machine.lock();
+        if replica.is_fenced(vshard) {
+            return Err(ProposeError::Moved { group, vshard });
+        }
+        replica
+            .engine
+            .query(query)
+            .map_err(|error| ProposeError::Query {
+                group,
+                reason: error.to_string(),
+            })
+    }
+
+    /// Fences `vshard` in `group` (migrations): commands and reads of it are refused from the
+    /// returned log index on. Idempotent.
+    pub async fn fence_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<LogIndex, ProposeError> {
+        let applied = self
+            .propose_entry(group, EntryKind::FenceVShard { vshard }, Vec::new())
+            .await?;
+        Ok(applied.index)
+    }
+
+    /// Lifts the fence of `vshard` in `group` (the group owns it again). Idempotent.
+    pub async fn unfence_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<LogIndex, ProposeError> {
+        let applied = self
+            .propose_entry(group, EntryKind::UnfenceVShard { vshard }, Vec::new())
+            .await?;
+        Ok(applied.index)
+    }
+
+    /// Whether `vshard` is fenced in this node's replica of `group` (its applied state).
+    pub fn is_fenced(&self, group: GroupId, vshard: VShardId) -> Result<bool, ProposeError> {
+        let hosted = self.propose_target(group)?;
+        let fenced = hosted.machine.lock().is_fenced(vshard);
+        Ok(fenced)
+    }
+
+    /// Replaces the data of `vshard` on every replica of `group` with an export of it
+    /// (migrations). Idempotent.
     pub async fn import_vshard(
         &self,
         group: GroupId,
@@ -290,7 +363,7 @@ impl MultiRaft {
     ) -> Result<Vec<u8>, ProposeError> {
         self.read_barrier(group).await?;
         let hosted = self.propose_target(group)?;
-        let exported = hosted.machine.lock().export_vshard(vshard);
+        let exported = hosted.machine.lock().engine.export_vshard(vshard);
         exported.map_err(|error| ProposeError::Query {
             group,
             reason: error.to_string(),
@@ -321,7 +394,7 @@ impl MultiRaft {
             self.read_barrier(group).await?;
         }
         let hosted = self.propose_target(group)?;
-        let answer = hosted.machine.lock().query(query);
+        let answer = hosted.machine.lock().engine.query(query);
         answer.map_err(|error| ProposeError::Query {
             group,
             reason: error.to_string(),
@@ -517,10 +590,20 @@ impl MultiRaft {
         match self.with_deadline(write).await {
             None => Err(ProposeError::Timeout { group }),
             Some(Err(error)) => Err(error::propose_error(group, error)),
-            Some(Ok(response)) => Ok(Applied {
-                index: LogIndex(response.log_id.index),
-                response: response.data.0,
-            }),
+            Some(Ok(response)) => {
+                let response_index = response.log_id.index;
+                let response = match response.data {
+                    AppResponse::Applied(bytes) => bytes,
+                    AppResponse::Done => Vec::new(),
+                    AppResponse::Moved { vshard } => {
+                        return Err(ProposeError::Moved { group, vshard });
+                    }
+                };
+                Ok(Applied {
+                    index: LogIndex(response_index),
+                    response,
+                })
+            }
         }
     }
 

@@ -2,7 +2,8 @@
 //! dispatches them by group id to the local replica. An unknown group or a malformed message
 //! gets a typed [`RpcFailure`] answer, never a panic.
 
-use crate::sm_adapter::{MachineAdapter, SharedMachine};
+use crate::replica::SharedMachine;
+use crate::sm_adapter::MachineAdapter;
 use crate::snapshot::{self, SNAPSHOT_FILE_BYTES_MAX, SnapshotFile};
 use crate::types::Raft;
 use crate::wire::{

@@ -2,8 +2,9 @@
 //! committed commands, tracks the applied log id and membership, and keeps the latest snapshot
 //! as a durable file under the group's directory so that a restarted replica recovers from it.
 
+use crate::replica::SharedMachine;
 use crate::snapshot::{self, FileChunks, SnapshotFile};
-use crate::state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine};
+use crate::state_machine::{Committed, LogIndex, SnapshotChunks};
 use crate::types::{AppResponse, EntryKind, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use futures::{Stream, StreamExt};
 use nodedb_cluster_core::GroupId;
@@ -12,10 +13,6 @@ use openraft::{EntryPayload, alias::SmSnapshotOf};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// The engine of one replica, shared between the apply path and local queries.
-#[derive(Clone)]
-pub struct SharedMachine(Arc<Mutex<Box<dyn StateMachine>>>);
 
 /// The state machine half of a group replica, owned by openraft.
 pub struct MachineAdapter {
@@ -34,20 +31,6 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     snapshot_dir: PathBuf,
     current: Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>,
-}
-
-impl SharedMachine {
-    pub fn new(machine: Box<dyn StateMachine>) -> SharedMachine {
-        SharedMachine(Arc::new(Mutex::new(machine)))
-    }
-
-    /// Locks the engine. A poisoned lock means an engine call panicked: keep going with the
-    /// state as it is, the replica's apply path will report the failure.
-    pub fn lock(&self) -> MutexGuard<'_, Box<dyn StateMachine>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 impl MachineAdapter {
@@ -103,6 +86,7 @@ impl MachineAdapter {
         let responses = self
             .machine
             .lock()
+            .engine
             .apply(&batch)
             .map_err(io::Error::other)?;
         if responses.len() != batch.len() {
@@ -116,20 +100,41 @@ impl MachineAdapter {
         for ((log_id, _, responder), response) in pending.drain(..).zip(responses) {
             self.applied = Some(log_id);
             if let Some(responder) = responder {
-                responder.send(AppResponse(response));
+                responder.send(AppResponse::Applied(response));
             }
         }
         Ok(())
     }
 
-    fn apply_vshard_change(&mut self, kind: EntryKind, payload: &[u8]) -> io::Result<()> {
-        let mut machine = self.machine.lock();
+    /// Applies an entry that is not an engine command; its response.
+    fn apply_replica_change(&mut self, kind: EntryKind, payload: &[u8]) -> io::Result<AppResponse> {
+        let mut replica = self.machine.lock();
         let result = match kind {
-            EntryKind::ImportVShard { vshard } => machine.import_vshard(vshard, payload),
-            EntryKind::DropVShard { vshard } => machine.drop_vshard(vshard),
+            EntryKind::ImportVShard { vshard } => replica.replace_vshard(vshard, payload),
+            EntryKind::DropVShard { vshard } => replica.engine.drop_vshard(vshard),
+            EntryKind::FenceVShard { vshard } => {
+                replica.fence(vshard);
+                Ok(())
+            }
+            EntryKind::UnfenceVShard { vshard } => {
+                replica.unfence(vshard);
+                Ok(())
+            }
+            EntryKind::VShardCommand { vshard } => return Ok(AppResponse::Moved { vshard }),
             EntryKind::Command => Ok(()),
         };
-        result.map_err(io::Error::other)
+        result.map_err(io::Error::other)?;
+        Ok(AppResponse::Done)
+    }
+
+    /// Whether an entry goes to the engine's `apply` batch: commands, and commands of vShards
+    /// not fenced here.
+    fn is_engine_command(&self, kind: EntryKind) -> bool {
+        match kind {
+            EntryKind::Command => true,
+            EntryKind::VShardCommand { vshard } => !self.machine.lock().is_fenced(vshard),
+            _ => false,
+        }
     }
 }
 
@@ -151,24 +156,28 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let log_id = entry.log_id;
-            match entry.payload {
-                EntryPayload::Normal(request) if request.kind == EntryKind::Command => {
+            let response = match entry.payload {
+                EntryPayload::Normal(request) if self.is_engine_command(request.kind) => {
                     pending.push((log_id, request.payload, responder));
                     continue;
                 }
                 EntryPayload::Normal(request) => {
                     self.apply_commands(&mut pending)?;
-                    self.apply_vshard_change(request.kind, &request.payload)?;
+                    self.apply_replica_change(request.kind, &request.payload)?
                 }
                 EntryPayload::Membership(membership) => {
                     self.apply_commands(&mut pending)?;
                     self.membership = StoredMembership::new(Some(log_id), membership);
+                    AppResponse::Done
                 }
-                EntryPayload::Blank => self.apply_commands(&mut pending)?,
-            }
+                EntryPayload::Blank => {
+                    self.apply_commands(&mut pending)?;
+                    AppResponse::Done
+                }
+            };
             self.applied = Some(log_id);
             if let Some(responder) = responder {
-                responder.send(AppResponse::default());
+                responder.send(response);
             }
         }
         self.apply_commands(&mut pending)
@@ -213,6 +222,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
         .await
         .map_err(io::Error::other)??;
         tracing::info!(group = %self.group, snapshot = %meta, "installed snapshot");
+        crate::metrics::snapshot_installed(self.group);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         *lock(&self.current) = Some((meta.clone(), file));
@@ -222,7 +232,6 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
     async fn get_current_snapshot(&mut self) -> io::Result<Option<SmSnapshotOf<TypeConfig, Self>>> {
         Ok(lock(&self.current)
             .clone()
-        crate::metrics::snapshot_installed(self.group);
             .map(|(meta, snapshot)| Snapshot { meta, snapshot }))
     }
 }
@@ -242,6 +251,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(io::Error::other)??;
         tracing::debug!(group = %self.group, snapshot = %self.meta, bytes = file.bytes, "built snapshot");
+        crate::metrics::snapshot_built(self.group);
         *lock(&self.current) = Some((self.meta.clone(), file.clone()));
         Ok(Snapshot {
             meta: self.meta.clone(),
@@ -251,7 +261,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-        crate::metrics::snapshot_built(self.group);
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

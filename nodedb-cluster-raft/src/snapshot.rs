@@ -13,7 +13,8 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"NDBSNAP\0";
-const FILE_VERSION: u8 = 1;
+/// 2: the first chunk is the replica header (fenced vShards), see `replica.rs`.
+const FILE_VERSION: u8 = 2;
 /// Largest encoded snapshot metadata accepted from disk or a peer.
 const META_BYTES_MAX: u32 = 1024 * 1024;
 /// Largest snapshot file this node writes or accepts.

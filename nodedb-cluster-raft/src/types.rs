@@ -43,15 +43,32 @@ pub struct AppRequest {
 pub enum EntryKind {
     /// A command for the state machine's `apply`.
     Command,
-    /// Migration: the payload is the exported data of `vshard`; replicas import it.
+    /// Migration: the payload is the exported data of `vshard`; replicas replace their data
+    /// of the vShard with it.
     ImportVShard { vshard: VShardId },
     /// Migration: every replica drops the data of `vshard`.
     DropVShard { vshard: VShardId },
+    /// A command for the state machine's `apply` that touches only `vshard`; refused with
+    /// [`AppResponse::Moved`] while the vShard is fenced in this group.
+    VShardCommand { vshard: VShardId },
+    /// Migration: from this entry on, commands and reads of `vshard` are refused here.
+    FenceVShard { vshard: VShardId },
+    /// Migration: lifts the fence of `vshard` (the group owns the vShard again).
+    UnfenceVShard { vshard: VShardId },
 }
 
-/// The state machine's answer to one applied entry.
+/// The answer to one applied entry. Local to the replica that proposed it, never persisted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppResponse(pub Vec<u8>);
+pub enum AppResponse {
+    /// The state machine's response bytes (empty for entries that are not commands).
+    Applied(Vec<u8>),
+    /// The command's vShard is fenced in this group: it moved (or is moving) elsewhere.
+    /// Nothing was applied.
+    Moved { vshard: VShardId },
+    /// An entry without a response of its own (membership, blank, migration steps).
+    #[default]
+    Done,
+}
 
 impl fmt::Display for RaftNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -207,6 +207,16 @@ mod tests {
             },
         );
         assert_eq!(hex(&encode_entry(&drop)), "010201080102ac0200");
+        let fenced_put = Entry::new_normal(
+            log_id(2, 1, 9),
+            AppRequest {
+                kind: EntryKind::VShardCommand {
+                    vshard: VShardId(300),
+                },
+                payload: vec![0xee],
+            },
+        );
+        assert_eq!(hex(&encode_entry(&fenced_put)), "010201090103ac0201ee");
         let blank = Entry::new_blank(log_id(3, 2, 9));
         assert_eq!(hex(&encode_entry(&blank)), "0103020900");
     }
@@ -249,12 +259,16 @@ mod tests {
             index in 0u64..u64::MAX,
             payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
             vshard in 0u16..1024,
-            kind_tag in 0u8..3,
+            kind_tag in 0u8..6,
         ) {
+            let vshard = VShardId(vshard);
             let kind = match kind_tag {
                 0 => EntryKind::Command,
-                1 => EntryKind::ImportVShard { vshard: VShardId(vshard) },
-                _ => EntryKind::DropVShard { vshard: VShardId(vshard) },
+                1 => EntryKind::ImportVShard { vshard },
+                2 => EntryKind::DropVShard { vshard },
+                3 => EntryKind::VShardCommand { vshard },
+                4 => EntryKind::FenceVShard { vshard },
+                _ => EntryKind::UnfenceVShard { vshard },
             };
             let entry = Entry::new_normal(log_id(term, node, index), AppRequest { kind, payload });
             proptest::prop_assert_eq!(decode_entry(&encode_entry(&entry)).unwrap(), entry);

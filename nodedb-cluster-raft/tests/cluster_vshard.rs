@@ -1,10 +1,13 @@
 //! vShard data moves between groups through the log: export from the source leader, import
-//! into the target group (a typed `ImportVShard` entry), drop from the source (`DropVShard`).
+//! into the target group (a typed `ImportVShard` entry), drop from the source (`DropVShard`);
+//! a fence (`FenceVShard`) makes the source refuse the vShard from a known log index on.
 
 mod common;
 
 use common::TestCluster;
 use nodedb_cluster_core::{GroupId, NodeId, vshard_for_key};
+use nodedb_cluster_raft::kv::{KvCommand, KvQuery};
+use nodedb_cluster_raft::{ProposeError, RaftTimings, ReadConsistency};
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 
@@ -59,5 +62,102 @@ async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
         assert!(cluster.local_get(node, source, &staying).await.is_some());
         assert_eq!(cluster.local_get(node, target, &staying).await, None);
     }
+    cluster.shutdown().await;
+}
+
+/// A fenced vShard refuses commands and reads with `Moved` in log order, on every replica and
+/// across a restart from a snapshot; other vShards of the group keep serving; unfencing
+/// restores service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_vshard_refuses_commands_and_reads_until_unfenced() {
+    let timings = RaftTimings {
+        snapshot_logs_since_last: 8,
+        logs_to_keep_after_snapshot: 2,
+        ..RaftTimings::for_tests()
+    };
+    let mut cluster = TestCluster::with_timings(3, 37, timings).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let fenced = vshard_for_key(b"fenced-key");
+    let open_key = (0..)
+        .map(|i| format!("open-{i}"))
+        .find(|key| vshard_for_key(key.as_bytes()) != fenced)
+        .expect("a key of another vShard");
+    let put = |key: &str, value: &str| {
+        KvCommand::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        }
+        .encode()
+    };
+    let get = |key: &str| {
+        KvQuery::Get {
+            key: key.as_bytes().to_vec(),
+        }
+        .encode()
+    };
+
+    let leader = cluster.wait_leader(group).await;
+    let multi = cluster.nodes[&leader].multi.clone();
+    multi
+        .propose_vshard(group, fenced, put("fenced-key", "before"))
+        .await
+        .expect("write before the fence");
+    let fence_index = multi.fence_vshard(group, fenced).await.expect("fence");
+    let refused = multi
+        .propose_vshard(group, fenced, put("fenced-key", "after"))
+        .await;
+    assert_eq!(
+        refused,
+        Err(ProposeError::Moved {
+            group,
+            vshard: fenced
+        })
+    );
+    let read = multi
+        .query_vshard(group, fenced, &get("fenced-key"), ReadConsistency::Linearizable)
+        .await;
+    assert!(matches!(read, Err(ProposeError::Moved { .. })), "{read:?}");
+    let open_vshard = vshard_for_key(open_key.as_bytes());
+    let open = multi
+        .propose_vshard(group, open_vshard, put(&open_key, "fine"))
+        .await
+        .expect("another vShard still takes writes");
+    assert!(open.index > fence_index);
+
+    // Enough writes for a snapshot and a purge, then every replica restarts from it.
+    for i in 0..20 {
+        cluster.put(group, &format!("filler-{i}"), "x").await;
+    }
+    cluster.wait_converged(group).await;
+    for node in VOTERS {
+        cluster.crash_node(node).await;
+    }
+    for node in VOTERS {
+        cluster.restart_node(node).await;
+    }
+    cluster.wait_converged(group).await;
+    for node in VOTERS {
+        let multi = &cluster.nodes[&node].multi;
+        assert_eq!(multi.is_fenced(group, fenced), Ok(true), "on {node}");
+        let exported = multi
+            .query_vshard(group, fenced, &get("fenced-key"), ReadConsistency::Local)
+            .await;
+        assert!(matches!(exported, Err(ProposeError::Moved { .. })));
+    }
+    let leader = cluster.wait_leader(group).await;
+    let multi = cluster.nodes[&leader].multi.clone();
+    let exported = multi.export_vshard(group, fenced).await.expect("export");
+    assert!(!exported.is_empty(), "the fenced data is still exportable");
+
+    multi.unfence_vshard(group, fenced).await.expect("unfence");
+    multi
+        .propose_vshard(group, fenced, put("fenced-key", "again"))
+        .await
+        .expect("writes after the unfence");
+    assert_eq!(
+        cluster.get(group, "fenced-key").await.as_deref(),
+        Some("again")
+    );
     cluster.shutdown().await;
 }
