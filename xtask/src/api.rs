@@ -79,9 +79,11 @@ pub struct GroupView {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub leader: Option<u64>,
-    pub term: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
+    /// The next three describe the answering node's replica: `None` where it hosts none
+    /// (a cluster larger than the replication factor).
+    pub term: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
     pub vshard_count: u32,
     /// A hash of the replica's applied state, if the node exposes one.
     #[serde(default)]
@@ -328,13 +330,20 @@ mod tests {
             "groups":[{"id":0,"voters":[1,2,3],"learners":[],"leader":1,"term":3,
             "commit_index":10,"applied_index":10,"vshard_count":0},
             {"id":1,"voters":[1],"learners":[2],"leader":null,"term":1,"commit_index":1,
-            "applied_index":1,"vshard_count":128,"state_hash":"ab"}]}"#;
+            "applied_index":1,"vshard_count":128,"state_hash":"ab"},
+            {"id":2,"voters":[1],"learners":[],"leader":1,"term":null,"commit_index":null,
+            "applied_index":null,"vshard_count":128,"state_hash":null}]}"#;
         let view: ClusterView = serde_json::from_str(text).unwrap();
         assert_eq!(view.routing_version, 7);
         assert_eq!(view.groups[0].leader, Some(1));
         assert_eq!(view.groups[1].leader, None);
         assert_eq!(view.groups[0].state_hash, None);
         assert_eq!(view.groups[1].state_hash.as_deref(), Some("ab"));
+        assert_eq!(view.groups[1].applied_index, Some(1));
+        assert_eq!(
+            view.groups[2].applied_index, None,
+            "no replica on this node"
+        );
     }
 
     /// Serves one canned HTTP response per connection, `count` times.

@@ -210,23 +210,25 @@ pub fn state_hashes(views: &[ClusterView]) -> CheckResult {
     let mut compared = 0;
     for view in views {
         for group in &view.groups {
-            let Some(hash) = group.state_hash.as_deref() else {
+            let (Some(hash), Some(applied_index)) =
+                (group.state_hash.as_deref(), group.applied_index)
+            else {
                 continue;
             };
-            match seen.get(&(group.id, group.applied_index)) {
+            match seen.get(&(group.id, applied_index)) {
                 Some((other, other_hash)) if *other_hash != hash => {
                     return CheckResult::fail(
                         NAME,
                         format!(
                             "group {} at applied index {}: node {} has {hash}, node {other} \
                              has {other_hash}",
-                            group.id, group.applied_index, view.node_id
+                            group.id, applied_index, view.node_id
                         ),
                     );
                 }
                 Some(_) => compared += 1,
                 None => {
-                    seen.insert((group.id, group.applied_index), (view.node_id, hash));
+                    seen.insert((group.id, applied_index), (view.node_id, hash));
                 }
             }
         }
@@ -350,9 +352,9 @@ mod tests {
             voters: vec![3, 1, 2],
             learners: vec![],
             leader: Some(1),
-            term: 2,
-            commit_index: 10,
-            applied_index: 10,
+            term: Some(2),
+            commit_index: Some(10),
+            applied_index: Some(10),
             vshard_count: if id == 0 { 0 } else { 512 },
             state_hash: None,
         };

@@ -110,9 +110,9 @@ mod tests {
             voters: vec![1, 2, 3],
             learners: vec![],
             leader,
-            term: 1,
-            commit_index: 0,
-            applied_index: 0,
+            term: Some(1),
+            commit_index: Some(0),
+            applied_index: Some(0),
             vshard_count: 0,
             state_hash: None,
         }
