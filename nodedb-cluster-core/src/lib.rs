@@ -61,6 +61,6 @@ pub use metadata::{
     ClusterId, MetadataCommand, MetadataError, MetadataEvent, MetadataState, Migration,
     MigrationId, MigrationPhase,
 };
-pub use placement::{PlacementStep, plan};
+pub use placement::{PlacementStep, VShardMove, plan, plan_vshard_moves};
 pub use routing::{GroupMembers, RoutingError, RoutingTable, vshard_for_key};
 pub use topology::{AddrError, NodeInfo, NodeState, PeerAddr, Topology, TopologyError};

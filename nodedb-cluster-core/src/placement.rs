@@ -17,6 +17,9 @@
 
 mod balance;
 mod rules;
+mod vshards;
+
+pub use vshards::{VShardMove, plan_vshard_moves};
 
 use crate::ids::{GroupId, NodeId};
 use crate::metadata::{MetadataCommand, MetadataState};
