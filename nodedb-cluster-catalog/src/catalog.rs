@@ -418,7 +418,7 @@ impl Catalog {
 
     /// Splits a metadata body into its applied index and the caller's encoded state.
     fn split_metadata<'a>(&self, body: &'a [u8]) -> Result<(u64, &'a [u8]), CatalogError> {
-        postcard::take_from_bytes::<u64>(body).map_err(|error| {
+        split_applied_index(body).map_err(|error| {
             self.corrupt(
                 Some(RecordKind::Metadata),
                 Corruption::BodyUndecodable {
@@ -429,12 +429,12 @@ impl Catalog {
     }
 
     /// Decodes a body whose type the catalog owns: failure is corruption.
-    fn decode_own_body<T: DeserializeOwned>(
+    fn decode_own_body<T: DeserializeOwned + Serialize>(
         &self,
         kind: RecordKind,
         body: &[u8],
     ) -> Result<T, CatalogError> {
-        decode_exact(body).map_err(|error| {
+        decode_canonical(body).map_err(|error| {
             self.corrupt(
                 Some(kind),
                 Corruption::BodyUndecodable {
@@ -471,13 +471,35 @@ impl Catalog {
 }
 
 /// Decodes `body` as exactly one `T`: trailing bytes mean the layout is not the expected one.
-fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, postcard::Error> {
+pub(crate) fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, postcard::Error> {
     let (value, rest) = postcard::take_from_bytes::<T>(body)?;
     if rest.is_empty() {
         Ok(value)
     } else {
         Err(postcard::Error::DeserializeBadEncoding)
     }
+}
+
+/// Decodes a body whose type the catalog owns in its one encoding: besides trailing bytes, a
+/// value that would re-encode differently (an overlong varint) is refused, so a stored record
+/// and the value read from it are one and the same.
+pub(crate) fn decode_canonical<T: DeserializeOwned + Serialize>(
+    body: &[u8],
+) -> Result<T, postcard::Error> {
+    let value = decode_exact::<T>(body)?;
+    if postcard::to_stdvec(&value)? != body {
+        return Err(postcard::Error::DeserializeBadEncoding);
+    }
+    Ok(value)
+}
+
+/// Splits a metadata body into its applied index (in its one encoding) and the rest.
+pub(crate) fn split_applied_index(body: &[u8]) -> Result<(u64, &[u8]), postcard::Error> {
+    let (index, rest) = postcard::take_from_bytes::<u64>(body)?;
+    if postcard::to_stdvec(&index)? != body[..body.len() - rest.len()] {
+        return Err(postcard::Error::DeserializeBadEncoding);
+    }
+    Ok((index, rest))
 }
 
 pub(crate) fn builder() -> redb::Builder {

@@ -5,6 +5,7 @@
 use crate::state_machine::{
     Committed, SnapshotChunks, StateMachine, StateMachineError, VecChunks, read_all_chunks,
 };
+use crate::wire::decode_exact;
 use nodedb_cluster_core::{VShardId, vshard_for_key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -84,8 +85,10 @@ impl KvCommand {
         postcard::to_stdvec(self).unwrap_or_else(|error| panic!("kv command encode: {error}"))
     }
 
+    /// The command in `bytes`, accepted only in its one encoding (see [`crate::wire`]'s exact
+    /// decoding), so that the log entry and the command applied are one and the same.
     pub fn decode(bytes: &[u8]) -> Option<KvCommand> {
-        postcard::from_bytes(bytes).ok()
+        decode_exact(bytes).ok()
     }
 }
 
@@ -95,7 +98,7 @@ impl KvResponse {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<KvResponse> {
-        postcard::from_bytes(bytes).ok()
+        decode_exact(bytes).ok()
     }
 }
 
@@ -107,7 +110,7 @@ impl KvQuery {
 
 impl KvAnswer {
     pub fn decode(bytes: &[u8]) -> Option<KvAnswer> {
-        postcard::from_bytes(bytes).ok()
+        decode_exact(bytes).ok()
     }
 }
 
@@ -169,8 +172,8 @@ impl StateMachine for KvStateMachine {
     }
 
     fn query(&self, query: &[u8]) -> Result<Vec<u8>, StateMachineError> {
-        let query: KvQuery = postcard::from_bytes(query)
-            .map_err(|error| StateMachineError::BadQuery(error.to_string()))?;
+        let query: KvQuery =
+            decode_exact(query).map_err(|error| StateMachineError::BadQuery(error.to_string()))?;
         let answer = match query {
             KvQuery::Get { key } => KvAnswer::Value(self.entries.get(&key).cloned()),
             KvQuery::Len => KvAnswer::Len(self.entries.len() as u64),
@@ -257,8 +260,16 @@ fn decode_data(bytes: &[u8]) -> Result<Vec<KeyValue>, StateMachineError> {
         }
         None => return Err(StateMachineError::Corrupt("empty kv data".to_string())),
     }
-    let data: KvData = postcard::from_bytes(bytes)
-        .map_err(|error| StateMachineError::Corrupt(error.to_string()))?;
+    let data: KvData =
+        decode_exact(bytes).map_err(|error| StateMachineError::Corrupt(error.to_string()))?;
+    // Written from a sorted map: keys out of order or repeated are damage, and accepting them
+    // would give replicas whose snapshots differ from the bytes they restored.
+    if let Some(pair) = data.entries.windows(2).find(|pair| pair[0].0 >= pair[1].0) {
+        return Err(StateMachineError::Corrupt(format!(
+            "kv data keys out of order or repeated: {:?} then {:?}",
+            pair[0].0, pair[1].0
+        )));
+    }
     Ok(data.entries)
 }
 

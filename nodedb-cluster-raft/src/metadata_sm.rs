@@ -5,6 +5,7 @@
 use crate::state_machine::{
     Committed, SnapshotChunks, StateMachine, StateMachineError, VecChunks, read_all_chunks,
 };
+use crate::wire::decode_exact;
 use nodedb_cluster_core::routing::xxh64;
 use nodedb_cluster_core::{MetadataCommand, MetadataError, MetadataEvent, MetadataState, VShardId};
 use serde::{Deserialize, Serialize};
@@ -88,26 +89,33 @@ pub fn encode_metadata_command(command: &MetadataCommand) -> Vec<u8> {
         .unwrap_or_else(|error| panic!("metadata command must encode: {error}"))
 }
 
+/// Decodes one command of group 0's log. Every command has exactly one accepted encoding:
+/// trailing bytes and other spellings of the same value (overlong varints) are refused, so
+/// that the bytes in the log and the command applied are one and the same.
+pub fn decode_metadata_command(bytes: &[u8]) -> Result<MetadataCommand, String> {
+    decode_exact(bytes).map_err(|error| error.to_string())
+}
+
 /// Decodes group 0's response to one proposed command.
 pub fn decode_metadata_outcome(bytes: &[u8]) -> Option<MetadataOutcome> {
-    postcard::from_bytes(bytes).ok()
+    decode_exact(bytes).ok()
 }
 
 /// Decodes the answer to [`MetadataQuery::State`].
 pub fn decode_metadata_state(bytes: &[u8]) -> Option<MetadataState> {
-    postcard::from_bytes(bytes).ok()
+    decode_exact(bytes).ok()
 }
 
 impl StateMachine for MetadataStateMachine {
     fn apply(&mut self, batch: &[Committed<'_>]) -> Result<Vec<Vec<u8>>, StateMachineError> {
         let mut responses = Vec::with_capacity(batch.len());
         for entry in batch {
-            let outcome = match postcard::from_bytes::<MetadataCommand>(entry.command) {
+            let outcome = match decode_metadata_command(entry.command) {
                 Ok(command) => match self.state.apply(&command) {
                     Ok(event) => MetadataOutcome::Applied(event),
                     Err(error) => MetadataOutcome::Refused(error),
                 },
-                Err(error) => MetadataOutcome::Undecodable(error.to_string()),
+                Err(reason) => MetadataOutcome::Undecodable(reason),
             };
             self.applied_index = entry.index.0;
             responses.push(
@@ -122,7 +130,7 @@ impl StateMachine for MetadataStateMachine {
     }
 
     fn query(&self, query: &[u8]) -> Result<Vec<u8>, StateMachineError> {
-        match postcard::from_bytes::<MetadataQuery>(query) {
+        match decode_exact::<MetadataQuery>(query) {
             Ok(MetadataQuery::State) => postcard::to_stdvec(&self.state)
                 .map_err(|error| StateMachineError::Storage(error.to_string())),
             Err(error) => Err(StateMachineError::BadQuery(error.to_string())),
@@ -150,8 +158,8 @@ impl StateMachine for MetadataStateMachine {
                 "metadata snapshot version {version}, this binary reads {METADATA_SNAPSHOT_VERSION}"
             )));
         }
-        let snapshot: MetadataSnapshot = postcard::from_bytes(&bytes)
-            .map_err(|error| StateMachineError::Corrupt(error.to_string()))?;
+        let snapshot: MetadataSnapshot =
+            decode_exact(&bytes).map_err(|error| StateMachineError::Corrupt(error.to_string()))?;
         self.state = snapshot.state;
         self.applied_index = snapshot.applied_index;
         self.publish();

@@ -94,7 +94,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).unwrap_or_else(|error| panic!("postcard encode failed: {error}"))
 }
 
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+pub fn decode<'a, T: Deserialize<'a> + Serialize>(bytes: &'a [u8]) -> Result<T, DecodeError> {
     let first = *bytes.first().ok_or(DecodeError::Empty)?;
     if first != WIRE_VERSION {
         return Err(DecodeError::UnsupportedVersion {
@@ -138,7 +138,7 @@ fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-fn decode_record<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, DecodeError> {
+fn decode_record<T: for<'a> Deserialize<'a> + Serialize>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if version != RECORD_VERSION {
         return Err(DecodeError::UnsupportedVersion {
@@ -149,8 +149,13 @@ fn decode_record<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, DecodeEr
     decode_exact(body)
 }
 
-/// Decodes `bytes` as exactly one `T`: trailing bytes are an error, not ignored.
-fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+/// Decodes `bytes` as exactly one `T` in its one encoding: trailing bytes are an error, and so
+/// are the other spellings postcard would accept for the same value (overlong varints, map
+/// keys out of order or repeated, ignored fields that are not empty). A value read from a peer
+/// or from disk therefore re-encodes to the very bytes it came from.
+pub(crate) fn decode_exact<'a, T: Deserialize<'a> + Serialize>(
+    bytes: &'a [u8],
+) -> Result<T, DecodeError> {
     let (value, rest) = postcard::take_from_bytes(bytes)
         .map_err(|error| DecodeError::Malformed(error.to_string()))?;
     if !rest.is_empty() {
@@ -159,7 +164,45 @@ fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeErro
             rest.len()
         )));
     }
+    if !encodes_as(&value, bytes) {
+        return Err(DecodeError::Malformed(
+            "not in the canonical encoding".to_string(),
+        ));
+    }
     Ok(value)
+}
+
+/// Whether `value` encodes to exactly `expected`, compared byte by byte while encoding.
+fn encodes_as<T: Serialize>(value: &T, expected: &[u8]) -> bool {
+    postcard::serialize_with_flavor(value, CompareFlavor { rest: expected }).unwrap_or(false)
+}
+
+/// A postcard output that checks each byte against the expected encoding instead of storing
+/// it; it fails at the first difference.
+struct CompareFlavor<'a> {
+    rest: &'a [u8],
+}
+
+impl postcard::ser_flavors::Flavor for CompareFlavor<'_> {
+    type Output = bool;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        match self.rest.strip_prefix(data) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(())
+            }
+            None => Err(postcard::Error::SerializeBufferFull),
+        }
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn finalize(self) -> postcard::Result<bool> {
+        Ok(self.rest.is_empty())
+    }
 }
 
 #[cfg(test)]

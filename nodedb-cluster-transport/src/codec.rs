@@ -178,13 +178,22 @@ impl Frame {
         Ok(NodeId(node))
     }
 
-    /// The handler error of an `ErrorResponse` frame.
+    /// The handler error of an `ErrorResponse` frame, accepted only in its one encoding: no
+    /// trailing bytes, no other spelling of the same value (an overlong length varint).
     pub fn handler_error(&self) -> Result<HandlerError, FrameError> {
         self.expect_kind(FrameKind::ErrorResponse)?;
-        postcard::from_bytes(&self.body).map_err(|error| FrameError::BadBody {
+        let bad_body = |reason: String| FrameError::BadBody {
             kind: self.kind,
-            reason: error.to_string(),
-        })
+            reason,
+        };
+        let error: HandlerError =
+            postcard::from_bytes(&self.body).map_err(|error| bad_body(error.to_string()))?;
+        if postcard::to_stdvec(&error).ok().as_deref() != Some(self.body.as_ref()) {
+            return Err(bad_body(
+                "trailing bytes or a non-canonical encoding".to_string(),
+            ));
+        }
+        Ok(error)
     }
 
     /// The summary of a `StreamEnd` frame.

@@ -5,7 +5,8 @@ use super::{ApiError, ApiState};
 use crate::service::{KEY_BYTES_MAX, ReadConsistency, VALUE_BYTES_MAX};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -66,8 +67,8 @@ struct ReadParams {
 
 async fn kv_get(
     State(state): State<ApiState>,
-    Path(key): Path<String>,
-    Query(params): Query<ReadParams>,
+    PathParam(key): PathParam,
+    QueryParams(params): QueryParams<ReadParams>,
 ) -> ApiResult {
     let key = valid_key(key)?;
     let consistency = match params.consistency.as_deref() {
@@ -89,7 +90,7 @@ async fn kv_get(
 
 async fn kv_put(
     State(state): State<ApiState>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let key = valid_key(key)?;
@@ -97,7 +98,7 @@ async fn kv_put(
     Ok(Json(state.service.kv_put(key, value.to_vec()).await?).into_response())
 }
 
-async fn kv_delete(State(state): State<ApiState>, Path(key): Path<String>) -> ApiResult {
+async fn kv_delete(State(state): State<ApiState>, PathParam(key): PathParam) -> ApiResult {
     let key = valid_key(key)?;
     Ok(Json(state.service.kv_delete(key).await?).into_response())
 }
@@ -111,7 +112,7 @@ struct CasBody {
 
 async fn kv_cas(
     State(state): State<ApiState>,
-    Path(key): Path<String>,
+    PathParam(key): PathParam,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let key = valid_key(key)?;
@@ -133,7 +134,7 @@ struct MoveBody {
 
 async fn move_vshard(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let vshard = id
@@ -158,7 +159,7 @@ async fn migrations(State(state): State<ApiState>) -> ApiResult {
     Ok(Json(json!({ "migrations": migrations })).into_response())
 }
 
-async fn decommission(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+async fn decommission(State(state): State<ApiState>, PathParam(id): PathParam) -> ApiResult {
     let node = id
         .parse::<u64>()
         .ok()
@@ -186,6 +187,36 @@ async fn rebalance(State(state): State<ApiState>) -> ApiResult {
 
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}
+
+/// The one parameter of a route's path. A path that axum cannot decode (not UTF-8 once
+/// percent-decoded) is a 400 in the contract's error shape, not axum's plain-text rejection.
+struct PathParam(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<PathParam, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| PathParam(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+/// A route's query string; one that does not parse (unknown or repeated parameters, bad
+/// percent-encoding) is a 400 in the contract's error shape.
+struct QueryParams<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<QueryParams<T>, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| QueryParams(value))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
 }
 
 fn valid_key(key: String) -> Result<String, ApiError> {
