@@ -343,6 +343,7 @@ mod tests {
     fn run_against(node: SocketAddr, clients: u32, ops: u64) -> (Status, String, Recorder) {
         let spec = WorkloadSpec {
             clients,
+            first_key: 0,
             keys: 10,
             seed: 5,
             nodes: vec![node],

@@ -3,15 +3,18 @@
 //! - `layering`: checks the crate layering rules of ARCHITECTURE.md against `cargo metadata`
 //!   and the sources (also run by the test suite).
 //! - `test-cluster`: the project's main job, a real local cluster under load and faults.
+//! - `chaos`: the same over network namespaces, with partitions, pauses and lossy links.
 //! - `bench cluster`: closed-loop write throughput and latency of a local release cluster.
 
 mod api;
 mod bench;
 mod bench_examples;
+mod chaos;
 mod checks;
 mod cli;
 mod cluster;
 mod fake_node;
+mod fuzz;
 mod layering;
 mod nemesis;
 mod progress;
@@ -38,9 +41,14 @@ enum Task {
     Layering,
     /// Run a real local cluster of node processes under load and faults, then check it.
     TestCluster(cli::TestClusterArgs),
+    /// Real partitions, kills, pauses and lossy links between network namespaces (root only).
+    Chaos(chaos::ChaosArgs),
     /// Measure a local cluster.
     #[command(subcommand)]
     Bench(cli::BenchTarget),
+    /// Fuzz the decoders of bytes from peers, disk and HTTP clients (in-repo mutation fuzzer,
+    /// stable toolchain).
+    Fuzz(fuzz::FuzzArgs),
     /// Long suites: many seeds of the deterministic fault harnesses.
     #[command(subcommand)]
     Soak(SoakTarget),
@@ -89,6 +97,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Task::Chaos(args) => chaos::main(&args),
         Task::FakeStore { addr, lose_writes } => exit_code(fake_node::run_store(addr, lose_writes)),
         Task::FakeNode { config } => exit_code(fake_node::run_node(&config)),
         Task::Bench(cli::BenchTarget::Cluster(args)) => match bench::run(&args) {
@@ -99,6 +108,7 @@ fn main() -> ExitCode {
             }
         },
         Task::Soak(SoakTarget::Raft(args)) => exit_code(soak::raft(&args)),
+        Task::Fuzz(args) => exit_code(fuzz::run(&args)),
         Task::Bench(cli::BenchTarget::Transport) => exit_code(bench_examples::transport()),
         Task::Bench(cli::BenchTarget::Raft(args)) => exit_code(bench_examples::raft(&args)),
     }

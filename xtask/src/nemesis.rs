@@ -189,7 +189,7 @@ fn run_fault(
 }
 
 /// The running node that leads `group`, and every group it leads, as the cluster reports.
-fn find_leader(cluster: &Cluster, group: u32) -> Result<(u64, Vec<u32>, Vec<u64>)> {
+pub fn find_leader(cluster: &Cluster, group: u32) -> Result<(u64, Vec<u32>, Vec<u64>)> {
     let deadline = Instant::now() + LEADER_WAIT;
     let mut last = String::from("no node answered /v1/cluster");
     while Instant::now() < deadline {
@@ -248,7 +248,7 @@ fn wait_new_leader(
     None
 }
 
-fn restart(cluster: &Cluster, node: u64) -> Result<()> {
+pub fn restart(cluster: &Cluster, node: u64) -> Result<()> {
     let mut last_error = None;
     for _ in 0..RESTART_ATTEMPTS_MAX {
         match cluster.start(node) {

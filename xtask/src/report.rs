@@ -104,20 +104,7 @@ impl RunReport {
             self.counts.failed,
             self.counts.unknown
         )?;
-        writeln!(out, "\n{:<26} {:<6} detail", "check", "result")?;
-        for check in &self.checks {
-            let mut lines = check.detail.lines();
-            let first = lines.next().unwrap_or("");
-            let status = match check.status {
-                Status::Pass => "pass",
-                Status::Fail => "FAIL",
-                Status::Skip => "skip",
-            };
-            writeln!(out, "{:<26} {status:<6} {first}", check.name)?;
-            for line in lines {
-                writeln!(out, "{:<33} {line}", "")?;
-            }
-        }
+        write_checks(out, &self.checks)?;
         if !self.failovers.is_empty() {
             writeln!(
                 out,
@@ -148,6 +135,25 @@ impl RunReport {
         let verdict = if self.passed() { "PASSED" } else { "FAILED" };
         writeln!(out, "\n{verdict}")
     }
+}
+
+/// The checks table: a header, then one row per check, extra detail lines indented below.
+pub fn write_checks(out: &mut String, checks: &[CheckResult]) -> std::fmt::Result {
+    writeln!(out, "\n{:<26} {:<6} detail", "check", "result")?;
+    for check in checks {
+        let mut lines = check.detail.lines();
+        let first = lines.next().unwrap_or("");
+        let status = match check.status {
+            Status::Pass => "pass",
+            Status::Fail => "FAIL",
+            Status::Skip => "skip",
+        };
+        writeln!(out, "{:<26} {status:<6} {first}", check.name)?;
+        for line in lines {
+            writeln!(out, "{:<33} {line}", "")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

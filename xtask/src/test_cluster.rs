@@ -31,7 +31,7 @@ pub fn run(args: &TestClusterArgs) -> Result<bool> {
         Some(path) => path.clone(),
         None => build::build_node(args.release)?,
     };
-    let work_dir = work_dir(seed)?;
+    let work_dir = work_dir("test-cluster", seed)?;
     eprintln!("test-cluster: seed {seed}, work dir {}", work_dir.display());
     eprintln!("(replay with: cargo xtask test-cluster --seed {seed} ...)");
     let processes = Processes::new();
@@ -78,6 +78,7 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     }
     let spec = WorkloadSpec {
         clients: args.clients,
+        first_key: 0,
         keys: args.keys,
         seed,
         nodes: cluster.admin_addrs().into_values().collect(),
@@ -190,26 +191,27 @@ fn check_history(cluster: &Cluster, keys: u32, history: &History) -> Result<Chec
 }
 
 /// Writes `value` as JSON to `work_dir/name`, for reading after a failed run.
-fn save_json(work_dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<()> {
+pub fn save_json(work_dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<()> {
     let path = work_dir.join(name);
     let text = serde_json::to_string(value).with_context(|| format!("serializing {name}"))?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// `<target>/test-cluster/<seed>-<unix seconds>`, created.
-fn work_dir(seed: u64) -> Result<PathBuf> {
+/// `<target>/<task>/<seed>-<unix seconds>`, created.
+pub fn work_dir(task: &str, seed: u64) -> Result<PathBuf> {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_secs())
         .unwrap_or_default();
     let dir = build::target_dir()?
-        .join("test-cluster")
+        .join(task)
         .join(format!("{seed}-{seconds}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 
-fn finish_work_dir(work_dir: &Path, remove: bool) -> Result<()> {
+/// Removes the work directory when `remove`, else says where it is.
+pub fn finish_work_dir(work_dir: &Path, remove: bool) -> Result<()> {
     if remove {
         std::fs::remove_dir_all(work_dir)
             .with_context(|| format!("removing {}", work_dir.display()))?;
@@ -221,7 +223,7 @@ fn finish_work_dir(work_dir: &Path, remove: bool) -> Result<()> {
 }
 
 /// A seed from the clock, for runs without `--seed`.
-fn random_seed() -> u64 {
+pub fn random_seed() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_nanos())

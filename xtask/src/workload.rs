@@ -28,6 +28,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct WorkloadSpec {
     pub clients: u32,
+    /// The clients touch keys number `first_key..first_key + keys` (see [`key_name`]).
+    pub first_key: u32,
     pub keys: u32,
     pub seed: u64,
     pub nodes: Vec<SocketAddr>,
@@ -240,7 +242,7 @@ pub fn run_client(client: u64, spec: &WorkloadSpec, recorder: &Recorder, stop: &
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let key = key_name(rng.random_range(0..spec.keys));
+        let key = key_name(spec.first_key + rng.random_range(0..spec.keys));
         let node = pick_node(&mut rng, &spec.nodes, &avoided, Instant::now());
         let choice = choose_op(rng.random_range(0..100));
         let use_last_seen = rng.random_bool(0.8);

@@ -1,6 +1,7 @@
-//! A local cluster of real `nodedb-cluster` processes on loopback: work directory, certs,
-//! one config per node with free ports, start / SIGKILL / restart, readiness, and the last log
-//! lines of every node when something goes wrong.
+//! A local cluster of real `nodedb-cluster` processes, on loopback or at addresses the caller
+//! chooses (e.g. one network namespace per node): work directory, certs, one config per node,
+//! start / SIGKILL / restart, readiness, and the last log lines of every node when something
+//! goes wrong.
 
 pub mod build;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod process;
 use crate::api::{Api, ClusterView};
 use anyhow::{Context, Result, bail};
 use config::{ClusterShape, NodeLayout, RaftTimings};
+use ports::NodePorts;
 use process::{ChildState, ProcessGuard, Processes};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -41,12 +43,32 @@ pub struct LaunchSpec {
     pub raft: RaftTimings,
 }
 
+/// Where the nodes of a cluster run.
+#[derive(Clone, Debug, Default)]
+pub enum Placement {
+    /// Every node on loopback, on free ports the OS picks.
+    #[default]
+    Loopback,
+    /// Every node at the addresses given for it, started through its command wrapper.
+    Hosts(BTreeMap<u64, NodeHost>),
+}
+
+/// A node's own addresses and the command its start is wrapped in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeHost {
+    pub ports: NodePorts,
+    /// Program and arguments put before the node binary, e.g. `ip netns exec NAME`; the
+    /// wrapper must exec the binary so that the child's pid is the node's.
+    pub wrapper: Vec<String>,
+}
+
 /// A running local cluster. Dropping it kills every node process.
 #[derive(Debug)]
 pub struct Cluster {
     binary: PathBuf,
     work_dir: PathBuf,
     nodes: BTreeMap<u64, NodeLayout>,
+    wrappers: BTreeMap<u64, Vec<String>>,
     processes: Processes,
     api: Api,
     ready_timeout: Duration,
@@ -70,12 +92,21 @@ impl Cluster {
     /// are ready. A node that dies because its port was taken makes the whole launch start
     /// again with fresh ports, at most [`LAUNCH_ATTEMPTS_MAX`] times.
     pub fn launch(spec: &LaunchSpec, processes: &Processes) -> Result<Cluster> {
+        Cluster::launch_placed(spec, processes, &Placement::Loopback)
+    }
+
+    /// [`Cluster::launch`] with the nodes where `placement` puts them.
+    pub fn launch_placed(
+        spec: &LaunchSpec,
+        processes: &Processes,
+        placement: &Placement,
+    ) -> Result<Cluster> {
         let node_ids: Vec<u64> = (1..=u64::from(spec.nodes)).collect();
         let certs_dir = spec.work_dir.join("certs");
         build::make_certs(&spec.binary, &certs_dir, &node_ids)?;
         let mut attempt = 1;
         loop {
-            let cluster = Cluster::configure(spec, processes, &certs_dir, &node_ids)?;
+            let cluster = Cluster::configure(spec, processes, placement, &certs_dir, &node_ids)?;
             for node_id in &node_ids {
                 cluster.start(*node_id)?;
             }
@@ -96,11 +127,28 @@ impl Cluster {
     fn configure(
         spec: &LaunchSpec,
         processes: &Processes,
+        placement: &Placement,
         certs_dir: &Path,
         node_ids: &[u64],
     ) -> Result<Cluster> {
         processes.kill_all();
-        let ports = ports::allocate(node_ids.len())?;
+        let (ports, wrappers) = match placement {
+            Placement::Loopback => (ports::allocate(node_ids.len())?, BTreeMap::new()),
+            Placement::Hosts(hosts) => {
+                let mut ports = Vec::with_capacity(node_ids.len());
+                for node_id in node_ids {
+                    let host = hosts
+                        .get(node_id)
+                        .with_context(|| format!("no host given for node {node_id}"))?;
+                    ports.push(host.ports);
+                }
+                let wrappers = hosts
+                    .iter()
+                    .map(|(node_id, host)| (*node_id, host.wrapper.clone()))
+                    .collect();
+                (ports, wrappers)
+            }
+        };
         let shape = ClusterShape {
             num_groups: spec.num_groups,
             replication_factor: spec.nodes.min(3),
@@ -127,6 +175,7 @@ impl Cluster {
             binary: spec.binary.clone(),
             work_dir: spec.work_dir.clone(),
             nodes,
+            wrappers,
             processes: processes.clone(),
             api: Api::new(ADMIN_REQUEST_TIMEOUT),
             ready_timeout: spec.ready_timeout,
@@ -158,7 +207,14 @@ impl Cluster {
     /// Starts node `node_id` from its config (a restart keeps its data dir and ports).
     pub fn start(&self, node_id: u64) -> Result<()> {
         let node = self.layout(node_id)?;
-        let mut command = Command::new(&self.binary);
+        let mut command = match self.wrappers.get(&node_id).map(Vec::as_slice) {
+            Some([program, arguments @ ..]) => {
+                let mut wrapped = Command::new(program);
+                wrapped.args(arguments).arg(&self.binary);
+                wrapped
+            }
+            _ => Command::new(&self.binary),
+        };
         command
             .arg("start")
             .arg("--config")
@@ -170,6 +226,11 @@ impl Cluster {
     /// SIGKILLs node `node_id`; false if it was not running.
     pub fn kill(&self, node_id: u64) -> bool {
         self.processes.kill(node_id)
+    }
+
+    /// The process id of node `node_id`, if it was started and not killed.
+    pub fn pid(&self, node_id: u64) -> Option<u32> {
+        self.processes.pid(node_id)
     }
 
     pub fn is_running(&self, node_id: u64) -> bool {
@@ -413,6 +474,34 @@ mod tests {
         assert!(error.contains("needs ca_cert"), "{error}");
         let starts = std::fs::read_to_string(spec.work_dir.join("starts")).unwrap();
         assert_eq!(starts.lines().count(), 1);
+        std::fs::remove_dir_all(spec.work_dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn placed_nodes_get_their_addresses_and_run_inside_their_wrapper() {
+        let spec = spec(
+            "placed",
+            "echo \"wrapped=$XTASK_WRAPPED\"; exec sleep 600",
+            2,
+        );
+        let hosts: BTreeMap<u64, NodeHost> = (1..=2)
+            .zip(ports::allocate(2).unwrap())
+            .map(|(node_id, ports)| {
+                let wrapper = ["env", &format!("XTASK_WRAPPED=node-{node_id}")]
+                    .map(str::to_string)
+                    .to_vec();
+                (node_id, NodeHost { ports, wrapper })
+            })
+            .collect();
+        let processes = Processes::new();
+        let error = Cluster::launch_placed(&spec, &processes, &Placement::Hosts(hosts.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("wrapped=node-1"), "{error}");
+        assert!(error.contains("wrapped=node-2"), "{error}");
+        let config = std::fs::read_to_string(spec.work_dir.join("node-2/node.toml")).unwrap();
+        let admin = format!("admin_addr = \"{}\"", hosts[&2].ports.admin_addr);
+        assert!(config.contains(&admin), "{config}");
         std::fs::remove_dir_all(spec.work_dir.parent().unwrap()).unwrap();
     }
 

@@ -47,10 +47,21 @@ impl Processes {
 
     /// Kills every child on Ctrl-C or SIGTERM, then exits with status 130. Call once.
     pub fn kill_on_interrupt(&self, work_dir: &Path) -> Result<()> {
+        self.kill_on_interrupt_then(work_dir, || {})
+    }
+
+    /// [`Processes::kill_on_interrupt`], running `clean_up` after the kills (e.g. to remove
+    /// what the driver set up around the nodes). Call once.
+    pub fn kill_on_interrupt_then(
+        &self,
+        work_dir: &Path,
+        clean_up: impl Fn() + Send + 'static,
+    ) -> Result<()> {
         let processes = self.clone();
         let work_dir = work_dir.to_path_buf();
         ctrlc::set_handler(move || {
             let killed = processes.kill_all();
+            clean_up();
             eprintln!(
                 "\ninterrupted: killed {killed} node processes; work dir kept at {}",
                 work_dir.display()
@@ -109,6 +120,11 @@ impl Processes {
             let _ = child.wait();
         }
         count
+    }
+
+    /// The process id of node `node_id`, if it was started and not killed.
+    pub fn pid(&self, node_id: u64) -> Option<u32> {
+        self.lock().get(&node_id).map(Child::id)
     }
 
     /// Whether node `node_id` is still running.

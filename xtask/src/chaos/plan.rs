@@ -1,0 +1,465 @@
+//! The fault schedule of `chaos`, drawn from the run's seed: one stage per nemesis, each a
+//! series of rounds (faults on for a bounded time, then healed, then a quiet gap), the last
+//! healed at the end of the stage, where the recovery is timed from. Pure: the
+//! same seed gives the same schedule. Targets that depend on the live cluster (the leader of
+//! a group) stay symbolic here and are resolved when the round starts.
+//!
+//! Membership churn (decommissioning a node, adding a fresh one) belongs here as a further
+//! [`Fault`] variant and a `Churn` [`Nemesis`] stage once the node carries out
+//! `POST /v1/nodes/{id}/decommission` (it answers 501 for now).
+
+use super::args::NemesisChoice;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::fmt;
+use std::time::Duration;
+
+/// Shortest and longest time one round keeps its faults on. The shortest is above the
+/// longest election timeout of either build profile, so a pause always costs a leadership.
+pub const ACTIVE_MIN: Duration = Duration::from_millis(2_000);
+pub const ACTIVE_MAX: Duration = Duration::from_millis(6_000);
+/// Shortest and longest quiet gap between two rounds.
+pub const QUIET_MIN: Duration = Duration::from_millis(2_000);
+pub const QUIET_MAX: Duration = Duration::from_millis(4_000);
+/// When the first round of a stage starts at the earliest and the latest.
+pub const FIRST_AT_MIN: Duration = Duration::from_millis(1_000);
+pub const FIRST_AT_MAX: Duration = Duration::from_millis(1_500);
+/// Shortest stage: room for the first round and one fault.
+pub const STAGE_LENGTH_MIN: Duration = Duration::from_millis(5_000);
+/// Share of packets a lossy node drops from its peers, in percent.
+pub const LOSS_PERCENT_MIN: u32 = 5;
+pub const LOSS_PERCENT_MAX: u32 = 30;
+/// Rate of a slow link (token bucket on the node's interface), in kbit/s.
+pub const SLOW_RATE_KBIT_MIN: u32 = 256;
+pub const SLOW_RATE_KBIT_MAX: u32 = 2_048;
+
+/// One stage of the run: which faults its rounds draw from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nemesis {
+    Partition,
+    Kill,
+    Pause,
+    Lossy,
+    /// Two faults of different kinds at once in every round.
+    Combined,
+}
+
+/// Whom a process fault or an isolation hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The leader of group 0 when the round starts.
+    MetadataLeader,
+    /// The leader of data group `group` when the round starts.
+    DataLeader {
+        group: u32,
+    },
+    Node(u64),
+}
+
+/// How the nodes are split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// The shuffled nodes cut in two halves: with an odd count, a minority and a majority.
+    Halves { side: Vec<u64> },
+    /// `left` and `right` cannot reach each other; `bridge` reaches both.
+    Bridge {
+        left: Vec<u64>,
+        bridge: u64,
+        right: Vec<u64>,
+    },
+    /// One node cut off from all others.
+    Isolate(Target),
+}
+
+/// One fault, on from the start of its round to its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Packets between the sides dropped both ways (iptables DROP in the namespaces).
+    Partition(Split),
+    /// SIGKILL, restart from the data dir at the end of the round.
+    Kill(Target),
+    /// SIGSTOP, SIGCONT at the end of the round.
+    Pause(Target),
+    /// Each of `nodes` drops `percent` % of the packets from its peers, at random.
+    Lossy { nodes: Vec<u64>, percent: u32 },
+    /// Each of `nodes` sends through a token bucket of `rate_kbit`.
+    Slow { nodes: Vec<u64>, rate_kbit: u32 },
+}
+
+/// Faults switched on together at `at` (since the stage started) for `active`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Round {
+    pub at: Duration,
+    pub active: Duration,
+    pub faults: Vec<Fault>,
+}
+
+/// One stage: its nemesis, how long its load runs, and its rounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagePlan {
+    pub nemesis: Nemesis,
+    pub length: Duration,
+    pub rounds: Vec<Round>,
+}
+
+impl Nemesis {
+    /// The stages a `--nemesis` choice runs, in order.
+    pub fn stages(choice: NemesisChoice) -> Vec<Nemesis> {
+        match choice {
+            NemesisChoice::All => vec![
+                Nemesis::Partition,
+                Nemesis::Kill,
+                Nemesis::Pause,
+                Nemesis::Lossy,
+                Nemesis::Combined,
+            ],
+            NemesisChoice::Partition => vec![Nemesis::Partition],
+            NemesisChoice::Kill => vec![Nemesis::Kill],
+            NemesisChoice::Pause => vec![Nemesis::Pause],
+            NemesisChoice::Lossy => vec![Nemesis::Lossy],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Nemesis::Partition => "partition",
+            Nemesis::Kill => "kill",
+            Nemesis::Pause => "pause",
+            Nemesis::Lossy => "lossy",
+            Nemesis::Combined => "combined",
+        }
+    }
+}
+
+/// The schedule of a run of `duration` (split evenly over the stages) on nodes `1..=nodes`
+/// with data groups `1..=groups`.
+pub fn plan(
+    seed: u64,
+    choice: NemesisChoice,
+    duration: Duration,
+    nodes: u32,
+    groups: u32,
+) -> Vec<StagePlan> {
+    let stages = Nemesis::stages(choice);
+    let length = duration / stages.len() as u32;
+    let node_ids: Vec<u64> = (1..=u64::from(nodes)).collect();
+    stages
+        .into_iter()
+        .enumerate()
+        .map(|(index, nemesis)| {
+            let stage_seed = seed ^ 0x6368_616F_735F_0000 ^ (index as u64).rotate_left(17);
+            let mut rng = SmallRng::seed_from_u64(stage_seed);
+            let rounds = plan_rounds(&mut rng, nemesis, length, &node_ids, groups);
+            StagePlan {
+                nemesis,
+                length,
+                rounds,
+            }
+        })
+        .collect()
+}
+
+/// The shortest `--duration` for `choice`: every stage at least [`STAGE_LENGTH_MIN`].
+pub fn duration_min(choice: NemesisChoice) -> Duration {
+    STAGE_LENGTH_MIN * Nemesis::stages(choice).len() as u32
+}
+
+fn plan_rounds(
+    rng: &mut SmallRng,
+    nemesis: Nemesis,
+    length: Duration,
+    nodes: &[u64],
+    groups: u32,
+) -> Vec<Round> {
+    let mut rounds = Vec::new();
+    let mut at = random_duration(rng, FIRST_AT_MIN, FIRST_AT_MAX);
+    while at + ACTIVE_MIN <= length {
+        let active = random_duration(rng, ACTIVE_MIN, ACTIVE_MAX).min(length - at);
+        let faults = match nemesis {
+            Nemesis::Combined => {
+                let mut kinds = [
+                    Nemesis::Partition,
+                    Nemesis::Kill,
+                    Nemesis::Pause,
+                    Nemesis::Lossy,
+                ];
+                kinds.shuffle(rng);
+                kinds[..2]
+                    .iter()
+                    .flat_map(|kind| plan_faults(rng, *kind, nodes, groups))
+                    .collect()
+            }
+            single => plan_faults(rng, single, nodes, groups),
+        };
+        rounds.push(Round { at, active, faults });
+        at += active + random_duration(rng, QUIET_MIN, QUIET_MAX);
+    }
+    // The last heal comes at the end of the stage, where the recovery is timed from.
+    if let Some(last) = rounds.last() {
+        let shift = length - (last.at + last.active);
+        for round in &mut rounds {
+            round.at += shift;
+        }
+    }
+    rounds
+}
+
+/// The faults of one round of a single-kind nemesis.
+fn plan_faults(rng: &mut SmallRng, nemesis: Nemesis, nodes: &[u64], groups: u32) -> Vec<Fault> {
+    match nemesis {
+        Nemesis::Partition => vec![Fault::Partition(plan_split(rng, nodes, groups))],
+        Nemesis::Kill => vec![Fault::Kill(plan_target(rng, nodes, groups))],
+        Nemesis::Pause => vec![Fault::Pause(plan_target(rng, nodes, groups))],
+        Nemesis::Lossy => {
+            let lossy = Fault::Lossy {
+                nodes: random_subset(rng, nodes, 2),
+                percent: rng.random_range(LOSS_PERCENT_MIN..=LOSS_PERCENT_MAX),
+            };
+            let slow = Fault::Slow {
+                nodes: random_subset(rng, nodes, 1),
+                rate_kbit: rng.random_range(SLOW_RATE_KBIT_MIN..=SLOW_RATE_KBIT_MAX),
+            };
+            match rng.random_range(0..3) {
+                0 => vec![lossy],
+                1 => vec![slow],
+                _ => vec![lossy, slow],
+            }
+        }
+        Nemesis::Combined => unreachable!("a combined round is made of single-kind faults"),
+    }
+}
+
+fn plan_split(rng: &mut SmallRng, nodes: &[u64], groups: u32) -> Split {
+    let mut shuffled = nodes.to_vec();
+    shuffled.shuffle(rng);
+    match rng.random_range(0..4) {
+        0 => {
+            let mut side = shuffled[..nodes.len() / 2].to_vec();
+            side.sort_unstable();
+            Split::Halves { side }
+        }
+        1 => {
+            let bridge = shuffled[0];
+            let rest = &shuffled[1..];
+            let cut = rng.random_range(1..rest.len());
+            let mut left = rest[..cut].to_vec();
+            let mut right = rest[cut..].to_vec();
+            left.sort_unstable();
+            right.sort_unstable();
+            Split::Bridge {
+                left,
+                bridge,
+                right,
+            }
+        }
+        2 => Split::Isolate(Target::MetadataLeader),
+        _ => Split::Isolate(plan_target(rng, nodes, groups)),
+    }
+}
+
+/// A leader (metadata or data) or any node, a third of the time each.
+fn plan_target(rng: &mut SmallRng, nodes: &[u64], groups: u32) -> Target {
+    match rng.random_range(0..3) {
+        0 => Target::MetadataLeader,
+        1 => Target::DataLeader {
+            group: rng.random_range(1..=groups.max(1)),
+        },
+        _ => Target::Node(nodes[rng.random_range(0..nodes.len())]),
+    }
+}
+
+/// At least `min` of `nodes`, sorted.
+fn random_subset(rng: &mut SmallRng, nodes: &[u64], min: usize) -> Vec<u64> {
+    let mut shuffled = nodes.to_vec();
+    shuffled.shuffle(rng);
+    let count = rng.random_range(min.min(nodes.len())..=nodes.len());
+    let mut subset = shuffled[..count].to_vec();
+    subset.sort_unstable();
+    subset
+}
+
+fn random_duration(rng: &mut SmallRng, min: Duration, max: Duration) -> Duration {
+    Duration::from_millis(rng.random_range(min.as_millis() as u64..=max.as_millis() as u64))
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::MetadataLeader => write!(f, "the metadata leader"),
+            Target::DataLeader { group } => write!(f, "the leader of group {group}"),
+            Target::Node(node) => write!(f, "node {node}"),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Partition(Split::Halves { side }) => write!(f, "partition {side:?} | rest"),
+            Fault::Partition(Split::Bridge {
+                left,
+                bridge,
+                right,
+            }) => write!(f, "partition {left:?} | {right:?} bridged by node {bridge}"),
+            Fault::Partition(Split::Isolate(target)) => write!(f, "isolate {target}"),
+            Fault::Kill(target) => write!(f, "kill -9 {target}"),
+            Fault::Pause(target) => write!(f, "pause {target}"),
+            Fault::Lossy { nodes, percent } => write!(f, "lose {percent}% into nodes {nodes:?}"),
+            Fault::Slow { nodes, rate_kbit } => {
+                write!(f, "slow links of nodes {nodes:?} to {rate_kbit} kbit/s")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Round {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "{} at {:.1}s for {:.1}s",
+            faults.join(" + "),
+            self.at.as_secs_f64(),
+            self.active.as_secs_f64()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::config::RaftTimings;
+
+    #[test]
+    fn a_pause_outlasts_every_election_timeout() {
+        for timings in [RaftTimings::DEBUG, RaftTimings::RELEASE] {
+            assert!(ACTIVE_MIN.as_millis() > u128::from(timings.election_timeout_ms_max));
+        }
+    }
+
+    #[test]
+    fn all_runs_every_kind_then_the_combination() {
+        let stages = plan(1, NemesisChoice::All, Duration::from_secs(120), 5, 8);
+        let names: Vec<_> = stages.iter().map(|stage| stage.nemesis.name()).collect();
+        assert_eq!(names, ["partition", "kill", "pause", "lossy", "combined"]);
+        for stage in &stages {
+            assert_eq!(stage.length, Duration::from_secs(24));
+            assert!(stage.rounds.len() >= 2, "{stage:?}");
+        }
+        for round in &stages[4].rounds {
+            // Two kinds; a lossy one may bring two faults.
+            assert!(round.faults.len() >= 2, "{round}");
+        }
+    }
+
+    #[test]
+    fn rounds_stay_inside_their_stage_and_do_not_overlap() {
+        for seed in 0..300 {
+            for stage in plan(seed, NemesisChoice::All, Duration::from_secs(30), 5, 8) {
+                assert!(!stage.rounds.is_empty(), "seed {seed}: {stage:?}");
+                let mut free_from = Duration::ZERO;
+                for round in &stage.rounds {
+                    assert!(round.at >= free_from, "seed {seed}: {stage:?}");
+                    assert!(round.active >= ACTIVE_MIN && round.active <= ACTIVE_MAX);
+                    assert!(round.at + round.active <= stage.length, "seed {seed}");
+                    free_from = round.at + round.active + QUIET_MIN;
+                    assert!(!round.faults.is_empty());
+                }
+                let last = stage.rounds.last().unwrap();
+                assert_eq!(last.at + last.active, stage.length, "seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_fault_names_real_nodes_and_groups() {
+        let nodes: Vec<u64> = (1..=5).collect();
+        let check_target = |target: &Target| match target {
+            Target::MetadataLeader => {}
+            Target::DataLeader { group } => assert!((1..=8).contains(group)),
+            Target::Node(node) => assert!(nodes.contains(node)),
+        };
+        for seed in 0..200 {
+            for stage in plan(seed, NemesisChoice::All, Duration::from_secs(60), 5, 8) {
+                for fault in stage.rounds.iter().flat_map(|round| &round.faults) {
+                    match fault {
+                        Fault::Partition(Split::Halves { side }) => assert_eq!(side.len(), 2),
+                        Fault::Partition(Split::Bridge {
+                            left,
+                            bridge,
+                            right,
+                        }) => {
+                            assert!(!left.is_empty() && !right.is_empty());
+                            let mut all: Vec<u64> = left.iter().chain(right).copied().collect();
+                            all.push(*bridge);
+                            all.sort_unstable();
+                            assert_eq!(all, nodes);
+                        }
+                        Fault::Partition(Split::Isolate(target))
+                        | Fault::Kill(target)
+                        | Fault::Pause(target) => check_target(target),
+                        Fault::Lossy {
+                            nodes: lossy,
+                            percent,
+                        } => {
+                            assert!(lossy.len() >= 2);
+                            assert!((LOSS_PERCENT_MIN..=LOSS_PERCENT_MAX).contains(percent));
+                        }
+                        Fault::Slow {
+                            nodes: slow,
+                            rate_kbit,
+                        } => {
+                            assert!(!slow.is_empty());
+                            assert!((SLOW_RATE_KBIT_MIN..=SLOW_RATE_KBIT_MAX).contains(rate_kbit));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule() {
+        let duration = Duration::from_secs(60);
+        assert_eq!(
+            plan(7, NemesisChoice::All, duration, 5, 8),
+            plan(7, NemesisChoice::All, duration, 5, 8)
+        );
+        let distinct: std::collections::BTreeSet<_> = (0..20)
+            .map(|seed| format!("{:?}", plan(seed, NemesisChoice::Partition, duration, 5, 8)))
+            .collect();
+        assert!(distinct.len() > 15);
+    }
+
+    #[test]
+    fn one_kind_gets_the_whole_duration() {
+        let stages = plan(3, NemesisChoice::Pause, Duration::from_secs(30), 3, 4);
+        assert_eq!(stages.len(), 1);
+        assert_eq!(stages[0].length, Duration::from_secs(30));
+        assert!(
+            stages[0]
+                .rounds
+                .iter()
+                .all(|round| matches!(round.faults[..], [Fault::Pause(_)]))
+        );
+        assert_eq!(duration_min(NemesisChoice::Pause), STAGE_LENGTH_MIN);
+        assert_eq!(duration_min(NemesisChoice::All), STAGE_LENGTH_MIN * 5);
+    }
+
+    #[test]
+    fn rounds_read_well() {
+        let round = Round {
+            at: Duration::from_millis(1500),
+            active: Duration::from_secs(3),
+            faults: vec![
+                Fault::Partition(Split::Isolate(Target::MetadataLeader)),
+                Fault::Kill(Target::DataLeader { group: 3 }),
+            ],
+        };
+        assert_eq!(
+            round.to_string(),
+            "isolate the metadata leader + kill -9 the leader of group 3 at 1.5s for 3.0s"
+        );
+    }
+}
