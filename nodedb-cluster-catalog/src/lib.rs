@@ -43,6 +43,8 @@
 mod catalog;
 mod create;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod metrics;
 mod record;
 

@@ -26,6 +26,8 @@
 //! only this crate's own API. The network is reached only through the transport trait.
 
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod kv;
 pub mod log_db;
 mod log_store;
@@ -45,7 +47,8 @@ mod wire;
 pub use error::{GroupError, MembershipError, ProposeError};
 pub use metadata_sm::{
     AppliedMetadata, METADATA_SNAPSHOT_VERSION, MetadataOutcome, MetadataQuery,
-    MetadataStateMachine, decode_metadata_outcome, decode_metadata_state, encode_metadata_command,
+    MetadataStateMachine, decode_metadata_command, decode_metadata_outcome, decode_metadata_state,
+    encode_metadata_command,
 };
 pub use multi_raft::{Applied, LEADER_CHANGES_MAX, MultiRaft, RaftTimings, ReadConsistency};
 pub use state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError};
