@@ -6,6 +6,7 @@ use crate::control::{ControlError, ControlRequest, ControlResponse};
 use crate::control_server::ControlServer;
 use crate::group_client::GroupClient;
 use crate::hosting;
+use crate::metrics;
 use crate::mux::{Channel, Multiplexer};
 use crate::reconciler::{self, ReconcilerContext};
 use nodedb_cluster_catalog::{Catalog, CatalogError, ClusterId as StoredClusterId};
@@ -572,6 +573,10 @@ impl Cluster {
             tokio::spawn(reconciler::run(context.clone(), inner.stop.subscribe())),
             tokio::spawn(reconciler::publish_leader_hints(
                 context,
+                inner.stop.subscribe(),
+            )),
+            tokio::spawn(metrics::sample_raft(
+                inner.raft.clone(),
                 inner.stop.subscribe(),
             )),
         ];

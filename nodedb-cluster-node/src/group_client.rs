@@ -3,6 +3,7 @@
 //! Control channel. Retries are bounded; a timeout after proposing stays "outcome unknown".
 
 use crate::control::{ControlError, ControlRequest, ControlResponse, MembershipChange};
+use crate::metrics;
 use crate::reconciler::CAUGHT_UP_LAG_MAX;
 use nodedb_cluster_core::{GroupId, METADATA_GROUP, MetadataCommand, NodeId};
 use nodedb_cluster_raft::{
@@ -11,7 +12,7 @@ use nodedb_cluster_raft::{
 };
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Attempts per operation before giving up with "unavailable".
@@ -69,10 +70,14 @@ impl GroupClient {
         group: GroupId,
         command: Vec<u8>,
     ) -> Result<(u64, Vec<u8>), ControlError> {
-        match self.run(group, Operation::Propose(command)).await? {
-            Served::Proposed { index, response } => Ok((index, response)),
-            other => Err(unexpected(other)),
-        }
+        let started = Instant::now();
+        let result = match self.run(group, Operation::Propose(command)).await {
+            Ok(Served::Proposed { index, response }) => Ok((index, response)),
+            Ok(other) => Err(unexpected(other)),
+            Err(error) => Err(error),
+        };
+        metrics::proposal_done(group, started.elapsed(), &result);
+        result
     }
 
     /// Answers `query` on `group`: linearizable at the leader, or stale from the nearest replica.
@@ -82,19 +87,18 @@ impl GroupClient {
         query: Vec<u8>,
         linearizable: bool,
     ) -> Result<Vec<u8>, ControlError> {
-        match self
-            .run(
-                group,
-                Operation::Query {
-                    query,
-                    linearizable,
-                },
-            )
-            .await?
-        {
-            Served::Answered(answer) => Ok(answer),
-            other => Err(unexpected(other)),
-        }
+        let started = Instant::now();
+        let operation = Operation::Query {
+            query,
+            linearizable,
+        };
+        let result = match self.run(group, operation).await {
+            Ok(Served::Answered(answer)) => Ok(answer),
+            Ok(other) => Err(unexpected(other)),
+            Err(error) => Err(error),
+        };
+        metrics::read_done(group, linearizable, started.elapsed(), &result);
+        result
     }
 
     /// Applies one membership change to `group` at its leader.
@@ -140,7 +144,9 @@ impl GroupClient {
             let result = if node == self.node {
                 serve_locally(&self.raft, self.node, group, operation.clone()).await
             } else {
-                self.forward(node, group, &operation).await
+                let forwarded = self.forward(node, group, &operation).await;
+                metrics::forwarded(group, &forwarded);
+                forwarded
             };
             match result {
                 Ok(served) => return Ok(served),

@@ -40,6 +40,7 @@ pub mod control;
 pub mod control_server;
 pub mod group_client;
 mod hosting;
+pub mod metrics;
 
 pub use config::{ConfigError, NodeConfig};
 pub mod http;

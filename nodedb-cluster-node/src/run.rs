@@ -15,9 +15,8 @@ const PROPOSAL_TIMEOUT_MS: u64 = 5_000;
 
 /// Runs the node until a shutdown signal; returns after a clean stop.
 pub async fn run(config: NodeConfig) -> Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics = crate::metrics::install_recorder().context("installing the metrics recorder")?;
+    let metrics_upkeep = tokio::spawn(crate::metrics::upkeep(metrics.clone()));
     let cluster_config = cluster_config(&config)?;
     tracing::info!(
         node = config.node_id,
@@ -45,6 +44,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let _ = stop_api.send(());
     let _ = api.await;
     cluster.shutdown().await;
+    metrics_upkeep.abort();
     tracing::info!("stopped");
     Ok(())
 }
