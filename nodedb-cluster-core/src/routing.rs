@@ -228,6 +228,20 @@ impl RoutingTable {
             .collect()
     }
 
+    /// The groups that need `node` before it may be decommissioned: every data group it
+    /// replicates, and group 0 when it votes there. A learner of group 0 only follows the
+    /// metadata (that is how a draining node hears that it is decommissioned).
+    pub fn groups_holding_node(&self, node: NodeId) -> Vec<GroupId> {
+        self.groups
+            .iter()
+            .filter(|(group, members)| match group.is_metadata() {
+                true => members.voters.contains(&node),
+                false => members.contains(node),
+            })
+            .map(|(group, _)| *group)
+            .collect()
+    }
+
     /// Checks every structural invariant; run after decoding and in tests.
     pub fn validate(&self) -> Result<(), RoutingError> {
         if self.vshard_groups.len() != usize::from(VSHARD_COUNT) {

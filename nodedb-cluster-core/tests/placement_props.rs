@@ -268,7 +268,10 @@ fn check_step(
         PlacementStep::AddLearner { node, .. } => {
             assert!(!members.contains(node), "{step:?} on a member");
             let allowed = match group.is_metadata() {
-                true => matches!(state, Some(NodeState::Active | NodeState::Joining)),
+                true => matches!(
+                    state,
+                    Some(NodeState::Active | NodeState::Joining | NodeState::Draining)
+                ),
                 false => state == Some(NodeState::Active),
             };
             assert!(allowed, "{step:?} onto a {state:?} node");
@@ -341,7 +344,10 @@ fn check_fixed_point(topology: &Topology, routing: &RoutingTable, replication_fa
         "metadata group has {healthy} Active voters, target {target}: {metadata:?}"
     );
     for info in topology.nodes() {
-        let follows = matches!(info.state, NodeState::Joining | NodeState::Active);
+        let follows = matches!(
+            info.state,
+            NodeState::Joining | NodeState::Active | NodeState::Draining
+        );
         assert_eq!(
             metadata.contains(info.id),
             follows || metadata.voters.contains(&info.id)

@@ -94,7 +94,7 @@ fn set_node_state(
         .as_ref()
         .ok_or(MetadataError::NotBootstrapped)?;
     if to == NodeState::Decommissioned
-        && let Some(group) = routing.groups_of_node(node).first()
+        && let Some(group) = routing.groups_holding_node(node).first()
     {
         return Err(MetadataError::NodeHoldsReplicas {
             node,

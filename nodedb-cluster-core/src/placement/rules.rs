@@ -26,8 +26,9 @@ impl Planner<'_> {
         all_steady
     }
 
-    /// Group 0: up to `metadata_voter_target` Active voters, every other Joining or Active
-    /// node a learner (so that every node holds the full metadata).
+    /// Group 0: up to `metadata_voter_target` Active voters, every other Joining, Active or
+    /// Draining node a learner (so that every node holds the full metadata, and a draining
+    /// node learns that it is decommissioned).
     pub(super) fn repair_metadata_group(&mut self) {
         let Some(members) = self.routing.members(METADATA_GROUP) else {
             return;
@@ -36,7 +37,7 @@ impl Planner<'_> {
         let follows_metadata = |planner: &Planner<'_>, node: NodeId| {
             matches!(
                 planner.topology.state_of(node),
-                Some(NodeState::Joining | NodeState::Active)
+                Some(NodeState::Joining | NodeState::Active | NodeState::Draining)
             )
         };
         if let Some(step) = self.repair_step(METADATA_GROUP, members, target, follows_metadata) {
