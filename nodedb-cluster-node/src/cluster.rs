@@ -4,19 +4,23 @@
 
 use crate::control::{ControlError, ControlRequest, ControlResponse};
 use crate::control_server::ControlServer;
+use crate::engine::EngineFactory;
 use crate::group_client::GroupClient;
 use crate::hosting;
 use crate::metrics;
+use crate::migration::{self, MigrationContext, ProgressBook};
 use crate::mux::{Channel, Multiplexer};
 use crate::reconciler::{self, ReconcilerContext};
+use crate::vshard_client::{VShardClient, VShardWrite};
 use nodedb_cluster_catalog::{Catalog, CatalogError, ClusterId as StoredClusterId};
 use nodedb_cluster_core::metadata::ClusterId;
 use nodedb_cluster_core::{
-    GroupId, METADATA_GROUP, MetadataCommand, NodeId, NodeInfo, NodeState, PeerAddr,
+    GroupId, METADATA_GROUP, MetadataCommand, NodeId, NodeInfo, NodeState, PeerAddr, VShardId,
 };
-use nodedb_cluster_raft::kv::KvStateMachine;
 use nodedb_cluster_raft::log_db::LogDb;
-use nodedb_cluster_raft::{AppliedMetadata, MetadataStateMachine, MultiRaft, RaftTimings};
+use nodedb_cluster_raft::{
+    AppliedMetadata, MetadataStateMachine, MultiRaft, RaftTimings, ReadConsistency,
+};
 use nodedb_cluster_transport::quic::{QuicConfig, QuicTimings, QuicTransport};
 use nodedb_cluster_transport::tls::TlsMode;
 use nodedb_cluster_transport::{Bytes, Transport};
@@ -60,6 +64,8 @@ pub struct ClusterConfig {
     pub timings: RaftTimings,
     /// A node silent this long is marked Down and its replicas are replaced.
     pub node_down_timeout: Duration,
+    /// The engine of every data-group replica ([`EngineFactory::kv`] by default).
+    pub engine: EngineFactory,
 }
 
 /// Why a node could not start. Each message says what to do.
@@ -99,6 +105,8 @@ struct Inner {
     log_db: LogDb,
     mux: Arc<Multiplexer>,
     groups: GroupClient,
+    vshards: VShardClient,
+    migrations: ProgressBook,
     metadata: watch::Receiver<AppliedMetadata>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -158,6 +166,7 @@ pub async fn start_cluster_on(
         metadata.clone(),
         CONTROL_RPC_TIMEOUT,
     );
+    let vshards = VShardClient::new(groups.clone(), metadata.clone());
     let (stop, _) = watch::channel(false);
     let cluster = Cluster {
         inner: Arc::new(Inner {
@@ -166,6 +175,8 @@ pub async fn start_cluster_on(
             log_db,
             mux,
             groups,
+            vshards,
+            migrations: ProgressBook::default(),
             metadata,
             stop,
             tasks: Mutex::new(Vec::new()),
@@ -209,9 +220,58 @@ impl Cluster {
         &self.inner.groups
     }
 
+    /// Replicates `command`, which touches only `vshard`, through the group that owns the
+    /// vShard, from any node (forwarded to the group's leader), and returns the engine's
+    /// response once applied. A vShard being migrated pauses the call until the routing
+    /// switches; a timeout leaves the outcome unknown ([`ControlError::outcome_unknown`]).
+    pub async fn propose(
+        &self,
+        vshard: VShardId,
+        command: Vec<u8>,
+    ) -> Result<VShardWrite, ControlError> {
+        self.inner.vshards.propose(vshard, command).await
+    }
+
+    /// Answers `query`, which reads only `vshard`, from the group that owns it:
+    /// [`ReadConsistency::Linearizable`] confirms leadership with a quorum first (sees every
+    /// acknowledged write); [`ReadConsistency::Local`] reads this node's replica (or the
+    /// nearest one) as it is, possibly behind.
+    pub async fn read(
+        &self,
+        vshard: VShardId,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<u8>, ControlError> {
+        let linearizable = consistency == ReadConsistency::Linearizable;
+        self.inner.vshards.read(vshard, query, linearizable).await
+    }
+
+    /// What this node measured of the migrations it drove as metadata leader.
+    pub fn migration_progress(&self) -> &ProgressBook {
+        &self.inner.migrations
+    }
+
+    /// Routes vShard operations (what [`Cluster::propose`] and [`Cluster::read`] use).
+    pub fn vshards(&self) -> &VShardClient {
+        &self.inner.vshards
+    }
+
     /// The applied metadata (topology, routing, migrations); changes as group 0 commits.
     pub fn metadata(&self) -> watch::Receiver<AppliedMetadata> {
         self.inner.metadata.clone()
+    }
+
+    /// Returns once the metadata records this node as Decommissioned (every replica moved
+    /// off it): the node should then shut down. Pending forever otherwise.
+    pub async fn wait_decommissioned(&self) {
+        let node = self.node();
+        let mut metadata = self.inner.metadata.clone();
+        let decommissioned = metadata.wait_for(|applied| {
+            applied.state.topology().state_of(node) == Some(NodeState::Decommissioned)
+        });
+        if decommissioned.await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// True once this node is in the topology and its metadata is bootstrapped.
@@ -304,8 +364,8 @@ impl Cluster {
         self.open_group(METADATA_GROUP, Box::new(metadata_machine))
             .await?;
         for group in stored.iter().filter(|group| !group.is_metadata()) {
-            self.open_group(*group, Box::new(KvStateMachine::new()))
-                .await?;
+            let engine = self.inner.config.engine.make(*group);
+            self.open_group(*group, engine).await?;
         }
         if let Some(stored_id) = known_cluster {
             self.finish_interrupted_bootstrap(ClusterId(stored_id.0.to_be_bytes()))
@@ -407,7 +467,8 @@ impl Cluster {
         };
         create(METADATA_GROUP, Box::new(metadata_machine)).await?;
         for group in 1..=config.num_groups {
-            create(GroupId(group), Box::new(KvStateMachine::new())).await?;
+            let group = GroupId(group);
+            create(group, config.engine.make(group)).await?;
         }
         self.wait_for_metadata_leadership().await?;
         self.propose_bootstrap(cluster_id)
@@ -565,6 +626,7 @@ impl Cluster {
         let tasks = [
             tokio::spawn(hosting::run(
                 self.node(),
+                inner.config.engine.clone(),
                 inner.raft.clone(),
                 inner.mux.inner().clone(),
                 inner.metadata.clone(),
@@ -577,6 +639,16 @@ impl Cluster {
             )),
             tokio::spawn(metrics::sample_raft(
                 inner.raft.clone(),
+                inner.stop.subscribe(),
+            )),
+            tokio::spawn(migration::run(
+                MigrationContext {
+                    node: self.node(),
+                    raft: inner.raft.clone(),
+                    groups: inner.groups.clone(),
+                    metadata: inner.metadata.clone(),
+                    progress: inner.migrations.clone(),
+                },
                 inner.stop.subscribe(),
             )),
         ];

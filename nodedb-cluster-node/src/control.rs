@@ -4,8 +4,8 @@
 //! "Node control messages").
 
 use nodedb_cluster_core::metadata::ClusterId;
-use nodedb_cluster_core::{GroupId, NodeId, NodeInfo, VShardId};
-use nodedb_cluster_raft::{MembershipError, ProposeError};
+use nodedb_cluster_core::{GroupId, MigrationId, NodeId, NodeInfo, VShardId};
+use nodedb_cluster_raft::{MembershipError, ProposeError, VShardClaim, VShardStep};
 use serde::{Deserialize, Serialize};
 
 /// A request on the Control channel.
@@ -29,6 +29,38 @@ pub enum ControlRequest {
     ChangeMembership {
         group: GroupId,
         change: MembershipChange,
+    },
+    /// Replicate `command`, which touches only `vshard`, through `group`; refused with
+    /// [`ControlError::Moved`] when the vShard is fenced there.
+    ProposeVShard {
+        group: GroupId,
+        vshard: VShardId,
+        command: Vec<u8>,
+    },
+    /// Answer `query`, which reads only `vshard`, on `group` (see `Query`); refused with
+    /// [`ControlError::Moved`] when the vShard is fenced there.
+    QueryVShard {
+        group: GroupId,
+        vshard: VShardId,
+        query: Vec<u8>,
+        linearizable: bool,
+    },
+    /// One step of a vShard migration on `group`; served by the group's leader.
+    Migrate { group: GroupId, step: MigrationStep },
+}
+
+/// What a migration does to one group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationStep {
+    /// Answer the vShard's data (after a read barrier) as `Answered`.
+    Export { vshard: VShardId },
+    /// Replicate one step of `migration` on `vshard` (`data`: the export, for an import);
+    /// answered with `Stepped`.
+    Claim {
+        vshard: VShardId,
+        migration: MigrationId,
+        step: VShardStep,
+        data: Vec<u8>,
     },
 }
 
@@ -61,6 +93,12 @@ pub enum ControlResponse {
     },
     MembershipChanged,
     Refused(ControlError),
+    /// A migration step was replicated: its log index, whether it applied, and the claim.
+    Stepped {
+        index: u64,
+        applied: bool,
+        claim: VShardClaim,
+    },
 }
 
 /// Why a control request was not served. Each variant says whether it may be retried and
@@ -110,12 +148,18 @@ pub enum ControlError {
         vshard: VShardId,
         routing_version: u64,
     },
+    /// The replica stopped while the request was in flight: the outcome is unknown.
+    #[error("{group} stopped while serving the request (outcome unknown)")]
+    Interrupted { group: GroupId },
 }
 
 impl ControlError {
     /// True when the request may have taken effect.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, ControlError::Timeout { .. })
+        matches!(
+            self,
+            ControlError::Timeout { .. } | ControlError::Interrupted { .. }
+        )
     }
 
     /// From a local propose or read failure on `node`.
@@ -139,6 +183,7 @@ impl ControlError {
             ProposeError::Query { group, reason } => {
                 ControlError::Invalid(format!("query on {group}: {reason}"))
             }
+            ProposeError::Interrupted { group } => ControlError::Interrupted { group },
             ProposeError::Moved { group, vshard } => ControlError::Moved {
                 group,
                 vshard,
@@ -168,6 +213,24 @@ impl ControlError {
             MembershipError::Storage { group, reason } => {
                 ControlError::Storage(format!("{group}: {reason}"))
             }
+        }
+    }
+}
+
+impl std::fmt::Display for MigrationStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrationStep::Export { vshard } => write!(f, "export of {vshard}"),
+            MigrationStep::Claim {
+                vshard,
+                migration,
+                step,
+                data,
+            } => write!(
+                f,
+                "{step:?} of {vshard} in {migration} ({} bytes)",
+                data.len()
+            ),
         }
     }
 }

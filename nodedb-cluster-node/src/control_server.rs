@@ -4,7 +4,7 @@
 
 use crate::cluster::CONTROL_RPC_TIMEOUT;
 use crate::control::{ControlError, ControlRequest, ControlResponse};
-use crate::group_client::{Operation, Served, serve_locally};
+use crate::group_client::{Operation, Served, serve_locally, with_routing_version};
 use nodedb_cluster_core::{
     METADATA_GROUP, MetadataCommand, MetadataEvent, NodeId, NodeInfo, NodeState,
 };
@@ -66,13 +66,44 @@ impl ControlServer {
                 let operation = Operation::ChangeMembership(change);
                 serve_locally(&self.raft, self.node, group, operation).await
             }
+            ControlRequest::ProposeVShard {
+                group,
+                vshard,
+                command,
+            } => {
+                let operation = Operation::ProposeVShard { vshard, command };
+                serve_locally(&self.raft, self.node, group, operation).await
+            }
+            ControlRequest::QueryVShard {
+                group,
+                vshard,
+                query,
+                linearizable,
+            } => {
+                let operation = Operation::QueryVShard {
+                    vshard,
+                    query,
+                    linearizable,
+                };
+                serve_locally(&self.raft, self.node, group, operation).await
+            }
+            ControlRequest::Migrate { group, step } => {
+                let operation = Operation::Migrate(step);
+                serve_locally(&self.raft, self.node, group, operation).await
+            }
         };
+        let served = served.map_err(|error| with_routing_version(error, &self.metadata));
         match served {
             Ok(Served::Proposed { index, response }) => {
                 ControlResponse::Proposed { index, response }
             }
             Ok(Served::Answered(answer)) => ControlResponse::Answered { answer },
             Ok(Served::MembershipChanged) => ControlResponse::MembershipChanged,
+            Ok(Served::Stepped(outcome)) => ControlResponse::Stepped {
+                index: outcome.index.0,
+                applied: outcome.applied,
+                claim: outcome.claim,
+            },
             Err(error) => ControlResponse::Refused(error),
         }
     }

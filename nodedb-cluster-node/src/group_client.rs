@@ -2,13 +2,15 @@
 //! group, otherwise the leader, found through leader hints and reached in one hop over the
 //! Control channel. Retries are bounded; a timeout after proposing stays "outcome unknown".
 
-use crate::control::{ControlError, ControlRequest, ControlResponse, MembershipChange};
+use crate::control::{
+    ControlError, ControlRequest, ControlResponse, MembershipChange, MigrationStep,
+};
 use crate::metrics;
 use crate::reconciler::CAUGHT_UP_LAG_MAX;
-use nodedb_cluster_core::{GroupId, METADATA_GROUP, MetadataCommand, NodeId};
+use nodedb_cluster_core::{GroupId, METADATA_GROUP, MetadataCommand, NodeId, VShardId};
 use nodedb_cluster_raft::{
-    AppliedMetadata, MetadataOutcome, MultiRaft, ReadConsistency, decode_metadata_outcome,
-    encode_metadata_command,
+    Applied, AppliedMetadata, LogIndex, MetadataOutcome, MultiRaft, ReadConsistency, StepOutcome,
+    decode_metadata_outcome, encode_metadata_command,
 };
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
 use std::sync::Arc;
@@ -25,8 +27,47 @@ const FORWARD_BACKOFF_MAX: Duration = Duration::from_millis(400);
 #[derive(Clone, Debug)]
 pub enum Operation {
     Propose(Vec<u8>),
-    Query { query: Vec<u8>, linearizable: bool },
+    Query {
+        query: Vec<u8>,
+        linearizable: bool,
+    },
     ChangeMembership(MembershipChange),
+    ProposeVShard {
+        vshard: VShardId,
+        command: Vec<u8>,
+    },
+    QueryVShard {
+        vshard: VShardId,
+        query: Vec<u8>,
+        linearizable: bool,
+    },
+    Migrate(MigrationStep),
+}
+
+impl Operation {
+    /// A read that any replica may answer from its local state.
+    fn is_stale_read(&self) -> bool {
+        matches!(
+            self,
+            Operation::Query {
+                linearizable: false,
+                ..
+            } | Operation::QueryVShard {
+                linearizable: false,
+                ..
+            }
+        )
+    }
+
+    /// Changes nothing, so a lost answer leaves no unknown outcome behind.
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Operation::Query { .. }
+                | Operation::QueryVShard { .. }
+                | Operation::Migrate(MigrationStep::Export { .. })
+        )
+    }
 }
 
 /// The result of an operation.
@@ -35,6 +76,7 @@ pub enum Served {
     Proposed { index: u64, response: Vec<u8> },
     Answered(Vec<u8>),
     MembershipChanged,
+    Stepped(StepOutcome),
 }
 
 /// Routes group operations to their leaders. Cheap to clone.
@@ -62,6 +104,11 @@ impl GroupClient {
             metadata,
             rpc_timeout,
         }
+    }
+
+    /// The node this client runs on.
+    pub fn node(&self) -> NodeId {
+        self.node
     }
 
     /// Replicates `command` through `group`; returns the log index and the engine's response.
@@ -99,6 +146,60 @@ impl GroupClient {
         };
         metrics::read_done(group, linearizable, started.elapsed(), &result);
         result
+    }
+
+    /// Replicates `command`, which touches only `vshard`, through `group`. A fenced vShard
+    /// answers [`ControlError::Moved`] at once (not retried here: the routing decides).
+    pub async fn propose_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        command: Vec<u8>,
+    ) -> Result<(u64, Vec<u8>), ControlError> {
+        let started = Instant::now();
+        let result = match self
+            .run(group, Operation::ProposeVShard { vshard, command })
+            .await
+        {
+            Ok(Served::Proposed { index, response }) => Ok((index, response)),
+            Ok(other) => Err(unexpected(other)),
+            Err(error) => Err(error),
+        };
+        metrics::proposal_done(group, started.elapsed(), &result);
+        result
+    }
+
+    /// Answers `query`, which reads only `vshard`, on `group`; [`ControlError::Moved`] when
+    /// the vShard is fenced there.
+    pub async fn query_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        query: Vec<u8>,
+        linearizable: bool,
+    ) -> Result<Vec<u8>, ControlError> {
+        let started = Instant::now();
+        let operation = Operation::QueryVShard {
+            vshard,
+            query,
+            linearizable,
+        };
+        let result = match self.run(group, operation).await {
+            Ok(Served::Answered(answer)) => Ok(answer),
+            Ok(other) => Err(unexpected(other)),
+            Err(error) => Err(error),
+        };
+        metrics::read_done(group, linearizable, started.elapsed(), &result);
+        result
+    }
+
+    /// Runs one migration step on `group`'s leader.
+    pub async fn migrate(
+        &self,
+        group: GroupId,
+        step: MigrationStep,
+    ) -> Result<Served, ControlError> {
+        self.run(group, Operation::Migrate(step)).await
     }
 
     /// Applies one membership change to `group` at its leader.
@@ -172,14 +273,7 @@ impl GroupClient {
     fn first_target(&self, group: GroupId, operation: &Operation) -> Option<NodeId> {
         let status = self.raft.status(group);
         if let Some(status) = &status {
-            let stale_read = matches!(
-                operation,
-                Operation::Query {
-                    linearizable: false,
-                    ..
-                }
-            );
-            if stale_read || status.leader == Some(self.node) {
+            if operation.is_stale_read() || status.leader == Some(self.node) {
                 return Some(self.node);
             }
             if status.leader.is_some() {
@@ -221,6 +315,22 @@ impl GroupClient {
             Operation::ChangeMembership(change) => {
                 ControlRequest::ChangeMembership { group, change }
             }
+            Operation::ProposeVShard { vshard, command } => ControlRequest::ProposeVShard {
+                group,
+                vshard,
+                command,
+            },
+            Operation::QueryVShard {
+                vshard,
+                query,
+                linearizable,
+            } => ControlRequest::QueryVShard {
+                group,
+                vshard,
+                query,
+                linearizable,
+            },
+            Operation::Migrate(step) => ControlRequest::Migrate { group, step },
         };
         let answer = self
             .control
@@ -236,6 +346,15 @@ impl GroupClient {
             }
             Ok(ControlResponse::Answered { answer }) => Ok(Served::Answered(answer)),
             Ok(ControlResponse::MembershipChanged) => Ok(Served::MembershipChanged),
+            Ok(ControlResponse::Stepped {
+                index,
+                applied,
+                claim,
+            }) => Ok(Served::Stepped(StepOutcome {
+                index: LogIndex(index),
+                applied,
+                claim,
+            })),
             Ok(ControlResponse::Refused(error)) => Err(error),
             Ok(other) => Err(unexpected_response(node, other)),
             Err(reason) => Err(ControlError::Invalid(format!(
@@ -252,28 +371,55 @@ pub async fn serve_locally(
     group: GroupId,
     operation: Operation,
 ) -> Result<Served, ControlError> {
+    let refused = |error| ControlError::from_propose(node, error);
+    let proposed = |applied: Applied| Served::Proposed {
+        index: applied.index.0,
+        response: applied.response,
+    };
     match operation {
         Operation::Propose(command) => raft
             .propose(group, command)
             .await
-            .map(|applied| Served::Proposed {
-                index: applied.index.0,
-                response: applied.response,
-            })
-            .map_err(|error| ControlError::from_propose(node, error)),
+            .map(proposed)
+            .map_err(refused),
+        Operation::ProposeVShard { vshard, command } => raft
+            .propose_vshard(group, vshard, command)
+            .await
+            .map(proposed)
+            .map_err(refused),
+        Operation::QueryVShard {
+            vshard,
+            query,
+            linearizable,
+        } => raft
+            .query_vshard(group, vshard, &query, consistency(linearizable))
+            .await
+            .map(Served::Answered)
+            .map_err(refused),
+        Operation::Migrate(step) => match step {
+            MigrationStep::Export { vshard } => raft
+                .export_vshard(group, vshard)
+                .await
+                .map(Served::Answered),
+            MigrationStep::Claim {
+                vshard,
+                migration,
+                step,
+                data,
+            } => raft
+                .migration_step(group, vshard, migration, step, data)
+                .await
+                .map(Served::Stepped),
+        }
+        .map_err(refused),
         Operation::Query {
             query,
             linearizable,
-        } => {
-            let consistency = match linearizable {
-                true => ReadConsistency::Linearizable,
-                false => ReadConsistency::Local,
-            };
-            raft.query(group, &query, consistency)
-                .await
-                .map(Served::Answered)
-                .map_err(|error| ControlError::from_propose(node, error))
-        }
+        } => raft
+            .query(group, &query, consistency(linearizable))
+            .await
+            .map(Served::Answered)
+            .map_err(refused),
         Operation::ChangeMembership(change) => {
             let result = match change {
                 MembershipChange::AddLearner {
@@ -304,6 +450,32 @@ pub async fn serve_locally(
     }
 }
 
+fn consistency(linearizable: bool) -> ReadConsistency {
+    match linearizable {
+        true => ReadConsistency::Linearizable,
+        false => ReadConsistency::Local,
+    }
+}
+
+/// Fills in the routing version a `Moved` refusal reports: this node's view of the routing.
+pub fn with_routing_version(
+    error: ControlError,
+    metadata: &watch::Receiver<AppliedMetadata>,
+) -> ControlError {
+    match error {
+        ControlError::Moved { group, vshard, .. } => ControlError::Moved {
+            group,
+            vshard,
+            routing_version: metadata
+                .borrow()
+                .state
+                .routing()
+                .map_or(0, |routing| routing.routing_version()),
+        },
+        other => other,
+    }
+}
+
 /// How far `learner` is behind this leader's log, if this node leads `group` and knows.
 fn learner_lag(raft: &MultiRaft, group: GroupId, learner: NodeId) -> Option<u64> {
     let status = raft.status(group)?;
@@ -322,8 +494,7 @@ fn transport_failure(
     operation: &Operation,
     error: TransportError,
 ) -> ControlError {
-    let is_read = matches!(operation, Operation::Query { .. });
-    if error.outcome_unknown() && !is_read {
+    if error.outcome_unknown() && !operation.is_read() {
         return ControlError::Timeout { group };
     }
     ControlError::Unavailable {

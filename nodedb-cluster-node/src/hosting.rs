@@ -3,8 +3,8 @@
 //! longer has this node as a member, and keeps the transport's peer addresses current.
 //! Replicas opened here never initialize a group; they wait for the group's leader.
 
+use crate::engine::EngineFactory;
 use nodedb_cluster_core::{GroupId, NodeId};
-use nodedb_cluster_raft::kv::KvStateMachine;
 use nodedb_cluster_raft::{AppliedMetadata, MultiRaft};
 use nodedb_cluster_transport::Transport;
 use std::collections::BTreeSet;
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 /// Follows the metadata until `stop` turns true.
 pub async fn run(
     node: NodeId,
+    engine: EngineFactory,
     raft: MultiRaft,
     transport: Arc<dyn Transport>,
     mut metadata: watch::Receiver<AppliedMetadata>,
@@ -23,7 +24,7 @@ pub async fn run(
     loop {
         let applied = metadata.borrow_and_update().clone();
         update_peer_addresses(&transport, node, &applied);
-        reconcile_replicas(node, &raft, &applied).await;
+        reconcile_replicas(node, &engine, &raft, &applied).await;
         tokio::select! {
             changed = metadata.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|stopped| *stopped) => return,
@@ -45,7 +46,12 @@ fn update_peer_addresses(transport: &Arc<dyn Transport>, node: NodeId, applied: 
     }
 }
 
-async fn reconcile_replicas(node: NodeId, raft: &MultiRaft, applied: &AppliedMetadata) {
+async fn reconcile_replicas(
+    node: NodeId,
+    engine: &EngineFactory,
+    raft: &MultiRaft,
+    applied: &AppliedMetadata,
+) {
     let Some(routing) = applied.state.routing() else {
         return;
     };
@@ -64,10 +70,7 @@ async fn reconcile_replicas(node: NodeId, raft: &MultiRaft, applied: &AppliedMet
         .collect();
     for group in wanted.difference(&hosted) {
         tracing::info!(%group, "opening a replica placed on this node");
-        if let Err(error) = raft
-            .open_group(*group, Box::new(KvStateMachine::new()))
-            .await
-        {
+        if let Err(error) = raft.open_group(*group, engine.make(*group)).await {
             tracing::warn!(%group, %error, "could not open replica");
         }
     }

@@ -38,9 +38,11 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod control_server;
+pub mod engine;
 pub mod group_client;
 mod hosting;
 pub mod metrics;
+pub mod migration;
 
 pub use config::{ConfigError, NodeConfig};
 pub mod http;
@@ -49,3 +51,4 @@ pub mod node_service;
 mod reconciler;
 pub mod run;
 pub mod service;
+pub mod vshard_client;

@@ -1,5 +1,7 @@
 //! [`ClusterService`] over a running [`Cluster`]: the built-in KV store routed to the group
-//! that owns each key, and the cluster view of `GET /v1/cluster`.
+//! that owns each key, the cluster view of `GET /v1/cluster`, and the admin verbs (vShard
+//! moves, rebalancing, decommission), recorded in the metadata group and carried out by the
+//! metadata leader.
 
 use crate::cluster::Cluster;
 use crate::control::ControlError;
@@ -7,9 +9,18 @@ use crate::service::{
     CasOutcome, ClusterService, ClusterView, GroupView, MigrationView, NodeView, ReadConsistency,
     ServiceError, ServiceResult, WriteReceipt,
 };
-use nodedb_cluster_core::{GroupId, NodeId, NodeState, VShardId, vshard_for_key};
+use nodedb_cluster_core::{
+    GroupId, METADATA_GROUP, MetadataCommand, MetadataError, MetadataEvent, Migration,
+    MigrationPhase, NodeId, NodeState, VShardId, plan_vshard_moves, vshard_for_key,
+};
+use nodedb_cluster_raft::ReadConsistency as RaftReadConsistency;
 use nodedb_cluster_raft::kv::{KvAnswer, KvCommand, KvQuery, KvResponse};
+use nodedb_cluster_raft::{MetadataOutcome, decode_metadata_outcome, encode_metadata_command};
 use nodedb_cluster_transport::BoxFuture;
+use std::collections::BTreeMap;
+
+/// Most vShard moves one rebalance request begins.
+pub const REBALANCE_MOVES_MAX: usize = 16;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: u32 = 1;
@@ -25,31 +36,19 @@ impl NodeService {
         NodeService { cluster }
     }
 
-    /// The vShard and owning group of `key`.
-    fn route(&self, key: &str) -> ServiceResult<(VShardId, GroupId)> {
-        let vshard = vshard_for_key(key.as_bytes());
-        let metadata = self.cluster.metadata();
-        let applied = metadata.borrow();
-        let routing = applied
-            .state
-            .routing()
-            .ok_or_else(|| not_ready("no routing yet"))?;
-        Ok((vshard, routing.group_of(vshard)))
-    }
-
     async fn write(
         &self,
         key: &str,
         command: KvCommand,
     ) -> ServiceResult<(WriteReceipt, KvResponse)> {
-        let (vshard, group) = self.route(key)?;
-        let (index, response) = self
+        let vshard = vshard_for_key(key.as_bytes());
+        let write = self
             .cluster
-            .groups()
-            .propose(group, command.encode())
+            .propose(vshard, command.encode())
             .await
             .map_err(service_error)?;
-        let response = KvResponse::decode(&response).ok_or_else(|| {
+        let group = write.group;
+        let response = KvResponse::decode(&write.response).ok_or_else(|| {
             ServiceError::Internal(format!("undecodable kv response from {group}"))
         })?;
         if response == KvResponse::BadCommand {
@@ -60,9 +59,176 @@ impl NodeService {
         let receipt = WriteReceipt {
             vshard: vshard.0,
             group: group.0,
-            index,
+            index: write.index,
         };
         Ok((receipt, response))
+    }
+
+    /// Records a move of `vshard` to `to_group` in the metadata group; the metadata leader's
+    /// migration driver carries it out. Asking again for a move in flight answers it.
+    async fn begin_migration(
+        &self,
+        vshard: VShardId,
+        to_group: GroupId,
+    ) -> ServiceResult<MigrationView> {
+        let from = {
+            let metadata = self.cluster.metadata();
+            let applied = metadata.borrow();
+            let routing = applied
+                .state
+                .routing()
+                .ok_or_else(|| not_ready("no routing yet"))?;
+            if to_group.is_metadata() || routing.members(to_group).is_none() {
+                return Err(ServiceError::NotFound(format!("no data group {to_group}")));
+            }
+            routing.group_of(vshard)
+        };
+        let command = MetadataCommand::BeginMigration {
+            vshard,
+            from,
+            to: to_group,
+        };
+        let id = match self.commit_metadata(&command).await {
+            Ok(MetadataEvent::MigrationBegun { id } | MetadataEvent::MigrationExists { id }) => id,
+            Ok(other) => {
+                return Err(ServiceError::Internal(format!(
+                    "the metadata group answered {other:?}"
+                )));
+            }
+            Err(MetadataRefusal::Refused(error)) => {
+                return Err(ServiceError::Conflict(format!(
+                    "cannot move {vshard} from {from} to {to_group}: {error}"
+                )));
+            }
+            Err(MetadataRefusal::Failed(error)) => return Err(error),
+        };
+        let metadata = self.cluster.metadata();
+        let applied = metadata.borrow();
+        match applied.state.migrations().get(&id) {
+            Some(migration) => Ok(self.migration_view(migration)),
+            None => Ok(MigrationView {
+                id: id.0,
+                vshard: vshard.0,
+                from_group: from.0,
+                to_group: to_group.0,
+                phase: "planned".to_string(),
+                bytes_copied: 0,
+                write_pause_ms: None,
+            }),
+        }
+    }
+
+    /// Commits `command` in the metadata group; its event, or why it was not applied.
+    async fn commit_metadata(
+        &self,
+        command: &MetadataCommand,
+    ) -> Result<MetadataEvent, MetadataRefusal> {
+        let (_, response) = self
+            .cluster
+            .groups()
+            .propose(METADATA_GROUP, encode_metadata_command(command))
+            .await
+            .map_err(|error| MetadataRefusal::Failed(service_error(error)))?;
+        match decode_metadata_outcome(&response) {
+            Some(MetadataOutcome::Applied(event)) => Ok(event),
+            Some(MetadataOutcome::Refused(error)) => Err(MetadataRefusal::Refused(error)),
+            other => Err(MetadataRefusal::Failed(ServiceError::Internal(format!(
+                "the metadata group answered {other:?}"
+            )))),
+        }
+    }
+
+    /// Puts `node` in Draining: placement moves its replicas and leaderships away, then the
+    /// metadata leader records it Decommissioned and the node stops itself.
+    async fn begin_decommission(&self, node: NodeId) -> ServiceResult<()> {
+        {
+            let metadata = self.cluster.metadata();
+            let applied = metadata.borrow();
+            let state = &applied.state;
+            let target = state
+                .topology()
+                .get(node)
+                .ok_or_else(|| ServiceError::NotFound(format!("no node {node} in the cluster")))?;
+            if matches!(
+                target.state,
+                NodeState::Draining | NodeState::Decommissioned
+            ) {
+                return Ok(());
+            }
+            let replication_factor = usize::from(state.replication_factor().unwrap_or(1));
+            let remaining = state
+                .topology()
+                .nodes()
+                .filter(|other| other.id != node && other.state == NodeState::Active)
+                .count();
+            if remaining < replication_factor {
+                return Err(ServiceError::Conflict(format!(
+                    "decommissioning {node} would leave {remaining} active nodes for a \
+                     replication factor of {replication_factor}; add a node first"
+                )));
+            }
+        }
+        let command = MetadataCommand::SetNodeState {
+            node,
+            state: NodeState::Draining,
+        };
+        match self.commit_metadata(&command).await {
+            Ok(_) => Ok(()),
+            Err(MetadataRefusal::Refused(error)) => Err(ServiceError::Conflict(format!(
+                "cannot decommission {node}: {error}"
+            ))),
+            Err(MetadataRefusal::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Begins the vShard moves that even out the groups' vShard counts, at most
+    /// [`REBALANCE_MOVES_MAX`] per request; the migration driver runs a few at a time.
+    async fn begin_rebalance(&self) -> ServiceResult<Vec<MigrationView>> {
+        let moves = {
+            let metadata = self.cluster.metadata();
+            let applied = metadata.borrow();
+            let state = &applied.state;
+            let routing = state.routing().ok_or_else(|| not_ready("no routing yet"))?;
+            let moving: BTreeMap<VShardId, GroupId> = state
+                .migrations()
+                .values()
+                .filter(|migration| migration.is_active())
+                .map(|migration| (migration.vshard, migration.to))
+                .collect();
+            plan_vshard_moves(routing, &moving, REBALANCE_MOVES_MAX)
+        };
+        let mut begun = Vec::with_capacity(moves.len());
+        for planned in moves {
+            begun.push(self.begin_migration(planned.vshard, planned.to).await?);
+        }
+        Ok(begun)
+    }
+
+    fn migration_view(&self, migration: &Migration) -> MigrationView {
+        let progress = self
+            .cluster
+            .migration_progress()
+            .get(migration.id)
+            .unwrap_or_default();
+        let phase = match migration.phase {
+            MigrationPhase::Planned => "planned",
+            MigrationPhase::Copying => "copying",
+            MigrationPhase::Fenced { .. } => "fenced",
+            MigrationPhase::Switched => "switched",
+            MigrationPhase::Cleaned => "cleaned",
+            MigrationPhase::Aborted => "aborted",
+        };
+        MigrationView {
+            id: migration.id.0,
+            vshard: migration.vshard.0,
+            from_group: migration.from.0,
+            to_group: migration.to.0,
+            phase: phase.to_string(),
+            bytes_copied: progress.bytes_copied,
+            write_pause_ms: progress
+                .write_pause
+                .map(|pause| u64::try_from(pause.as_millis()).unwrap_or(u64::MAX)),
+        }
     }
 
     fn cluster_view(&self) -> ServiceResult<ClusterView> {
@@ -161,15 +327,17 @@ impl ClusterService for NodeService {
         consistency: ReadConsistency,
     ) -> BoxFuture<'_, ServiceResult<Option<Vec<u8>>>> {
         Box::pin(async move {
-            let (_, group) = self.route(&key)?;
+            let vshard = vshard_for_key(key.as_bytes());
             let query = KvQuery::Get {
                 key: key.into_bytes(),
             };
-            let linearizable = consistency == ReadConsistency::Linearizable;
+            let consistency = match consistency {
+                ReadConsistency::Linearizable => RaftReadConsistency::Linearizable,
+                ReadConsistency::Stale => RaftReadConsistency::Local,
+            };
             let answer = self
                 .cluster
-                .groups()
-                .query(group, query.encode(), linearizable)
+                .read(vshard, query.encode(), consistency)
                 .await
                 .map_err(service_error)?;
             match KvAnswer::decode(&answer) {
@@ -220,11 +388,7 @@ impl ClusterService for NodeService {
         vshard: VShardId,
         to_group: GroupId,
     ) -> BoxFuture<'_, ServiceResult<MigrationView>> {
-        Box::pin(async move {
-            Err(ServiceError::NotImplemented(format!(
-                "moving {vshard} to {to_group}: online vShard migration is not available in this version"
-            )))
-        })
+        Box::pin(async move { self.begin_migration(vshard, to_group).await })
     }
 
     fn migrations(&self) -> BoxFuture<'_, ServiceResult<Vec<MigrationView>>> {
@@ -235,34 +399,18 @@ impl ClusterService for NodeService {
                 .state
                 .migrations()
                 .values()
-                .map(|migration| MigrationView {
-                    id: migration.id.0,
-                    vshard: migration.vshard.0,
-                    from_group: migration.from.0,
-                    to_group: migration.to.0,
-                    phase: format!("{:?}", migration.phase).to_lowercase(),
-                    bytes_copied: 0,
-                    write_pause_ms: None,
-                })
+                .map(|migration| self.migration_view(migration))
                 .collect();
             Ok(migrations)
         })
     }
 
     fn decommission(&self, node: NodeId) -> BoxFuture<'_, ServiceResult<()>> {
-        Box::pin(async move {
-            Err(ServiceError::NotImplemented(format!(
-                "decommissioning {node} is not available in this version"
-            )))
-        })
+        Box::pin(async move { self.begin_decommission(node).await })
     }
 
     fn rebalance(&self) -> BoxFuture<'_, ServiceResult<Vec<MigrationView>>> {
-        Box::pin(async move {
-            Err(ServiceError::NotImplemented(
-                "rebalancing by vShard moves is not available in this version".to_string(),
-            ))
-        })
+        Box::pin(async move { self.begin_rebalance().await })
     }
 }
 
@@ -273,10 +421,20 @@ fn not_ready(reason: &str) -> ServiceError {
     }
 }
 
+/// Why a metadata command was not applied.
+enum MetadataRefusal {
+    /// The metadata state machine refused it (every replica agrees).
+    Refused(MetadataError),
+    /// It did not reach the state machine, or the outcome is unknown.
+    Failed(ServiceError),
+}
+
 /// Maps a routed operation's failure onto the API's "definitely failed" / "unknown" split.
 fn service_error(error: ControlError) -> ServiceError {
     match error {
-        ControlError::Timeout { .. } => ServiceError::OutcomeUnknown(error.to_string()),
+        ControlError::Timeout { .. } | ControlError::Interrupted { .. } => {
+            ServiceError::OutcomeUnknown(error.to_string())
+        }
         ControlError::Invalid(message) => ServiceError::BadRequest(message),
         ControlError::Storage(message) => ServiceError::Internal(message),
         other => ServiceError::Unavailable {

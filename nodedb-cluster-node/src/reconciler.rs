@@ -1,7 +1,8 @@
 //! The placement reconciler and failure detector. It runs on every node but acts only while
 //! the node leads the metadata group: it pings every member, marks silent ones Down and
-//! returning ones Active again (damped), admits caught-up joiners, and carries out the core
-//! planner's steps at each group's leader, recording each result in group 0.
+//! returning ones Active again (damped), admits caught-up joiners, decommissions draining
+//! nodes that no longer hold a replica, and carries out the core planner's steps at each
+//! group's leader, recording each result in group 0.
 
 use crate::control::{ControlError, ControlRequest, MembershipChange};
 use crate::group_client::GroupClient;
@@ -226,6 +227,9 @@ fn node_state_changes(
             NodeState::Down if reachable_for.is_some_and(|period| period >= RECOVERY_DAMPING) => {
                 Some(NodeState::Active)
             }
+            NodeState::Draining if holds_no_replica(state, node.id) => {
+                Some(NodeState::Decommissioned)
+            }
             NodeState::Joining => {
                 let caught_up = metadata_followers
                     .iter()
@@ -243,6 +247,14 @@ fn node_state_changes(
         }
     }
     commands
+}
+
+/// A draining node is decommissioned once placement moved every data replica and its group 0
+/// vote off it; it still follows group 0 as a learner, so it hears the news and stops.
+fn holds_no_replica(state: &MetadataState, node: NodeId) -> bool {
+    state
+        .routing()
+        .is_some_and(|routing| routing.groups_holding_node(node).is_empty())
 }
 
 /// Carries out one step at the group's leader, then records a membership change in the

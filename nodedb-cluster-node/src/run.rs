@@ -3,6 +3,7 @@
 
 use crate::cluster::{ClusterConfig, start_cluster};
 use crate::config::{LogConfig, NodeConfig};
+use crate::engine::EngineFactory;
 use crate::http::{self, ApiState};
 use crate::node_service::NodeService;
 use anyhow::{Context, Result};
@@ -39,8 +40,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let api = tokio::spawn(http::serve(listener, state, async {
         let _ = api_stopped.await;
     }));
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    tokio::select! {
+        () = shutdown_signal() => tracing::info!("shutting down"),
+        () = cluster.wait_decommissioned() => {
+            tracing::info!("this node is decommissioned: shutting down");
+        }
+    }
     let _ = stop_api.send(());
     let _ = api.await;
     cluster.shutdown().await;
@@ -92,6 +97,7 @@ pub fn cluster_config(config: &NodeConfig) -> Result<ClusterConfig> {
             ..RaftTimings::default()
         },
         node_down_timeout: std::time::Duration::from_millis(raft.node_down_timeout_ms),
+        engine: EngineFactory::kv(),
     })
 }
 

@@ -1,73 +1,14 @@
 //! Whole nodes in one process over the in-memory network: bootstrap, join, restart, and the
 //! KV store served through any node.
 
+mod memory_cluster;
+
+use memory_cluster::{NUM_GROUPS, config, eventually, start, start_three};
 use nodedb_cluster_core::{NodeId, NodeState};
-use nodedb_cluster_node::cluster::{Cluster, ClusterConfig, start_cluster_on};
+use nodedb_cluster_node::cluster::Cluster;
 use nodedb_cluster_node::node_service::NodeService;
-use nodedb_cluster_node::service::{ClusterService, ReadConsistency};
-use nodedb_cluster_raft::RaftTimings;
+use nodedb_cluster_node::service::{ClusterService, ReadConsistency, ServiceError};
 use nodedb_cluster_transport::MemoryNetwork;
-use nodedb_cluster_transport::tls::TlsMode;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::time::Duration;
-
-const NUM_GROUPS: u32 = 4;
-const WAIT: Duration = Duration::from_secs(20);
-
-fn quic_addr(node: u64) -> SocketAddr {
-    format!("127.0.0.1:{}", 19_000 + node).parse().unwrap()
-}
-
-fn config(node: u64, seeds: &[u64], data_root: &Path) -> ClusterConfig {
-    ClusterConfig {
-        node_id: NodeId(node),
-        listen_addr: quic_addr(node),
-        admin_addr: format!("127.0.0.1:{}", 29_000 + node).parse().unwrap(),
-        seeds: seeds.iter().map(|seed| quic_addr(*seed)).collect(),
-        bootstrap: false,
-        num_groups: NUM_GROUPS,
-        replication_factor: 3,
-        data_dir: data_root.join(format!("node-{node}")),
-        tls: TlsMode::Insecure,
-        timings: RaftTimings::for_tests(),
-        node_down_timeout: Duration::from_secs(2),
-    }
-}
-
-async fn start(network: &MemoryNetwork, config: ClusterConfig) -> Cluster {
-    network.set_addr(config.node_id, config.listen_addr);
-    let transport = network.register(config.node_id).unwrap();
-    start_cluster_on(config, transport).await.unwrap()
-}
-
-/// Starts nodes 1, 2 and 3 at the same moment, all with the same seed list.
-async fn start_three(network: &MemoryNetwork, data_root: &Path) -> [Cluster; 3] {
-    let seeds = [1, 2, 3];
-    let (first, second, third) = tokio::join!(
-        start(network, config(1, &seeds, data_root)),
-        start(network, config(2, &seeds, data_root)),
-        start(network, config(3, &seeds, data_root)),
-    );
-    [first, second, third]
-}
-
-/// Polls `check` until it holds, failing the test with `what` after [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_bootstraps_serves_and_restarts() {
@@ -381,6 +322,65 @@ async fn the_metadata_leader_dies_and_the_cluster_keeps_serving() {
     }
     victim.shutdown().await;
     for cluster in survivors {
+        cluster.shutdown().await;
+    }
+}
+
+/// Draining moves a replica of every group and hands over leaderships (each transfer holds
+/// its group still for a cool-down): slower than the other waits.
+const DECOMMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_node_hands_everything_over_and_stops() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(18);
+    let [first, second, third] = start_three(&network, data.path()).await;
+    let service = NodeService::new(first.clone());
+    let refused = service.decommission(NodeId(2)).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Conflict(_))),
+        "three nodes with RF 3 cannot lose one: {refused:?}"
+    );
+    let fourth = start(&network, config(4, &[1, 2, 3], data.path())).await;
+    let nodes = [first, second, third, fourth];
+    eventually("full replication on four nodes", || async {
+        fully_replicated(&nodes[0], 3, None)
+            && (1..=4).all(|node| node_state(&nodes[0], node) == Some(NodeState::Active))
+    })
+    .await;
+    service.kv_put("kept".into(), b"v".to_vec()).await.unwrap();
+
+    // Node 1 bootstrapped the cluster, so it holds a replica of every group, group 0 included.
+    let victim = nodes[0].clone();
+    let survivor = nodes[1].clone();
+    let survivor_service = NodeService::new(survivor.clone());
+    survivor_service.decommission(victim.node()).await.unwrap();
+    assert_eq!(
+        survivor_service.decommission(NodeId(99)).await,
+        Err(ServiceError::NotFound("no node node-99 in the cluster".into()))
+    );
+    tokio::time::timeout(DECOMMISSION_WAIT, victim.wait_decommissioned())
+        .await
+        .expect("the node learns it is decommissioned");
+    eventually("every group on three voters without it", || async {
+        fully_replicated(&survivor, 3, Some(victim.node()))
+    })
+    .await;
+    {
+        let metadata = survivor.metadata();
+        let applied = metadata.borrow();
+        let routing = applied.state.routing().unwrap();
+        assert!(routing.groups_holding_node(victim.node()).is_empty());
+    }
+    victim.shutdown().await;
+    assert_eq!(
+        survivor_service
+            .kv_get("kept".into(), ReadConsistency::Linearizable)
+            .await
+            .unwrap(),
+        Some(b"v".to_vec())
+    );
+    for cluster in &nodes[1..] {
         cluster.shutdown().await;
     }
 }

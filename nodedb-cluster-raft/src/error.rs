@@ -37,6 +37,10 @@ pub enum ProposeError {
     /// applied; retry once the routing says where the vShard lives now.
     #[error("{vshard} is fenced in {group} (moved or moving)")]
     Moved { group: GroupId, vshard: VShardId },
+    /// The replica stopped while a proposal was in flight: it may or may not be applied
+    /// (outcome unknown).
+    #[error("replica of {group} stopped during the proposal (outcome unknown)")]
+    Interrupted { group: GroupId },
 }
 
 /// Failure to create, open or remove a group replica.

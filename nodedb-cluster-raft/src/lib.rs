@@ -25,6 +25,7 @@
 //! **Architecture Invariant:** every openraft type stays inside this crate; the node crate sees
 //! only this crate's own API. The network is reached only through the transport trait.
 
+mod claims;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -44,12 +45,15 @@ mod status;
 mod types;
 mod wire;
 
+pub use claims::{VShardClaim, VShardStep};
 pub use error::{GroupError, MembershipError, ProposeError};
 pub use metadata_sm::{
     AppliedMetadata, METADATA_SNAPSHOT_VERSION, MetadataOutcome, MetadataQuery,
     MetadataStateMachine, decode_metadata_command, decode_metadata_outcome, decode_metadata_state,
     encode_metadata_command,
 };
-pub use multi_raft::{Applied, LEADER_CHANGES_MAX, MultiRaft, RaftTimings, ReadConsistency};
+pub use multi_raft::{
+    Applied, LEADER_CHANGES_MAX, MultiRaft, RaftTimings, ReadConsistency, StepOutcome,
+};
 pub use state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError};
 pub use status::{FollowerProgress, GroupStatus, LeaderChange, Role};

@@ -2,6 +2,7 @@
 //! removes replicas, proposes commands, serves linearizable reads, changes membership one
 //! change at a time per group, and reports status and leader changes.
 
+use crate::claims::{VShardClaim, VShardStep};
 use crate::error::{self, GroupError, MembershipError, ProposeError};
 use crate::log_db::LogDb;
 use crate::log_store::GroupLog;
@@ -12,7 +13,7 @@ use crate::sm_adapter::MachineAdapter;
 use crate::state_machine::{LogIndex, StateMachine};
 use crate::status::{GroupStatus, LeaderChange, status_from_metrics};
 use crate::types::{AppRequest, AppResponse, EntryKind, Raft, RaftNode, node_id, raft_id};
-use nodedb_cluster_core::{GroupId, NodeId, VShardId};
+use nodedb_cluster_core::{GroupId, MigrationId, NodeId, VShardId};
 use nodedb_cluster_transport::{Handler, Transport};
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{InitializeError, RaftError};
@@ -106,6 +107,25 @@ pub enum ReadConsistency {
 pub struct Applied {
     pub index: LogIndex,
     pub response: Vec<u8>,
+}
+
+/// The result of a replicated migration step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepOutcome {
+    pub index: LogIndex,
+    /// False when the vShard's claim refused the step (a later step already happened).
+    pub applied: bool,
+    /// The group's claim on the vShard after the entry.
+    pub claim: VShardClaim,
+}
+
+/// After a proposal was handed to Raft, a stop of the replica is not a refusal: the entry may
+/// be in the log already.
+fn interrupted(error: ProposeError) -> ProposeError {
+    match error {
+        ProposeError::Shutdown { group } => ProposeError::Interrupted { group },
+        other => other,
+    }
 }
 
 /// All Raft group replicas of one node. Cheap to clone.
@@ -272,7 +292,7 @@ impl MultiRaft {
     }
 
     /// Answers `query`, which reads only `vshard`, like [`MultiRaft::query`]; refused with
-    /// [`ProposeError::Moved`] when the vShard is fenced in the group's applied state.
+    /// [`ProposeError::Moved`] unless the group serves the vShard in its applied state.
     pub async fn query_vshard(
         &self,
         group: GroupId,
@@ -285,7 +305,7 @@ impl MultiRaft {
         }
         let hosted = self.propose_target(group)?;
         let replica = hosted.machine.lock();
-        if replica.is_fenced(vshard) {
+        if !replica.claim(vshard).serves() {
             return Err(ProposeError::Moved { group, vshard });
         }
         replica
@@ -297,62 +317,46 @@ impl MultiRaft {
             })
     }
 
-    /// Fences `vshard` in `group` (migrations): commands and reads of it are refused from the
-    /// returned log index on. Idempotent.
-    pub async fn fence_vshard(
+    /// Replicates one step of `migration` on `vshard` through `group` (the payload is the
+    /// export for [`VShardStep::Import`]). A step that a later one already overtook is refused
+    /// by every replica and answered with `applied: false`; see [`VShardClaim`].
+    pub async fn migration_step(
         &self,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<LogIndex, ProposeError> {
-        let applied = self
-            .propose_entry(group, EntryKind::FenceVShard { vshard }, Vec::new())
-            .await?;
-        Ok(applied.index)
-    }
-
-    /// Lifts the fence of `vshard` in `group` (the group owns it again). Idempotent.
-    pub async fn unfence_vshard(
-        &self,
-        group: GroupId,
-        vshard: VShardId,
-    ) -> Result<LogIndex, ProposeError> {
-        let applied = self
-            .propose_entry(group, EntryKind::UnfenceVShard { vshard }, Vec::new())
-            .await?;
-        Ok(applied.index)
-    }
-
-    /// Whether `vshard` is fenced in this node's replica of `group` (its applied state).
-    pub fn is_fenced(&self, group: GroupId, vshard: VShardId) -> Result<bool, ProposeError> {
+        migration: MigrationId,
+        step: VShardStep,
+        payload: Vec<u8>,
+    ) -> Result<StepOutcome, ProposeError> {
+        let kind = EntryKind::Migration {
+            vshard,
+            migration,
+            step,
+        };
         let hosted = self.propose_target(group)?;
-        let fenced = hosted.machine.lock().is_fenced(vshard);
-        Ok(fenced)
+        let write = hosted.raft.client_write(AppRequest { kind, payload });
+        match self.with_deadline(write).await {
+            None => Err(ProposeError::Timeout { group }),
+            Some(Err(error)) => Err(interrupted(error::propose_error(group, error))),
+            Some(Ok(response)) => match response.data {
+                AppResponse::Claim { applied, claim } => Ok(StepOutcome {
+                    index: LogIndex(response.log_id.index),
+                    applied,
+                    claim,
+                }),
+                other => Err(ProposeError::Storage {
+                    group,
+                    reason: format!("unexpected answer {other:?} to a migration step"),
+                }),
+            },
+        }
     }
 
-    /// Replaces the data of `vshard` on every replica of `group` with an export of it
-    /// (migrations). Idempotent.
-    pub async fn import_vshard(
-        &self,
-        group: GroupId,
-        vshard: VShardId,
-        data: Vec<u8>,
-    ) -> Result<LogIndex, ProposeError> {
-        let applied = self
-            .propose_entry(group, EntryKind::ImportVShard { vshard }, data)
-            .await?;
-        Ok(applied.index)
-    }
-
-    /// Drops the data of `vshard` on every replica of `group` (migrations).
-    pub async fn drop_vshard(
-        &self,
-        group: GroupId,
-        vshard: VShardId,
-    ) -> Result<LogIndex, ProposeError> {
-        let applied = self
-            .propose_entry(group, EntryKind::DropVShard { vshard }, Vec::new())
-            .await?;
-        Ok(applied.index)
+    /// This node's replica's claim on `vshard` in `group` (its applied state).
+    pub fn claim(&self, group: GroupId, vshard: VShardId) -> Result<VShardClaim, ProposeError> {
+        let hosted = self.propose_target(group)?;
+        let claim = hosted.machine.lock().claim(vshard);
+        Ok(claim)
     }
 
     /// Exports the data of `vshard` from the leader's state after a read barrier.
@@ -589,12 +593,12 @@ impl MultiRaft {
         let write = hosted.raft.client_write(AppRequest { kind, payload });
         match self.with_deadline(write).await {
             None => Err(ProposeError::Timeout { group }),
-            Some(Err(error)) => Err(error::propose_error(group, error)),
+            Some(Err(error)) => Err(interrupted(error::propose_error(group, error))),
             Some(Ok(response)) => {
                 let response_index = response.log_id.index;
                 let response = match response.data {
                     AppResponse::Applied(bytes) => bytes,
-                    AppResponse::Done => Vec::new(),
+                    AppResponse::Done | AppResponse::Claim { .. } => Vec::new(),
                     AppResponse::Moved { vshard } => {
                         return Err(ProposeError::Moved { group, vshard });
                     }

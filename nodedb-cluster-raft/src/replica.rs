@@ -1,21 +1,23 @@
-//! The replicated state of one group replica: the engine's state plus the set of vShards
-//! fenced in this group (moved or moving elsewhere). Both change only by applying the log and
+//! The replicated state of one group replica: the engine's state plus the group's claim on
+//! each vShard a migration touched (see `claims.rs`). Both change only by applying the log and
 //! both travel in snapshots: the first chunk of every snapshot is the [`ReplicaHeader`], the
 //! engine's own chunks follow.
 
+use crate::claims::{DataChange, VShardClaim, VShardStep};
 use crate::state_machine::{SnapshotChunks, StateMachine, StateMachineError};
-use nodedb_cluster_core::VShardId;
+use nodedb_cluster_core::{MigrationId, VShardId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Version of the [`ReplicaHeader`] encoding.
 const HEADER_VERSION: u8 = 1;
 
-/// An engine and the vShards its group refuses.
+/// An engine and the group's claims on vShards.
 pub struct ReplicaState {
     pub engine: Box<dyn StateMachine>,
-    fenced: BTreeSet<VShardId>,
+    /// Only vShards a migration touched; every other vShard is [`VShardClaim::UNCLAIMED`].
+    claims: BTreeMap<VShardId, VShardClaim>,
 }
 
 /// The replica state shared between the apply path and local reads.
@@ -26,14 +28,14 @@ pub struct SharedMachine(Arc<Mutex<ReplicaState>>);
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct ReplicaHeader {
     version: u8,
-    fenced: Vec<VShardId>,
+    claims: Vec<(VShardId, VShardClaim)>,
 }
 
 impl SharedMachine {
     pub fn new(engine: Box<dyn StateMachine>) -> SharedMachine {
         SharedMachine(Arc::new(Mutex::new(ReplicaState {
             engine,
-            fenced: BTreeSet::new(),
+            claims: BTreeMap::new(),
         })))
     }
 
@@ -47,33 +49,50 @@ impl SharedMachine {
 }
 
 impl ReplicaState {
-    pub fn is_fenced(&self, vshard: VShardId) -> bool {
-        self.fenced.contains(&vshard)
+    pub fn claim(&self, vshard: VShardId) -> VShardClaim {
+        self.claims
+            .get(&vshard)
+            .copied()
+            .unwrap_or(VShardClaim::UNCLAIMED)
     }
 
-    pub fn fence(&mut self, vshard: VShardId) {
-        self.fenced.insert(vshard);
-    }
-
-    pub fn unfence(&mut self, vshard: VShardId) {
-        self.fenced.remove(&vshard);
-    }
-
-    /// Replaces the replica's data of `vshard` with an export of it.
-    pub fn replace_vshard(
+    /// Applies one migration step; `Ok(None)` when the vShard's claim refuses it (a later step
+    /// already happened), otherwise the new claim.
+    pub fn apply_step(
         &mut self,
         vshard: VShardId,
+        migration: MigrationId,
+        step: VShardStep,
         data: &[u8],
-    ) -> Result<(), StateMachineError> {
-        self.engine.drop_vshard(vshard)?;
-        self.engine.import_vshard(vshard, data)
+    ) -> Result<Option<VShardClaim>, StateMachineError> {
+        let Some((next, change)) = step.apply(self.claim(vshard), migration) else {
+            return Ok(None);
+        };
+        match change {
+            DataChange::None => {}
+            DataChange::Replace => {
+                self.engine.drop_vshard(vshard)?;
+                self.engine.import_vshard(vshard, data)?;
+            }
+            DataChange::Delete => self.engine.drop_vshard(vshard)?,
+        }
+        self.claims.insert(vshard, next);
+        Ok(Some(next))
     }
 
-    /// The engine's hash mixed with the fenced set: equal on replicas at equal applied indexes.
+    /// The engine's hash mixed with the claims: equal on replicas at equal applied indexes.
     pub fn state_hash(&self) -> u64 {
         let mut hash = self.engine.state_hash();
-        for vshard in &self.fenced {
-            hash = (hash ^ u64::from(vshard.0)).wrapping_mul(0x0000_0100_0000_01b3);
+        let mut mix = |value: u64| hash = (hash ^ value).wrapping_mul(0x0000_0100_0000_01b3);
+        for (vshard, claim) in &self.claims {
+            let (tag, migration) = match claim {
+                VShardClaim::Serving(id) => (1, id),
+                VShardClaim::Importing(id) => (2, id),
+                VShardClaim::Fenced(id) => (3, id),
+            };
+            mix(u64::from(vshard.0));
+            mix(tag);
+            mix(migration.0);
         }
         hash
     }
@@ -82,7 +101,11 @@ impl ReplicaState {
     pub fn snapshot(&self) -> Result<Box<dyn SnapshotChunks>, StateMachineError> {
         let header = ReplicaHeader {
             version: HEADER_VERSION,
-            fenced: self.fenced.iter().copied().collect(),
+            claims: self
+                .claims
+                .iter()
+                .map(|(vshard, claim)| (*vshard, *claim))
+                .collect(),
         };
         let header = postcard::to_stdvec(&header)
             .map_err(|error| StateMachineError::Corrupt(format!("replica header: {error}")))?;
@@ -106,7 +129,7 @@ impl ReplicaState {
             )));
         }
         self.engine.restore(chunks)?;
-        self.fenced = header.fenced.into_iter().collect();
+        self.claims = header.claims.into_iter().collect();
         Ok(())
     }
 }
@@ -160,7 +183,7 @@ mod tests {
             .unwrap();
         ReplicaState {
             engine: Box::new(engine),
-            fenced: BTreeSet::new(),
+            claims: BTreeMap::new(),
         }
     }
 
@@ -173,31 +196,48 @@ mod tests {
         all
     }
 
+    const M1: MigrationId = MigrationId(1);
+
     #[test]
-    fn snapshots_carry_the_fenced_set() {
+    fn snapshots_carry_the_claims() {
         let mut replica = replica_with_key(b"a");
-        replica.fence(VShardId(7));
-        replica.fence(VShardId(1000));
+        replica
+            .apply_step(VShardId(7), M1, VShardStep::Fence, &[])
+            .unwrap();
+        replica
+            .apply_step(VShardId(1000), M1, VShardStep::Fence, &[])
+            .unwrap();
         let chunks = all_chunks(&replica);
 
         let mut restored = ReplicaState {
             engine: Box::new(KvStateMachine::default()),
-            fenced: BTreeSet::new(),
+            claims: BTreeMap::new(),
         };
         restored.restore(&mut List::new(chunks)).unwrap();
-        assert!(restored.is_fenced(VShardId(7)) && restored.is_fenced(VShardId(1000)));
-        assert!(!restored.is_fenced(VShardId(8)));
+        assert_eq!(restored.claim(VShardId(7)), VShardClaim::Fenced(M1));
+        assert_eq!(restored.claim(VShardId(8)), VShardClaim::UNCLAIMED);
         assert_eq!(restored.state_hash(), replica.state_hash());
     }
 
     #[test]
-    fn the_fenced_set_is_part_of_the_state_hash() {
+    fn the_claims_are_part_of_the_state_hash() {
         let mut replica = replica_with_key(b"a");
         let open = replica.state_hash();
-        replica.fence(VShardId(3));
+        replica
+            .apply_step(VShardId(3), M1, VShardStep::Fence, &[])
+            .unwrap();
         assert_ne!(replica.state_hash(), open);
-        replica.unfence(VShardId(3));
-        assert_eq!(replica.state_hash(), open);
+    }
+
+    #[test]
+    fn refused_steps_change_nothing() {
+        let mut replica = replica_with_key(b"a");
+        let before = replica.state_hash();
+        let refused = replica
+            .apply_step(VShardId(3), M1, VShardStep::Drop, &[])
+            .unwrap();
+        assert_eq!(refused, None);
+        assert_eq!(replica.state_hash(), before);
     }
 
     #[test]
@@ -207,7 +247,7 @@ mod tests {
         assert!(matches!(empty, Err(StateMachineError::Corrupt(_))));
         let future = postcard::to_stdvec(&ReplicaHeader {
             version: HEADER_VERSION + 1,
-            fenced: vec![],
+            claims: vec![],
         })
         .unwrap();
         let refused = replica.restore(&mut List::new(vec![future]));
@@ -215,11 +255,13 @@ mod tests {
     }
 
     #[test]
-    fn replacing_a_vshard_removes_keys_missing_from_the_export() {
+    fn an_import_replaces_the_vshard_and_drops_keys_missing_from_the_export() {
         let mut replica = replica_with_key(b"gone");
         let vshard = nodedb_cluster_core::vshard_for_key(b"gone");
         let empty_export = KvStateMachine::default().export_vshard(vshard).unwrap();
-        replica.replace_vshard(vshard, &empty_export).unwrap();
+        replica
+            .apply_step(vshard, M1, VShardStep::Import, &empty_export)
+            .unwrap();
         assert_eq!(
             replica.engine.state_hash(),
             KvStateMachine::default().state_hash()

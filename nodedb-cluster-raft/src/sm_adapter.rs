@@ -109,31 +109,35 @@ impl MachineAdapter {
     /// Applies an entry that is not an engine command; its response.
     fn apply_replica_change(&mut self, kind: EntryKind, payload: &[u8]) -> io::Result<AppResponse> {
         let mut replica = self.machine.lock();
-        let result = match kind {
-            EntryKind::ImportVShard { vshard } => replica.replace_vshard(vshard, payload),
-            EntryKind::DropVShard { vshard } => replica.engine.drop_vshard(vshard),
-            EntryKind::FenceVShard { vshard } => {
-                replica.fence(vshard);
-                Ok(())
+        match kind {
+            EntryKind::Migration {
+                vshard,
+                migration,
+                step,
+            } => {
+                let result = replica
+                    .apply_step(vshard, migration, step, payload)
+                    .map_err(io::Error::other)?;
+                if result.is_none() {
+                    tracing::info!(group = %self.group, %vshard, %migration, ?step, claim = %replica.claim(vshard), "refused a late migration step");
+                }
+                Ok(AppResponse::Claim {
+                    applied: result.is_some(),
+                    claim: replica.claim(vshard),
+                })
             }
-            EntryKind::UnfenceVShard { vshard } => {
-                replica.unfence(vshard);
-                Ok(())
-            }
-            EntryKind::VShardCommand { vshard } => return Ok(AppResponse::Moved { vshard }),
-            EntryKind::Command => Ok(()),
-        };
-        result.map_err(io::Error::other)?;
-        Ok(AppResponse::Done)
+            EntryKind::VShardCommand { vshard } => Ok(AppResponse::Moved { vshard }),
+            EntryKind::Command => Ok(AppResponse::Done),
+        }
     }
 
     /// Whether an entry goes to the engine's `apply` batch: commands, and commands of vShards
-    /// not fenced here.
+    /// this group serves.
     fn is_engine_command(&self, kind: EntryKind) -> bool {
         match kind {
             EntryKind::Command => true,
-            EntryKind::VShardCommand { vshard } => !self.machine.lock().is_fenced(vshard),
-            _ => false,
+            EntryKind::VShardCommand { vshard } => self.machine.lock().claim(vshard).serves(),
+            EntryKind::Migration { .. } => false,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"NDBSNAP\0";
-/// 2: the first chunk is the replica header (fenced vShards), see `replica.rs`.
+/// 2: the first chunk is the replica header (vShard claims), see `replica.rs`.
 const FILE_VERSION: u8 = 2;
 /// Largest encoded snapshot metadata accepted from disk or a peer.
 const META_BYTES_MAX: u32 = 1024 * 1024;

@@ -1,7 +1,8 @@
 //! The openraft type configuration of every group and the application payload it replicates.
 //! Private to the crate: callers see `NodeId`/`GroupId` from core and plain bytes.
 
-use nodedb_cluster_core::{NodeId, VShardId};
+use crate::claims::{VShardClaim, VShardStep};
+use nodedb_cluster_core::{MigrationId, NodeId, VShardId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -43,29 +44,30 @@ pub struct AppRequest {
 pub enum EntryKind {
     /// A command for the state machine's `apply`.
     Command,
-    /// Migration: the payload is the exported data of `vshard`; replicas replace their data
-    /// of the vShard with it.
-    ImportVShard { vshard: VShardId },
-    /// Migration: every replica drops the data of `vshard`.
-    DropVShard { vshard: VShardId },
     /// A command for the state machine's `apply` that touches only `vshard`; refused with
-    /// [`AppResponse::Moved`] while the vShard is fenced in this group.
+    /// [`AppResponse::Moved`] unless the group serves the vShard (see `claims.rs`).
     VShardCommand { vshard: VShardId },
-    /// Migration: from this entry on, commands and reads of `vshard` are refused here.
-    FenceVShard { vshard: VShardId },
-    /// Migration: lifts the fence of `vshard` (the group owns the vShard again).
-    UnfenceVShard { vshard: VShardId },
+    /// One step of migration `migration` on `vshard`; the payload is the export for
+    /// [`VShardStep::Import`], empty otherwise.
+    Migration {
+        vshard: VShardId,
+        migration: MigrationId,
+        step: VShardStep,
+    },
 }
 
 /// The answer to one applied entry. Local to the replica that proposed it, never persisted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AppResponse {
-    /// The state machine's response bytes (empty for entries that are not commands).
+    /// The state machine's response bytes.
     Applied(Vec<u8>),
-    /// The command's vShard is fenced in this group: it moved (or is moving) elsewhere.
+    /// The group does not serve the command's vShard: it moved (or is moving) elsewhere.
     /// Nothing was applied.
     Moved { vshard: VShardId },
-    /// An entry without a response of its own (membership, blank, migration steps).
+    /// A migration step: the vShard's claim after it, and whether the step applied (`false`:
+    /// refused because a later step already happened; nothing changed).
+    Claim { applied: bool, claim: VShardClaim },
+    /// An entry without a response of its own (membership, blank).
     #[default]
     Done,
 }

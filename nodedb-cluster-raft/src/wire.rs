@@ -208,8 +208,9 @@ impl postcard::ser_flavors::Flavor for CompareFlavor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claims::VShardStep;
     use crate::types::{AppRequest, EntryKind};
-    use nodedb_cluster_core::VShardId;
+    use nodedb_cluster_core::{MigrationId, VShardId};
     use openraft::entry::RaftEntry;
     use openraft::impls::leader_id_adv::LeaderId;
 
@@ -240,16 +241,6 @@ mod tests {
         assert_eq!(hex(&bytes), "01020107010002abcd");
         assert_eq!(decode_entry(&bytes).unwrap(), entry);
 
-        let drop = Entry::new_normal(
-            log_id(2, 1, 8),
-            AppRequest {
-                kind: EntryKind::DropVShard {
-                    vshard: VShardId(300),
-                },
-                payload: vec![],
-            },
-        );
-        assert_eq!(hex(&encode_entry(&drop)), "010201080102ac0200");
         let fenced_put = Entry::new_normal(
             log_id(2, 1, 9),
             AppRequest {
@@ -259,7 +250,19 @@ mod tests {
                 payload: vec![0xee],
             },
         );
-        assert_eq!(hex(&encode_entry(&fenced_put)), "010201090103ac0201ee");
+        assert_eq!(hex(&encode_entry(&fenced_put)), "010201090101ac0201ee");
+        let fence = Entry::new_normal(
+            log_id(2, 1, 10),
+            AppRequest {
+                kind: EntryKind::Migration {
+                    vshard: VShardId(300),
+                    migration: MigrationId(5),
+                    step: VShardStep::Fence,
+                },
+                payload: vec![],
+            },
+        );
+        assert_eq!(hex(&encode_entry(&fence)), "0102010a0102ac02050200");
         let blank = Entry::new_blank(log_id(3, 2, 9));
         assert_eq!(hex(&encode_entry(&blank)), "0103020900");
     }
@@ -302,16 +305,23 @@ mod tests {
             index in 0u64..u64::MAX,
             payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
             vshard in 0u16..1024,
-            kind_tag in 0u8..6,
+            kind_tag in 0u8..8,
+            migration in 0u64..1000,
         ) {
             let vshard = VShardId(vshard);
+            let migration = MigrationId(migration);
+            let steps = [
+                VShardStep::Import,
+                VShardStep::Adopt,
+                VShardStep::Fence,
+                VShardStep::Drop,
+                VShardStep::Release,
+                VShardStep::Discard,
+            ];
             let kind = match kind_tag {
                 0 => EntryKind::Command,
-                1 => EntryKind::ImportVShard { vshard },
-                2 => EntryKind::DropVShard { vshard },
-                3 => EntryKind::VShardCommand { vshard },
-                4 => EntryKind::FenceVShard { vshard },
-                _ => EntryKind::UnfenceVShard { vshard },
+                1 => EntryKind::VShardCommand { vshard },
+                tag => EntryKind::Migration { vshard, migration, step: steps[usize::from(tag - 2)] },
             };
             let entry = Entry::new_normal(log_id(term, node, index), AppRequest { kind, payload });
             proptest::prop_assert_eq!(decode_entry(&encode_entry(&entry)).unwrap(), entry);

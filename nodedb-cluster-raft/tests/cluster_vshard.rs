@@ -1,15 +1,16 @@
-//! vShard data moves between groups through the log: export from the source leader, import
-//! into the target group (a typed `ImportVShard` entry), drop from the source (`DropVShard`);
-//! a fence (`FenceVShard`) makes the source refuse the vShard from a known log index on.
+//! vShard data moves between groups through the log, as migration steps: export from the
+//! source leader, import into the target group, fence the source (it refuses the vShard from a
+//! known log index on), adopt in the target, drop from the source. Late steps are refused.
 
 mod common;
 
 use common::TestCluster;
-use nodedb_cluster_core::{GroupId, NodeId, vshard_for_key};
+use nodedb_cluster_core::{GroupId, MigrationId, NodeId, vshard_for_key};
 use nodedb_cluster_raft::kv::{KvCommand, KvQuery};
-use nodedb_cluster_raft::{ProposeError, RaftTimings, ReadConsistency};
+use nodedb_cluster_raft::{ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep};
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+const M1: MigrationId = MigrationId(1);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
@@ -39,17 +40,32 @@ async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
         .await
         .expect("export");
     let target_leader = cluster.wait_leader(target).await;
-    let imported_at = cluster.nodes[&target_leader]
-        .multi
-        .import_vshard(target, moving, exported)
-        .await
-        .expect("import");
-    assert!(imported_at.0 > 0);
-    cluster.nodes[&source_leader]
-        .multi
-        .drop_vshard(source, moving)
-        .await
-        .expect("drop");
+    let step = |group, step, payload| {
+        let multi = cluster.nodes[&if group == source {
+            source_leader
+        } else {
+            target_leader
+        }]
+            .multi
+            .clone();
+        async move {
+            multi
+                .migration_step(group, moving, M1, step, payload)
+                .await
+                .expect("migration step")
+        }
+    };
+    let imported = step(target, VShardStep::Import, exported).await;
+    assert!(imported.applied && imported.index.0 > 0);
+    assert!(step(source, VShardStep::Fence, vec![]).await.applied);
+    assert!(step(target, VShardStep::Adopt, vec![]).await.applied);
+    assert!(step(source, VShardStep::Drop, vec![]).await.applied);
+    let late = step(target, VShardStep::Import, vec![]).await;
+    assert!(
+        !late.applied,
+        "a late import never overwrites an adopted vShard"
+    );
+    assert_eq!(late.claim, VShardClaim::Serving(M1));
 
     cluster.wait_converged(source).await;
     cluster.wait_converged(target).await;
@@ -66,10 +82,10 @@ async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
 }
 
 /// A fenced vShard refuses commands and reads with `Moved` in log order, on every replica and
-/// across a restart from a snapshot; other vShards of the group keep serving; unfencing
-/// restores service.
+/// across a restart from a snapshot; other vShards of the group keep serving; releasing the
+/// fence (a given-up migration) restores service, and the late fence is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fenced_vshard_refuses_commands_and_reads_until_unfenced() {
+async fn a_fenced_vshard_refuses_commands_and_reads_until_released() {
     let timings = RaftTimings {
         snapshot_logs_since_last: 8,
         logs_to_keep_after_snapshot: 2,
@@ -103,7 +119,11 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_unfenced() {
         .propose_vshard(group, fenced, put("fenced-key", "before"))
         .await
         .expect("write before the fence");
-    let fence_index = multi.fence_vshard(group, fenced).await.expect("fence");
+    let fence = multi
+        .migration_step(group, fenced, M1, VShardStep::Fence, vec![])
+        .await
+        .expect("fence");
+    assert!(fence.applied);
     let refused = multi
         .propose_vshard(group, fenced, put("fenced-key", "after"))
         .await;
@@ -115,7 +135,12 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_unfenced() {
         })
     );
     let read = multi
-        .query_vshard(group, fenced, &get("fenced-key"), ReadConsistency::Linearizable)
+        .query_vshard(
+            group,
+            fenced,
+            &get("fenced-key"),
+            ReadConsistency::Linearizable,
+        )
         .await;
     assert!(matches!(read, Err(ProposeError::Moved { .. })), "{read:?}");
     let open_vshard = vshard_for_key(open_key.as_bytes());
@@ -123,7 +148,7 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_unfenced() {
         .propose_vshard(group, open_vshard, put(&open_key, "fine"))
         .await
         .expect("another vShard still takes writes");
-    assert!(open.index > fence_index);
+    assert!(open.index > fence.index);
 
     // Enough writes for a snapshot and a purge, then every replica restarts from it.
     for i in 0..20 {
@@ -139,22 +164,38 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_unfenced() {
     cluster.wait_converged(group).await;
     for node in VOTERS {
         let multi = &cluster.nodes[&node].multi;
-        assert_eq!(multi.is_fenced(group, fenced), Ok(true), "on {node}");
-        let exported = multi
+        assert_eq!(
+            multi.claim(group, fenced),
+            Ok(VShardClaim::Fenced(M1)),
+            "on {node}"
+        );
+        let local = multi
             .query_vshard(group, fenced, &get("fenced-key"), ReadConsistency::Local)
             .await;
-        assert!(matches!(exported, Err(ProposeError::Moved { .. })));
+        assert!(matches!(local, Err(ProposeError::Moved { .. })));
     }
     let leader = cluster.wait_leader(group).await;
     let multi = cluster.nodes[&leader].multi.clone();
     let exported = multi.export_vshard(group, fenced).await.expect("export");
     assert!(!exported.is_empty(), "the fenced data is still exportable");
 
-    multi.unfence_vshard(group, fenced).await.expect("unfence");
+    let release = multi
+        .migration_step(group, fenced, M1, VShardStep::Release, vec![])
+        .await
+        .expect("release");
+    assert!(release.applied);
+    let late_fence = multi
+        .migration_step(group, fenced, M1, VShardStep::Fence, vec![])
+        .await
+        .expect("late fence");
+    assert!(
+        !late_fence.applied,
+        "a released vShard is not fenced again by its migration"
+    );
     multi
         .propose_vshard(group, fenced, put("fenced-key", "again"))
         .await
-        .expect("writes after the unfence");
+        .expect("writes after the release");
     assert_eq!(
         cluster.get(group, "fenced-key").await.as_deref(),
         Some("again")

@@ -1,0 +1,360 @@
+//! The migration driver. It runs on every node but acts only while the node leads the metadata
+//! group, and carries each in-flight vShard migration forward one committed phase at a time:
+//!
+//! - `Planned -> Copying`: recorded at once.
+//! - `Copying -> Fenced`: a first copy of the vShard from the source group to the target while
+//!   writes continue (it checks the size and warms the target), then a fence in the source
+//!   group at a known log index; from there on the source refuses the vShard (`Moved`).
+//! - `Fenced -> Switched`: the final copy (the source's data cannot change any more), the
+//!   target serves the vShard (adopt), and the routing switches (`routing_version + 1`).
+//!   Clients of the vShard pause from the fence to the switch, then are re-routed.
+//! - `Switched -> Cleaned`: the source drops its copy; it stays fenced, so a request routed by
+//!   a stale view is refused, never answered from a dropped vShard.
+//!
+//! Every step names its migration and is replicated in the data group as a claim change that
+//! the group refuses when a later step already happened (`VShardClaim` in the raft crate), so a
+//! step sent late by a deposed metadata leader can never overwrite, fence or drop a vShard that
+//! moved on. The next step is chosen from the committed phase only, so a new metadata leader
+//! resumes a migration where the log says it is. A migration that cannot finish its copy
+//! within [`COPY_DEADLINE`] is given up before the fence only: `AbortMigration` is committed,
+//! then the source serves the vShard again and the target drops its partial copy (each new
+//! metadata leader repeats that clean-up once). Once `Fenced` is committed the migration only
+//! rolls forward.
+
+use crate::control::MigrationStep;
+use crate::group_client::{GroupClient, Served};
+use nodedb_cluster_core::{
+    GroupId, METADATA_GROUP, MetadataCommand, Migration, MigrationId, MigrationPhase, NodeId,
+    VShardId,
+};
+use nodedb_cluster_raft::{AppliedMetadata, MultiRaft, StepOutcome, VShardClaim, VShardStep};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Pause between driver rounds when nothing changed.
+const ROUND_INTERVAL: Duration = Duration::from_millis(50);
+/// Migrations carried forward at the same time.
+pub const MIGRATIONS_CONCURRENT_MAX: usize = 4;
+/// A migration still unfenced this long after the driver first saw it is given up.
+pub const COPY_DEADLINE: Duration = Duration::from_secs(60);
+/// Largest vShard export a migration moves (it travels as one control message and one log
+/// entry); a larger vShard's migration is given up before the fence.
+pub const VSHARD_EXPORT_BYTES_MAX: usize = 48 * 1024 * 1024;
+
+const BYTES_COPIED: &str = "nodedb_cluster_migration_bytes_copied_total";
+const WRITE_PAUSE: &str = "nodedb_cluster_migration_write_pause_seconds";
+const FINISHED: &str = "nodedb_cluster_migrations_finished_total";
+
+/// What the driver measured of one migration, on the node that drove it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigrationProgress {
+    pub bytes_copied: u64,
+    /// From the fence to the routing switch.
+    pub write_pause: Option<Duration>,
+}
+
+/// Progress of the migrations this node drove, shared with the admin API.
+#[derive(Clone, Debug, Default)]
+pub struct ProgressBook(Arc<Mutex<HashMap<MigrationId, Tracked>>>);
+
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    progress: MigrationProgress,
+    first_seen: Instant,
+    fenced_at: Option<Instant>,
+    /// An aborted migration's groups were cleaned up by this node.
+    cleaned_up: bool,
+}
+
+/// What the driver needs from the node.
+#[derive(Clone)]
+pub(crate) struct MigrationContext {
+    pub node: NodeId,
+    pub raft: MultiRaft,
+    pub groups: GroupClient,
+    pub metadata: watch::Receiver<AppliedMetadata>,
+    pub progress: ProgressBook,
+}
+
+impl ProgressBook {
+    pub fn get(&self, id: MigrationId) -> Option<MigrationProgress> {
+        self.lock().get(&id).map(|tracked| tracked.progress)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<MigrationId, Tracked>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn track(&self, id: MigrationId) -> Tracked {
+        *self.lock().entry(id).or_insert_with(|| Tracked {
+            progress: MigrationProgress::default(),
+            first_seen: Instant::now(),
+            fenced_at: None,
+            cleaned_up: false,
+        })
+    }
+
+    fn update(&self, id: MigrationId, change: impl FnOnce(&mut Tracked)) {
+        if let Some(tracked) = self.lock().get_mut(&id) {
+            change(tracked);
+        }
+    }
+}
+
+/// Drives migrations until `stop` turns true.
+pub(crate) async fn run(context: MigrationContext, mut stop: watch::Receiver<bool>) {
+    let mut metadata = context.metadata.clone();
+    loop {
+        let leads = context
+            .raft
+            .status(METADATA_GROUP)
+            .is_some_and(|status| status.leader == Some(context.node));
+        // The barrier makes the view below include every committed phase, so a new leader
+        // does not redo steps from an old one (the groups would refuse them anyway).
+        if leads && context.raft.read_barrier(METADATA_GROUP).await.is_ok() {
+            let active: Vec<Migration> = metadata
+                .borrow_and_update()
+                .state
+                .migrations()
+                .values()
+                .filter(|migration| migration.is_active() || needs_clean_up(&context, migration))
+                .take(MIGRATIONS_CONCURRENT_MAX)
+                .cloned()
+                .collect();
+            let steps = active.iter().map(|migration| step(&context, migration));
+            for (migration, result) in active.iter().zip(futures::future::join_all(steps).await) {
+                if let Err(error) = result {
+                    tracing::info!(id = %migration.id, vshard = %migration.vshard, phase = ?migration.phase, %error, "migration step failed; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(ROUND_INTERVAL) => {}
+            _ = metadata.changed() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+/// Carries `migration` one phase forward (or gives it up).
+async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), String> {
+    let tracked = context.progress.track(migration.id);
+    let (id, vshard, from, to) = (migration.id, migration.vshard, migration.from, migration.to);
+    match migration.phase {
+        MigrationPhase::Planned | MigrationPhase::Copying
+            if tracked.first_seen.elapsed() > COPY_DEADLINE =>
+        {
+            abort(context, migration, "the copy did not finish in time").await
+        }
+        MigrationPhase::Planned => {
+            tracing::info!(%id, %vshard, %from, %to, "migration: copying");
+            let phase = MigrationPhase::Copying;
+            propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
+        }
+        MigrationPhase::Copying => {
+            let data = export(context, from, vshard).await?;
+            if data.len() > VSHARD_EXPORT_BYTES_MAX {
+                let reason = format!(
+                    "{vshard} holds {} bytes, more than a migration moves ({VSHARD_EXPORT_BYTES_MAX})",
+                    data.len()
+                );
+                return abort(context, migration, &reason).await;
+            }
+            let bytes = data.len() as u64;
+            claim(context, migration, to, VShardStep::Import, data).await?;
+            record_copy(context, id, bytes);
+            let fence = claim(context, migration, from, VShardStep::Fence, Vec::new()).await?;
+            context
+                .progress
+                .update(id, |tracked| tracked.fenced_at = Some(Instant::now()));
+            let fence_index = fence.index.0;
+            tracing::info!(%id, %vshard, %from, fence_index, "migration: fenced");
+            let phase = MigrationPhase::Fenced { fence_index };
+            propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
+        }
+        MigrationPhase::Fenced { .. } => {
+            // The source refuses the vShard since the fence: this copy is final.
+            let data = export(context, from, vshard).await?;
+            let bytes = data.len() as u64;
+            let adopted = VShardClaim::Serving(id);
+            let import =
+                claim_or(context, migration, to, VShardStep::Import, data, adopted).await?;
+            if import.applied {
+                record_copy(context, id, bytes);
+            }
+            claim(context, migration, to, VShardStep::Adopt, Vec::new()).await?;
+            propose(context, MetadataCommand::FinishMigration { id }).await?;
+            let pause = context.progress.track(id).fenced_at.map(|at| at.elapsed());
+            if let Some(pause) = pause {
+                metrics::histogram!(WRITE_PAUSE).record(pause.as_secs_f64());
+                context
+                    .progress
+                    .update(id, |tracked| tracked.progress.write_pause = Some(pause));
+            }
+            tracing::info!(%id, %vshard, %to, ?pause, "migration: routing switched");
+            Ok(())
+        }
+        MigrationPhase::Switched => {
+            // Refused only when a later migration already took the vShard back to the source.
+            let dropped = claim_or_later(context, migration, from, VShardStep::Drop).await?;
+            if !dropped {
+                tracing::info!(%id, %vshard, %from, "migration: source already moved on");
+            }
+            let phase = MigrationPhase::Cleaned;
+            propose(context, MetadataCommand::AdvanceMigration { id, phase }).await?;
+            metrics::counter!(FINISHED, "outcome" => "cleaned").increment(1);
+            tracing::info!(%id, %vshard, %from, "migration: source cleaned");
+            Ok(())
+        }
+        MigrationPhase::Aborted if !tracked.cleaned_up => {
+            clean_up_aborted(context, migration).await
+        }
+        MigrationPhase::Cleaned | MigrationPhase::Aborted => Ok(()),
+    }
+}
+
+/// An aborted migration this node has not cleaned up since it started: every new metadata
+/// leader cleans each one once, in case the one that aborted it stopped first.
+fn needs_clean_up(context: &MigrationContext, migration: &Migration) -> bool {
+    migration.phase == MigrationPhase::Aborted
+        && !context
+            .progress
+            .lock()
+            .get(&migration.id)
+            .is_some_and(|tracked| tracked.cleaned_up)
+}
+
+/// Gives up a migration that is not fenced in the log. The abort is committed first, so no
+/// other driver can carry the migration on; then the source serves the vShard again and the
+/// target forgets its copy ([`clean_up_aborted`]).
+async fn abort(
+    context: &MigrationContext,
+    migration: &Migration,
+    reason: &str,
+) -> Result<(), String> {
+    let id = migration.id;
+    tracing::warn!(%id, vshard = %migration.vshard, reason, "giving up the migration");
+    propose(context, MetadataCommand::AbortMigration { id }).await?;
+    metrics::counter!(FINISHED, "outcome" => "aborted").increment(1);
+    clean_up_aborted(context, migration).await
+}
+
+/// Undoes what an aborted migration did to its groups. Idempotent, and refused by the groups
+/// for a vShard a later migration touched.
+async fn clean_up_aborted(context: &MigrationContext, migration: &Migration) -> Result<(), String> {
+    claim_or_later(context, migration, migration.from, VShardStep::Release).await?;
+    claim_or_later(context, migration, migration.to, VShardStep::Discard).await?;
+    context
+        .progress
+        .update(migration.id, |tracked| tracked.cleaned_up = true);
+    Ok(())
+}
+
+async fn export(
+    context: &MigrationContext,
+    group: GroupId,
+    vshard: VShardId,
+) -> Result<Vec<u8>, String> {
+    match context
+        .groups
+        .migrate(group, MigrationStep::Export { vshard })
+        .await
+    {
+        Ok(Served::Answered(data)) => Ok(data),
+        Ok(other) => Err(format!("unexpected export answer {other:?}")),
+        Err(error) => Err(format!("export from {group}: {error}")),
+    }
+}
+
+/// Replicates one step of `migration` in `group`; refused steps are errors (this driver's view
+/// is behind: the next round reads the metadata again).
+async fn claim(
+    context: &MigrationContext,
+    migration: &Migration,
+    group: GroupId,
+    step: VShardStep,
+    data: Vec<u8>,
+) -> Result<StepOutcome, String> {
+    let outcome = replicate(context, migration, group, step, data).await?;
+    match outcome.applied {
+        true => Ok(outcome),
+        false => Err(format!(
+            "{group} refused {step:?} of {} in {}: {}",
+            migration.vshard, migration.id, outcome.claim
+        )),
+    }
+}
+
+/// Like [`claim`], but a refusal that leaves the group at `done` counts as done.
+async fn claim_or(
+    context: &MigrationContext,
+    migration: &Migration,
+    group: GroupId,
+    step: VShardStep,
+    data: Vec<u8>,
+    done: VShardClaim,
+) -> Result<StepOutcome, String> {
+    let outcome = replicate(context, migration, group, step, data).await?;
+    match outcome.applied || outcome.claim == done {
+        true => Ok(outcome),
+        false => Err(format!(
+            "{group} refused {step:?} of {} in {}: {}",
+            migration.vshard, migration.id, outcome.claim
+        )),
+    }
+}
+
+/// Replicates a step that a later migration may have made moot: `Ok(false)` when refused
+/// because the group's claim belongs to a later migration.
+async fn claim_or_later(
+    context: &MigrationContext,
+    migration: &Migration,
+    group: GroupId,
+    step: VShardStep,
+) -> Result<bool, String> {
+    let outcome = replicate(context, migration, group, step, Vec::new()).await?;
+    if outcome.applied || outcome.claim.migration() > migration.id {
+        return Ok(outcome.applied);
+    }
+    Err(format!(
+        "{group} refused {step:?} of {} in {}: {}",
+        migration.vshard, migration.id, outcome.claim
+    ))
+}
+
+async fn replicate(
+    context: &MigrationContext,
+    migration: &Migration,
+    group: GroupId,
+    step: VShardStep,
+    data: Vec<u8>,
+) -> Result<StepOutcome, String> {
+    let request = MigrationStep::Claim {
+        vshard: migration.vshard,
+        migration: migration.id,
+        step,
+        data,
+    };
+    let what = request.to_string();
+    match context.groups.migrate(group, request).await {
+        Ok(Served::Stepped(outcome)) => Ok(outcome),
+        Ok(other) => Err(format!("unexpected answer {other:?} to {what}")),
+        Err(error) => Err(format!("{what} on {group}: {error}")),
+    }
+}
+
+fn record_copy(context: &MigrationContext, id: MigrationId, bytes: u64) {
+    metrics::counter!(BYTES_COPIED).increment(bytes);
+    context
+        .progress
+        .update(id, |tracked| tracked.progress.bytes_copied += bytes);
+}
+
+async fn propose(context: &MigrationContext, command: MetadataCommand) -> Result<(), String> {
+    context.groups.propose_metadata(&command).await
+}

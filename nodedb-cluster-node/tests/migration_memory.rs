@@ -1,0 +1,376 @@
+//! vShards move between groups while clients keep reading and writing them through every node,
+//! and the metadata leader crashes at a seeded migration phase (copying, fenced, switched) and
+//! restarts from its data dir. Afterwards: every migration finished, the whole history is
+//! linearizable per key (final reads included), every replica of a group has the same state,
+//! and every node holds the same routing.
+//!
+//! Seeds: `NODEDB_MIGRATION_SEEDS=7,8,9 cargo test -p nodedb-cluster-node --test
+//! migration_memory -- --nocapture` replays or widens the run; each seed is printed.
+
+mod memory_cluster;
+
+use memory_cluster::{NUM_GROUPS, config, eventually, start, start_three};
+use nodedb_cluster_core::linearizability::{self, HistoryRecorder, OpKind, Outcome};
+use nodedb_cluster_core::{
+    GroupId, METADATA_GROUP, MigrationId, MigrationPhase, VShardId, vshard_for_key,
+};
+use nodedb_cluster_node::cluster::Cluster;
+use nodedb_cluster_node::node_service::NodeService;
+use nodedb_cluster_node::service::{ClusterService, ReadConsistency, ServiceError};
+use nodedb_cluster_transport::MemoryNetwork;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+const DEFAULT_SEEDS: [u64; 1] = [2026];
+const CLIENTS: u64 = 3;
+const KEYS: usize = 8;
+const MOVES: usize = 4;
+const OPS_PER_CLIENT_MAX: u64 = 5_000;
+/// Longest one migration may take, crash and restart included.
+const MIGRATION_WAIT: Duration = Duration::from_secs(40);
+
+type LiveNodes = Arc<RwLock<Vec<Cluster>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vshards_move_under_load_and_metadata_leader_crashes() {
+    let seeds: Vec<u64> = match std::env::var("NODEDB_MIGRATION_SEEDS") {
+        Ok(list) => list
+            .split(',')
+            .map(|seed| seed.trim().parse().expect("seed"))
+            .collect(),
+        Err(_) => DEFAULT_SEEDS.to_vec(),
+    };
+    for seed in seeds {
+        run_seed(seed).await;
+    }
+}
+
+/// When the metadata leader is crashed during one move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrashAt {
+    Never,
+    Copying,
+    Fenced,
+    Switched,
+}
+
+async fn run_seed(seed: u64) {
+    println!("migration seed {seed} (replay with NODEDB_MIGRATION_SEEDS={seed})");
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(seed);
+    let nodes: LiveNodes = Arc::new(RwLock::new(
+        start_three(&network, data.path()).await.to_vec(),
+    ));
+    let first = live(&nodes)[0].clone();
+    eventually("every group on three voters", || async {
+        fully_replicated(&first)
+    })
+    .await;
+
+    let keys: Vec<String> = (0..KEYS).map(|key| format!("moving-{key}")).collect();
+    let started = Instant::now();
+    let recorder = Arc::new(Mutex::new(HistoryRecorder::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let worker = Client {
+                id: client,
+                nodes: Arc::clone(&nodes),
+                recorder: Arc::clone(&recorder),
+                stop: Arc::clone(&stop),
+                keys: keys.clone(),
+                started,
+            };
+            tokio::spawn(worker.run(seed.wrapping_mul(131).wrapping_add(client)))
+        })
+        .collect();
+
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for round in 0..MOVES {
+        let key = &keys[rng.random_range(0..keys.len())];
+        let vshard = vshard_for_key(key.as_bytes());
+        let owner = owner_of(&live(&nodes)[0], vshard);
+        let to = loop {
+            let group = GroupId(rng.random_range(1..=NUM_GROUPS));
+            if group != owner {
+                break group;
+            }
+        };
+        let crash_at = match rng.random_range(0..4) {
+            0 => CrashAt::Never,
+            1 => CrashAt::Copying,
+            2 => CrashAt::Fenced,
+            _ => CrashAt::Switched,
+        };
+        println!("seed {seed} move {round}: {vshard} {owner} -> {to}, crash at {crash_at:?}");
+        let id = begin_move(&nodes, vshard, to).await;
+        if crash_at != CrashAt::Never {
+            crash_metadata_leader_at(&network, data.path(), &nodes, id, crash_at).await;
+        }
+        let phase = wait_final(&nodes, id).await;
+        assert_eq!(
+            phase,
+            MigrationPhase::Cleaned,
+            "seed {seed}: move {round} ended {phase:?}"
+        );
+        assert_eq!(owner_of(&live(&nodes)[0], vshard), to);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.expect("client");
+    }
+
+    let service = NodeService::new(live(&nodes)[0].clone());
+    let mut final_reads = Vec::new();
+    for key in &keys {
+        let value = read_until_served(&service, key).await;
+        final_reads.push((key.clone().into_bytes(), value));
+    }
+    let history = recorder.lock().unwrap().history();
+    let report = linearizability::check_with_final_reads(&history, final_reads);
+    assert!(
+        report.is_linearizable(),
+        "seed {seed}: {} operations are not linearizable: {:#?}",
+        history.len(),
+        report.verdict
+    );
+    let count = |outcome: &Outcome| {
+        history
+            .operations()
+            .iter()
+            .filter(|operation| &operation.outcome == outcome)
+            .count()
+    };
+    println!(
+        "seed {seed}: {} operations ({} unknown, {} failed), {} keys checked",
+        history.len(),
+        count(&Outcome::Unknown),
+        count(&Outcome::Failed),
+        report.keys_checked
+    );
+    eventually("equal replica states and routing on every node", || async {
+        replicas_agree(&live(&nodes))
+    })
+    .await;
+    for cluster in live(&nodes) {
+        cluster.shutdown().await;
+    }
+}
+
+fn live(nodes: &LiveNodes) -> Vec<Cluster> {
+    nodes.read().unwrap().clone()
+}
+
+fn fully_replicated(cluster: &Cluster) -> bool {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    let Some(routing) = applied.state.routing() else {
+        return false;
+    };
+    (1..=NUM_GROUPS).all(|group| {
+        routing
+            .members(GroupId(group))
+            .is_some_and(|members| members.voters.len() == 3 && members.leader_hint.is_some())
+    })
+}
+
+fn owner_of(cluster: &Cluster, vshard: VShardId) -> GroupId {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    applied.state.routing().expect("routing").group_of(vshard)
+}
+
+fn phase_of(cluster: &Cluster, id: MigrationId) -> Option<MigrationPhase> {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    applied
+        .state
+        .migrations()
+        .get(&id)
+        .map(|migration| migration.phase)
+}
+
+async fn begin_move(nodes: &LiveNodes, vshard: VShardId, to: GroupId) -> MigrationId {
+    let deadline = Instant::now() + MIGRATION_WAIT;
+    loop {
+        let service = NodeService::new(live(nodes)[0].clone());
+        match service.move_vshard(vshard, to).await {
+            Ok(view) => return MigrationId(view.id),
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot begin a move: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Waits for migration `id` to reach `crash_at`, then crashes the metadata leader and starts
+/// it again from its data dir.
+async fn crash_metadata_leader_at(
+    network: &MemoryNetwork,
+    data_root: &Path,
+    nodes: &LiveNodes,
+    id: MigrationId,
+    crash_at: CrashAt,
+) {
+    let reached = |phase: MigrationPhase| match crash_at {
+        CrashAt::Copying => !matches!(phase, MigrationPhase::Planned),
+        CrashAt::Fenced => !matches!(phase, MigrationPhase::Planned | MigrationPhase::Copying),
+        CrashAt::Switched | CrashAt::Never => phase.is_switched(),
+    };
+    let deadline = Instant::now() + MIGRATION_WAIT;
+    while !live(nodes)
+        .iter()
+        .any(|cluster| phase_of(cluster, id).is_some_and(reached))
+    {
+        assert!(Instant::now() < deadline, "{id} never reached {crash_at:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let leader = live(nodes).iter().find_map(|cluster| {
+        cluster
+            .raft()
+            .status(METADATA_GROUP)
+            .and_then(|status| status.leader)
+            .filter(|leader| *leader == cluster.node())
+    });
+    let Some(victim) = leader else {
+        return;
+    };
+    println!("  crashing metadata leader {victim} at {crash_at:?}");
+    network.crash(victim);
+    let crashed = {
+        let mut nodes = nodes.write().unwrap();
+        let position = nodes.iter().position(|cluster| cluster.node() == victim);
+        nodes.remove(position.expect("victim is live"))
+    };
+    crashed.shutdown().await;
+    network.restart(victim);
+    let restarted = start(network, config(victim.0, &[1, 2, 3], data_root)).await;
+    nodes.write().unwrap().push(restarted);
+}
+
+async fn wait_final(nodes: &LiveNodes, id: MigrationId) -> MigrationPhase {
+    let deadline = Instant::now() + MIGRATION_WAIT;
+    loop {
+        let phase = phase_of(&live(nodes)[0], id);
+        if let Some(phase) = phase.filter(|phase| phase.is_final()) {
+            return phase;
+        }
+        assert!(Instant::now() < deadline, "{id} stuck at {phase:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn read_until_served(service: &NodeService, key: &str) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + MIGRATION_WAIT;
+    loop {
+        match service
+            .kv_get(key.to_string(), ReadConsistency::Linearizable)
+            .await
+        {
+            Ok(value) => return value,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "final read of {key}: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Every live node holds the same routing, and every hosted replica of a group has the same
+/// applied index and state hash.
+fn replicas_agree(nodes: &[Cluster]) -> bool {
+    let routings: Vec<_> = nodes
+        .iter()
+        .map(|cluster| cluster.metadata().borrow().state.routing().cloned())
+        .collect();
+    if routings.windows(2).any(|pair| pair[0] != pair[1]) {
+        return false;
+    }
+    (1..=NUM_GROUPS).map(GroupId).all(|group| {
+        let states: Vec<_> = nodes
+            .iter()
+            .filter_map(|cluster| {
+                let status = cluster.raft().status(group)?;
+                let hash = cluster.raft().state_hash(group).ok()?;
+                Some((status.applied_index, hash))
+            })
+            .collect();
+        states.len() == 3 && states.windows(2).all(|pair| pair[0] == pair[1])
+    })
+}
+
+/// One client: random puts, gets and CAS on the moving keys through random live nodes.
+struct Client {
+    id: u64,
+    nodes: LiveNodes,
+    recorder: Arc<Mutex<HistoryRecorder>>,
+    stop: Arc<AtomicBool>,
+    keys: Vec<String>,
+    started: Instant,
+}
+
+impl Client {
+    async fn run(self, seed: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let now = || self.started.elapsed().as_micros() as u64;
+        for sequence in 0..OPS_PER_CLIENT_MAX {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let key = self.keys[rng.random_range(0..self.keys.len())].clone();
+            let value = format!("c{}-{sequence}", self.id);
+            let kind = match rng.random_range(0..10) {
+                0..=4 => OpKind::put(value.clone()),
+                5..=7 => OpKind::Get,
+                _ => OpKind::Cas {
+                    expected: None,
+                    new: value.clone().into_bytes(),
+                },
+            };
+            let nodes = live(&self.nodes);
+            let service = NodeService::new(nodes[rng.random_range(0..nodes.len())].clone());
+            let op =
+                self.recorder
+                    .lock()
+                    .unwrap()
+                    .invoke(self.id, key.clone(), kind.clone(), now());
+            let outcome = execute(&service, key, value, &kind).await;
+            if outcome != Outcome::Unknown {
+                self.recorder
+                    .lock()
+                    .unwrap()
+                    .complete(op, now(), outcome)
+                    .expect("valid outcome");
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..=3))).await;
+        }
+    }
+}
+
+async fn execute(service: &NodeService, key: String, value: String, kind: &OpKind) -> Outcome {
+    let result = match kind {
+        OpKind::Put { .. } => service
+            .kv_put(key, value.into_bytes())
+            .await
+            .map(|_| Outcome::done()),
+        OpKind::Get => service
+            .kv_get(key, ReadConsistency::Linearizable)
+            .await
+            .map(Outcome::read),
+        OpKind::Cas { .. } => service
+            .kv_cas(key, None, value)
+            .await
+            .map(|cas| Outcome::cas(cas.swapped, cas.current)),
+        OpKind::Delete => unreachable!("the workload does not delete"),
+    };
+    match result {
+        Ok(outcome) => outcome,
+        Err(ServiceError::Unavailable { .. } | ServiceError::BadRequest(_)) => Outcome::Failed,
+        Err(_) => Outcome::Unknown,
+    }
+}

@@ -1,0 +1,209 @@
+//! What a group replica may do with each vShard, as migrations change it. Every migration
+//! step names its migration id, and a step is applied only when the vShard's claim allows it,
+//! so a step sent late (by a metadata leader that lost its leadership, or after a retry) can
+//! never undo a later one: a group that serves a vShard it adopted in migration `m` refuses
+//! every step of `m` or earlier that would overwrite, fence or drop it.
+//!
+//! A vShard without a recorded claim is `Serving(0)`: every group serves every vShard until a
+//! migration says otherwise; the routing decides which group is asked.
+
+use nodedb_cluster_core::MigrationId;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A group's standing on one vShard, and the migration that set it. Persisted in snapshots
+/// (postcard): variants are appended only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VShardClaim {
+    /// Commands and reads of the vShard are served.
+    Serving(MigrationId),
+    /// The target of the migration: data is being copied in; commands and reads are refused.
+    Importing(MigrationId),
+    /// The source of the migration (or a given-up target): commands and reads are refused.
+    Fenced(MigrationId),
+}
+
+/// One migration step on one group. Persisted in log entries (postcard): variants are
+/// appended only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VShardStep {
+    /// Target: replace the vShard's data with the entry's payload (an export).
+    Import,
+    /// Target: start serving the imported vShard.
+    Adopt,
+    /// Source: stop serving the vShard from this entry's log index on.
+    Fence,
+    /// Source, after the routing switched: delete the vShard's data.
+    Drop,
+    /// Source of a given-up migration: serve the vShard again.
+    Release,
+    /// Target of a given-up migration: delete the partial copy.
+    Discard,
+}
+
+/// What a step does to the data besides changing the claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataChange {
+    None,
+    Replace,
+    Delete,
+}
+
+impl VShardClaim {
+    pub const UNCLAIMED: VShardClaim = VShardClaim::Serving(MigrationId(0));
+
+    pub fn migration(self) -> MigrationId {
+        match self {
+            VShardClaim::Serving(id) | VShardClaim::Importing(id) | VShardClaim::Fenced(id) => id,
+        }
+    }
+
+    pub fn serves(self) -> bool {
+        matches!(self, VShardClaim::Serving(_))
+    }
+}
+
+impl VShardStep {
+    /// The claim after this step of `migration` on `current`, and its data change; `None`
+    /// when the step is refused because `current` says a later step already happened.
+    pub fn apply(
+        self,
+        current: VShardClaim,
+        migration: MigrationId,
+    ) -> Option<(VShardClaim, DataChange)> {
+        use VShardClaim::{Fenced, Importing, Serving};
+        let older = current.migration() < migration;
+        let (next, change) = match self {
+            VShardStep::Import if older || current == Importing(migration) => {
+                (Importing(migration), DataChange::Replace)
+            }
+            VShardStep::Adopt
+                if current == Importing(migration) || current == Serving(migration) =>
+            {
+                (Serving(migration), DataChange::None)
+            }
+            VShardStep::Fence if (older && current.serves()) || current == Fenced(migration) => {
+                (Fenced(migration), DataChange::None)
+            }
+            VShardStep::Drop if current == Fenced(migration) => {
+                (Fenced(migration), DataChange::Delete)
+            }
+            VShardStep::Release
+                if (current.serves() && current.migration() <= migration)
+                    || current == Fenced(migration) =>
+            {
+                (Serving(migration), DataChange::None)
+            }
+            VShardStep::Discard
+                if current.migration() <= migration && current != Serving(migration) =>
+            {
+                (Fenced(migration), DataChange::Delete)
+            }
+            _ => return None,
+        };
+        Some((next, change))
+    }
+}
+
+impl fmt::Display for VShardClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VShardClaim::Serving(id) => write!(f, "serving since {id}"),
+            VShardClaim::Importing(id) => write!(f, "importing in {id}"),
+            VShardClaim::Fenced(id) => write!(f, "fenced by {id}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use VShardClaim::{Fenced, Importing, Serving};
+
+    const M1: MigrationId = MigrationId(1);
+    const M2: MigrationId = MigrationId(2);
+
+    fn run(mut claim: VShardClaim, steps: &[(VShardStep, MigrationId)]) -> Vec<bool> {
+        steps
+            .iter()
+            .map(|(step, migration)| match step.apply(claim, *migration) {
+                Some((next, _)) => {
+                    claim = next;
+                    true
+                }
+                None => false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_move_and_a_move_back() {
+        use VShardStep::*;
+        // Source and target of migration 1, then the reverse in migration 2.
+        let source = run(
+            VShardClaim::UNCLAIMED,
+            &[
+                (Fence, M1),
+                (Fence, M1),
+                (Drop, M1),
+                (Import, M2),
+                (Adopt, M2),
+            ],
+        );
+        assert!(source.iter().all(|applied| *applied));
+        let target = run(
+            VShardClaim::UNCLAIMED,
+            &[
+                (Import, M1),
+                (Import, M1),
+                (Adopt, M1),
+                (Adopt, M1),
+                (Fence, M2),
+                (Drop, M2),
+            ],
+        );
+        assert!(target.iter().all(|applied| *applied));
+    }
+
+    #[test]
+    fn late_steps_never_undo_later_ones() {
+        use VShardStep::*;
+        // A late import of the same migration after the target adopted the vShard.
+        assert_eq!(Import.apply(Serving(M1), M1), None);
+        // A late fence or drop of migration 1 after the source re-adopted it in migration 2.
+        assert_eq!(Fence.apply(Serving(M2), M1), None);
+        assert_eq!(Drop.apply(Importing(M2), M1), None);
+        assert_eq!(Drop.apply(Serving(M2), M1), None);
+        // A late fence of a given-up migration after its release.
+        assert_eq!(Fence.apply(Serving(M1), M1), None);
+        // A late import of a given-up migration after its discard.
+        assert_eq!(Import.apply(Fenced(M1), M1), None);
+        // Release and discard of migration 1 after migration 2 touched the vShard.
+        assert_eq!(Release.apply(Fenced(M2), M1), None);
+        assert_eq!(Discard.apply(Importing(M2), M1), None);
+        // A target that adopted the vShard is never discarded by its own migration.
+        assert_eq!(Discard.apply(Serving(M1), M1), None);
+    }
+
+    #[test]
+    fn only_serving_claims_serve() {
+        assert!(VShardClaim::UNCLAIMED.serves());
+        assert!(!Importing(M1).serves());
+        assert!(!Fenced(M1).serves());
+    }
+
+    #[test]
+    fn data_changes() {
+        use VShardStep::*;
+        assert_eq!(
+            Import.apply(VShardClaim::UNCLAIMED, M1).unwrap().1,
+            DataChange::Replace
+        );
+        assert_eq!(Drop.apply(Fenced(M1), M1).unwrap().1, DataChange::Delete);
+        assert_eq!(
+            Discard.apply(Importing(M1), M1).unwrap().1,
+            DataChange::Delete
+        );
+        assert_eq!(Fence.apply(Serving(M1), M2).unwrap().1, DataChange::None);
+    }
+}
