@@ -84,12 +84,13 @@ fn run(args: &ChaosArgs) -> Result<bool> {
         }
     }
     let node_ids: Vec<u64> = (1..=u64::from(args.nodes)).collect();
+    // Declared before the cluster, so dropped after it: the nodes die before their network.
+    let network = Network::create(&node_ids)?;
     let processes = Processes::new();
+    // Installed once this run owns the network, so it never removes another run's.
     processes.kill_on_interrupt_then(&work_dir, || {
         network::remove_leftovers();
     })?;
-    // Declared before the cluster, so dropped after it: the nodes die before their network.
-    let network = Network::create(&node_ids)?;
     let spec = LaunchSpec {
         binary,
         work_dir: work_dir.clone(),

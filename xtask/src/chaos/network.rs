@@ -3,12 +3,16 @@
 //! that bridge for the client workload. Addresses come from 10.231.0.0/24, used only on these
 //! links; nothing else of the host is touched. Every name starts with a project prefix, so a
 //! crashed earlier run's leftovers (namespaces, their processes, the root link) are found and
-//! removed before a run and after it, also on Ctrl-C.
+//! removed before a run and after it, also on Ctrl-C. The names are machine-wide, so a run
+//! holds a lock file for its whole life: a second run at the same time is refused instead of
+//! tearing down the first one's network.
 
 use crate::cluster::NodeHost;
 use crate::cluster::ports::NodePorts;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 
@@ -27,6 +31,8 @@ pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 254);
 /// Every node listens on its own address, so the ports are fixed.
 pub const QUIC_PORT: u16 = 9400;
 pub const ADMIN_PORT: u16 = 9401;
+/// The lock a run holds (released by the kernel however the process ends).
+pub const LOCK_PATH: &str = "/run/nodedb-chaos.lock";
 /// Largest node id an address can be made for (the last byte, below [`HOST_ADDR`]).
 pub const NODE_ID_MAX: u64 = 200;
 const PREFIX_LENGTH: u8 = 24;
@@ -37,6 +43,7 @@ const HUB_HOST_LINK: &str = "host";
 #[derive(Debug)]
 pub struct Network {
     nodes: Vec<u64>,
+    _lock: File,
 }
 
 impl Network {
@@ -48,6 +55,7 @@ impl Network {
         {
             bail!("node id {node} has no address: ids go from 1 to {NODE_ID_MAX}");
         }
+        let lock = lock_run()?;
         let removed = remove_leftovers();
         if !removed.is_empty() {
             eprintln!(
@@ -58,6 +66,7 @@ impl Network {
         // From here on, a failure half-way leaves pieces that the drop removes.
         let network = Network {
             nodes: nodes.to_vec(),
+            _lock: lock,
         };
         network.build().context("building the namespace network")?;
         Ok(network)
@@ -147,6 +156,35 @@ impl Drop for Network {
     fn drop(&mut self) {
         let removed = remove_leftovers();
         eprintln!("network removed: {}", removed.join(", "));
+    }
+}
+
+/// Takes the machine-wide run lock, or says who holds it.
+fn lock_run() -> Result<File> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(LOCK_PATH)
+        .with_context(|| format!("opening {LOCK_PATH}"))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(LOCK_PATH).unwrap_or_default();
+            bail!(
+                "another chaos run (pid {}) holds {LOCK_PATH}: its namespaces are in use; wait \
+                 for it or stop it",
+                holder.trim()
+            )
+        }
+        Err(TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("locking {LOCK_PATH}"))
+        }
     }
 }
 
