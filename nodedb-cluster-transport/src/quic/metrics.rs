@@ -87,20 +87,20 @@ pub(super) fn inbound_error(kind: InboundError) {
 
 /// Counts frames written to `peer`.
 pub(super) fn frames_sent(peer: NodeId, frames: &[&Frame]) {
-    let bytes: usize = frames
-        .iter()
-        .map(|frame| FRAME_HEADER_BYTES + frame.body.len())
-        .sum();
-    metrics::counter!(BYTES_SENT, "peer" => peer_label(peer)).increment(bytes as u64);
+    metrics::counter!(BYTES_SENT, "peer" => peer_label(peer)).increment(wire_bytes(frames));
 }
 
 /// Counts frames read from `peer`.
 pub(super) fn frames_received(peer: NodeId, frames: &[&Frame]) {
-    let bytes: usize = frames
+    metrics::counter!(BYTES_RECEIVED, "peer" => peer_label(peer)).increment(wire_bytes(frames));
+}
+
+/// Header and body bytes of `frames` as they travel.
+fn wire_bytes(frames: &[&Frame]) -> u64 {
+    frames
         .iter()
-        .map(|frame| FRAME_HEADER_BYTES + frame.body.len())
-        .sum();
-    metrics::counter!(BYTES_RECEIVED, "peer" => peer_label(peer)).increment(bytes as u64);
+        .map(|frame| (FRAME_HEADER_BYTES + frame.body.len()) as u64)
+        .sum()
 }
 
 fn peer_label(peer: NodeId) -> String {
