@@ -5,7 +5,7 @@
 use crate::replica::SharedMachine;
 use crate::sm_adapter::MachineAdapter;
 use crate::snapshot::{self, SNAPSHOT_FILE_BYTES_MAX, SnapshotFile};
-use crate::types::Raft;
+use crate::types::{Raft, node_id};
 use crate::wire::{
     self, RaftReply, RaftRpc, ReplyBody, RpcBody, RpcFailure, SnapshotHeader, WIRE_VERSION,
 };
@@ -86,6 +86,9 @@ impl RaftRouter {
                 return ReplyBody::Failed(RpcFailure::BadMessage(error.to_string()));
             }
         };
+        if let Err(refused) = check_sender(from, claimed_sender(&rpc.body), rpc.group) {
+            return refused;
+        }
         let Some(hosted) = self.table.get(rpc.group) else {
             return ReplyBody::Failed(RpcFailure::UnknownGroup(rpc.group));
         };
@@ -127,6 +130,9 @@ impl RaftRouter {
             Ok(header) => header,
             Err(error) => return ReplyBody::Failed(RpcFailure::BadMessage(error.to_string())),
         };
+        if let Err(refused) = check_sender(from, header.vote.leader_id.node_id, header.group) {
+            return refused;
+        }
         let Some(hosted) = self.table.get(header.group) else {
             return ReplyBody::Failed(RpcFailure::UnknownGroup(header.group));
         };
@@ -187,6 +193,29 @@ impl Handler for RaftRouter {
             })))
         })
     }
+}
+
+/// The node a Raft message says it comes from: the leader or candidate named in its vote.
+fn claimed_sender(body: &RpcBody) -> u64 {
+    match body {
+        RpcBody::AppendEntries(request) => request.vote.leader_id.node_id,
+        RpcBody::Vote(request) | RpcBody::PreVote(request) => request.vote.leader_id.node_id,
+        RpcBody::TransferLeader(request) => request.from_leader().leader_id.node_id,
+    }
+}
+
+/// A message must name as its sender the node its connection authenticated (the transport
+/// takes `from` from the peer's certificate): otherwise any holder of a cluster certificate
+/// could speak for a leader it is not, and rewrite a follower's log with a forged term.
+fn check_sender(from: NodeId, claimed: u64, group: GroupId) -> Result<(), ReplyBody> {
+    let claimed = node_id(claimed);
+    if claimed == from {
+        return Ok(());
+    }
+    tracing::warn!(%from, %claimed, %group, "raft message names another sender; refused");
+    Err(ReplyBody::Failed(RpcFailure::BadMessage(format!(
+        "the message names {claimed} as its sender, the connection is authenticated as {from}"
+    ))))
 }
 
 type ReceivedSnapshot = (crate::types::SnapshotMeta, SnapshotFile);
@@ -310,6 +339,37 @@ mod tests {
         let answer = router.serve_snapshot(from, b"\x01garbage", body).await;
         assert!(
             matches!(answer, ReplyBody::Failed(RpcFailure::BadMessage(_))),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_naming_another_sender_is_refused() {
+        let router = router();
+        let vote = RaftRpc {
+            version: WIRE_VERSION,
+            group: GroupId(9),
+            body: RpcBody::Vote(VoteRequest::new(Vote::new(1_000, 1), None)),
+        };
+        let answer = router.serve_rpc(NodeId(4), &wire::encode(&vote)).await;
+        assert!(
+            matches!(&answer, ReplyBody::Failed(RpcFailure::BadMessage(reason)) if reason.contains("authenticated as")),
+            "{answer:?}"
+        );
+        let header = SnapshotHeader {
+            version: WIRE_VERSION,
+            group: GroupId(9),
+            vote: Vote::new_committed(1_000, 1),
+            meta: Default::default(),
+            bytes: 0,
+            crc32c: 0,
+        };
+        let body = InboundStream::new(Box::new(Chunks(vec![])));
+        let answer = router
+            .serve_snapshot(NodeId(4), &wire::encode(&header), body)
+            .await;
+        assert!(
+            matches!(&answer, ReplyBody::Failed(RpcFailure::BadMessage(reason)) if reason.contains("authenticated as")),
             "{answer:?}"
         );
     }

@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const NUM_GROUPS: u32 = 4;
+/// A node id with a certificate of the cluster CA that never joins: tests use it for a peer
+/// that turns hostile.
+pub const OUTSIDER: NodeId = NodeId(9);
 /// Longest wait for any condition of a test.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -36,6 +39,9 @@ pub struct Node {
 pub struct RealCluster {
     pub nodes: Vec<Node>,
     pub token: Option<String>,
+    /// The cluster CA and node certificates (`ca.pem`, `node-N.pem`, `node-N.key`), with one
+    /// extra certificate for [`OUTSIDER`].
+    pub certs: PathBuf,
     /// Nodes whose endpoint [`RealCluster::cut_off`] closed.
     cut: Vec<u64>,
     agent: ureq::Agent,
@@ -129,6 +135,7 @@ impl RealCluster {
         let cluster = RealCluster {
             nodes,
             token: token.map(str::to_string),
+            certs,
             cut: Vec::new(),
             agent,
             runtime,
@@ -304,7 +311,7 @@ fn write_certs(root: &Path) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let ca = tls::generate_ca("real-cluster-test").unwrap();
     std::fs::write(dir.join("ca.pem"), &ca.cert_pem).unwrap();
-    for node in 1..=3 {
+    for node in [1, 2, 3, OUTSIDER.0] {
         let issued = tls::issue_node_cert(&ca, NodeId(node)).unwrap();
         std::fs::write(dir.join(format!("node-{node}.pem")), &issued.cert_pem).unwrap();
         std::fs::write(dir.join(format!("node-{node}.key")), &issued.key_pem).unwrap();
