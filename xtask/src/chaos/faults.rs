@@ -146,24 +146,26 @@ pub fn undo(cluster: &Cluster, applied: &Applied) -> Result<()> {
 }
 
 /// Removes every rule and qdisc, continues every node and starts every node that is not
-/// running. Returns what it had to do, or an error naming what it could not.
-pub fn heal_everything(cluster: &Cluster) -> Result<Vec<String>> {
-    let mut done = Vec::new();
+/// running. Returns the nodes it found not running (after the rounds restarted every node they
+/// killed, these exited by themselves), or an error naming what it could not do.
+pub fn heal_everything(cluster: &Cluster) -> Result<Vec<u64>> {
+    let mut restarted = Vec::new();
     for node in cluster.node_ids() {
         network::iptables(node, &["-F", CHAIN])?;
         // Fails when no qdisc of ours is there, the usual case.
         if network::tc(node, &["qdisc", "del", "dev", NODE_LINK, "root"]).is_ok() {
-            done.push(format!("slow link of node {node} removed"));
+            eprintln!("  healed: slow link of node {node} removed");
         }
         match cluster.pid(node).filter(|_| cluster.is_running(node)) {
             Some(pid) => signal("-CONT", pid)?,
             None => {
                 nemesis::restart(cluster, node)?;
-                done.push(format!("node {node} restarted"));
+                eprintln!("  healed: node {node} was not running, restarted");
+                restarted.push(node);
             }
         }
     }
-    Ok(done)
+    Ok(restarted)
 }
 
 /// Every (left, right) pair, each once.

@@ -193,6 +193,7 @@ fn drive(
     )?;
     checks.push(check);
     checks.push(checks::state_hashes(&views));
+    checks.push(no_node_exited(stages, &runs));
     for (plan, run) in stages.iter().zip(&runs) {
         checks.push(recovered(plan.nemesis, &run.recovery));
     }
@@ -316,6 +317,27 @@ fn recovered(nemesis: Nemesis, recovery: &Recovery) -> CheckResult {
                 &unwritten[..unwritten.len().min(8)]
             ),
         ),
+    }
+}
+
+/// Fails when a node was found dead that no fault had killed (a crash under faults).
+fn no_node_exited(stages: &[StagePlan], runs: &[StageRun]) -> CheckResult {
+    const NAME: &str = "no node exited by itself";
+    let exits: Vec<String> = stages
+        .iter()
+        .zip(runs)
+        .filter(|(_, run)| !run.exited_by_themselves.is_empty())
+        .map(|(plan, run)| {
+            format!(
+                "{} stage: nodes {:?} (see their logs)",
+                plan.nemesis.name(),
+                run.exited_by_themselves
+            )
+        })
+        .collect();
+    match exits.is_empty() {
+        true => CheckResult::pass(NAME, "every node ran until killed or the end"),
+        false => CheckResult::fail(NAME, exits.join("; ")),
     }
 }
 

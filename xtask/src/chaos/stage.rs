@@ -25,6 +25,8 @@ pub struct StageRun {
     pub load: Duration,
     /// Faults carried out (a fault whose target was not found is left out).
     pub faults_applied: usize,
+    /// Nodes found not running at the end of the stage though no fault had them down.
+    pub exited_by_themselves: Vec<u64>,
     pub recovery: Recovery,
 }
 
@@ -55,7 +57,7 @@ pub fn run(
     let recorder = Recorder::new(started);
     let stop = AtomicBool::new(false);
     let phase = Mutex::new(plan.nemesis.name().to_string());
-    let faults_applied = std::thread::scope(|scope| {
+    let (faults_applied, exited_by_themselves) = std::thread::scope(|scope| {
         let mut threads = Vec::new();
         for client in 0..u64::from(workload.clients) {
             let (stop, recorder) = (&stop, &recorder);
@@ -79,10 +81,7 @@ pub fn run(
         if panicked > 0 {
             return Err(anyhow!("{panicked} workload threads panicked"));
         }
-        for action in healed? {
-            eprintln!("  healed: {action}");
-        }
-        applied
+        Ok((applied?, healed?))
     })?;
     let load = started.elapsed();
     eprintln!("  load done; probing the vShards ({sweep:?})");
@@ -115,6 +114,7 @@ pub fn run(
         writes: recorder.writes(),
         load,
         faults_applied,
+        exited_by_themselves,
         recovery,
     })
 }
