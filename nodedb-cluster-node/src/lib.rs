@@ -7,25 +7,30 @@
 //!    [`run::cluster_config`].
 //! 2. [`cluster::start_cluster`] binds the QUIC endpoint and restarts, bootstraps or joins, as
 //!    the data dir and the seeds say; it returns a [`cluster::Cluster`].
-//! 3. Route work with [`cluster::Cluster::groups`] (proposals and reads reach the group leader
-//!    in one hop), watch topology and routing with [`cluster::Cluster::metadata`], and stop
-//!    with [`cluster::Cluster::shutdown`], which hands leaderships over first.
+//! 3. Address work to vShards with [`cluster::Cluster::propose`] and
+//!    [`cluster::Cluster::read`] (from any node: routed to the owning group's leader in one
+//!    hop, re-routed when a migration moves the vShard), watch topology and routing with
+//!    [`cluster::Cluster::metadata`], and stop with [`cluster::Cluster::shutdown`], which hands
+//!    leaderships over first. A component with its own replicated engine sets
+//!    [`cluster::ClusterConfig::engine`] to an [`engine::EngineFactory`] of its
+//!    `StateMachine`; the built-in key-value engine is the default.
 //!
 //! ```no_run
 //! # async fn example(config: nodedb_cluster_node::cluster::ClusterConfig) -> anyhow::Result<()> {
 //! use nodedb_cluster_core::vshard_for_key;
-//! use nodedb_cluster_raft::kv::KvCommand;
+//! use nodedb_cluster_raft::ReadConsistency;
+//! use nodedb_cluster_raft::kv::{KvCommand, KvQuery};
 //!
 //! let cluster = nodedb_cluster_node::cluster::start_cluster(config).await?;
 //! let key = b"user:42".to_vec();
-//! let group = {
-//!     let metadata = cluster.metadata();
-//!     let applied = metadata.borrow();
-//!     applied.state.routing().expect("bootstrapped").group_of(vshard_for_key(&key))
-//! };
-//! let command = KvCommand::Put { key, value: b"alice".to_vec() };
-//! let (index, _response) = cluster.groups().propose(group, command.encode()).await?;
-//! println!("committed at index {index}");
+//! let vshard = vshard_for_key(&key);
+//! let command = KvCommand::Put { key: key.clone(), value: b"alice".to_vec() };
+//! let write = cluster.propose(vshard, command.encode()).await?;
+//! println!("committed in {} at index {}", write.group, write.index);
+//! let answer = cluster
+//!     .read(vshard, KvQuery::Get { key }.encode(), ReadConsistency::Linearizable)
+//!     .await?;
+//! println!("read {} bytes", answer.len());
 //! cluster.shutdown().await;
 //! # Ok(())
 //! # }

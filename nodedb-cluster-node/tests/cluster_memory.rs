@@ -357,7 +357,9 @@ async fn a_decommissioned_node_hands_everything_over_and_stops() {
     survivor_service.decommission(victim.node()).await.unwrap();
     assert_eq!(
         survivor_service.decommission(NodeId(99)).await,
-        Err(ServiceError::NotFound("no node node-99 in the cluster".into()))
+        Err(ServiceError::NotFound(
+            "no node node-99 in the cluster".into()
+        ))
     );
     tokio::time::timeout(DECOMMISSION_WAIT, victim.wait_decommissioned())
         .await

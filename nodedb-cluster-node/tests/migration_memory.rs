@@ -118,6 +118,14 @@ async fn run_seed(seed: u64) {
             "seed {seed}: move {round} ended {phase:?}"
         );
         assert_eq!(owner_of(&live(&nodes)[0], vshard), to);
+        let measured = live(&nodes).iter().find_map(|cluster| {
+            let progress = cluster.migration_progress().get(id)?;
+            Some((progress.write_pause?, progress.bytes_copied))
+        });
+        println!("  write pause and bytes copied: {measured:?}");
+        if crash_at == CrashAt::Never {
+            assert!(measured.is_some(), "the driver measured {id}'s write pause");
+        }
     }
     stop.store(true, Ordering::SeqCst);
     for client in clients {

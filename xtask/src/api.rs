@@ -3,6 +3,7 @@
 //! failed" or "outcome unknown" for the history.
 
 use anyhow::{Context, Result, bail};
+use nodedb_cluster_core::VShardId;
 use serde::{Deserialize, Serialize};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -61,6 +62,18 @@ pub struct ClusterView {
     pub routing_version: u64,
     pub nodes: Vec<NodeView>,
     pub groups: Vec<GroupView>,
+}
+
+/// One migration of `GET /v1/migrations`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct MigrationView {
+    pub id: u64,
+    pub vshard: u16,
+    pub from_group: u32,
+    pub to_group: u32,
+    pub phase: String,
+    pub bytes_copied: u64,
+    pub write_pause_ms: Option<u64>,
 }
 
 /// One node of [`ClusterView`].
@@ -174,6 +187,39 @@ impl Api {
         }
     }
 
+    /// `POST /v1/vshards/{vshard}/move`: the migration begun (or already in flight).
+    pub fn move_vshard(
+        &self,
+        node: SocketAddr,
+        vshard: VShardId,
+        to_group: u32,
+    ) -> Result<MigrationView> {
+        let url = format!("http://{node}/v1/vshards/{}/move", vshard.0);
+        let body = serde_json::json!({ "to_group": to_group }).to_string();
+        let response = self
+            .agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(body.as_bytes())
+            .with_context(|| format!("POST {url}"))?;
+        json_answer(&url, response)
+    }
+
+    /// `GET /v1/migrations`.
+    pub fn migrations(&self, node: SocketAddr) -> Result<Vec<MigrationView>> {
+        #[derive(Deserialize)]
+        struct Migrations {
+            migrations: Vec<MigrationView>,
+        }
+        let url = format!("http://{node}/v1/migrations");
+        let response = self
+            .agent
+            .get(&url)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        json_answer::<Migrations>(&url, response).map(|answer| answer.migrations)
+    }
+
     /// `GET /v1/cluster`.
     pub fn cluster(&self, node: SocketAddr) -> Result<ClusterView> {
         let url = format!("http://{node}/v1/cluster");
@@ -189,6 +235,19 @@ impl Api {
         }
         serde_json::from_slice(&body).with_context(|| format!("parsing GET {url}"))
     }
+}
+
+/// The JSON body of a 2xx answer, or the status and error text.
+fn json_answer<T: serde::de::DeserializeOwned>(
+    url: &str,
+    response: ureq::http::Response<ureq::Body>,
+) -> Result<T> {
+    let status = response.status().as_u16();
+    let body = read_body(response).with_context(|| format!("reading {url}"))?;
+    if !(200..300).contains(&status) {
+        bail!("{url}: {}", status_text(status, &body));
+    }
+    serde_json::from_slice(&body).with_context(|| format!("parsing {url}"))
 }
 
 /// What a write's status code says about whether it took effect.

@@ -16,6 +16,7 @@ mod cluster;
 mod fake_node;
 mod fuzz;
 mod layering;
+mod moves;
 mod nemesis;
 mod progress;
 mod report;

@@ -8,6 +8,7 @@ use crate::cli::TestClusterArgs;
 use crate::cluster::config::RaftTimings;
 use crate::cluster::process::Processes;
 use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
+use crate::moves::{self, MoveEvent, PlannedMove};
 use crate::nemesis::{self, FaultEvent, PlannedFault};
 use crate::progress;
 use crate::report::{CheckResult, RunReport};
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Load that continues after the last restarted node is ready, so that the failover
 /// windows include the recovery of the groups it leads again.
 pub const RECOVERY_TAIL: Duration = Duration::from_secs(5);
+/// Share of the run after which the vShard moves begin (between the two leader kills).
+const MOVES_AT: f64 = 0.38;
 
 /// Runs the whole task; `Ok(true)` when every check passed.
 pub fn run(args: &TestClusterArgs) -> Result<bool> {
@@ -76,6 +79,13 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     for fault in &faults {
         eprintln!("planned: {fault}");
     }
+    let moves = match args.no_faults {
+        true => Vec::new(),
+        false => moves::plan(seed, args.keys),
+    };
+    for planned in &moves {
+        eprintln!("planned: move {} to another group", planned.vshard);
+    }
     let spec = WorkloadSpec {
         clients: args.clients,
         first_key: 0,
@@ -85,7 +95,7 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     };
     let started = Instant::now();
     let recorder = Recorder::new(started);
-    let events = run_load(cluster, &spec, &faults, args.duration, &recorder)?;
+    let (events, moved) = run_load(cluster, &spec, &faults, &moves, args, &recorder)?;
     let workload = started.elapsed();
     let history = recorder.history();
     save_json(cluster.work_dir(), "history.json", &history)?;
@@ -102,6 +112,7 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
         faults.len(),
         events.len(),
     ));
+    checks.push(moves::check(moves.len(), &moved));
     Ok(RunReport {
         seed,
         nodes: args.nodes,
@@ -113,15 +124,18 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     })
 }
 
-/// Runs the clients and the progress line for `duration` while the nemesis works through
-/// `faults`; returns what the nemesis did.
+/// Runs the clients and the progress line for the run's duration while the nemesis works
+/// through `faults` and vShards move (from [`MOVES_AT`] of the run on); returns what the
+/// nemesis and the moves did.
 fn run_load(
     cluster: &Cluster,
     spec: &WorkloadSpec,
     faults: &[PlannedFault],
-    duration: Duration,
+    moves: &[PlannedMove],
+    args: &TestClusterArgs,
     recorder: &Recorder,
-) -> Result<Vec<FaultEvent>> {
+) -> Result<(Vec<FaultEvent>, Vec<MoveEvent>)> {
+    let duration = args.duration;
     let stop = AtomicBool::new(false);
     let phase = Mutex::new("load".to_string());
     let started = Instant::now();
@@ -132,6 +146,11 @@ fn run_load(
             clients.push(scope.spawn(move || workload::run_client(client, spec, recorder, stop)));
         }
         let progress = scope.spawn(|| progress::run(cluster, recorder, &phase, started, &stop));
+        let moves_from = started + duration.mul_f64(MOVES_AT);
+        let (phase_ref, stop_ref) = (&phase, &stop);
+        let mover = scope.spawn(move || {
+            moves::execute(cluster, moves, args.groups, moves_from, phase_ref, stop_ref)
+        });
         // Should the nemesis panic, the clients must still stop, or the scope never ends.
         let _stop_on_unwind = StopOnDrop(&stop);
         let events = nemesis::execute(cluster, faults, started, recorder, &phase, &stop);
@@ -143,6 +162,11 @@ fn run_load(
             };
             nemesis::sleep_until((started + duration).max(after_faults), &stop);
         }
+        // The moves end on their own (each one is bounded); the clients keep writing meanwhile.
+        if events.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let moved = mover.join();
         stop.store(true, Ordering::Relaxed);
         let mut panicked = clients
             .into_iter()
@@ -150,10 +174,13 @@ fn run_load(
             .filter(Result::is_err)
             .count();
         panicked += usize::from(progress.join().is_err());
+        let Ok(moved) = moved else {
+            return Err(anyhow!("the vShard mover panicked"));
+        };
         if panicked > 0 {
             return Err(anyhow!("{panicked} workload threads panicked"));
         }
-        events
+        Ok((events?, moved))
     })
 }
 
