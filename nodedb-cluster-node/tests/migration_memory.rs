@@ -1,6 +1,6 @@
 //! vShards move between groups while clients keep reading and writing them through every node,
-//! and the metadata leader crashes at a seeded migration phase (copying, fenced, switched) and
-//! restarts from its data dir. Afterwards: every migration finished, the whole history is
+//! and the leader of the metadata group, of the source group or of the target group crashes at
+//! a seeded migration phase (copying, fenced, switched) and restarts from its data dir. Afterwards: every migration finished, the whole history is
 //! linearizable per key (final reads included), every replica of a group has the same state,
 //! and every node holds the same routing.
 //!
@@ -36,7 +36,7 @@ const MIGRATION_WAIT: Duration = Duration::from_secs(40);
 type LiveNodes = Arc<RwLock<Vec<Cluster>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vshards_move_under_load_and_metadata_leader_crashes() {
+async fn vshards_move_under_load_while_leaders_crash() {
     let seeds: Vec<u64> = match std::env::var("NODEDB_MIGRATION_SEEDS") {
         Ok(list) => list
             .split(',')
@@ -106,10 +106,22 @@ async fn run_seed(seed: u64) {
             2 => CrashAt::Fenced,
             _ => CrashAt::Switched,
         };
-        println!("seed {seed} move {round}: {vshard} {owner} -> {to}, crash at {crash_at:?}");
+        let victim_group = match rng.random_range(0..3) {
+            0 => METADATA_GROUP,
+            1 => owner,
+            _ => to,
+        };
+        println!(
+            "seed {seed} move {round}: {vshard} {owner} -> {to}, crash the leader of {victim_group} at {crash_at:?}"
+        );
         let id = begin_move(&nodes, vshard, to).await;
         if crash_at != CrashAt::Never {
-            crash_metadata_leader_at(&network, data.path(), &nodes, id, crash_at).await;
+            let crash = Crash {
+                network: &network,
+                data_root: data.path(),
+                nodes: &nodes,
+            };
+            crash.leader_of_at(victim_group, id, crash_at).await;
         }
         let phase = wait_final(&nodes, id).await;
         assert_eq!(
@@ -216,49 +228,53 @@ async fn begin_move(nodes: &LiveNodes, vshard: VShardId, to: GroupId) -> Migrati
     }
 }
 
-/// Waits for migration `id` to reach `crash_at`, then crashes the metadata leader and starts
-/// it again from its data dir.
-async fn crash_metadata_leader_at(
-    network: &MemoryNetwork,
-    data_root: &Path,
-    nodes: &LiveNodes,
-    id: MigrationId,
-    crash_at: CrashAt,
-) {
-    let reached = |phase: MigrationPhase| match crash_at {
-        CrashAt::Copying => !matches!(phase, MigrationPhase::Planned),
-        CrashAt::Fenced => !matches!(phase, MigrationPhase::Planned | MigrationPhase::Copying),
-        CrashAt::Switched | CrashAt::Never => phase.is_switched(),
-    };
-    let deadline = Instant::now() + MIGRATION_WAIT;
-    while !live(nodes)
-        .iter()
-        .any(|cluster| phase_of(cluster, id).is_some_and(reached))
-    {
-        assert!(Instant::now() < deadline, "{id} never reached {crash_at:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// What crashing and restarting a node needs.
+struct Crash<'a> {
+    network: &'a MemoryNetwork,
+    data_root: &'a Path,
+    nodes: &'a LiveNodes,
+}
+
+impl Crash<'_> {
+    /// Waits for migration `id` to reach `crash_at`, then crashes the node that leads `group`
+    /// (the metadata group, or the move's source or target) and starts it again from its data
+    /// dir.
+    async fn leader_of_at(&self, group: GroupId, id: MigrationId, crash_at: CrashAt) {
+        let reached = |phase: MigrationPhase| match crash_at {
+            CrashAt::Copying => !matches!(phase, MigrationPhase::Planned),
+            CrashAt::Fenced => !matches!(phase, MigrationPhase::Planned | MigrationPhase::Copying),
+            CrashAt::Switched | CrashAt::Never => phase.is_switched(),
+        };
+        let deadline = Instant::now() + MIGRATION_WAIT;
+        while !live(self.nodes)
+            .iter()
+            .any(|cluster| phase_of(cluster, id).is_some_and(reached))
+        {
+            assert!(Instant::now() < deadline, "{id} never reached {crash_at:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let leader = live(self.nodes).iter().find_map(|cluster| {
+            cluster
+                .raft()
+                .status(group)
+                .and_then(|status| status.leader)
+                .filter(|leader| *leader == cluster.node())
+        });
+        let Some(victim) = leader else {
+            return;
+        };
+        println!("  crashing {victim}, leader of {group}, at {crash_at:?}");
+        self.network.crash(victim);
+        let crashed = {
+            let mut nodes = self.nodes.write().unwrap();
+            let position = nodes.iter().position(|cluster| cluster.node() == victim);
+            nodes.remove(position.expect("victim is live"))
+        };
+        crashed.shutdown().await;
+        self.network.restart(victim);
+        let restarted = start(self.network, config(victim.0, &[1, 2, 3], self.data_root)).await;
+        self.nodes.write().unwrap().push(restarted);
     }
-    let leader = live(nodes).iter().find_map(|cluster| {
-        cluster
-            .raft()
-            .status(METADATA_GROUP)
-            .and_then(|status| status.leader)
-            .filter(|leader| *leader == cluster.node())
-    });
-    let Some(victim) = leader else {
-        return;
-    };
-    println!("  crashing metadata leader {victim} at {crash_at:?}");
-    network.crash(victim);
-    let crashed = {
-        let mut nodes = nodes.write().unwrap();
-        let position = nodes.iter().position(|cluster| cluster.node() == victim);
-        nodes.remove(position.expect("victim is live"))
-    };
-    crashed.shutdown().await;
-    network.restart(victim);
-    let restarted = start(network, config(victim.0, &[1, 2, 3], data_root)).await;
-    nodes.write().unwrap().push(restarted);
 }
 
 async fn wait_final(nodes: &LiveNodes, id: MigrationId) -> MigrationPhase {
