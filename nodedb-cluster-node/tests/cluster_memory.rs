@@ -4,10 +4,16 @@
 mod memory_cluster;
 
 use memory_cluster::{NUM_GROUPS, config, eventually, start, start_three};
-use nodedb_cluster_core::{NodeId, NodeState};
-use nodedb_cluster_node::cluster::Cluster;
+use nodedb_cluster_core::{NodeId, NodeState, VShardId, vshard_for_key};
+use nodedb_cluster_node::cluster::{Cluster, ClusterConfig};
+use nodedb_cluster_node::engine::EngineFactory;
 use nodedb_cluster_node::node_service::NodeService;
 use nodedb_cluster_node::service::{ClusterService, ReadConsistency, ServiceError};
+use nodedb_cluster_raft::state_machine::{VecChunks, read_all_chunks};
+use nodedb_cluster_raft::{
+    Committed, ReadConsistency as RaftReadConsistency, SnapshotChunks, StateMachine,
+    StateMachineError,
+};
 use nodedb_cluster_transport::MemoryNetwork;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,4 +391,145 @@ async fn a_decommissioned_node_hands_everything_over_and_stops() {
     for cluster in &nodes[1..] {
         cluster.shutdown().await;
     }
+}
+
+/// A host engine: one counter per name; a command is a name and increments it, a query is a
+/// name and answers its count (8 bytes, little endian).
+#[derive(Debug, Default)]
+struct Counters(std::collections::BTreeMap<Vec<u8>, u64>);
+
+impl Counters {
+    fn encode<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a u64)>) -> Vec<u8> {
+        let entries: Vec<(&Vec<u8>, &u64)> = entries.collect();
+        serde_json::to_vec(&entries).unwrap()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Vec<(Vec<u8>, u64)>, StateMachineError> {
+        serde_json::from_slice(bytes).map_err(|error| StateMachineError::Corrupt(error.to_string()))
+    }
+}
+
+impl StateMachine for Counters {
+    fn apply(&mut self, batch: &[Committed<'_>]) -> Result<Vec<Vec<u8>>, StateMachineError> {
+        Ok(batch
+            .iter()
+            .map(|entry| {
+                let count = self.0.entry(entry.command.to_vec()).or_insert(0);
+                *count += 1;
+                count.to_le_bytes().to_vec()
+            })
+            .collect())
+    }
+
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>, StateMachineError> {
+        Ok(self
+            .0
+            .get(query)
+            .copied()
+            .unwrap_or(0)
+            .to_le_bytes()
+            .to_vec())
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn SnapshotChunks>, StateMachineError> {
+        Ok(Box::new(VecChunks::from_bytes(&Counters::encode(
+            self.0.iter(),
+        ))))
+    }
+
+    fn restore(&mut self, chunks: &mut dyn SnapshotChunks) -> Result<(), StateMachineError> {
+        let bytes = read_all_chunks(chunks, 1 << 20)?;
+        self.0 = Counters::decode(&bytes)?.into_iter().collect();
+        Ok(())
+    }
+
+    fn export_vshard(&self, vshard: VShardId) -> Result<Vec<u8>, StateMachineError> {
+        Ok(Counters::encode(
+            self.0
+                .iter()
+                .filter(|(name, _)| vshard_for_key(name) == vshard),
+        ))
+    }
+
+    fn import_vshard(&mut self, _vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError> {
+        self.0.extend(Counters::decode(data)?);
+        Ok(())
+    }
+
+    fn drop_vshard(&mut self, vshard: VShardId) -> Result<(), StateMachineError> {
+        self.0.retain(|name, _| vshard_for_key(name) != vshard);
+        Ok(())
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325, |hash, (name, count)| {
+                name.iter()
+                    .chain(&count.to_le_bytes())
+                    .fold(hash, |hash, byte| {
+                        (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3)
+                    })
+            })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_engine_is_replicated_moved_and_restored_through_the_library_api() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(19);
+    let host_config = || ClusterConfig {
+        engine: EngineFactory::new(|_| Box::new(Counters::default())),
+        ..config(1, &[], data.path())
+    };
+    let cluster = start(&network, host_config()).await;
+    let name = b"visits".to_vec();
+    let vshard = vshard_for_key(&name);
+    for expected in 1..=3u64 {
+        let write = cluster.propose(vshard, name.clone()).await.unwrap();
+        assert_eq!(write.response, expected.to_le_bytes());
+    }
+    let count = |cluster: Cluster, consistency| {
+        let name = name.clone();
+        async move {
+            let answer = cluster.read(vshard, name, consistency).await.unwrap();
+            u64::from_le_bytes(answer.try_into().unwrap())
+        }
+    };
+    assert_eq!(
+        count(cluster.clone(), RaftReadConsistency::Linearizable).await,
+        3
+    );
+
+    // Move the counter's vShard to another group: export and import go through the engine.
+    let service = NodeService::new(cluster.clone());
+    let owner = cluster.vshards().owner(vshard).unwrap();
+    let to = nodedb_cluster_core::GroupId(owner.0 % NUM_GROUPS + 1);
+    service.move_vshard(vshard, to).await.unwrap();
+    eventually("the move to finish", || async {
+        cluster.vshards().owner(vshard) == Ok(to)
+    })
+    .await;
+    assert_eq!(
+        cluster.propose(vshard, name.clone()).await.unwrap().group,
+        to
+    );
+    assert_eq!(count(cluster.clone(), RaftReadConsistency::Local).await, 4);
+
+    cluster.shutdown().await;
+    network.crash(NodeId(1));
+    network.restart(NodeId(1));
+    let cluster = start(&network, host_config()).await;
+    eventually("the restarted node to serve the count", || {
+        let cluster = cluster.clone();
+        let name = name.clone();
+        async move {
+            cluster
+                .read(vshard, name, RaftReadConsistency::Linearizable)
+                .await
+                .is_ok_and(|answer| answer == 4u64.to_le_bytes())
+        }
+    })
+    .await;
+    cluster.shutdown().await;
 }

@@ -73,7 +73,8 @@ pub trait StateMachine: Send + 'static {
     /// The data of one vShard, in a form [`StateMachine::import_vshard`] accepts.
     fn export_vshard(&self, vshard: VShardId) -> Result<Vec<u8>, StateMachineError>;
 
-    /// Adds the exported data of `vshard` (replicated through the log, applied in order).
+    /// Adds the exported data of `vshard` (replicated through the log, applied in order). The
+    /// replication layer drops the vShard first, so the engine holds none of it when called.
     fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError>;
 
     /// Removes every key of `vshard` (replicated through the log, applied in order).
