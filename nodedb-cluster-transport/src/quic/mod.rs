@@ -9,11 +9,13 @@ pub mod metrics;
 mod pool;
 mod server;
 mod stream;
+mod udp_faults;
 
 pub use breaker::{
     Admission, BREAKER_FAILURES_MAX, BREAKER_OPEN_MS, BreakerConfig, BreakerState, PeerHealth,
     RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN,
 };
+pub use udp_faults::{UdpFaults, UdpFaultsError};
 
 use crate::codec::{Frame, FrameError, FrameKind, encode_header, read_required_frame};
 use crate::tls::{self, TlsError, TlsMode};
@@ -97,6 +99,8 @@ pub enum BindError {
     NoRuntime,
     #[error("invalid timing: {0}")]
     Timing(String),
+    #[error("invalid UDP faults: {0}")]
+    UdpFaults(#[from] UdpFaultsError),
 }
 
 /// A node's QUIC endpoint.
@@ -147,7 +151,25 @@ impl QuicTransport {
     /// Binds the endpoint and starts accepting. Call inside a tokio runtime. With TLS material,
     /// the certificate must name `config.node_id`.
     pub fn bind(config: QuicConfig) -> Result<Arc<QuicTransport>, BindError> {
-        tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        QuicTransport::bind_inner(config, None)
+    }
+
+    /// [`QuicTransport::bind`] with `faults` applied to every datagram this endpoint sends
+    /// (delays, reordering, duplicates), for chaos runs only.
+    pub fn bind_with_udp_faults(
+        config: QuicConfig,
+        faults: UdpFaults,
+    ) -> Result<Arc<QuicTransport>, BindError> {
+        faults.validate()?;
+        QuicTransport::bind_inner(config, Some(faults))
+    }
+
+    fn bind_inner(
+        config: QuicConfig,
+        udp_faults: Option<UdpFaults>,
+    ) -> Result<Arc<QuicTransport>, BindError> {
+        let runtime_handle =
+            tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
         let QuinnConfigs {
             server: server_config,
             client: client_config,
@@ -169,12 +191,23 @@ impl QuicTransport {
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
-        let endpoint = quinn::Endpoint::new(
-            endpoint_config,
-            Some(server_config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let endpoint = match udp_faults {
+            None => quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime),
+            Some(faults) => {
+                let node = config.node_id;
+                tracing::warn!(%node, ?faults, "UDP fault layer on: for chaos runs only");
+                let inner = quinn::Runtime::wrap_udp_socket(&*runtime, socket);
+                let inner = inner.map_err(socket_error)?;
+                let faulty = udp_faults::FaultySocket::new(inner, faults, runtime_handle);
+                quinn::Endpoint::new_with_abstract_socket(
+                    endpoint_config,
+                    Some(server_config),
+                    Arc::new(faulty),
+                    runtime,
+                )
+            }
+        }
         .map_err(socket_error)?;
         let shared = Arc::new(Shared {
             node: config.node_id,
