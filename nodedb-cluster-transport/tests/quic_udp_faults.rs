@@ -63,7 +63,9 @@ async fn calls_survive_delayed_reordered_and_duplicated_datagrams() {
     }
     // QUIC drops duplicated datagrams: every request reached the handler once.
     assert_eq!(handler.request_count(), CALLS);
-    let back = b.call(NodeId(1), Bytes::from_static(b"back"), TIMEOUT).await;
+    let back = b
+        .call(NodeId(1), Bytes::from_static(b"back"), TIMEOUT)
+        .await;
     assert_eq!(back, Ok(Bytes::from_static(b"echo:back")));
     a.shutdown().await;
     b.shutdown().await;
