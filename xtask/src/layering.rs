@@ -23,6 +23,7 @@ const TRANSPORT: &str = "nodedb-cluster-transport";
 const CATALOG: &str = "nodedb-cluster-catalog";
 const RAFT: &str = "nodedb-cluster-raft";
 const NODE: &str = "nodedb-cluster-node";
+const FUZZ: &str = "nodedb-cluster-fuzz";
 
 /// Crates that do IO or run an async runtime.
 const IO_CRATES: &[&str] = &[
@@ -65,6 +66,14 @@ const RULES: &[CrateRule] = &[
     CrateRule {
         name: NODE,
         allowed_workspace_deps: &[CORE, TRANSPORT, CATALOG, RAFT],
+        forbidden_transitive: &[],
+        forbidden_direct: &["openraft", "quinn"],
+    },
+    // The fuzz targets sit on top of everything (no crate may depend on them) and reach the
+    // decoders through the crates' own `fuzzing` features, never through openraft or quinn.
+    CrateRule {
+        name: FUZZ,
+        allowed_workspace_deps: &[CORE, TRANSPORT, CATALOG, RAFT, NODE],
         forbidden_transitive: &[],
         forbidden_direct: &["openraft", "quinn"],
     },
