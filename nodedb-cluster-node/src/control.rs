@@ -52,7 +52,8 @@ pub enum ControlRequest {
 /// What a migration does to one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigrationStep {
-    /// Answer the vShard's data (after a read barrier) as `Answered`.
+    /// Answer the vShard's data (after a read barrier) as `Answered`: the export's parts,
+    /// each small enough for one log entry, as a postcard `Vec<Vec<u8>>`.
     Export { vshard: VShardId },
     /// Replicate one step of `migration` on `vshard` (`data`: the export, for an import);
     /// answered with `Stepped`.

@@ -400,7 +400,7 @@ pub async fn serve_locally(
             MigrationStep::Export { vshard } => raft
                 .export_vshard(group, vshard)
                 .await
-                .map(Served::Answered),
+                .map(|parts| Served::Answered(encode_export(&parts))),
             MigrationStep::Claim {
                 vshard,
                 migration,
@@ -448,6 +448,16 @@ pub async fn serve_locally(
                 .map_err(|error| ControlError::from_membership(node, error))
         }
     }
+}
+
+/// The answer to [`MigrationStep::Export`]: the export's parts, postcard-encoded.
+pub fn encode_export(parts: &[Vec<u8>]) -> Vec<u8> {
+    postcard::to_stdvec(parts).unwrap_or_else(|error| panic!("export encode: {error}"))
+}
+
+/// Reads an answer made by [`encode_export`].
+pub fn decode_export(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    postcard::from_bytes(bytes).map_err(|error| error.to_string())
 }
 
 fn consistency(linearizable: bool) -> ReadConsistency {

@@ -22,7 +22,7 @@
 //! rolls forward.
 
 use crate::control::MigrationStep;
-use crate::group_client::{GroupClient, Served};
+use crate::group_client::{GroupClient, Served, decode_export};
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, Migration, MigrationId, MigrationPhase, NodeId,
     VShardId,
@@ -40,8 +40,9 @@ const ROUND_INTERVAL: Duration = Duration::from_millis(50);
 pub const MIGRATIONS_CONCURRENT_MAX: usize = 4;
 /// A migration still unfenced this long after the driver first saw it is given up.
 pub const COPY_DEADLINE: Duration = Duration::from_secs(60);
-/// Largest vShard export a migration moves (it travels as one control message and one log
-/// entry); a larger vShard's migration is given up before the fence.
+/// Largest vShard export a migration moves (the export travels as one control message; its
+/// parts each go into the target's log as one entry); a larger vShard's migration is given up
+/// before the fence.
 pub const VSHARD_EXPORT_BYTES_MAX: usize = 48 * 1024 * 1024;
 
 const BYTES_COPIED: &str = "nodedb_cluster_migration_bytes_copied_total";
@@ -157,17 +158,16 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
             propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
         }
         MigrationPhase::Copying => {
-            let data = export(context, from, vshard).await?;
-            if data.len() > VSHARD_EXPORT_BYTES_MAX {
+            let parts = export(context, from, vshard).await?;
+            let bytes: usize = parts.iter().map(Vec::len).sum();
+            if bytes > VSHARD_EXPORT_BYTES_MAX {
                 let reason = format!(
-                    "{vshard} holds {} bytes, more than a migration moves ({VSHARD_EXPORT_BYTES_MAX})",
-                    data.len()
+                    "{vshard} holds {bytes} bytes, more than a migration moves ({VSHARD_EXPORT_BYTES_MAX})"
                 );
                 return abort(context, migration, &reason).await;
             }
-            let bytes = data.len() as u64;
-            claim(context, migration, to, VShardStep::Import, data).await?;
-            record_copy(context, id, bytes);
+            import(context, migration, parts, None).await?;
+            record_copy(context, id, bytes as u64);
             let fence = claim(context, migration, from, VShardStep::Fence, Vec::new()).await?;
             context
                 .progress
@@ -179,13 +179,11 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
         }
         MigrationPhase::Fenced { .. } => {
             // The source refuses the vShard since the fence: this copy is final.
-            let data = export(context, from, vshard).await?;
-            let bytes = data.len() as u64;
+            let parts = export(context, from, vshard).await?;
+            let bytes: usize = parts.iter().map(Vec::len).sum();
             let adopted = VShardClaim::Serving(id);
-            let import =
-                claim_or(context, migration, to, VShardStep::Import, data, adopted).await?;
-            if import.applied {
-                record_copy(context, id, bytes);
+            if import(context, migration, parts, Some(adopted)).await? {
+                record_copy(context, id, bytes as u64);
             }
             claim(context, migration, to, VShardStep::Adopt, Vec::new()).await?;
             propose(context, MetadataCommand::FinishMigration { id }).await?;
@@ -259,16 +257,50 @@ async fn export(
     context: &MigrationContext,
     group: GroupId,
     vshard: VShardId,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<Vec<u8>>, String> {
     match context
         .groups
         .migrate(group, MigrationStep::Export { vshard })
         .await
     {
-        Ok(Served::Answered(data)) => Ok(data),
+        Ok(Served::Answered(answer)) => {
+            decode_export(&answer).map_err(|error| format!("export from {group}: {error}"))
+        }
         Ok(other) => Err(format!("unexpected export answer {other:?}")),
         Err(error) => Err(format!("export from {group}: {error}")),
     }
+}
+
+/// Replaces the target's copy with `parts`, one log entry each (`Import`, then `ImportMore`).
+/// Returns false when the target already serves the vShard as `adopted` (a finished earlier
+/// attempt): then nothing is imported.
+async fn import(
+    context: &MigrationContext,
+    migration: &Migration,
+    parts: Vec<Vec<u8>>,
+    adopted: Option<VShardClaim>,
+) -> Result<bool, String> {
+    let to = migration.to;
+    let mut parts = parts.into_iter();
+    let first = parts.next().unwrap_or_default();
+    let outcome = replicate(context, migration, to, VShardStep::Import, first).await?;
+    if !outcome.applied {
+        if adopted == Some(outcome.claim) {
+            return Ok(false);
+        }
+        return Err(refused(migration, to, VShardStep::Import, outcome.claim));
+    }
+    for part in parts {
+        claim(context, migration, to, VShardStep::ImportMore, part).await?;
+    }
+    Ok(true)
+}
+
+fn refused(migration: &Migration, group: GroupId, step: VShardStep, claim: VShardClaim) -> String {
+    format!(
+        "{group} refused {step:?} of {} in {}: {claim}",
+        migration.vshard, migration.id
+    )
 }
 
 /// Replicates one step of `migration` in `group`; refused steps are errors (this driver's view
@@ -283,29 +315,7 @@ async fn claim(
     let outcome = replicate(context, migration, group, step, data).await?;
     match outcome.applied {
         true => Ok(outcome),
-        false => Err(format!(
-            "{group} refused {step:?} of {} in {}: {}",
-            migration.vshard, migration.id, outcome.claim
-        )),
-    }
-}
-
-/// Like [`claim`], but a refusal that leaves the group at `done` counts as done.
-async fn claim_or(
-    context: &MigrationContext,
-    migration: &Migration,
-    group: GroupId,
-    step: VShardStep,
-    data: Vec<u8>,
-    done: VShardClaim,
-) -> Result<StepOutcome, String> {
-    let outcome = replicate(context, migration, group, step, data).await?;
-    match outcome.applied || outcome.claim == done {
-        true => Ok(outcome),
-        false => Err(format!(
-            "{group} refused {step:?} of {} in {}: {}",
-            migration.vshard, migration.id, outcome.claim
-        )),
+        false => Err(refused(migration, group, step, outcome.claim)),
     }
 }
 
@@ -321,10 +331,7 @@ async fn claim_or_later(
     if outcome.applied || outcome.claim.migration() > migration.id {
         return Ok(outcome.applied);
     }
-    Err(format!(
-        "{group} refused {step:?} of {} in {}: {}",
-        migration.vshard, migration.id, outcome.claim
-    ))
+    Err(refused(migration, group, step, outcome.claim))
 }
 
 async fn replicate(

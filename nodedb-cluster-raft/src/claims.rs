@@ -39,6 +39,8 @@ pub enum VShardStep {
     Release,
     /// Target of a given-up migration: delete the partial copy.
     Discard,
+    /// Target: add one more part of the export after an `Import` of the same migration.
+    ImportMore,
 }
 
 /// What a step does to the data besides changing the claim.
@@ -46,6 +48,7 @@ pub enum VShardStep {
 pub enum DataChange {
     None,
     Replace,
+    Add,
     Delete,
 }
 
@@ -76,6 +79,9 @@ impl VShardStep {
         let (next, change) = match self {
             VShardStep::Import if older || current == Importing(migration) => {
                 (Importing(migration), DataChange::Replace)
+            }
+            VShardStep::ImportMore if current == Importing(migration) => {
+                (Importing(migration), DataChange::Add)
             }
             VShardStep::Adopt
                 if current == Importing(migration) || current == Serving(migration) =>
@@ -183,6 +189,13 @@ mod tests {
         assert_eq!(Discard.apply(Importing(M2), M1), None);
         // A target that adopted the vShard is never discarded by its own migration.
         assert_eq!(Discard.apply(Serving(M1), M1), None);
+        // More parts only while importing in the same migration.
+        assert_eq!(ImportMore.apply(Serving(M1), M1), None);
+        assert_eq!(ImportMore.apply(Importing(M1), M2), None);
+        assert_eq!(
+            ImportMore.apply(Importing(M1), M1),
+            Some((Importing(M1), DataChange::Add))
+        );
     }
 
     #[test]

@@ -203,6 +203,33 @@ impl StateMachine for KvStateMachine {
         ))
     }
 
+    fn export_vshard_parts(
+        &self,
+        vshard: VShardId,
+        part_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StateMachineError> {
+        let mut parts = Vec::new();
+        let mut part: Vec<(&Vec<u8>, &Vec<u8>)> = Vec::new();
+        let mut size = 0;
+        for (key, value) in self
+            .entries
+            .iter()
+            .filter(|(key, _)| vshard_for_key(key) == vshard)
+        {
+            let entry_bytes = key.len() + value.len() + 2 * 10;
+            if !part.is_empty() && size + entry_bytes > part_bytes {
+                parts.push(encode_data(part.drain(..)));
+                size = 0;
+            }
+            part.push((key, value));
+            size += entry_bytes;
+        }
+        if !part.is_empty() || parts.is_empty() {
+            parts.push(encode_data(part.into_iter()));
+        }
+        Ok(parts)
+    }
+
     fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError> {
         let entries = decode_data(data)?;
         if let Some((key, _)) = entries
@@ -332,6 +359,42 @@ mod tests {
             }])
             .unwrap();
         assert_eq!(KvResponse::decode(&junk[0]), Some(KvResponse::BadCommand));
+    }
+
+    #[test]
+    fn a_vshard_exports_in_parts_that_import_to_the_whole() {
+        let mut machine = KvStateMachine::new();
+        let vshard = vshard_for_key(b"part-0");
+        let keys: Vec<Vec<u8>> = (0u32..)
+            .map(|i| format!("part-{i}").into_bytes())
+            .filter(|key| vshard_for_key(key) == vshard)
+            .take(12)
+            .collect();
+        for key in &keys {
+            let value = vec![7; 1000];
+            apply(
+                &mut machine,
+                KvCommand::Put {
+                    key: key.clone(),
+                    value,
+                },
+            );
+        }
+        let parts = machine.export_vshard_parts(vshard, 3000).unwrap();
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        assert!(parts.iter().all(|part| part.len() <= 3000 + 64));
+        let mut imported = KvStateMachine::new();
+        for part in &parts {
+            imported.import_vshard(vshard, part).unwrap();
+        }
+        assert_eq!(imported.state_hash(), machine.state_hash());
+        let empty = KvStateMachine::new()
+            .export_vshard_parts(vshard, 3000)
+            .unwrap();
+        assert_eq!(empty.len(), 1, "an empty vShard is one empty part");
+        KvStateMachine::new()
+            .import_vshard(vshard, &empty[0])
+            .unwrap();
     }
 
     #[test]

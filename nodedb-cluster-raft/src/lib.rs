@@ -54,6 +54,7 @@ pub use metadata_sm::{
 };
 pub use multi_raft::{
     Applied, LEADER_CHANGES_MAX, MultiRaft, RaftTimings, ReadConsistency, StepOutcome,
+    VSHARD_PART_BYTES,
 };
 pub use state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError};
 pub use status::{FollowerProgress, GroupStatus, LeaderChange, Role};

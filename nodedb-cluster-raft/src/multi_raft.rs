@@ -109,6 +109,10 @@ pub struct Applied {
     pub response: Vec<u8>,
 }
 
+/// Target size of one part of a vShard export: each part travels as one log entry, which must
+/// replicate well within a heartbeat interval.
+pub const VSHARD_PART_BYTES: usize = 256 * 1024;
+
 /// The result of a replicated migration step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepOutcome {
@@ -359,15 +363,21 @@ impl MultiRaft {
         Ok(claim)
     }
 
-    /// Exports the data of `vshard` from the leader's state after a read barrier.
+    /// Exports the data of `vshard` from the leader's state after a read barrier, in parts of
+    /// about [`VSHARD_PART_BYTES`], each small enough for one log entry (see
+    /// [`StateMachine::export_vshard_parts`]).
     pub async fn export_vshard(
         &self,
         group: GroupId,
         vshard: VShardId,
-    ) -> Result<Vec<u8>, ProposeError> {
+    ) -> Result<Vec<Vec<u8>>, ProposeError> {
         self.read_barrier(group).await?;
         let hosted = self.propose_target(group)?;
-        let exported = hosted.machine.lock().engine.export_vshard(vshard);
+        let exported = hosted
+            .machine
+            .lock()
+            .engine
+            .export_vshard_parts(vshard, VSHARD_PART_BYTES);
         exported.map_err(|error| ProposeError::Query {
             group,
             reason: error.to_string(),

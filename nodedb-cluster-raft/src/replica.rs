@@ -74,6 +74,7 @@ impl ReplicaState {
                 self.engine.drop_vshard(vshard)?;
                 self.engine.import_vshard(vshard, data)?;
             }
+            DataChange::Add => self.engine.import_vshard(vshard, data)?,
             DataChange::Delete => self.engine.drop_vshard(vshard)?,
         }
         self.claims.insert(vshard, next);

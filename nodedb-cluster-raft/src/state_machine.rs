@@ -73,6 +73,20 @@ pub trait StateMachine: Send + 'static {
     /// The data of one vShard, in a form [`StateMachine::import_vshard`] accepts.
     fn export_vshard(&self, vshard: VShardId) -> Result<Vec<u8>, StateMachineError>;
 
+    /// The data of one vShard split into parts of about `part_bytes` or less (a single larger
+    /// item may exceed it), each of which [`StateMachine::import_vshard`] accepts on its own;
+    /// importing all of them in order equals importing the whole export. At least one part,
+    /// empty for an empty vShard. Migrations replicate each part as its own log entry, so that
+    /// no entry is too large to replicate within a heartbeat. The default is one part.
+    fn export_vshard_parts(
+        &self,
+        vshard: VShardId,
+        part_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StateMachineError> {
+        let _ = part_bytes;
+        Ok(vec![self.export_vshard(vshard)?])
+    }
+
     /// Adds the exported data of `vshard` (replicated through the log, applied in order). The
     /// replication layer drops the vShard first, so the engine holds none of it when called.
     fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError>;

@@ -59,6 +59,8 @@ pub enum BenchTarget {
     Transport,
     /// Multi-raft in one process: commit rate and latency, idle cost per group (release build).
     Raft(crate::bench_examples::BenchRaftArgs),
+    /// vShard moves under writes on a local cluster: move time, copy rate, write pause.
+    Migration(crate::bench_migration::BenchMigrationArgs),
 }
 
 /// `cargo xtask bench cluster`.

@@ -9,6 +9,7 @@
 mod api;
 mod bench;
 mod bench_examples;
+mod bench_migration;
 mod chaos;
 mod checks;
 mod cli;
@@ -112,6 +113,7 @@ fn main() -> ExitCode {
         Task::Fuzz(args) => exit_code(fuzz::run(&args)),
         Task::Bench(cli::BenchTarget::Transport) => exit_code(bench_examples::transport()),
         Task::Bench(cli::BenchTarget::Raft(args)) => exit_code(bench_examples::raft(&args)),
+        Task::Bench(cli::BenchTarget::Migration(args)) => exit_code(bench_migration::run(&args)),
     }
 }
 

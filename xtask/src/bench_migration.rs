@@ -1,0 +1,254 @@
+//! `cargo xtask bench migration`: fills one vShard of a local 3-node cluster (release build by
+//! default) with `--mb` megabytes, then moves it between data groups `--moves` times while a
+//! client keeps writing to it. Reports each move's duration, the copy rate (the driver copies
+//! the vShard twice: once before the fence, once after) and the write pause the node measured
+//! from the fence to the routing switch, with the writer's slowest write as a cross-check.
+
+use crate::api::{Api, MigrationView, Reply};
+use crate::cluster::config::RaftTimings;
+use crate::cluster::process::Processes;
+use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use nodedb_cluster_core::{VShardId, vshard_for_key};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MOVE_WAIT: Duration = Duration::from_secs(120);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const GROUPS: u32 = 8;
+
+/// `cargo xtask bench migration`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchMigrationArgs {
+    /// Megabytes of data in the moved vShard (at most 40: a move copies a vShard as one
+    /// message).
+    #[arg(long, default_value_t = 16)]
+    pub mb: u32,
+    /// Number of moves (back and forth between groups).
+    #[arg(long, default_value_t = 10)]
+    pub moves: u32,
+    /// Size of each value written into the vShard.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub value_bytes: u32,
+    /// Use the debug profile instead of release (numbers are then meaningless).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// One measured move.
+#[derive(Debug)]
+struct MoveSample {
+    took: Duration,
+    bytes_copied: u64,
+    pause: Option<Duration>,
+    slowest_write: Duration,
+}
+
+pub fn run(args: &BenchMigrationArgs) -> Result<()> {
+    if !(1..=40).contains(&args.mb) || !(1..=100).contains(&args.moves) {
+        bail!("--mb must be in 1..=40 and --moves in 1..=100");
+    }
+    if !(1024..=1024 * 1024).contains(&args.value_bytes) {
+        bail!("--value-bytes must be in 1024..=1048576");
+    }
+    let binary = build::build_node(!args.debug)?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let bench_dir = build::target_dir()?.join("bench");
+    let work_dir = bench_dir.join(format!("migration-{stamp}"));
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let processes = Processes::new();
+    processes.kill_on_interrupt(&work_dir)?;
+    let spec = LaunchSpec {
+        binary,
+        work_dir: work_dir.clone(),
+        nodes: 3,
+        num_groups: GROUPS,
+        ready_timeout: crate::cluster::READY_TIMEOUT,
+        raft: RaftTimings::for_profile(!args.debug),
+    };
+    let cluster = Cluster::launch(&spec, &processes)?;
+    let nodes: Vec<SocketAddr> = cluster.admin_addrs().into_values().collect();
+    let samples = match measure(&nodes, args) {
+        Ok(samples) => samples,
+        Err(error) => {
+            eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
+            return Err(error);
+        }
+    };
+    drop(cluster);
+    let summary = summary_json(args, &samples);
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    let path = bench_dir.join(format!("migration-{stamp}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("results: {}", path.display());
+    let _ = std::fs::remove_dir_all(&work_dir);
+    Ok(())
+}
+
+fn measure(nodes: &[SocketAddr], args: &BenchMigrationArgs) -> Result<Vec<MoveSample>> {
+    let api = Api::new(REQUEST_TIMEOUT);
+    let vshard = vshard_for_key(b"bench-migration");
+    let keys = keys_in(
+        vshard,
+        (u64::from(args.mb) << 20) / u64::from(args.value_bytes),
+    );
+    let value = vec![b'v'; args.value_bytes as usize];
+    eprintln!(
+        "filling {vshard} with {} keys of {} bytes",
+        keys.len(),
+        args.value_bytes
+    );
+    let mut owner = 0;
+    for key in &keys {
+        owner = put(&api, nodes[0], key, &value)?;
+    }
+    let writer_key = keys[0].clone();
+    let stop = AtomicBool::new(false);
+    let slowest = Mutex::new(Duration::ZERO);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let api = Api::new(REQUEST_TIMEOUT);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let _ = api.put(nodes[1], &writer_key, b"tick");
+                let took = started.elapsed();
+                let mut slowest = slowest.lock().unwrap_or_else(|p| p.into_inner());
+                *slowest = (*slowest).max(took);
+            }
+        });
+        let mut samples = Vec::new();
+        let mut result = Ok(());
+        for round in 0..args.moves {
+            let to = owner % GROUPS + 1;
+            *slowest.lock().unwrap_or_else(|p| p.into_inner()) = Duration::ZERO;
+            match move_once(&api, nodes, vshard, to) {
+                Ok((took, view)) => {
+                    let slowest_write = *slowest.lock().unwrap_or_else(|p| p.into_inner());
+                    eprintln!(
+                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?}",
+                        view.write_pause_ms
+                    );
+                    samples.push(MoveSample {
+                        took,
+                        bytes_copied: view.bytes_copied,
+                        pause: view.write_pause_ms.map(Duration::from_millis),
+                        slowest_write,
+                    });
+                    owner = to;
+                }
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer
+            .join()
+            .map_err(|_| anyhow!("the writer thread panicked"))?;
+        result.map(|()| samples)
+    })
+}
+
+/// Moves `vshard` to group `to` and waits until it is cleaned; the time and the view of the
+/// node that drove it.
+fn move_once(
+    api: &Api,
+    nodes: &[SocketAddr],
+    vshard: VShardId,
+    to: u32,
+) -> Result<(Duration, MigrationView)> {
+    let started = Instant::now();
+    let begun = api.move_vshard(nodes[0], vshard, to)?;
+    let mut cleaned_at = None;
+    while started.elapsed() < MOVE_WAIT {
+        let views: Vec<MigrationView> = nodes
+            .iter()
+            .filter_map(|node| api.migrations(*node).ok())
+            .filter_map(|all| all.into_iter().find(|view| view.id == begun.id))
+            .collect();
+        if let Some(view) = views.iter().find(|view| view.phase == "aborted") {
+            bail!("move {} was given up: {view:?}", begun.id);
+        }
+        let cleaned: Vec<&MigrationView> = views
+            .iter()
+            .filter(|view| view.phase == "cleaned")
+            .collect();
+        if let Some(first) = cleaned.first() {
+            let took = *cleaned_at.get_or_insert_with(|| started.elapsed());
+            // The pause is known on the node that drove the move; a view without it is
+            // accepted only when no node has it a moment later (the driver changed).
+            let measured = cleaned.iter().find(|view| view.write_pause_ms.is_some());
+            if let Some(view) = measured {
+                return Ok((took, (*view).clone()));
+            }
+            if started.elapsed() > took + Duration::from_secs(2) {
+                return Ok((took, (*first).clone()));
+            }
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    bail!("move {} did not finish within {MOVE_WAIT:?}", begun.id)
+}
+
+/// `count` distinct keys that all hash to `vshard`.
+fn keys_in(vshard: VShardId, count: u64) -> Vec<String> {
+    (0u64..)
+        .map(|i| format!("m{i}"))
+        .filter(|key| vshard_for_key(key.as_bytes()) == vshard)
+        .take(count.max(1) as usize)
+        .collect()
+}
+
+fn put(api: &Api, node: SocketAddr, key: &str, value: &[u8]) -> Result<u32> {
+    for _ in 0..20 {
+        match api.put(node, key, value) {
+            Reply::Ok(Some(receipt)) => return Ok(receipt.group),
+            Reply::Ok(None) => bail!("a PUT answered without a receipt"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    bail!("PUT {key} kept failing")
+}
+
+fn percentile(sorted: &[Duration], quantile: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let index = ((last as f64) * quantile).round() as usize;
+    Some(sorted[index.min(last)].as_secs_f64() * 1000.0)
+}
+
+fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
+    let mut pauses: Vec<Duration> = samples.iter().filter_map(|sample| sample.pause).collect();
+    pauses.sort();
+    let mut took: Vec<Duration> = samples.iter().map(|sample| sample.took).collect();
+    took.sort();
+    let mut slowest: Vec<Duration> = samples.iter().map(|sample| sample.slowest_write).collect();
+    slowest.sort();
+    let rates: Vec<f64> = samples
+        .iter()
+        .map(|sample| sample.bytes_copied as f64 / (1 << 20) as f64 / sample.took.as_secs_f64())
+        .collect();
+    let mean_rate = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    json!({
+        "benchmark": "migration",
+        "profile": if args.debug { "debug" } else { "release" },
+        "vshard_mb": args.mb,
+        "value_bytes": args.value_bytes,
+        "moves": samples.len(),
+        "move_ms_p50": percentile(&took, 0.5),
+        "copy_mb_per_s_mean": mean_rate,
+        "write_pause_ms_p50": percentile(&pauses, 0.5),
+        "write_pause_ms_p99": percentile(&pauses, 0.99),
+        "slowest_write_ms_p50": percentile(&slowest, 0.5),
+        "slowest_write_ms_max": percentile(&slowest, 1.0),
+    })
+}
