@@ -339,7 +339,7 @@ impl ClusterService for NodeService {
                 .cluster
                 .read(vshard, query.encode(), consistency)
                 .await
-                .map_err(service_error)?;
+                .map_err(read_error)?;
             match KvAnswer::decode(&answer) {
                 Some(KvAnswer::Value(value)) => Ok(value),
                 other => Err(ServiceError::Internal(format!(
@@ -427,6 +427,20 @@ enum MetadataRefusal {
     Refused(MetadataError),
     /// It did not reach the state machine, or the outcome is unknown.
     Failed(ServiceError),
+}
+
+/// Maps a read's failure: a read changes nothing, so a timeout is "not served, retry" (503),
+/// never "outcome unknown".
+fn read_error(error: ControlError) -> ServiceError {
+    match error {
+        ControlError::Timeout { .. } | ControlError::Interrupted { .. } => {
+            ServiceError::Unavailable {
+                message: error.to_string(),
+                retry_after_secs: RETRY_AFTER_SECS,
+            }
+        }
+        other => service_error(other),
+    }
 }
 
 /// Maps a routed operation's failure onto the API's "definitely failed" / "unknown" split.

@@ -7,10 +7,14 @@ mod common;
 use common::TestCluster;
 use nodedb_cluster_core::{GroupId, MigrationId, NodeId, vshard_for_key};
 use nodedb_cluster_raft::kv::{KvCommand, KvQuery};
-use nodedb_cluster_raft::{ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep};
+use nodedb_cluster_raft::{
+    MultiRaft, ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep,
+};
+use std::future::Future;
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 const M1: MigrationId = MigrationId(1);
+const LEADER_ATTEMPTS_MAX: u32 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
@@ -117,20 +121,25 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_released() {
         .encode()
     };
 
-    let leader = cluster.wait_leader(group).await;
-    let multi = cluster.nodes[&leader].multi.clone();
-    multi
-        .propose_vshard(group, fenced, put("fenced-key", "before"))
-        .await
-        .expect("write before the fence");
-    let fence = multi
-        .migration_step(group, fenced, M1, VShardStep::Fence, vec![])
-        .await
-        .expect("fence");
+    on_leader(&cluster, group, |multi| {
+        let command = put("fenced-key", "before");
+        async move { multi.propose_vshard(group, fenced, command).await }
+    })
+    .await
+    .expect("write before the fence");
+    let fence = on_leader(&cluster, group, |multi| async move {
+        multi
+            .migration_step(group, fenced, M1, VShardStep::Fence, vec![])
+            .await
+    })
+    .await
+    .expect("fence");
     assert!(fence.applied);
-    let refused = multi
-        .propose_vshard(group, fenced, put("fenced-key", "after"))
-        .await;
+    let refused = on_leader(&cluster, group, |multi| {
+        let command = put("fenced-key", "after");
+        async move { multi.propose_vshard(group, fenced, command).await }
+    })
+    .await;
     assert_eq!(
         refused,
         Err(ProposeError::Moved {
@@ -138,20 +147,23 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_released() {
             vshard: fenced
         })
     );
-    let read = multi
-        .query_vshard(
-            group,
-            fenced,
-            &get("fenced-key"),
-            ReadConsistency::Linearizable,
-        )
-        .await;
+    let read = on_leader(&cluster, group, |multi| {
+        let query = get("fenced-key");
+        async move {
+            multi
+                .query_vshard(group, fenced, &query, ReadConsistency::Linearizable)
+                .await
+        }
+    })
+    .await;
     assert!(matches!(read, Err(ProposeError::Moved { .. })), "{read:?}");
     let open_vshard = vshard_for_key(open_key.as_bytes());
-    let open = multi
-        .propose_vshard(group, open_vshard, put(&open_key, "fine"))
-        .await
-        .expect("another vShard still takes writes");
+    let open = on_leader(&cluster, group, |multi| {
+        let command = put(&open_key, "fine");
+        async move { multi.propose_vshard(group, open_vshard, command).await }
+    })
+    .await
+    .expect("another vShard still takes writes");
     assert!(open.index > fence.index);
 
     // Enough writes for a snapshot and a purge, then every replica restarts from it.
@@ -178,34 +190,57 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_released() {
             .await;
         assert!(matches!(local, Err(ProposeError::Moved { .. })));
     }
-    let leader = cluster.wait_leader(group).await;
-    let multi = cluster.nodes[&leader].multi.clone();
-    let exported = multi.export_vshard(group, fenced).await.expect("export");
+    let exported = on_leader(&cluster, group, |multi| async move {
+        multi.export_vshard(group, fenced).await
+    })
+    .await
+    .expect("export");
     assert!(
         exported.iter().any(|part| part.len() > 2),
         "the fenced data is still exportable"
     );
-
-    let release = multi
-        .migration_step(group, fenced, M1, VShardStep::Release, vec![])
-        .await
-        .expect("release");
-    assert!(release.applied);
-    let late_fence = multi
-        .migration_step(group, fenced, M1, VShardStep::Fence, vec![])
-        .await
-        .expect("late fence");
+    let step = |step: VShardStep| {
+        on_leader(&cluster, group, move |multi| async move {
+            multi.migration_step(group, fenced, M1, step, vec![]).await
+        })
+    };
+    assert!(step(VShardStep::Release).await.expect("release").applied);
+    let late_fence = step(VShardStep::Fence).await.expect("late fence");
     assert!(
         !late_fence.applied,
         "a released vShard is not fenced again by its migration"
     );
-    multi
-        .propose_vshard(group, fenced, put("fenced-key", "again"))
-        .await
-        .expect("writes after the release");
+    on_leader(&cluster, group, |multi| {
+        let command = put("fenced-key", "again");
+        async move { multi.propose_vshard(group, fenced, command).await }
+    })
+    .await
+    .expect("writes after the release");
     assert_eq!(
         cluster.get(group, "fenced-key").await.as_deref(),
         Some("again")
     );
     cluster.shutdown().await;
+}
+
+/// Runs `operation` on the current leader of `group`, again on the new leader when leadership
+/// moved in between (a `NotLeader` answer applied nothing).
+async fn on_leader<T, F, Fut>(
+    cluster: &TestCluster,
+    group: GroupId,
+    operation: F,
+) -> Result<T, ProposeError>
+where
+    F: Fn(MultiRaft) -> Fut,
+    Fut: Future<Output = Result<T, ProposeError>>,
+{
+    let mut last = None;
+    for _ in 0..LEADER_ATTEMPTS_MAX {
+        let leader = cluster.wait_leader(group).await;
+        match operation(cluster.nodes[&leader].multi.clone()).await {
+            Err(error @ ProposeError::NotLeader { .. }) => last = Some(error),
+            other => return other,
+        }
+    }
+    Err(last.expect("at least one attempt"))
 }
