@@ -1,5 +1,5 @@
 //! Which state machine a data group's replicas run. A NodeDB component that hosts its own
-//! engine passes an [`EngineFactory`] in the [`ClusterConfig`](crate::ClusterConfig); the node
+//! engine passes an [`EngineFactory`] in the [`ClusterConfig`](crate::cluster::ClusterConfig); the node
 //! binary uses the built-in replicated key-value engine.
 
 use nodedb_cluster_core::GroupId;

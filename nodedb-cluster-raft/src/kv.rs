@@ -85,7 +85,7 @@ impl KvCommand {
         postcard::to_stdvec(self).unwrap_or_else(|error| panic!("kv command encode: {error}"))
     }
 
-    /// The command in `bytes`, accepted only in its one encoding (see [`crate::wire`]'s exact
+    /// The command in `bytes`, accepted only in its one encoding (the Raft wire's exact
     /// decoding), so that the log entry and the command applied are one and the same.
     pub fn decode(bytes: &[u8]) -> Option<KvCommand> {
         decode_exact(bytes).ok()
