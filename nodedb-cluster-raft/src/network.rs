@@ -24,6 +24,8 @@ use tokio::io::AsyncReadExt;
 /// Slowest snapshot transfer rate tolerated before a send is abandoned: the overall deadline of
 /// a snapshot send is its RPC deadline plus `bytes / SNAPSHOT_BYTES_PER_SECOND_MIN` seconds.
 pub const SNAPSHOT_BYTES_PER_SECOND_MIN: u64 = 4 * 1024 * 1024;
+/// Slowest transfer rate a Raft RPC's deadline allows for its payload (see [`rpc_deadline`]).
+pub const RPC_BYTES_PER_SECOND_MIN: u64 = 16 * 1024 * 1024;
 /// Floor of the per-step deadline (open, each chunk, final answer) of a snapshot stream.
 pub const SNAPSHOT_STEP_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 
@@ -81,7 +83,7 @@ impl PeerClient {
             group: self.group,
             body,
         });
-        let timeout = option.soft_ttl();
+        let timeout = rpc_deadline(option.soft_ttl(), request.len());
         let reply = self
             .transport
             .call(self.target, Bytes::from(request), timeout)
@@ -187,6 +189,15 @@ impl PeerClient {
 }
 
 /// Overall deadline of sending a snapshot of `bytes`: grows with the size.
+/// The deadline of one Raft RPC of `bytes`: openraft's soft limit (derived from the heartbeat
+/// interval) plus the time to move the bytes at [`RPC_BYTES_PER_SECOND_MIN`]. openraft batches
+/// up to `max_payload_entries` entries into one AppendEntries, so a batch of large entries (a
+/// vShard import, big values) would never fit a heartbeat-sized deadline and would be resent
+/// forever, holding up the whole group.
+pub fn rpc_deadline(soft_ttl: Duration, bytes: usize) -> Duration {
+    soft_ttl + Duration::from_secs_f64(bytes as f64 / RPC_BYTES_PER_SECOND_MIN as f64)
+}
+
 pub fn snapshot_deadline(base: Duration, bytes: u64) -> Duration {
     base.max(SNAPSHOT_STEP_TIMEOUT_MIN)
         + Duration::from_secs(bytes / SNAPSHOT_BYTES_PER_SECOND_MIN + 1)
@@ -362,6 +373,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(error, RPCError::Unreachable(_)), "{error:?}");
+    }
+
+    #[test]
+    fn rpc_deadline_grows_with_size() {
+        let base = Duration::from_millis(37);
+        assert!(rpc_deadline(base, 200) < base + Duration::from_millis(1));
+        let batch = rpc_deadline(base, 16 * 1024 * 1024);
+        assert!(batch >= base + Duration::from_millis(900), "{batch:?}");
     }
 
     #[test]
