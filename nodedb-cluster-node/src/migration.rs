@@ -23,11 +23,14 @@
 
 use crate::control::MigrationStep;
 use crate::group_client::{GroupClient, Served, decode_export};
+use futures::StreamExt;
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, Migration, MigrationId, MigrationPhase, NodeId,
     VShardId,
 };
-use nodedb_cluster_raft::{AppliedMetadata, MultiRaft, StepOutcome, VShardClaim, VShardStep};
+use nodedb_cluster_raft::{
+    AppliedMetadata, CopyId, MultiRaft, StepOutcome, VShardClaim, VShardStep,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,6 +39,8 @@ use tokio::time::Instant;
 
 /// Pause between driver rounds when nothing changed.
 const ROUND_INTERVAL: Duration = Duration::from_millis(50);
+/// Parts of one import replicated at the same time.
+const IMPORT_PARTS_IN_FLIGHT: usize = 8;
 /// Migrations carried forward at the same time.
 pub const MIGRATIONS_CONCURRENT_MAX: usize = 4;
 /// A migration still unfenced this long after the driver first saw it is given up.
@@ -166,7 +171,7 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
                 );
                 return abort(context, migration, &reason).await;
             }
-            import(context, migration, parts, None).await?;
+            import(context, migration, new_copy(0), parts, None).await?;
             record_copy(context, id, bytes as u64);
             let fence = claim(context, migration, from, VShardStep::Fence, Vec::new()).await?;
             context
@@ -177,15 +182,16 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
             let phase = MigrationPhase::Fenced { fence_index };
             propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
         }
-        MigrationPhase::Fenced { .. } => {
+        MigrationPhase::Fenced { fence_index } => {
             // The source refuses the vShard since the fence: this copy is final.
             let parts = export(context, from, vshard).await?;
             let bytes: usize = parts.iter().map(Vec::len).sum();
+            let copy = new_copy(fence_index);
             let adopted = VShardClaim::Serving(id);
-            if import(context, migration, parts, Some(adopted)).await? {
+            if import(context, migration, copy, parts, Some(adopted)).await? {
                 record_copy(context, id, bytes as u64);
             }
-            claim(context, migration, to, VShardStep::Adopt, Vec::new()).await?;
+            claim(context, migration, to, VShardStep::Adopt(copy), Vec::new()).await?;
             propose(context, MetadataCommand::FinishMigration { id }).await?;
             let pause = context.progress.track(id).fenced_at.map(|at| at.elapsed());
             if let Some(pause) = pause {
@@ -271,29 +277,45 @@ async fn export(
     }
 }
 
-/// Replaces the target's copy with `parts`, one log entry each (`Import`, then `ImportMore`).
-/// Returns false when the target already serves the vShard as `adopted` (a finished earlier
-/// attempt): then nothing is imported.
+/// Replaces the target's data with copy `copy` made of `parts`, one log entry each (`Import`,
+/// then `ImportMore`). Returns false when the target already serves the vShard as `adopted`
+/// (an earlier attempt finished): then nothing is imported.
 async fn import(
     context: &MigrationContext,
     migration: &Migration,
+    copy: CopyId,
     parts: Vec<Vec<u8>>,
     adopted: Option<VShardClaim>,
 ) -> Result<bool, String> {
     let to = migration.to;
     let mut parts = parts.into_iter();
     let first = parts.next().unwrap_or_default();
-    let outcome = replicate(context, migration, to, VShardStep::Import, first).await?;
+    let step = VShardStep::Import(copy);
+    let outcome = replicate(context, migration, to, step, first).await?;
     if !outcome.applied {
         if adopted == Some(outcome.claim) {
             return Ok(false);
         }
-        return Err(refused(migration, to, VShardStep::Import, outcome.claim));
+        return Err(refused(migration, to, step, outcome.claim));
     }
-    for part in parts {
-        claim(context, migration, to, VShardStep::ImportMore, part).await?;
+    // The parts after the first may apply in any order: each adds disjoint keys. Several in
+    // flight at once share the target's log commits.
+    let step = VShardStep::ImportMore(copy);
+    let more = parts.map(|part| claim(context, migration, to, step, part));
+    let mut more = futures::stream::iter(more).buffer_unordered(IMPORT_PARTS_IN_FLIGHT);
+    while let Some(result) = more.next().await {
+        result?;
     }
     Ok(true)
+}
+
+/// A copy of this attempt: after the fence at `fence_index`, or before it (0). The nonce keeps
+/// the parts of two attempts (two drivers, or a retry) from mixing in the target.
+fn new_copy(fence_index: u64) -> CopyId {
+    CopyId {
+        fence_index,
+        nonce: rand::random(),
+    }
 }
 
 fn refused(migration: &Migration, group: GroupId, step: VShardStep, claim: VShardClaim) -> String {

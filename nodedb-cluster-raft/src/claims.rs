@@ -11,14 +11,25 @@ use nodedb_cluster_core::MigrationId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// One copy of a vShard into a migration's target. Two copies of one migration never mix: the
+/// parts and the adoption of a copy are accepted only while the target holds that very copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyId {
+    /// The source's fence index when the copy was exported after the fence (its data is then
+    /// final); 0 for a copy made before the fence, which may never be adopted.
+    pub fence_index: u64,
+    /// Drawn by the driver for each attempt.
+    pub nonce: u64,
+}
+
 /// A group's standing on one vShard, and the migration that set it. Persisted in snapshots
 /// (postcard): variants are appended only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VShardClaim {
     /// Commands and reads of the vShard are served.
     Serving(MigrationId),
-    /// The target of the migration: data is being copied in; commands and reads are refused.
-    Importing(MigrationId),
+    /// The target of the migration: copy `CopyId` is coming in; commands and reads are refused.
+    Importing(MigrationId, CopyId),
     /// The source of the migration (or a given-up target): commands and reads are refused.
     Fenced(MigrationId),
 }
@@ -27,10 +38,12 @@ pub enum VShardClaim {
 /// appended only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VShardStep {
-    /// Target: replace the vShard's data with the entry's payload (an export).
-    Import,
-    /// Target: start serving the imported vShard.
-    Adopt,
+    /// Target: start copy `CopyId`: replace the vShard's data with the entry's payload (the
+    /// first part of an export).
+    Import(CopyId),
+    /// Target: start serving the vShard, once every part of copy `CopyId` is in; only a copy
+    /// made after the fence may be adopted.
+    Adopt(CopyId),
     /// Source: stop serving the vShard from this entry's log index on.
     Fence,
     /// Source, after the routing switched: delete the vShard's data.
@@ -39,8 +52,8 @@ pub enum VShardStep {
     Release,
     /// Target of a given-up migration: delete the partial copy.
     Discard,
-    /// Target: add one more part of the export after an `Import` of the same migration.
-    ImportMore,
+    /// Target: add one more part of copy `CopyId` (refused unless that copy is coming in).
+    ImportMore(CopyId),
 }
 
 /// What a step does to the data besides changing the claim.
@@ -57,7 +70,9 @@ impl VShardClaim {
 
     pub fn migration(self) -> MigrationId {
         match self {
-            VShardClaim::Serving(id) | VShardClaim::Importing(id) | VShardClaim::Fenced(id) => id,
+            VShardClaim::Serving(id) | VShardClaim::Importing(id, _) | VShardClaim::Fenced(id) => {
+                id
+            }
         }
     }
 
@@ -76,15 +91,17 @@ impl VShardStep {
     ) -> Option<(VShardClaim, DataChange)> {
         use VShardClaim::{Fenced, Importing, Serving};
         let older = current.migration() < migration;
+        let importing = matches!(current, Importing(id, _) if id == migration);
         let (next, change) = match self {
-            VShardStep::Import if older || current == Importing(migration) => {
-                (Importing(migration), DataChange::Replace)
+            VShardStep::Import(copy) if older || importing => {
+                (Importing(migration, copy), DataChange::Replace)
             }
-            VShardStep::ImportMore if current == Importing(migration) => {
-                (Importing(migration), DataChange::Add)
+            VShardStep::ImportMore(copy) if current == Importing(migration, copy) => {
+                (Importing(migration, copy), DataChange::Add)
             }
-            VShardStep::Adopt
-                if current == Importing(migration) || current == Serving(migration) =>
+            VShardStep::Adopt(copy)
+                if (current == Importing(migration, copy) && copy.fence_index > 0)
+                    || current == Serving(migration) =>
             {
                 (Serving(migration), DataChange::None)
             }
@@ -115,7 +132,11 @@ impl fmt::Display for VShardClaim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VShardClaim::Serving(id) => write!(f, "serving since {id}"),
-            VShardClaim::Importing(id) => write!(f, "importing in {id}"),
+            VShardClaim::Importing(id, copy) => write!(
+                f,
+                "importing in {id} (copy {} after fence index {})",
+                copy.nonce, copy.fence_index
+            ),
             VShardClaim::Fenced(id) => write!(f, "fenced by {id}"),
         }
     }
@@ -128,6 +149,18 @@ mod tests {
 
     const M1: MigrationId = MigrationId(1);
     const M2: MigrationId = MigrationId(2);
+    const EARLY: CopyId = CopyId {
+        fence_index: 0,
+        nonce: 1,
+    };
+    const FINAL: CopyId = CopyId {
+        fence_index: 40,
+        nonce: 2,
+    };
+    const OTHER_FINAL: CopyId = CopyId {
+        fence_index: 40,
+        nonce: 3,
+    };
 
     fn run(mut claim: VShardClaim, steps: &[(VShardStep, MigrationId)]) -> Vec<bool> {
         steps
@@ -152,18 +185,21 @@ mod tests {
                 (Fence, M1),
                 (Fence, M1),
                 (Drop, M1),
-                (Import, M2),
-                (Adopt, M2),
+                (Import(FINAL), M2),
+                (ImportMore(FINAL), M2),
+                (Adopt(FINAL), M2),
             ],
         );
         assert!(source.iter().all(|applied| *applied));
         let target = run(
             VShardClaim::UNCLAIMED,
             &[
-                (Import, M1),
-                (Import, M1),
-                (Adopt, M1),
-                (Adopt, M1),
+                (Import(EARLY), M1),
+                (ImportMore(EARLY), M1),
+                (Import(FINAL), M1),
+                (ImportMore(FINAL), M1),
+                (Adopt(FINAL), M1),
+                (Adopt(FINAL), M1),
                 (Fence, M2),
                 (Drop, M2),
             ],
@@ -175,46 +211,55 @@ mod tests {
     fn late_steps_never_undo_later_ones() {
         use VShardStep::*;
         // A late import of the same migration after the target adopted the vShard.
-        assert_eq!(Import.apply(Serving(M1), M1), None);
+        assert_eq!(Import(FINAL).apply(Serving(M1), M1), None);
+        assert_eq!(ImportMore(FINAL).apply(Serving(M1), M1), None);
+        // A part of the copy before the fence after the final copy began.
+        assert_eq!(ImportMore(EARLY).apply(Importing(M1, FINAL), M1), None);
+        // Parts and adoption of another attempt at the final copy.
+        assert_eq!(
+            ImportMore(OTHER_FINAL).apply(Importing(M1, FINAL), M1),
+            None
+        );
+        assert_eq!(Adopt(OTHER_FINAL).apply(Importing(M1, FINAL), M1), None);
+        // A copy made before the fence is never adopted.
+        assert_eq!(Adopt(EARLY).apply(Importing(M1, EARLY), M1), None);
         // A late fence or drop of migration 1 after the source re-adopted it in migration 2.
         assert_eq!(Fence.apply(Serving(M2), M1), None);
-        assert_eq!(Drop.apply(Importing(M2), M1), None);
+        assert_eq!(Drop.apply(Importing(M2, FINAL), M1), None);
         assert_eq!(Drop.apply(Serving(M2), M1), None);
         // A late fence of a given-up migration after its release.
         assert_eq!(Fence.apply(Serving(M1), M1), None);
         // A late import of a given-up migration after its discard.
-        assert_eq!(Import.apply(Fenced(M1), M1), None);
+        assert_eq!(Import(EARLY).apply(Fenced(M1), M1), None);
         // Release and discard of migration 1 after migration 2 touched the vShard.
         assert_eq!(Release.apply(Fenced(M2), M1), None);
-        assert_eq!(Discard.apply(Importing(M2), M1), None);
+        assert_eq!(Discard.apply(Importing(M2, EARLY), M1), None);
         // A target that adopted the vShard is never discarded by its own migration.
         assert_eq!(Discard.apply(Serving(M1), M1), None);
-        // More parts only while importing in the same migration.
-        assert_eq!(ImportMore.apply(Serving(M1), M1), None);
-        assert_eq!(ImportMore.apply(Importing(M1), M2), None);
-        assert_eq!(
-            ImportMore.apply(Importing(M1), M1),
-            Some((Importing(M1), DataChange::Add))
-        );
     }
 
     #[test]
     fn only_serving_claims_serve() {
         assert!(VShardClaim::UNCLAIMED.serves());
-        assert!(!Importing(M1).serves());
+        assert!(!Importing(M1, EARLY).serves());
         assert!(!Fenced(M1).serves());
     }
 
     #[test]
     fn data_changes() {
         use VShardStep::*;
+        let unclaimed = VShardClaim::UNCLAIMED;
         assert_eq!(
-            Import.apply(VShardClaim::UNCLAIMED, M1).unwrap().1,
+            Import(EARLY).apply(unclaimed, M1).unwrap().1,
             DataChange::Replace
+        );
+        assert_eq!(
+            ImportMore(EARLY).apply(Importing(M1, EARLY), M1).unwrap().1,
+            DataChange::Add
         );
         assert_eq!(Drop.apply(Fenced(M1), M1).unwrap().1, DataChange::Delete);
         assert_eq!(
-            Discard.apply(Importing(M1), M1).unwrap().1,
+            Discard.apply(Importing(M1, EARLY), M1).unwrap().1,
             DataChange::Delete
         );
         assert_eq!(Fence.apply(Serving(M1), M2).unwrap().1, DataChange::None);

@@ -45,7 +45,7 @@ mod status;
 mod types;
 mod wire;
 
-pub use claims::{VShardClaim, VShardStep};
+pub use claims::{CopyId, VShardClaim, VShardStep};
 pub use error::{GroupError, MembershipError, ProposeError};
 pub use metadata_sm::{
     AppliedMetadata, METADATA_SNAPSHOT_VERSION, MetadataOutcome, MetadataQuery,

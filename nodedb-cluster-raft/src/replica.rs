@@ -86,14 +86,16 @@ impl ReplicaState {
         let mut hash = self.engine.state_hash();
         let mut mix = |value: u64| hash = (hash ^ value).wrapping_mul(0x0000_0100_0000_01b3);
         for (vshard, claim) in &self.claims {
-            let (tag, migration) = match claim {
-                VShardClaim::Serving(id) => (1, id),
-                VShardClaim::Importing(id) => (2, id),
-                VShardClaim::Fenced(id) => (3, id),
+            let (tag, migration, copy) = match claim {
+                VShardClaim::Serving(id) => (1, id, (0, 0)),
+                VShardClaim::Importing(id, copy) => (2, id, (copy.fence_index, copy.nonce)),
+                VShardClaim::Fenced(id) => (3, id, (0, 0)),
             };
             mix(u64::from(vshard.0));
             mix(tag);
             mix(migration.0);
+            mix(copy.0);
+            mix(copy.1);
         }
         hash
     }
@@ -198,6 +200,10 @@ mod tests {
     }
 
     const M1: MigrationId = MigrationId(1);
+    const COPY: crate::claims::CopyId = crate::claims::CopyId {
+        fence_index: 0,
+        nonce: 9,
+    };
 
     #[test]
     fn snapshots_carry_the_claims() {
@@ -261,7 +267,7 @@ mod tests {
         let vshard = nodedb_cluster_core::vshard_for_key(b"gone");
         let empty_export = KvStateMachine::default().export_vshard(vshard).unwrap();
         replica
-            .apply_step(vshard, M1, VShardStep::Import, &empty_export)
+            .apply_step(vshard, M1, VShardStep::Import(COPY), &empty_export)
             .unwrap();
         assert_eq!(
             replica.engine.state_hash(),

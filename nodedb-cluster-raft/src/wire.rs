@@ -208,7 +208,7 @@ impl postcard::ser_flavors::Flavor for CompareFlavor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::VShardStep;
+    use crate::claims::{CopyId, VShardStep};
     use crate::types::{AppRequest, EntryKind};
     use nodedb_cluster_core::{MigrationId, VShardId};
     use openraft::entry::RaftEntry;
@@ -305,18 +305,20 @@ mod tests {
             index in 0u64..u64::MAX,
             payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
             vshard in 0u16..1024,
-            kind_tag in 0u8..8,
+            kind_tag in 0u8..9,
             migration in 0u64..1000,
         ) {
             let vshard = VShardId(vshard);
             let migration = MigrationId(migration);
+            let copy = CopyId { fence_index: index / 2, nonce: index };
             let steps = [
-                VShardStep::Import,
-                VShardStep::Adopt,
+                VShardStep::Import(copy),
+                VShardStep::Adopt(copy),
                 VShardStep::Fence,
                 VShardStep::Drop,
                 VShardStep::Release,
                 VShardStep::Discard,
+                VShardStep::ImportMore(copy),
             ];
             let kind = match kind_tag {
                 0 => EntryKind::Command,

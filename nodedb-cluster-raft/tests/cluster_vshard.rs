@@ -8,13 +8,18 @@ use common::TestCluster;
 use nodedb_cluster_core::{GroupId, MigrationId, NodeId, vshard_for_key};
 use nodedb_cluster_raft::kv::{KvCommand, KvQuery};
 use nodedb_cluster_raft::{
-    MultiRaft, ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep,
+    CopyId, MultiRaft, ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep,
 };
 use std::future::Future;
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 const M1: MigrationId = MigrationId(1);
 const LEADER_ATTEMPTS_MAX: u32 = 20;
+/// A copy made after the source's fence (the test fences the source right after importing).
+const COPY: CopyId = CopyId {
+    fence_index: 1,
+    nonce: 7,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
@@ -60,15 +65,24 @@ async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
         }
     };
     let mut parts = exported.into_iter();
-    let imported = step(target, VShardStep::Import, parts.next().expect("a part")).await;
+    let imported = step(
+        target,
+        VShardStep::Import(COPY),
+        parts.next().expect("a part"),
+    )
+    .await;
     assert!(imported.applied && imported.index.0 > 0);
     for part in parts {
-        assert!(step(target, VShardStep::ImportMore, part).await.applied);
+        assert!(
+            step(target, VShardStep::ImportMore(COPY), part)
+                .await
+                .applied
+        );
     }
     assert!(step(source, VShardStep::Fence, vec![]).await.applied);
-    assert!(step(target, VShardStep::Adopt, vec![]).await.applied);
+    assert!(step(target, VShardStep::Adopt(COPY), vec![]).await.applied);
     assert!(step(source, VShardStep::Drop, vec![]).await.applied);
-    let late = step(target, VShardStep::Import, vec![]).await;
+    let late = step(target, VShardStep::Import(COPY), vec![]).await;
     assert!(
         !late.applied,
         "a late import never overwrites an adopted vShard"
