@@ -48,6 +48,8 @@ struct Store {
     /// Last heartbeat of every fake node ever seen.
     alive: BTreeMap<u64, Instant>,
     groups: u32,
+    /// vShard moves asked for; a single register store moves nothing, so each is done at once.
+    migrations: Vec<serde_json::Value>,
 }
 
 /// One request as the fakes read it.
@@ -122,6 +124,7 @@ fn serve_store(listener: TcpListener, behaviour: Behaviour) {
         index: 0,
         alive: BTreeMap::new(),
         groups: 1,
+        migrations: Vec::new(),
     }));
     for stream in listener.incoming().flatten() {
         let store = Arc::clone(&store);
@@ -227,6 +230,13 @@ impl Store {
             ("POST", _, _) if path.starts_with("/fake/alive/") => self.heartbeat(path),
             ("GET", "/readyz", _) => (200, r#"{"ready":true}"#.to_string()),
             ("GET", "/v1/cluster", _) => (200, self.view(request.node.unwrap_or(1))),
+            ("GET", "/v1/migrations", _) => {
+                let answer = serde_json::json!({ "migrations": self.migrations });
+                (200, answer.to_string())
+            }
+            ("POST", _, _) if path.starts_with("/v1/vshards/") => {
+                self.move_vshard(path, &request.body)
+            }
             ("POST", _, Some(rest)) if rest.ends_with("/cas") => {
                 let key = rest.trim_end_matches("/cas").to_string();
                 self.cas(key, &request.body)
@@ -312,6 +322,35 @@ impl Store {
         let current = self.values.get(&key).cloned();
         let answer = serde_json::json!({ "swapped": swapped, "current": current });
         (200, answer.to_string())
+    }
+
+    /// `POST /v1/vshards/{id}/move`: recorded as a finished migration (the store holds every
+    /// key in one place). Moving to the group that owns the vShard is a 409, as on a node.
+    fn move_vshard(&mut self, path: &str, body: &str) -> (u16, String) {
+        let vshard = path
+            .strip_prefix("/v1/vshards/")
+            .and_then(|rest| rest.strip_suffix("/move"))
+            .and_then(|id| id.parse::<u16>().ok());
+        let body = serde_json::from_str::<serde_json::Value>(body).ok();
+        let to_group = body.and_then(|body| body["to_group"].as_u64());
+        let (Some(vshard), Some(to_group)) = (vshard, to_group) else {
+            return (400, r#"{"error":{"code":"bad_request"}}"#.to_string());
+        };
+        let from_group = 1 + u64::from(vshard) % u64::from(self.groups.max(1));
+        if from_group == to_group {
+            return (409, r#"{"error":{"code":"conflict"}}"#.to_string());
+        }
+        let migration = serde_json::json!({
+            "id": self.migrations.len() + 1,
+            "vshard": vshard,
+            "from_group": from_group,
+            "to_group": to_group,
+            "phase": "cleaned",
+            "bytes_copied": 0,
+            "write_pause_ms": 0,
+        });
+        self.migrations.push(migration.clone());
+        (202, migration.to_string())
     }
 
     /// A receipt naming the group of `key`'s vShard, so failover windows can be measured.
