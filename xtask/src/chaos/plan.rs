@@ -4,9 +4,9 @@
 //! same seed gives the same schedule. Targets that depend on the live cluster (the leader of
 //! a group) stay symbolic here and are resolved when the round starts.
 //!
-//! Membership churn (decommissioning a node, adding a fresh one) belongs here as a further
-//! [`Fault`] variant and a `Churn` [`Nemesis`] stage once the node carries out
-//! `POST /v1/nodes/{id}/decommission` (it answers 501 for now).
+//! Membership churn (decommissioning a node through `POST /v1/nodes/{id}/decommission`, adding
+//! a fresh one) belongs here as a further [`Fault`] variant and a `Churn` [`Nemesis`] stage; the
+//! node carries out decommission, the stage is not written yet.
 
 use super::args::NemesisChoice;
 use rand::rngs::SmallRng;
