@@ -120,9 +120,17 @@ pub(crate) async fn run(context: MigrationContext, mut stop: watch::Receiver<boo
             .raft
             .status(METADATA_GROUP)
             .is_some_and(|status| status.leader == Some(context.node));
+        let has_work = leads
+            && metadata
+                .borrow()
+                .state
+                .migrations()
+                .values()
+                .any(|migration| migration.is_active() || needs_clean_up(&context, migration));
         // The barrier makes the view below include every committed phase, so a new leader
-        // does not redo steps from an old one (the groups would refuse them anyway).
-        if leads && context.raft.read_barrier(METADATA_GROUP).await.is_ok() {
+        // does not redo steps from an old one (the groups would refuse them anyway). Without
+        // work there is no barrier: an idle cluster sends nothing for migrations.
+        if has_work && context.raft.read_barrier(METADATA_GROUP).await.is_ok() {
             let active: Vec<Migration> = metadata
                 .borrow_and_update()
                 .state
