@@ -117,14 +117,7 @@ impl GroupClient {
         group: GroupId,
         command: Vec<u8>,
     ) -> Result<(u64, Vec<u8>), ControlError> {
-        let started = Instant::now();
-        let result = match self.run(group, Operation::Propose(command)).await {
-            Ok(Served::Proposed { index, response }) => Ok((index, response)),
-            Ok(other) => Err(unexpected(other)),
-            Err(error) => Err(error),
-        };
-        metrics::proposal_done(group, started.elapsed(), &result);
-        result
+        self.proposed(group, Operation::Propose(command)).await
     }
 
     /// Answers `query` on `group`: linearizable at the leader, or stale from the nearest replica.
@@ -134,18 +127,11 @@ impl GroupClient {
         query: Vec<u8>,
         linearizable: bool,
     ) -> Result<Vec<u8>, ControlError> {
-        let started = Instant::now();
         let operation = Operation::Query {
             query,
             linearizable,
         };
-        let result = match self.run(group, operation).await {
-            Ok(Served::Answered(answer)) => Ok(answer),
-            Ok(other) => Err(unexpected(other)),
-            Err(error) => Err(error),
-        };
-        metrics::read_done(group, linearizable, started.elapsed(), &result);
-        result
+        self.answered(group, operation, linearizable).await
     }
 
     /// Replicates `command`, which touches only `vshard`, through `group`. A fenced vShard
@@ -156,17 +142,8 @@ impl GroupClient {
         vshard: VShardId,
         command: Vec<u8>,
     ) -> Result<(u64, Vec<u8>), ControlError> {
-        let started = Instant::now();
-        let result = match self
-            .run(group, Operation::ProposeVShard { vshard, command })
+        self.proposed(group, Operation::ProposeVShard { vshard, command })
             .await
-        {
-            Ok(Served::Proposed { index, response }) => Ok((index, response)),
-            Ok(other) => Err(unexpected(other)),
-            Err(error) => Err(error),
-        };
-        metrics::proposal_done(group, started.elapsed(), &result);
-        result
     }
 
     /// Answers `query`, which reads only `vshard`, on `group`; [`ControlError::Moved`] when
@@ -178,12 +155,38 @@ impl GroupClient {
         query: Vec<u8>,
         linearizable: bool,
     ) -> Result<Vec<u8>, ControlError> {
-        let started = Instant::now();
         let operation = Operation::QueryVShard {
             vshard,
             query,
             linearizable,
         };
+        self.answered(group, operation, linearizable).await
+    }
+
+    /// Runs a write and counts it: the log index and the engine's response.
+    async fn proposed(
+        &self,
+        group: GroupId,
+        operation: Operation,
+    ) -> Result<(u64, Vec<u8>), ControlError> {
+        let started = Instant::now();
+        let result = match self.run(group, operation).await {
+            Ok(Served::Proposed { index, response }) => Ok((index, response)),
+            Ok(other) => Err(unexpected(other)),
+            Err(error) => Err(error),
+        };
+        metrics::proposal_done(group, started.elapsed(), &result);
+        result
+    }
+
+    /// Runs a read and counts it: the engine's answer.
+    async fn answered(
+        &self,
+        group: GroupId,
+        operation: Operation,
+        linearizable: bool,
+    ) -> Result<Vec<u8>, ControlError> {
+        let started = Instant::now();
         let result = match self.run(group, operation).await {
             Ok(Served::Answered(answer)) => Ok(answer),
             Ok(other) => Err(unexpected(other)),
