@@ -47,31 +47,17 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
         Some(path) => path.clone(),
         None => build::build_node(!args.debug)?,
     };
-    let stamp = unix_seconds();
-    let bench_dir = build::target_dir()?.join("bench");
-    let work_dir = bench_dir.join(format!("cluster-{stamp}"));
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
-    let processes = Processes::new();
-    processes.kill_on_interrupt(&work_dir)?;
-    let spec = LaunchSpec {
-        binary,
-        work_dir: work_dir.clone(),
-        nodes: args.nodes,
-        num_groups: args.groups,
-        ready_timeout: crate::cluster::READY_TIMEOUT,
-        raft: RaftTimings::for_profile(!args.debug),
-    };
-    let cluster = Cluster::launch(&spec, &processes)?;
-    let nodes: Vec<SocketAddr> = cluster.admin_addrs().into_values().collect();
-    let result = match measure(&nodes, args) {
-        Ok(result) => result,
-        Err(error) => {
-            eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
-            return Err(error);
-        }
-    };
-    drop(cluster);
+    let (result, run) = on_cluster(
+        "cluster",
+        BenchCluster {
+            binary,
+            nodes: args.nodes,
+            groups: args.groups,
+            debug: args.debug,
+        },
+        |nodes| measure(nodes, args),
+    )?;
+    let (bench_dir, work_dir, stamp) = (run.bench_dir, run.work_dir, run.stamp);
     let summary = summary_json(args, &result, stamp);
     println!("{}", render(&summary));
     let path = bench_dir.join(format!("cluster-{stamp}.json"));
@@ -83,6 +69,66 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
     }
     eprintln!("results written to {}", path.display());
     Ok(path)
+}
+
+/// The cluster a benchmark runs against.
+#[derive(Debug)]
+pub struct BenchCluster {
+    pub binary: PathBuf,
+    pub nodes: u32,
+    pub groups: u32,
+    /// Debug-profile timings (the binary is then a debug build too).
+    pub debug: bool,
+}
+
+/// Where one benchmark run keeps its files.
+#[derive(Debug)]
+pub struct BenchRun {
+    /// `<target>/bench`, where the JSON results go.
+    pub bench_dir: PathBuf,
+    /// The nodes' directories, `<bench_dir>/<name>-<stamp>`.
+    pub work_dir: PathBuf,
+    pub stamp: u64,
+}
+
+/// Launches `cluster` for the benchmark `name`, runs `measure` against the nodes' admin
+/// addresses, then stops every node; on a failed measurement, prints the nodes' last log lines.
+pub fn on_cluster<T>(
+    name: &str,
+    cluster: BenchCluster,
+    measure: impl FnOnce(&[SocketAddr]) -> Result<T>,
+) -> Result<(T, BenchRun)> {
+    let stamp = unix_seconds();
+    let bench_dir = build::target_dir()?.join("bench");
+    let work_dir = bench_dir.join(format!("{name}-{stamp}"));
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let processes = Processes::new();
+    processes.kill_on_interrupt(&work_dir)?;
+    let spec = LaunchSpec {
+        binary: cluster.binary,
+        work_dir: work_dir.clone(),
+        nodes: cluster.nodes,
+        num_groups: cluster.groups,
+        ready_timeout: crate::cluster::READY_TIMEOUT,
+        raft: RaftTimings::for_profile(!cluster.debug),
+    };
+    let launched = Cluster::launch(&spec, &processes)?;
+    let nodes: Vec<SocketAddr> = launched.admin_addrs().into_values().collect();
+    let result = match measure(&nodes) {
+        Ok(result) => result,
+        Err(error) => {
+            eprintln!("{}", launched.log_tails(LOG_TAIL_LINES));
+            return Err(error);
+        }
+    };
+    drop(launched);
+    let run = BenchRun {
+        bench_dir,
+        work_dir,
+        stamp,
+    };
+    Ok((result, run))
 }
 
 /// Warm-up, then `args.seconds` of closed-loop puts from `args.clients` threads.

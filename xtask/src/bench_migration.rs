@@ -5,9 +5,8 @@
 //! from the fence to the routing switch, with the writer's slowest write as a cross-check.
 
 use crate::api::{Api, MigrationView, Reply};
-use crate::cluster::config::RaftTimings;
-use crate::cluster::process::Processes;
-use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
+use crate::bench::{BenchCluster, on_cluster};
+use crate::cluster::build;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use nodedb_cluster_core::{VShardId, vshard_for_key};
@@ -15,7 +14,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MOVE_WAIT: Duration = Duration::from_secs(120);
@@ -56,41 +55,20 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
     if !(1024..=1024 * 1024).contains(&args.value_bytes) {
         bail!("--value-bytes must be in 1024..=1048576");
     }
-    let binary = build::build_node(!args.debug)?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let bench_dir = build::target_dir()?.join("bench");
-    let work_dir = bench_dir.join(format!("migration-{stamp}"));
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
-    let processes = Processes::new();
-    processes.kill_on_interrupt(&work_dir)?;
-    let spec = LaunchSpec {
-        binary,
-        work_dir: work_dir.clone(),
+    let cluster = BenchCluster {
+        binary: build::build_node(!args.debug)?,
         nodes: 3,
-        num_groups: GROUPS,
-        ready_timeout: crate::cluster::READY_TIMEOUT,
-        raft: RaftTimings::for_profile(!args.debug),
+        groups: GROUPS,
+        debug: args.debug,
     };
-    let cluster = Cluster::launch(&spec, &processes)?;
-    let nodes: Vec<SocketAddr> = cluster.admin_addrs().into_values().collect();
-    let samples = match measure(&nodes, args) {
-        Ok(samples) => samples,
-        Err(error) => {
-            eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
-            return Err(error);
-        }
-    };
-    drop(cluster);
+    let (samples, run) = on_cluster("migration", cluster, |nodes| measure(nodes, args))?;
     let summary = summary_json(args, &samples);
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    let path = bench_dir.join(format!("migration-{stamp}.json"));
+    let path = run.bench_dir.join(format!("migration-{}.json", run.stamp));
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
-    let _ = std::fs::remove_dir_all(&work_dir);
+    let _ = std::fs::remove_dir_all(&run.work_dir);
     Ok(())
 }
 
