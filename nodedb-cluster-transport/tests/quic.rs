@@ -366,6 +366,49 @@ async fn breaker_opens_then_a_probe_closes_it() {
 }
 
 #[tokio::test]
+async fn a_call_from_a_peer_closes_its_open_breaker() {
+    let ca = tls::generate_ca("test").unwrap();
+    // Open for far longer than the test runs: only the peer's own call can close it.
+    let timings = QuicTimings {
+        breaker: BreakerConfig {
+            failures_max: 3,
+            open_ms: 600_000,
+            backoff_ms_min: 60_000,
+            backoff_ms_max: 60_000,
+        },
+        ..QuicTimings::default()
+    };
+    let a = bind(&ca, 1, loopback(), timings);
+    a.set_handler(Arc::new(EchoHandler::new()));
+    let black_hole = std::net::UdpSocket::bind(loopback()).unwrap();
+    a.set_peer_addr(node(2), black_hole.local_addr().unwrap());
+    let short = Duration::from_millis(100);
+    for _ in 0..3 {
+        let failed = a.call(node(2), Bytes::from_static(b"x"), short).await;
+        assert!(
+            matches!(failed, Err(TransportError::Unreachable { .. })),
+            "{failed:?}"
+        );
+    }
+    assert_eq!(a.breaker_state(node(2)), Some(BreakerState::Open));
+
+    // The peer comes back (at another address) and calls first.
+    let b = bind(&ca, 2, loopback(), QuicTimings::default());
+    b.set_handler(Arc::new(EchoHandler::new()));
+    b.set_peer_addr(node(1), a.local_addr().unwrap());
+    a.set_peer_addr(node(2), b.local_addr().unwrap());
+    assert_eq!(a.breaker_state(node(2)), Some(BreakerState::Open));
+    let inbound = b.call(node(1), Bytes::from_static(b"hello"), TIMEOUT).await;
+    assert!(inbound.is_ok(), "{inbound:?}");
+    assert_eq!(a.breaker_state(node(2)), Some(BreakerState::Closed));
+    let outbound = a.call(node(2), Bytes::from_static(b"back"), TIMEOUT).await;
+    assert!(
+        outbound.is_ok(),
+        "the breaker lets calls through: {outbound:?}"
+    );
+}
+
+#[tokio::test]
 async fn server_with_another_ca_is_unreachable() {
     let ca = tls::generate_ca("test").unwrap();
     let other_ca = tls::generate_ca("other").unwrap();

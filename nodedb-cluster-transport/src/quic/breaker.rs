@@ -1,6 +1,7 @@
 //! Per-peer health: a circuit breaker (closed -> open after consecutive failures -> half-open
-//! with one probe -> closed on success) and reconnect backoff. Pure: time is passed in, so the
-//! decisions are tested without a clock or a network.
+//! with one probe -> closed on success, or at once when the peer itself reaches us) and
+//! reconnect backoff. Pure: time is passed in, so the decisions are tested without a clock or
+//! a network.
 
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,11 @@ impl PeerHealth {
             State::Open { .. } => BreakerState::Open,
             State::HalfOpen { .. } => BreakerState::HalfOpen,
         }
+    }
+
+    /// Closed with no failure since the last success.
+    pub fn is_healthy(&self) -> bool {
+        self.state == State::Closed && self.consecutive_failures == 0
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -247,6 +253,22 @@ mod tests {
         health.on_failure(now);
         assert_eq!(health.state(), BreakerState::Closed);
         assert_eq!(health.consecutive_failures(), 1);
+    }
+
+    #[test]
+    fn healthy_only_while_closed_without_failures() {
+        let now = Instant::now();
+        let mut health = PeerHealth::new(config());
+        assert!(health.is_healthy());
+        health.on_failure(now);
+        assert!(!health.is_healthy(), "closed, but backing off");
+        for _ in 0..2 {
+            health.on_failure(now);
+        }
+        assert_eq!(health.state(), BreakerState::Open);
+        assert!(!health.is_healthy());
+        health.on_success();
+        assert!(health.is_healthy());
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub struct QuicTransport {
     client_config: quinn::ClientConfig,
     /// For calls by address: checks the server's chain, takes its node id from the certificate.
     addr_client_config: quinn::ClientConfig,
-    pool: Pool,
+    pool: Arc<Pool>,
     shared: Arc<Shared>,
     accept_task: tokio::task::JoinHandle<()>,
 }
@@ -118,6 +118,8 @@ pub struct QuicTransport {
 /// State the accept loop shares with the transport.
 struct Shared {
     node: NodeId,
+    /// Outbound health of every peer: traffic from a peer closes its breaker.
+    pool: Arc<Pool>,
     handler: RwLock<Option<Arc<dyn Handler>>>,
     shut_down: AtomicBool,
     secure: bool,
@@ -209,8 +211,10 @@ impl QuicTransport {
             }
         }
         .map_err(socket_error)?;
+        let pool = Arc::new(Pool::new(config.timings.breaker));
         let shared = Arc::new(Shared {
             node: config.node_id,
+            pool: Arc::clone(&pool),
             handler: RwLock::new(None),
             shut_down: AtomicBool::new(false),
             secure,
@@ -220,7 +224,7 @@ impl QuicTransport {
         tracing::info!(node = %config.node_id, addr = ?endpoint.local_addr().ok(), secure, "transport listening");
         Ok(Arc::new(QuicTransport {
             node: config.node_id,
-            pool: Pool::new(config.timings.breaker),
+            pool,
             endpoint,
             client_config,
             addr_client_config,

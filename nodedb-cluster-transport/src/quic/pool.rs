@@ -80,6 +80,18 @@ impl Pool {
         }
     }
 
+    /// `node` reached us: it is up, so its breaker closes and its reconnect backoff ends, and
+    /// the next call to it dials at once instead of failing fast until the breaker's open
+    /// period runs out.
+    pub(super) fn heard_from(&self, node: NodeId) {
+        if let Some(peer) = self.lock().get_mut(&node)
+            && !peer.health.is_healthy()
+        {
+            tracing::debug!(%node, "peer reached us: its breaker closes");
+            peer.health.on_success();
+        }
+    }
+
     pub(super) fn breaker_state(&self, node: NodeId) -> Option<BreakerState> {
         self.lock().get(&node).map(|peer| peer.health.state())
     }

@@ -171,6 +171,7 @@ async fn serve_stream_frames(
             authenticated: from,
         });
     }
+    shared.pool.heard_from(from);
     let opening = read_opening_frame(&mut recv, idle).await?;
     metrics::frames_received(from, &[&hello, &opening]);
     let handler = shared
