@@ -8,7 +8,7 @@ use crate::engine::EngineFactory;
 use crate::group_client::GroupClient;
 use crate::hosting;
 use crate::metrics;
-use crate::migration::{self, MigrationContext, ProgressBook};
+use crate::migration::{self, Bandwidth, MigrationContext, ProgressBook};
 use crate::mux::{Channel, Multiplexer};
 use crate::reconciler::{self, ReconcilerContext};
 use crate::vshard_client::{VShardClient, VShardWrite};
@@ -648,6 +648,7 @@ impl Cluster {
                     groups: inner.groups.clone(),
                     metadata: inner.metadata.clone(),
                     progress: inner.migrations.clone(),
+                    bandwidth: Arc::new(Bandwidth::new(migration::BANDWIDTH_BYTES_PER_S)),
                 },
                 inner.stop.subscribe(),
             )),

@@ -52,9 +52,15 @@ pub enum ControlRequest {
 /// What a migration does to one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigrationStep {
-    /// Answer the vShard's data (after a read barrier) as `Answered`: the export's parts,
-    /// each small enough for one log entry, as a postcard `Vec<Vec<u8>>`.
-    Export { vshard: VShardId },
+    /// Answer parts of the vShard's data as `Answered`: a postcard `VShardExportPage` of
+    /// export `export`, from `first_part` on. Part 0 makes the export (after a read barrier)
+    /// and the leader keeps it for the pages after it; each part is small enough for one log
+    /// entry.
+    Export {
+        vshard: VShardId,
+        export: u64,
+        first_part: u32,
+    },
     /// Replicate one step of `migration` on `vshard` (`data`: the export, for an import);
     /// answered with `Stepped`.
     Claim {
@@ -62,6 +68,14 @@ pub enum MigrationStep {
         migration: MigrationId,
         step: VShardStep,
         data: Vec<u8>,
+    },
+    /// Answer the vShard's commands applied after the entry at `after` and before the entry
+    /// at `before` (read from the leader's log), as a postcard `VShardChanges` of a bounded
+    /// size; the caller asks again from its `through`.
+    Changes {
+        vshard: VShardId,
+        after: u64,
+        before: u64,
     },
 }
 
@@ -221,7 +235,16 @@ impl ControlError {
 impl std::fmt::Display for MigrationStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MigrationStep::Export { vshard } => write!(f, "export of {vshard}"),
+            MigrationStep::Export {
+                vshard,
+                export,
+                first_part,
+            } => write!(f, "export {export} of {vshard} from part {first_part}"),
+            MigrationStep::Changes {
+                vshard,
+                after,
+                before,
+            } => write!(f, "changes of {vshard} after {after} before {before}"),
             MigrationStep::Claim {
                 vshard,
                 migration,

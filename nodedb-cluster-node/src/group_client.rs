@@ -10,13 +10,17 @@ use crate::reconciler::CAUGHT_UP_LAG_MAX;
 use nodedb_cluster_core::{GroupId, METADATA_GROUP, MetadataCommand, NodeId, VShardId};
 use nodedb_cluster_raft::{
     Applied, AppliedMetadata, LogIndex, MetadataOutcome, MultiRaft, ReadConsistency, StepOutcome,
-    decode_metadata_outcome, encode_metadata_command,
+    VSHARD_PART_BYTES, decode_metadata_outcome, encode_metadata_command,
 };
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Most export bytes in one answer to [`MigrationStep::Export`] (whole parts; at least one).
+const EXPORT_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Attempts per operation before giving up with "unavailable".
 pub const FORWARD_ATTEMPTS_MAX: u32 = 8;
 /// First pause between attempts; doubles up to [`FORWARD_BACKOFF_MAX`].
@@ -66,6 +70,7 @@ impl Operation {
             Operation::Query { .. }
                 | Operation::QueryVShard { .. }
                 | Operation::Migrate(MigrationStep::Export { .. })
+                | Operation::Migrate(MigrationStep::Changes { .. })
         )
     }
 }
@@ -400,10 +405,28 @@ pub async fn serve_locally(
             .map(Served::Answered)
             .map_err(refused),
         Operation::Migrate(step) => match step {
-            MigrationStep::Export { vshard } => raft
-                .export_vshard(group, vshard)
+            MigrationStep::Export {
+                vshard,
+                export,
+                first_part,
+            } => raft
+                .export_vshard_page(group, vshard, export, first_part, EXPORT_PAGE_BYTES)
                 .await
-                .map(|parts| Served::Answered(encode_export(&parts))),
+                .map(|page| Served::Answered(encode_answer(&page))),
+            MigrationStep::Changes {
+                vshard,
+                after,
+                before,
+            } => raft
+                .vshard_changes(
+                    group,
+                    vshard,
+                    LogIndex(after),
+                    LogIndex(before),
+                    VSHARD_PART_BYTES,
+                )
+                .await
+                .map(|changes| Served::Answered(encode_answer(&changes))),
             MigrationStep::Claim {
                 vshard,
                 migration,
@@ -453,13 +476,14 @@ pub async fn serve_locally(
     }
 }
 
-/// The answer to [`MigrationStep::Export`]: the export's parts, postcard-encoded.
-pub fn encode_export(parts: &[Vec<u8>]) -> Vec<u8> {
-    postcard::to_stdvec(parts).unwrap_or_else(|error| panic!("export encode: {error}"))
+/// The answer to a [`MigrationStep`] that reads (`VShardExportPage`, `VShardChanges`),
+/// postcard-encoded.
+pub fn encode_answer<T: Serialize>(answer: &T) -> Vec<u8> {
+    postcard::to_stdvec(answer).unwrap_or_else(|error| panic!("migration answer encode: {error}"))
 }
 
-/// Reads an answer made by [`encode_export`].
-pub fn decode_export(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+/// Reads an answer made by [`encode_answer`].
+pub fn decode_answer<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|error| error.to_string())
 }
 

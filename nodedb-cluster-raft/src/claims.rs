@@ -54,6 +54,12 @@ pub enum VShardStep {
     Discard,
     /// Target: add one more part of copy `CopyId` (refused unless that copy is coming in).
     ImportMore(CopyId),
+    /// Target: replay, on copy `from`, the vShard's commands that the source applied after
+    /// the copy was exported (the payload, see `encode_replayed_commands`); the result is copy
+    /// `to`. Refused unless the target holds copy `from`, so each batch of commands is
+    /// replayed exactly once and in order. The last batch before the fence yields a copy with
+    /// `to.fence_index` set, which may then be adopted.
+    ImportChanges { from: CopyId, to: CopyId },
 }
 
 /// What a step does to the data besides changing the claim.
@@ -63,6 +69,8 @@ pub enum DataChange {
     Replace,
     Add,
     Delete,
+    /// Replay the payload's commands on the vShard.
+    Replay,
 }
 
 impl VShardClaim {
@@ -98,6 +106,11 @@ impl VShardStep {
             }
             VShardStep::ImportMore(copy) if current == Importing(migration, copy) => {
                 (Importing(migration, copy), DataChange::Add)
+            }
+            VShardStep::ImportChanges { from, to }
+                if current == Importing(migration, from) && from != to =>
+            {
+                (Importing(migration, to), DataChange::Replay)
             }
             VShardStep::Adopt(copy)
                 if (current == Importing(migration, copy) && copy.fence_index > 0)
@@ -236,6 +249,49 @@ mod tests {
         assert_eq!(Discard.apply(Importing(M2, EARLY), M1), None);
         // A target that adopted the vShard is never discarded by its own migration.
         assert_eq!(Discard.apply(Serving(M1), M1), None);
+    }
+
+    #[test]
+    fn changes_turn_an_early_copy_into_a_final_one_exactly_once() {
+        use VShardStep::*;
+        const MIDDLE: CopyId = CopyId {
+            fence_index: 0,
+            nonce: 4,
+        };
+        let first = ImportChanges {
+            from: EARLY,
+            to: MIDDLE,
+        };
+        let last = ImportChanges {
+            from: MIDDLE,
+            to: FINAL,
+        };
+        let target = run(
+            VShardClaim::UNCLAIMED,
+            &[
+                (Import(EARLY), M1),
+                (first, M1),
+                (first, M1),
+                (last, M1),
+                (Adopt(MIDDLE), M1),
+                (Adopt(FINAL), M1),
+                (last, M1),
+            ],
+        );
+        // A repeated batch, the adoption of a copy before the fence, and a batch after the
+        // adoption are refused.
+        assert_eq!(target, vec![true, true, false, true, false, true, false]);
+        assert_eq!(
+            first.apply(Importing(M1, EARLY), M1).unwrap().1,
+            DataChange::Replay
+        );
+        // Changes of another attempt's copy, or onto itself, never apply.
+        assert_eq!(first.apply(Importing(M1, OTHER_FINAL), M1), None);
+        let onto_itself = ImportChanges {
+            from: EARLY,
+            to: EARLY,
+        };
+        assert_eq!(onto_itself.apply(Importing(M1, EARLY), M1), None);
     }
 
     #[test]

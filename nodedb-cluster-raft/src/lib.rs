@@ -43,6 +43,7 @@ mod snapshot;
 pub mod state_machine;
 mod status;
 mod types;
+mod vshard_copy;
 mod wire;
 
 pub use claims::{CopyId, VShardClaim, VShardStep};
@@ -58,3 +59,7 @@ pub use multi_raft::{
 };
 pub use state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError};
 pub use status::{FollowerProgress, GroupStatus, LeaderChange, Role};
+pub use vshard_copy::{
+    VShardChanges, VShardExport, VShardExportPage, decode_replayed_commands,
+    encode_replayed_commands,
+};

@@ -13,6 +13,7 @@ use crate::sm_adapter::MachineAdapter;
 use crate::state_machine::{LogIndex, StateMachine};
 use crate::status::{GroupStatus, LeaderChange, status_from_metrics};
 use crate::types::{AppRequest, AppResponse, EntryKind, Raft, RaftNode, node_id, raft_id};
+use crate::vshard_copy::ExportCache;
 use nodedb_cluster_core::{GroupId, MigrationId, NodeId, VShardId};
 use nodedb_cluster_transport::{Handler, Transport};
 use openraft::async_runtime::watch::WatchReceiver;
@@ -149,6 +150,7 @@ struct Inner {
     lifecycle: tokio::sync::Mutex<()>,
     watchers: Mutex<HashMap<GroupId, JoinHandle<()>>>,
     leader_changes: broadcast::Sender<LeaderChange>,
+    exports: ExportCache,
     closed: AtomicBool,
 }
 
@@ -176,6 +178,7 @@ impl MultiRaft {
                 lifecycle: tokio::sync::Mutex::new(()),
                 watchers: Mutex::new(HashMap::new()),
                 leader_changes,
+                exports: ExportCache::default(),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -361,27 +364,6 @@ impl MultiRaft {
         let hosted = self.propose_target(group)?;
         let claim = hosted.machine.lock().claim(vshard);
         Ok(claim)
-    }
-
-    /// Exports the data of `vshard` from the leader's state after a read barrier, in parts of
-    /// about [`VSHARD_PART_BYTES`], each small enough for one log entry (see
-    /// [`StateMachine::export_vshard_parts`]).
-    pub async fn export_vshard(
-        &self,
-        group: GroupId,
-        vshard: VShardId,
-    ) -> Result<Vec<Vec<u8>>, ProposeError> {
-        self.read_barrier(group).await?;
-        let hosted = self.propose_target(group)?;
-        let exported = hosted
-            .machine
-            .lock()
-            .engine
-            .export_vshard_parts(vshard, VSHARD_PART_BYTES);
-        exported.map_err(|error| ProposeError::Query {
-            group,
-            reason: error.to_string(),
-        })
     }
 
     /// Returns once this replica is the leader and has applied everything committed before the
@@ -646,6 +628,18 @@ impl MultiRaft {
     async fn with_deadline<T>(&self, future: impl Future<Output = T>) -> Option<T> {
         let deadline = Duration::from_millis(self.inner.timings.proposal_timeout_ms);
         tokio::time::timeout(deadline, future).await.ok()
+    }
+
+    pub(crate) fn hosted(&self, group: GroupId) -> Result<HostedGroup, ProposeError> {
+        self.propose_target(group)
+    }
+
+    pub(crate) fn log_db(&self) -> &LogDb {
+        &self.inner.log_db
+    }
+
+    pub(crate) fn exports(&self) -> &ExportCache {
+        &self.inner.exports
     }
 
     fn propose_target(&self, group: GroupId) -> Result<HostedGroup, ProposeError> {

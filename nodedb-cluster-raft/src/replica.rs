@@ -4,7 +4,8 @@
 //! engine's own chunks follow.
 
 use crate::claims::{DataChange, VShardClaim, VShardStep};
-use crate::state_machine::{SnapshotChunks, StateMachine, StateMachineError};
+use crate::state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError};
+use crate::vshard_copy::decode_replayed_commands;
 use nodedb_cluster_core::{MigrationId, VShardId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ pub struct ReplicaState {
     pub engine: Box<dyn StateMachine>,
     /// Only vShards a migration touched; every other vShard is [`VShardClaim::UNCLAIMED`].
     claims: BTreeMap<VShardId, VShardClaim>,
+    /// The last log entry whose effect the state holds (entries that change nothing, such as
+    /// membership changes, may follow it). A vShard export taken now holds exactly the
+    /// entries up to this one.
+    applied: LogIndex,
 }
 
 /// The replica state shared between the apply path and local reads.
@@ -36,6 +41,7 @@ impl SharedMachine {
         SharedMachine(Arc::new(Mutex::new(ReplicaState {
             engine,
             claims: BTreeMap::new(),
+            applied: LogIndex(0),
         })))
     }
 
@@ -56,15 +62,27 @@ impl ReplicaState {
             .unwrap_or(VShardClaim::UNCLAIMED)
     }
 
-    /// Applies one migration step; `Ok(None)` when the vShard's claim refuses it (a later step
-    /// already happened), otherwise the new claim.
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// Records that the state now holds every entry up to `index` (after applying it, or
+    /// after restoring a snapshot taken there).
+    pub fn set_applied(&mut self, index: LogIndex) {
+        self.applied = index;
+    }
+
+    /// Applies one migration step, carried by the entry at `index`; `Ok(None)` when the
+    /// vShard's claim refuses it (a later step already happened), otherwise the new claim.
     pub fn apply_step(
         &mut self,
+        index: LogIndex,
         vshard: VShardId,
         migration: MigrationId,
         step: VShardStep,
         data: &[u8],
     ) -> Result<Option<VShardClaim>, StateMachineError> {
+        self.applied = index;
         let Some((next, change)) = step.apply(self.claim(vshard), migration) else {
             return Ok(None);
         };
@@ -76,6 +94,15 @@ impl ReplicaState {
             }
             DataChange::Add => self.engine.import_vshard(vshard, data)?,
             DataChange::Delete => self.engine.drop_vshard(vshard)?,
+            DataChange::Replay => {
+                let commands = decode_replayed_commands(data)?;
+                let batch: Vec<Committed<'_>> = commands
+                    .iter()
+                    .map(|command| Committed { index, command })
+                    .collect();
+                // The responses were given by the source when the commands were first applied.
+                self.engine.apply(&batch)?;
+            }
         }
         self.claims.insert(vshard, next);
         Ok(Some(next))
@@ -187,6 +214,7 @@ mod tests {
         ReplicaState {
             engine: Box::new(engine),
             claims: BTreeMap::new(),
+            applied: LogIndex(1),
         }
     }
 
@@ -200,6 +228,7 @@ mod tests {
     }
 
     const M1: MigrationId = MigrationId(1);
+    const AT: LogIndex = LogIndex(2);
     const COPY: crate::claims::CopyId = crate::claims::CopyId {
         fence_index: 0,
         nonce: 9,
@@ -209,16 +238,17 @@ mod tests {
     fn snapshots_carry_the_claims() {
         let mut replica = replica_with_key(b"a");
         replica
-            .apply_step(VShardId(7), M1, VShardStep::Fence, &[])
+            .apply_step(AT, VShardId(7), M1, VShardStep::Fence, &[])
             .unwrap();
         replica
-            .apply_step(VShardId(1000), M1, VShardStep::Fence, &[])
+            .apply_step(AT, VShardId(1000), M1, VShardStep::Fence, &[])
             .unwrap();
         let chunks = all_chunks(&replica);
 
         let mut restored = ReplicaState {
             engine: Box::new(KvStateMachine::default()),
             claims: BTreeMap::new(),
+            applied: LogIndex(0),
         };
         restored.restore(&mut List::new(chunks)).unwrap();
         assert_eq!(restored.claim(VShardId(7)), VShardClaim::Fenced(M1));
@@ -231,7 +261,7 @@ mod tests {
         let mut replica = replica_with_key(b"a");
         let open = replica.state_hash();
         replica
-            .apply_step(VShardId(3), M1, VShardStep::Fence, &[])
+            .apply_step(AT, VShardId(3), M1, VShardStep::Fence, &[])
             .unwrap();
         assert_ne!(replica.state_hash(), open);
     }
@@ -241,7 +271,7 @@ mod tests {
         let mut replica = replica_with_key(b"a");
         let before = replica.state_hash();
         let refused = replica
-            .apply_step(VShardId(3), M1, VShardStep::Drop, &[])
+            .apply_step(AT, VShardId(3), M1, VShardStep::Drop, &[])
             .unwrap();
         assert_eq!(refused, None);
         assert_eq!(replica.state_hash(), before);
@@ -267,7 +297,7 @@ mod tests {
         let vshard = nodedb_cluster_core::vshard_for_key(b"gone");
         let empty_export = KvStateMachine::default().export_vshard(vshard).unwrap();
         replica
-            .apply_step(vshard, M1, VShardStep::Import(COPY), &empty_export)
+            .apply_step(AT, vshard, M1, VShardStep::Import(COPY), &empty_export)
             .unwrap();
         assert_eq!(
             replica.engine.state_hash(),

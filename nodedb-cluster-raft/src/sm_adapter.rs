@@ -44,12 +44,9 @@ impl MachineAdapter {
         let restore_machine = machine.clone();
         let latest = tokio::task::spawn_blocking(move || {
             let latest = snapshot::latest_snapshot(&dir).map_err(io::Error::other)?;
-            if let Some((_, file)) = &latest {
+            if let Some((meta, file)) = &latest {
                 let mut chunks = FileChunks::open(&file.path).map_err(io::Error::other)?;
-                restore_machine
-                    .lock()
-                    .restore(&mut chunks)
-                    .map_err(io::Error::other)?;
+                restore(&restore_machine, &mut chunks, meta)?;
             }
             Ok::<_, io::Error>(latest)
         })
@@ -83,12 +80,14 @@ impl MachineAdapter {
                 command,
             })
             .collect();
-        let responses = self
-            .machine
-            .lock()
-            .engine
-            .apply(&batch)
-            .map_err(io::Error::other)?;
+        let responses = {
+            let mut replica = self.machine.lock();
+            let responses = replica.engine.apply(&batch).map_err(io::Error::other)?;
+            if let Some(last) = batch.last() {
+                replica.set_applied(last.index);
+            }
+            responses
+        };
         if responses.len() != batch.len() {
             return Err(io::Error::other(format!(
                 "{}: state machine returned {} responses for {} commands",
@@ -107,7 +106,12 @@ impl MachineAdapter {
     }
 
     /// Applies an entry that is not an engine command; its response.
-    fn apply_replica_change(&mut self, kind: EntryKind, payload: &[u8]) -> io::Result<AppResponse> {
+    fn apply_replica_change(
+        &mut self,
+        index: LogIndex,
+        kind: EntryKind,
+        payload: &[u8],
+    ) -> io::Result<AppResponse> {
         let mut replica = self.machine.lock();
         match kind {
             EntryKind::Migration {
@@ -116,7 +120,7 @@ impl MachineAdapter {
                 step,
             } => {
                 let result = replica
-                    .apply_step(vshard, migration, step, payload)
+                    .apply_step(index, vshard, migration, step, payload)
                     .map_err(io::Error::other)?;
                 if result.is_none() {
                     tracing::info!(group = %self.group, %vshard, %migration, ?step, claim = %replica.claim(vshard), "refused a late migration step");
@@ -167,7 +171,11 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
                 }
                 EntryPayload::Normal(request) => {
                     self.apply_commands(&mut pending)?;
-                    self.apply_replica_change(request.kind, &request.payload)?
+                    self.apply_replica_change(
+                        LogIndex(log_id.index),
+                        request.kind,
+                        &request.payload,
+                    )?
                 }
                 EntryPayload::Membership(membership) => {
                     self.apply_commands(&mut pending)?;
@@ -215,12 +223,10 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
     ) -> io::Result<()> {
         let machine = self.machine.clone();
         let path = file.path.clone();
+        let restored = meta.clone();
         tokio::task::spawn_blocking(move || {
             let mut chunks = FileChunks::open(&path).map_err(io::Error::other)?;
-            machine
-                .lock()
-                .restore(&mut chunks)
-                .map_err(io::Error::other)?;
+            restore(&machine, &mut chunks, &restored)?;
             snapshot::remove_other_snapshots(&path).map_err(io::Error::other)
         })
         .await
@@ -262,6 +268,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: file,
         })
     }
+}
+
+/// Replaces the replica's state with a snapshot taken at `meta`.
+fn restore(
+    machine: &SharedMachine,
+    chunks: &mut FileChunks,
+    meta: &SnapshotMeta,
+) -> io::Result<()> {
+    let mut replica = machine.lock();
+    replica.restore(chunks).map_err(io::Error::other)?;
+    let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
+    replica.set_applied(LogIndex(index));
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -5,12 +5,14 @@
 //! terms, votes or membership: the replication layer owns those.
 
 use nodedb_cluster_core::VShardId;
+use serde::{Deserialize, Serialize};
 
 /// Largest chunk a [`SnapshotChunks`] source may yield. Larger chunks are refused.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 
-/// Position of an entry in its group's log: 1-based and strictly increasing across applies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Position of an entry in its group's log: 1-based and increasing across applies (commands
+/// replayed by a migration share the index of the entry that carries them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LogIndex(pub u64);
 
 /// One committed command, handed to [`StateMachine::apply`].
@@ -53,6 +55,9 @@ pub trait SnapshotChunks: Send {
 ///   restores the last snapshot with [`StateMachine::restore`] and re-applies the log after it.
 /// - [`StateMachine::state_hash`] covers all replicated state and nothing local, so replicas
 ///   that applied the same log prefix report the same hash.
+/// - A command proposed for a vShard reads and writes only that vShard's data. A migration
+///   relies on it: it replays the commands that the source applied after exporting the vShard
+///   on the target's copy of that export.
 pub trait StateMachine: Send + 'static {
     /// Applies a batch of committed commands in log order and returns one response per
     /// command, in the same order. An `Err` stops this replica (storage failure), so refused

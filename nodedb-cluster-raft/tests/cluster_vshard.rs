@@ -9,6 +9,7 @@ use nodedb_cluster_core::{GroupId, MigrationId, NodeId, vshard_for_key};
 use nodedb_cluster_raft::kv::{KvCommand, KvQuery};
 use nodedb_cluster_raft::{
     CopyId, MultiRaft, ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep,
+    encode_replayed_commands,
 };
 use std::future::Future;
 
@@ -64,7 +65,7 @@ async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
                 .expect("migration step")
         }
     };
-    let mut parts = exported.into_iter();
+    let mut parts = exported.parts.into_iter();
     let imported = step(
         target,
         VShardStep::Import(COPY),
@@ -100,6 +101,168 @@ async fn a_vshard_moves_from_one_group_to_another_on_every_replica() {
         assert!(cluster.local_get(node, source, &staying).await.is_some());
         assert_eq!(cluster.local_get(node, target, &staying).await, None);
     }
+    cluster.shutdown().await;
+}
+
+/// The commands a source applied after the export are read back from its log up to the fence
+/// and replayed on the target's early copy, batch by batch and each batch once: the target
+/// then holds exactly the source's data at the fence and may adopt it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_after_an_export_turn_an_early_copy_into_the_final_one() {
+    let mut cluster = TestCluster::new(3, 43).await;
+    let (source, target) = (GroupId(1), GroupId(2));
+    cluster.create_group(source, &VOTERS).await;
+    cluster.create_group(target, &VOTERS).await;
+    let moving = vshard_for_key(b"key-0");
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("key-{i}"))
+        .filter(|key| vshard_for_key(key.as_bytes()) == moving)
+        .take(6)
+        .collect();
+    let write = |command: KvCommand| {
+        on_leader(&cluster, source, move |multi| {
+            let command = command.encode();
+            async move { multi.propose_vshard(source, moving, command).await }
+        })
+    };
+    let put = |key: &str, value: &str| KvCommand::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    };
+    for key in &keys[..3] {
+        write(put(key, "early")).await.expect("write before export");
+    }
+    let export = on_leader(&cluster, source, |multi| async move {
+        multi.export_vshard(source, moving).await
+    })
+    .await
+    .expect("export");
+    assert!(export.serving && export.applied.0 > 0);
+    let early = CopyId {
+        fence_index: 0,
+        nonce: 1,
+    };
+    let step = |group: GroupId, step: VShardStep, payload: Vec<u8>| {
+        on_leader(&cluster, group, move |multi| {
+            let payload = payload.clone();
+            async move { multi.migration_step(group, moving, M1, step, payload).await }
+        })
+    };
+    let mut parts = export.parts.into_iter();
+    let first = parts.next().expect("a part");
+    assert!(
+        step(target, VShardStep::Import(early), first)
+            .await
+            .expect("import")
+            .applied
+    );
+    for part in parts {
+        let more = step(target, VShardStep::ImportMore(early), part).await;
+        assert!(more.expect("import more").applied);
+    }
+    // Writes after the export: new keys, overwrites, a delete and compare-and-swaps, which
+    // are not idempotent: replaying any of them twice or out of order would show.
+    write(put(&keys[3], "late")).await.expect("put");
+    write(put(&keys[0], "overwritten"))
+        .await
+        .expect("overwrite");
+    let delete = KvCommand::Delete {
+        key: keys[1].as_bytes().to_vec(),
+    };
+    write(delete).await.expect("delete");
+    for round in 0..4 {
+        let cas = KvCommand::Cas {
+            key: keys[2].as_bytes().to_vec(),
+            expected: Some(if round == 0 {
+                "early".into()
+            } else {
+                format!("cas-{}", round - 1).into_bytes()
+            }),
+            new: format!("cas-{round}").into_bytes(),
+        };
+        write(cas).await.expect("cas");
+    }
+    // Another vShard's writes in between are not part of the changes.
+    let other = (0..)
+        .map(|i| format!("other-{i}"))
+        .find(|key| vshard_for_key(key.as_bytes()) != moving)
+        .expect("a key of another vShard");
+    let other_vshard = vshard_for_key(other.as_bytes());
+    on_leader(&cluster, source, |multi| {
+        let command = put(&other, "x").encode();
+        async move { multi.propose_vshard(source, other_vshard, command).await }
+    })
+    .await
+    .expect("write of another vShard");
+    let fence = step(source, VShardStep::Fence, vec![])
+        .await
+        .expect("fence");
+    assert!(fence.applied);
+
+    // Small pages: several batches, each replayed once.
+    let mut copy = early;
+    let mut after = export.applied;
+    let mut batches = 0;
+    loop {
+        let changes = on_leader(&cluster, source, |multi| async move {
+            multi
+                .vshard_changes(source, moving, after, fence.index, 16)
+                .await
+        })
+        .await
+        .expect("changes");
+        assert!(changes.through > after);
+        let last = changes.through.0 + 1 == fence.index.0;
+        let next = CopyId {
+            fence_index: if last { fence.index.0 } else { 0 },
+            nonce: 100 + batches,
+        };
+        let payload = encode_replayed_commands(&changes.commands);
+        let replay = VShardStep::ImportChanges {
+            from: copy,
+            to: next,
+        };
+        assert!(
+            step(target, replay, payload.clone())
+                .await
+                .expect("replay")
+                .applied
+        );
+        let again = step(target, replay, payload).await.expect("replay again");
+        assert!(!again.applied, "a batch is replayed once");
+        copy = next;
+        after = changes.through;
+        batches += 1;
+        if last {
+            break;
+        }
+    }
+    assert!(batches > 1, "pages of 16 bytes split the changes");
+    assert!(
+        step(target, VShardStep::Adopt(copy), vec![])
+            .await
+            .expect("adopt")
+            .applied
+    );
+
+    let exported = |group: GroupId| {
+        on_leader(&cluster, group, move |multi| async move {
+            multi.export_vshard(group, moving).await
+        })
+    };
+    let at_fence = exported(source).await.expect("source export").parts;
+    let adopted = exported(target).await.expect("target export").parts;
+    assert_eq!(
+        adopted.concat(),
+        at_fence.concat(),
+        "the target holds the source's data at the fence"
+    );
+    assert_eq!(
+        cluster.get(target, &keys[2]).await.as_deref(),
+        Some("cas-3")
+    );
+    assert_eq!(cluster.get(target, &keys[1]).await, None);
+    assert_eq!(cluster.get(target, &other).await, None);
     cluster.shutdown().await;
 }
 
@@ -210,7 +373,7 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_released() {
     .await
     .expect("export");
     assert!(
-        exported.iter().any(|part| part.len() > 2),
+        exported.parts.iter().any(|part| part.len() > 2),
         "the fenced data is still exportable"
     );
     let step = |step: VShardStep| {

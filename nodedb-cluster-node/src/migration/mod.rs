@@ -2,12 +2,16 @@
 //! group, and carries each in-flight vShard migration forward one committed phase at a time:
 //!
 //! - `Planned -> Copying`: recorded at once.
-//! - `Copying -> Fenced`: a first copy of the vShard from the source group to the target while
-//!   writes continue (it checks the size and warms the target), then a fence in the source
-//!   group at a known log index; from there on the source refuses the vShard (`Moved`).
-//! - `Fenced -> Switched`: the final copy (the source's data cannot change any more), the
-//!   target serves the vShard (adopt), and the routing switches (`routing_version + 1`).
-//!   Clients of the vShard pause from the fence to the switch, then are re-routed.
+//! - `Copying -> Fenced`: a copy of the vShard from the source group to the target while
+//!   writes continue, exported at a known applied index of the source, then a fence in the
+//!   source group at a known log index; from there on the source refuses the vShard (`Moved`).
+//! - `Fenced -> Switched`: the target catches up by replaying the vShard's commands that the
+//!   source applied between the export and the fence (read from the source's log; a full
+//!   second copy when that is not possible), the target serves the vShard (adopt), and the
+//!   routing switches (`routing_version + 1`). Clients of the vShard pause from the fence to
+//!   the switch, then are re-routed; the pause grows with the writes made during the copy,
+//!   not with the vShard's size. The driver goes on from the fence without waiting for its
+//!   next round.
 //! - `Switched -> Cleaned`: the source drops its copy; it stays fenced, so a request routed by
 //!   a stale view is refused, never answered from a dropped vShard.
 //!
@@ -15,22 +19,23 @@
 //! the group refuses when a later step already happened (`VShardClaim` in the raft crate), so a
 //! step sent late by a deposed metadata leader can never overwrite, fence or drop a vShard that
 //! moved on. The next step is chosen from the committed phase only, so a new metadata leader
-//! resumes a migration where the log says it is. A migration that cannot finish its copy
-//! within [`COPY_DEADLINE`] is given up before the fence only: `AbortMigration` is committed,
+//! resumes a migration where the log says it is. A migration whose copy makes no progress
+//! for [`COPY_STALL_MAX`] is given up before the fence only: `AbortMigration` is committed,
 //! then the source serves the vShard again and the target drops its partial copy (each new
 //! metadata leader repeats that clean-up once). Once `Fenced` is committed the migration only
 //! rolls forward.
 
+mod copy;
+
+pub use copy::Bandwidth;
+
 use crate::control::MigrationStep;
-use crate::group_client::{GroupClient, Served, decode_export};
-use futures::StreamExt;
+use crate::group_client::{GroupClient, Served};
+use copy::{EarlyCopy, copy_vshard, new_copy, replay_changes};
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, Migration, MigrationId, MigrationPhase, NodeId,
-    VShardId,
 };
-use nodedb_cluster_raft::{
-    AppliedMetadata, CopyId, MultiRaft, StepOutcome, VShardClaim, VShardStep,
-};
+use nodedb_cluster_raft::{AppliedMetadata, MultiRaft, StepOutcome, VShardClaim, VShardStep};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -39,16 +44,15 @@ use tokio::time::Instant;
 
 /// Pause between driver rounds when nothing changed.
 const ROUND_INTERVAL: Duration = Duration::from_millis(50);
-/// Parts of one import replicated at the same time.
-const IMPORT_PARTS_IN_FLIGHT: usize = 8;
+/// Bytes per second that the copies before the fence may move from this node, together: a
+/// move must not starve the groups' own traffic. (The copy after the fence is not paced: writes
+/// to the vShard wait for it.)
+pub const BANDWIDTH_BYTES_PER_S: u64 = 128 * 1024 * 1024;
 /// Migrations carried forward at the same time.
 pub const MIGRATIONS_CONCURRENT_MAX: usize = 4;
-/// A migration still unfenced this long after the driver first saw it is given up.
-pub const COPY_DEADLINE: Duration = Duration::from_secs(60);
-/// Largest vShard export a migration moves (the export travels as one control message; its
-/// parts each go into the target's log as one entry); a larger vShard's migration is given up
-/// before the fence.
-pub const VSHARD_EXPORT_BYTES_MAX: usize = 48 * 1024 * 1024;
+/// A migration still unfenced whose copy made no progress for this long (since the driver
+/// first saw it or since its last part landed) is given up.
+pub const COPY_STALL_MAX: Duration = Duration::from_secs(60);
 
 const BYTES_COPIED: &str = "nodedb_cluster_migration_bytes_copied_total";
 const WRITE_PAUSE: &str = "nodedb_cluster_migration_write_pause_seconds";
@@ -69,8 +73,11 @@ pub struct ProgressBook(Arc<Mutex<HashMap<MigrationId, Tracked>>>);
 #[derive(Clone, Copy, Debug)]
 struct Tracked {
     progress: MigrationProgress,
-    first_seen: Instant,
+    /// When the driver first saw the migration, then when a part of its copy last landed.
+    last_progress: Instant,
     fenced_at: Option<Instant>,
+    /// The copy this driver made before the fence, if it made one.
+    early: Option<EarlyCopy>,
     /// An aborted migration's groups were cleaned up by this node.
     cleaned_up: bool,
 }
@@ -83,6 +90,7 @@ pub(crate) struct MigrationContext {
     pub groups: GroupClient,
     pub metadata: watch::Receiver<AppliedMetadata>,
     pub progress: ProgressBook,
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 impl ProgressBook {
@@ -99,8 +107,9 @@ impl ProgressBook {
     fn track(&self, id: MigrationId) -> Tracked {
         *self.lock().entry(id).or_insert_with(|| Tracked {
             progress: MigrationProgress::default(),
-            first_seen: Instant::now(),
+            last_progress: Instant::now(),
             fenced_at: None,
+            early: None,
             cleaned_up: false,
         })
     }
@@ -161,9 +170,9 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
     let (id, vshard, from, to) = (migration.id, migration.vshard, migration.from, migration.to);
     match migration.phase {
         MigrationPhase::Planned | MigrationPhase::Copying
-            if tracked.first_seen.elapsed() > COPY_DEADLINE =>
+            if tracked.last_progress.elapsed() > COPY_STALL_MAX =>
         {
-            abort(context, migration, "the copy did not finish in time").await
+            abort(context, migration, "the copy made no progress").await
         }
         MigrationPhase::Planned => {
             tracing::info!(%id, %vshard, %from, %to, "migration: copying");
@@ -171,16 +180,8 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
             propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
         }
         MigrationPhase::Copying => {
-            let parts = export(context, from, vshard).await?;
-            let bytes: usize = parts.iter().map(Vec::len).sum();
-            if bytes > VSHARD_EXPORT_BYTES_MAX {
-                let reason = format!(
-                    "{vshard} holds {bytes} bytes, more than a migration moves ({VSHARD_EXPORT_BYTES_MAX})"
-                );
-                return abort(context, migration, &reason).await;
-            }
-            import(context, migration, new_copy(0), parts, None).await?;
-            record_copy(context, id, bytes as u64);
+            let early = copy_vshard(context, migration, new_copy(0), None, true).await?;
+            context.progress.update(id, |tracked| tracked.early = early);
             let fence = claim(context, migration, from, VShardStep::Fence, Vec::new()).await?;
             context
                 .progress
@@ -188,29 +189,11 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
             let fence_index = fence.index.0;
             tracing::info!(%id, %vshard, %from, fence_index, "migration: fenced");
             let phase = MigrationPhase::Fenced { fence_index };
-            propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
+            propose(context, MetadataCommand::AdvanceMigration { id, phase }).await?;
+            // Writes to the vShard pause from here: go on at once rather than next round.
+            switch(context, migration, fence_index).await
         }
-        MigrationPhase::Fenced { fence_index } => {
-            // The source refuses the vShard since the fence: this copy is final.
-            let parts = export(context, from, vshard).await?;
-            let bytes: usize = parts.iter().map(Vec::len).sum();
-            let copy = new_copy(fence_index);
-            let adopted = VShardClaim::Serving(id);
-            if import(context, migration, copy, parts, Some(adopted)).await? {
-                record_copy(context, id, bytes as u64);
-            }
-            claim(context, migration, to, VShardStep::Adopt(copy), Vec::new()).await?;
-            propose(context, MetadataCommand::FinishMigration { id }).await?;
-            let pause = context.progress.track(id).fenced_at.map(|at| at.elapsed());
-            if let Some(pause) = pause {
-                metrics::histogram!(WRITE_PAUSE).record(pause.as_secs_f64());
-                context
-                    .progress
-                    .update(id, |tracked| tracked.progress.write_pause = Some(pause));
-            }
-            tracing::info!(%id, %vshard, %to, ?pause, "migration: routing switched");
-            Ok(())
-        }
+        MigrationPhase::Fenced { fence_index } => switch(context, migration, fence_index).await,
         MigrationPhase::Switched => {
             // Refused only when a later migration already took the vShard back to the source.
             let dropped = claim_or_later(context, migration, from, VShardStep::Drop).await?;
@@ -228,6 +211,49 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
         }
         MigrationPhase::Cleaned | MigrationPhase::Aborted => Ok(()),
     }
+}
+
+/// From the fence on: makes the target's copy final (replaying the changes after this driver's
+/// early copy, or a full copy of the now unchanging source), adopts it in the target and
+/// switches the routing.
+async fn switch(
+    context: &MigrationContext,
+    migration: &Migration,
+    fence_index: u64,
+) -> Result<(), String> {
+    let (id, vshard, to) = (migration.id, migration.vshard, migration.to);
+    // Used once: after a failed attempt the target may hold another copy.
+    let early = context.progress.track(id).early;
+    context.progress.update(id, |tracked| tracked.early = None);
+    let replayed = match early {
+        Some(early) => replay_changes(context, migration, early, fence_index)
+            .await
+            .inspect_err(|error| {
+                tracing::info!(%id, %vshard, %error, "migration: copying the whole vShard again instead of its changes");
+            })
+            .ok(),
+        None => None,
+    };
+    let copy = match replayed {
+        Some(copy) => copy,
+        None => {
+            let copy = new_copy(fence_index);
+            let adopted = VShardClaim::Serving(id);
+            copy_vshard(context, migration, copy, Some(adopted), false).await?;
+            copy
+        }
+    };
+    claim(context, migration, to, VShardStep::Adopt(copy), Vec::new()).await?;
+    propose(context, MetadataCommand::FinishMigration { id }).await?;
+    let pause = context.progress.track(id).fenced_at.map(|at| at.elapsed());
+    if let Some(pause) = pause {
+        metrics::histogram!(WRITE_PAUSE).record(pause.as_secs_f64());
+        context
+            .progress
+            .update(id, |tracked| tracked.progress.write_pause = Some(pause));
+    }
+    tracing::info!(%id, %vshard, %to, ?pause, replayed = replayed.is_some(), "migration: routing switched");
+    Ok(())
 }
 
 /// An aborted migration this node has not cleaned up since it started: every new metadata
@@ -265,65 +291,6 @@ async fn clean_up_aborted(context: &MigrationContext, migration: &Migration) -> 
         .progress
         .update(migration.id, |tracked| tracked.cleaned_up = true);
     Ok(())
-}
-
-async fn export(
-    context: &MigrationContext,
-    group: GroupId,
-    vshard: VShardId,
-) -> Result<Vec<Vec<u8>>, String> {
-    match context
-        .groups
-        .migrate(group, MigrationStep::Export { vshard })
-        .await
-    {
-        Ok(Served::Answered(answer)) => {
-            decode_export(&answer).map_err(|error| format!("export from {group}: {error}"))
-        }
-        Ok(other) => Err(format!("unexpected export answer {other:?}")),
-        Err(error) => Err(format!("export from {group}: {error}")),
-    }
-}
-
-/// Replaces the target's data with copy `copy` made of `parts`, one log entry each (`Import`,
-/// then `ImportMore`). Returns false when the target already serves the vShard as `adopted`
-/// (an earlier attempt finished): then nothing is imported.
-async fn import(
-    context: &MigrationContext,
-    migration: &Migration,
-    copy: CopyId,
-    parts: Vec<Vec<u8>>,
-    adopted: Option<VShardClaim>,
-) -> Result<bool, String> {
-    let to = migration.to;
-    let mut parts = parts.into_iter();
-    let first = parts.next().unwrap_or_default();
-    let step = VShardStep::Import(copy);
-    let outcome = replicate(context, migration, to, step, first).await?;
-    if !outcome.applied {
-        if adopted == Some(outcome.claim) {
-            return Ok(false);
-        }
-        return Err(refused(migration, to, step, outcome.claim));
-    }
-    // The parts after the first may apply in any order: each adds disjoint keys. Several in
-    // flight at once share the target's log commits.
-    let step = VShardStep::ImportMore(copy);
-    let more = parts.map(|part| claim(context, migration, to, step, part));
-    let mut more = futures::stream::iter(more).buffer_unordered(IMPORT_PARTS_IN_FLIGHT);
-    while let Some(result) = more.next().await {
-        result?;
-    }
-    Ok(true)
-}
-
-/// A copy of this attempt: after the fence at `fence_index`, or before it (0). The nonce keeps
-/// the parts of two attempts (two drivers, or a retry) from mixing in the target.
-fn new_copy(fence_index: u64) -> CopyId {
-    CopyId {
-        fence_index,
-        nonce: rand::random(),
-    }
 }
 
 fn refused(migration: &Migration, group: GroupId, step: VShardStep, claim: VShardClaim) -> String {
@@ -387,9 +354,10 @@ async fn replicate(
 
 fn record_copy(context: &MigrationContext, id: MigrationId, bytes: u64) {
     metrics::counter!(BYTES_COPIED).increment(bytes);
-    context
-        .progress
-        .update(id, |tracked| tracked.progress.bytes_copied += bytes);
+    context.progress.update(id, |tracked| {
+        tracked.progress.bytes_copied += bytes;
+        tracked.last_progress = Instant::now();
+    });
 }
 
 async fn propose(context: &MigrationContext, command: MetadataCommand) -> Result<(), String> {

@@ -1,0 +1,271 @@
+//! Reading a vShard out of its source group for a migration: the export of its data at a known
+//! applied index (whole, or page by page for vShards too large for one message), and the
+//! vShard's commands that the source applied after that index, read back from the log. A
+//! target that imported the export and replays those commands up to the source's fence holds
+//! the same data as the source at the fence, without a second full copy while writes pause.
+
+use crate::error::ProposeError;
+use crate::multi_raft::{MultiRaft, VSHARD_PART_BYTES};
+use crate::state_machine::{LogIndex, StateMachineError};
+use crate::types::{Entry, EntryKind};
+use crate::wire::{self, decode_exact};
+use nodedb_cluster_core::{GroupId, VShardId};
+use openraft::EntryPayload;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Log entries read from the store at a time while collecting a vShard's changes.
+const CHANGES_READ_ENTRIES: u64 = 256;
+/// An export kept for paging is dropped when untouched this long.
+const EXPORT_KEPT_FOR: Duration = Duration::from_secs(120);
+/// Exports kept for paging at once on a node; the oldest goes first.
+const EXPORTS_KEPT_MAX: usize = 8;
+
+/// A vShard's data as its group held it after applying the entry at `applied`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VShardExport {
+    pub applied: LogIndex,
+    /// Whether the group served the vShard then. Only then did the group apply the vShard's
+    /// commands after `applied` (until a fence), so only then can they be replayed.
+    pub serving: bool,
+    /// Parts of about [`VSHARD_PART_BYTES`], see `StateMachine::export_vshard_parts`.
+    pub parts: Vec<Vec<u8>>,
+}
+
+/// Some consecutive parts of one export, identified by the caller's export id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VShardExportPage {
+    pub applied: LogIndex,
+    pub serving: bool,
+    pub parts_total: u32,
+    pub first_part: u32,
+    pub parts: Vec<Vec<u8>>,
+}
+
+/// The commands of one vShard applied by its group in `(after, through]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VShardChanges {
+    pub commands: Vec<Vec<u8>>,
+    pub through: LogIndex,
+}
+
+/// Exports being paged out of this node, by group, vShard and the caller's export id.
+#[derive(Default)]
+pub(crate) struct ExportCache(Mutex<HashMap<(GroupId, VShardId, u64), Kept>>);
+
+struct Kept {
+    export: Arc<VShardExport>,
+    touched: Instant,
+}
+
+impl ExportCache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(GroupId, VShardId, u64), Kept>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, key: (GroupId, VShardId, u64)) -> Option<Arc<VShardExport>> {
+        let mut kept = self.lock();
+        kept.retain(|_, kept| kept.touched.elapsed() < EXPORT_KEPT_FOR);
+        let entry = kept.get_mut(&key)?;
+        entry.touched = Instant::now();
+        Some(entry.export.clone())
+    }
+
+    fn put(&self, key: (GroupId, VShardId, u64), export: Arc<VShardExport>) {
+        let mut kept = self.lock();
+        while kept.len() >= EXPORTS_KEPT_MAX {
+            let oldest = kept
+                .iter()
+                .min_by_key(|(_, kept)| kept.touched)
+                .map(|(key, _)| *key);
+            match oldest {
+                Some(oldest) => kept.remove(&oldest),
+                None => break,
+            };
+        }
+        let touched = Instant::now();
+        kept.insert(key, Kept { export, touched });
+    }
+
+    fn forget(&self, key: (GroupId, VShardId, u64)) {
+        self.lock().remove(&key);
+    }
+}
+
+impl MultiRaft {
+    /// Exports the data of `vshard` from the leader's state after a read barrier, in parts of
+    /// about [`VSHARD_PART_BYTES`], each small enough for one log entry (see
+    /// `StateMachine::export_vshard_parts`).
+    pub async fn export_vshard(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<VShardExport, ProposeError> {
+        self.read_barrier(group).await?;
+        let hosted = self.hosted(group)?;
+        let replica = hosted.machine.lock();
+        let parts = replica
+            .engine
+            .export_vshard_parts(vshard, VSHARD_PART_BYTES)
+            .map_err(|error| query_error(group, error))?;
+        Ok(VShardExport {
+            applied: replica.applied(),
+            serving: replica.claim(vshard).serves(),
+            parts,
+        })
+    }
+
+    /// Parts of export `export` of `vshard`, from `first_part` on, up to about `bytes_max`
+    /// (at least one part). The export is made when `first_part` is 0 and kept on this node
+    /// until its last part is read (or for a while), so that every page comes from one state.
+    /// A page of an export this node does not hold (its leader changed) is refused: the
+    /// caller starts a new export.
+    pub async fn export_vshard_page(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        export: u64,
+        first_part: u32,
+        bytes_max: usize,
+    ) -> Result<VShardExportPage, ProposeError> {
+        let key = (group, vshard, export);
+        let cache = self.exports();
+        let kept = match (first_part, cache.get(key)) {
+            (_, Some(kept)) => kept,
+            (0, None) => {
+                let made = Arc::new(self.export_vshard(group, vshard).await?);
+                cache.put(key, made.clone());
+                made
+            }
+            (_, None) => {
+                return Err(ProposeError::Query {
+                    group,
+                    reason: format!("export {export} of {vshard} is not held here"),
+                });
+            }
+        };
+        let parts_total = kept.parts.len() as u32;
+        let mut parts = Vec::new();
+        let mut bytes = 0;
+        for part in kept.parts.iter().skip(first_part as usize) {
+            if !parts.is_empty() && bytes + part.len() > bytes_max {
+                break;
+            }
+            bytes += part.len();
+            parts.push(part.clone());
+        }
+        if first_part as usize + parts.len() >= kept.parts.len() {
+            cache.forget(key);
+        }
+        Ok(VShardExportPage {
+            applied: kept.applied,
+            serving: kept.serving,
+            parts_total,
+            first_part,
+            parts,
+        })
+    }
+
+    /// The commands of `vshard` that this group applied after the entry at `after`, up to
+    /// the entry before `before` (the source's fence), read from this leader's log after a
+    /// read barrier: at most about `bytes_max` of them (at least one), with the index read
+    /// through. Refused when the log no longer holds those entries (compacted into a
+    /// snapshot) or when a migration step of the vShard lies among them: the caller then
+    /// copies the whole vShard instead.
+    pub async fn vshard_changes(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        after: LogIndex,
+        before: LogIndex,
+        bytes_max: usize,
+    ) -> Result<VShardChanges, ProposeError> {
+        self.read_barrier(group).await?;
+        let log = self.log_db();
+        let mut commands = Vec::new();
+        let mut bytes = 0;
+        let mut through = after.0;
+        while through + 1 < before.0 && (commands.is_empty() || bytes < bytes_max) {
+            let start = through + 1;
+            let end = before.0.min(start + CHANGES_READ_ENTRIES);
+            let stored = log
+                .entries(group, start..end)
+                .map_err(|error| ProposeError::Storage {
+                    group,
+                    reason: error.to_string(),
+                })?;
+            if stored.len() as u64 != end - start
+                || stored.first().map(|(index, _)| *index) != Some(start)
+            {
+                return Err(ProposeError::Query {
+                    group,
+                    reason: format!("the log no longer holds entries {start}..{end}"),
+                });
+            }
+            for (index, bytes_stored) in stored {
+                let entry =
+                    wire::decode_entry(&bytes_stored).map_err(|error| ProposeError::Storage {
+                        group,
+                        reason: format!("entry {index}: {error}"),
+                    })?;
+                if let Some(command) = vshard_command(group, vshard, entry)? {
+                    bytes += command.len();
+                    commands.push(command);
+                }
+                through = index;
+                if bytes >= bytes_max {
+                    break;
+                }
+            }
+        }
+        Ok(VShardChanges {
+            commands,
+            through: LogIndex(through),
+        })
+    }
+}
+
+/// The command of `vshard` that `entry` carries, if any; an error for a migration step of it.
+fn vshard_command(
+    group: GroupId,
+    vshard: VShardId,
+    entry: Entry,
+) -> Result<Option<Vec<u8>>, ProposeError> {
+    let EntryPayload::Normal(request) = entry.payload else {
+        return Ok(None);
+    };
+    match request.kind {
+        EntryKind::VShardCommand { vshard: of } if of == vshard => Ok(Some(request.payload)),
+        EntryKind::Migration { vshard: of, .. } if of == vshard => Err(ProposeError::Query {
+            group,
+            reason: format!(
+                "a migration step of {vshard} at {} lies among its changes",
+                entry.log_id.index
+            ),
+        }),
+        _ => Ok(None),
+    }
+}
+
+fn query_error(group: GroupId, error: StateMachineError) -> ProposeError {
+    ProposeError::Query {
+        group,
+        reason: error.to_string(),
+    }
+}
+
+/// The payload of [`crate::VShardStep::ImportChanges`]: commands in the order the source
+/// applied them.
+pub fn encode_replayed_commands(commands: &[Vec<u8>]) -> Vec<u8> {
+    postcard::to_stdvec(commands).unwrap_or_else(|error| panic!("commands encode: {error}"))
+}
+
+/// Reads a payload made by [`encode_replayed_commands`].
+pub fn decode_replayed_commands(bytes: &[u8]) -> Result<Vec<Vec<u8>>, StateMachineError> {
+    decode_exact(bytes)
+        .map_err(|error| StateMachineError::Corrupt(format!("replayed commands: {error}")))
+}
