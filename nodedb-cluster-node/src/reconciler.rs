@@ -1,7 +1,8 @@
 //! The placement reconciler and failure detector. It runs on every node but acts only while
 //! the node leads the metadata group: it pings every member, marks silent ones Down and
 //! returning ones Active again (damped), admits caught-up joiners, decommissions draining
-//! nodes that no longer hold a replica, and carries out the core planner's steps at each
+//! nodes that no longer hold a replica (a silent draining node stays Draining, so its
+//! decommission goes on without it), and carries out the core planner's steps at each
 //! group's leader, recording each result in group 0.
 
 use crate::control::{ControlError, ControlRequest, MembershipChange};
@@ -219,9 +220,9 @@ fn node_state_changes(
             .get(&node.id)
             .map(|since| now.duration_since(*since));
         let next = match node.state {
-            NodeState::Joining | NodeState::Active | NodeState::Draining
-                if silent_for > context.down_timeout =>
-            {
+            // A Draining node stays Draining however long it is silent: draining already
+            // moves every replica off it, and Down would forget that it is to be removed.
+            NodeState::Joining | NodeState::Active if silent_for > context.down_timeout => {
                 Some(NodeState::Down)
             }
             NodeState::Down if reachable_for.is_some_and(|period| period >= RECOVERY_DAMPING) => {
