@@ -3,6 +3,7 @@
 //! silently falls back to a default.
 
 use nodedb_cluster_core::NodeId;
+use nodedb_cluster_transport::quic::UdpFaults;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub struct NodeConfig {
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Testing only: faults injected under the transport. Off unless set.
+    #[serde(default)]
+    pub faults: FaultsConfig,
 }
 
 /// Mutual TLS material, or the explicit development-only opt-out.
@@ -88,6 +92,21 @@ pub struct AdminConfig {
 pub struct LogConfig {
     pub filter: String,
     pub json: bool,
+}
+
+/// Testing only (chaos runs): the transport's UDP fault layer, which delays, reorders and
+/// duplicates every datagram this node sends. Off by default (all zero); a node that has it on
+/// says so loudly at start. Never set it on a cluster that serves anything.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultsConfig {
+    /// Each datagram waits a uniform random time in `0..=udp_delay_ms_max` before it is sent,
+    /// so later datagrams overtake earlier ones.
+    pub udp_delay_ms_max: u64,
+    /// Chance, `0.0..=1.0`, that a datagram is sent twice.
+    pub udp_duplicate_probability: f64,
+    /// Seed of the layer's random choices; the node id when absent.
+    pub seed: Option<u64>,
 }
 
 /// Why a configuration was refused. The message names the key and what to do.
@@ -168,7 +187,24 @@ impl NodeConfig {
             return invalid("data_dir", "must not be empty");
         }
         self.tls.validate()?;
-        self.raft.validate()
+        self.raft.validate()?;
+        if let Some(faults) = self.udp_faults()
+            && let Err(error) = faults.validate()
+        {
+            return invalid("faults", error.to_string());
+        }
+        Ok(())
+    }
+
+    /// The UDP fault layer `[faults]` asks for; `None` when it is off (the default).
+    pub fn udp_faults(&self) -> Option<UdpFaults> {
+        let faults = &self.faults;
+        let on = faults.udp_delay_ms_max > 0 || faults.udp_duplicate_probability != 0.0;
+        on.then(|| UdpFaults {
+            delay_ms_max: faults.udp_delay_ms_max,
+            duplicate_probability: faults.udp_duplicate_probability,
+            seed: faults.seed.unwrap_or(self.node_id),
+        })
     }
 
     /// Makes relative file paths relative to the config file's directory, so a config works
@@ -375,6 +411,41 @@ mod tests {
             let result = NodeConfig::parse(&MINIMAL.replace(from, to));
             assert!(matches!(result, Err(ConfigError::Parse { .. })), "{to}");
         }
+    }
+
+    #[test]
+    fn the_udp_fault_layer_is_off_unless_asked_for() {
+        assert_eq!(NodeConfig::parse(MINIMAL).unwrap().udp_faults(), None);
+        let text = format!("{MINIMAL}\n[faults]\nseed = 9\n");
+        assert_eq!(NodeConfig::parse(&text).unwrap().udp_faults(), None);
+        let text = format!("{MINIMAL}\n[faults]\nudp_delay_ms_max = 20\n");
+        let faults = NodeConfig::parse(&text).unwrap().udp_faults().unwrap();
+        assert_eq!(
+            faults,
+            UdpFaults {
+                delay_ms_max: 20,
+                duplicate_probability: 0.0,
+                seed: 1,
+            }
+        );
+        let text = format!("{MINIMAL}\n[faults]\nudp_duplicate_probability = 0.1\nseed = 5\n");
+        let faults = NodeConfig::parse(&text).unwrap().udp_faults().unwrap();
+        assert_eq!((faults.duplicate_probability, faults.seed), (0.1, 5));
+        for bad in [
+            "udp_duplicate_probability = 1.5",
+            "udp_delay_ms_max = 3600000",
+        ] {
+            let text = format!("{MINIMAL}\n[faults]\n{bad}\n");
+            match NodeConfig::parse(&text).unwrap_err() {
+                ConfigError::Invalid { key, .. } => assert_eq!(key, "faults", "{bad}"),
+                other => panic!("{bad}: {other}"),
+            }
+        }
+        let text = format!("{MINIMAL}\n[faults]\nudp_loss = 0.1\n");
+        assert!(matches!(
+            NodeConfig::parse(&text),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! `nodedb-cluster start`: turns a validated [`NodeConfig`] into a running node with its admin
 //! API, and stops it cleanly on SIGTERM or Ctrl-C.
 
-use crate::cluster::{ClusterConfig, start_cluster};
+use crate::cluster::{Cluster, ClusterConfig, StartError, start_cluster, start_cluster_on};
 use crate::config::{LogConfig, NodeConfig};
 use crate::engine::EngineFactory;
 use crate::http::{self, ApiState};
 use crate::node_service::NodeService;
 use anyhow::{Context, Result};
 use nodedb_cluster_raft::RaftTimings;
+use nodedb_cluster_transport::quic::{QuicConfig, QuicTimings, QuicTransport, UdpFaults};
 use nodedb_cluster_transport::tls::{TlsMaterial, TlsMode};
 use std::sync::Arc;
 
@@ -29,7 +30,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.admin_addr)
         .await
         .with_context(|| format!("binding the admin API on {}", config.admin_addr))?;
-    let cluster = start_cluster(cluster_config).await?;
+    let cluster = match config.udp_faults() {
+        None => start_cluster(cluster_config).await?,
+        Some(faults) => start_with_udp_faults(cluster_config, faults).await?,
+    };
     tracing::info!(node = config.node_id, "node is up");
     let state = ApiState {
         service: Arc::new(NodeService::new(cluster.clone())),
@@ -52,6 +56,35 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     metrics_upkeep.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the node over a QUIC endpoint whose outgoing datagrams go through the UDP fault
+/// layer (`[faults]`, for chaos runs only).
+async fn start_with_udp_faults(
+    config: ClusterConfig,
+    faults: UdpFaults,
+) -> Result<Cluster, StartError> {
+    tracing::warn!(
+        delay_ms_max = faults.delay_ms_max,
+        duplicate_probability = faults.duplicate_probability,
+        seed = faults.seed,
+        "[faults] is set: this node DELAYS, REORDERS AND DUPLICATES every datagram it sends. \
+         For chaos testing only; remove [faults] from the config of any real cluster."
+    );
+    let quic = QuicTransport::bind_with_udp_faults(
+        QuicConfig {
+            node_id: config.node_id,
+            listen_addr: config.listen_addr,
+            tls: config.tls.clone(),
+            timings: QuicTimings::default(),
+        },
+        faults,
+    )
+    .map_err(|error| StartError::Bind {
+        addr: config.listen_addr,
+        reason: error.to_string(),
+    })?;
+    start_cluster_on(config, quic).await
 }
 
 /// The library configuration a node config describes; reads the TLS files.
