@@ -355,6 +355,17 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Frame, usize), FrameError> {
 /// Reads one frame. `Ok(None)` when the stream ends cleanly before the first header byte.
 /// Memory grows with the bytes that actually arrive, never with the length a peer claims.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, FrameError> {
+    match read_header(reader).await? {
+        None => Ok(None),
+        Some(header) => read_body(reader, &header).await.map(Some),
+    }
+}
+
+/// Reads and checks one frame header, so a receiver can judge the announced body before it
+/// reads it. `Ok(None)` when the stream ends cleanly before the first header byte.
+pub async fn read_header<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<FrameHeader>, FrameError> {
     let mut raw = [0u8; FRAME_HEADER_BYTES];
     let mut filled = 0;
     while filled < FRAME_HEADER_BYTES {
@@ -368,7 +379,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
         }
         filled += read;
     }
-    let header = decode_header(&raw)?;
+    decode_header(&raw).map(Some)
+}
+
+/// Reads the body `header` announces and checks it against the header's checksum.
+pub async fn read_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    header: &FrameHeader,
+) -> Result<Frame, FrameError> {
     let body_len = header.body_len as usize;
     let mut body = BytesMut::with_capacity(body_len.min(READ_RESERVE_BYTES_MAX));
     while body.len() < body_len {
@@ -380,7 +398,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
             return Err(FrameError::UnexpectedEnd);
         }
     }
-    header.verify(body.freeze()).map(Some)
+    header.verify(body.freeze())
 }
 
 /// Reads one frame and fails if the stream ended instead.

@@ -3,14 +3,16 @@
 //! payloads with wrong versions for unknown groups, claims another node's id, and floods the
 //! endpoint with connections. Meanwhile three honest nodes keep calling each other; afterwards
 //! every honest call in every direction still succeeds and nothing panicked. Every attack loop
-//! is bounded in count and time; the seed of the garbage is printed.
+//! is bounded in count and time; the seed of the garbage is printed. A second attack holds
+//! large frames and idle streams open to exhaust the node's memory: past its inbound budget the
+//! peer's streams are refused at once, and everyone else is served.
 
 mod common;
 
 use common::EchoHandler;
 use nodedb_cluster_core::NodeId;
 use nodedb_cluster_transport::codec::{ALPN_PROTOCOL, Frame, FrameKind, read_required_frame};
-use nodedb_cluster_transport::quic::{QuicConfig, QuicTimings, QuicTransport};
+use nodedb_cluster_transport::quic::{InboundBudget, QuicConfig, QuicTimings, QuicTransport};
 use nodedb_cluster_transport::tls::{self, CaMaterial, TlsMaterial, TlsMode, node_server_name};
 use nodedb_cluster_transport::{Bytes, Transport};
 use rustls_pki_types::pem::PemObject;
@@ -165,6 +167,120 @@ async fn honest_nodes_keep_serving_while_a_certified_peer_attacks() {
     assert!(served >= 6 * 8, "honest requests were served: {served}");
 }
 
+/// Bytes and streams the attacked node grants one peer in the budget test.
+const BUDGET_BYTES: u32 = 1024 * 1024;
+const BUDGET_STREAMS: u32 = 8;
+/// A frame announced by the attacker: two of them do not fit [`BUDGET_BYTES`].
+const HOG_FRAME_BYTES: u32 = 600 * 1024;
+/// How long a stream that is being served (waiting for the rest of its body) stays unanswered
+/// in the test before it is taken as admitted.
+const ADMITTED_AFTER: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_past_its_inbound_budget_is_refused_and_the_node_keeps_serving() {
+    let ca = tls::generate_ca("budget").unwrap();
+    let timings = QuicTimings {
+        inbound: InboundBudget {
+            bytes_per_peer_max: BUDGET_BYTES,
+            streams_per_peer_max: BUDGET_STREAMS,
+        },
+        ..QuicTimings::default()
+    };
+    let nodes: Vec<Arc<QuicTransport>> = (1..=3).map(|id| bind_with(&ca, id, timings)).collect();
+    for node in &nodes {
+        node.set_handler(Arc::new(EchoHandler::new()));
+    }
+    for from in &nodes {
+        for to in &nodes {
+            from.set_peer_addr(to.local_node(), to.local_addr().unwrap());
+        }
+    }
+    let target = nodes[0].local_addr().unwrap();
+    let attacker = hostile_client(&ca, HOSTILE);
+    let connection = connect(&attacker, target).await;
+    let hello = Frame::hello(HOSTILE).encode().unwrap();
+    let small = [
+        hello.clone(),
+        Frame::new(FrameKind::Request, Bytes::from_static(b"small"))
+            .encode()
+            .unwrap(),
+    ]
+    .concat();
+    // A request announcing HOG_FRAME_BYTES, of which only the first KiB ever comes.
+    let mut hog = hello.clone();
+    hog.extend_from_slice(&[0xDB, 1, FrameKind::Request as u8, 0]);
+    hog.extend_from_slice(&HOG_FRAME_BYTES.to_le_bytes());
+    hog.extend_from_slice(&[0; 4]);
+    hog.extend_from_slice(&[0xAB; 1024]);
+
+    // The first large frame is admitted and waits for its body; the next ones do not fit and
+    // are refused before a byte of their bodies is kept, on this connection or another.
+    let (first_send, mut first_recv) = open_unfinished(&connection, &hog).await;
+    assert!(!refused_within(&mut first_recv, ADMITTED_AFTER).await);
+    let second_connection = connect(&attacker, target).await;
+    for connection in [&connection, &second_connection] {
+        let (_send, mut recv) = open_unfinished(connection, &hog).await;
+        assert!(refused_within(&mut recv, ADMITTED_AFTER).await);
+    }
+    // Within its budget the peer is still served, and so is every honest node.
+    let answer = stream(&connection, &small).await;
+    assert_eq!(
+        answer.map(|frame| frame.body),
+        Ok(Bytes::from_static(b"echo:small"))
+    );
+    honest_round(&nodes, "with the byte budget spent").await;
+
+    // Streams that say hello and then nothing hold a stream each until the budget is spent.
+    let mut idle = Vec::new();
+    for _ in 1..BUDGET_STREAMS {
+        idle.push(open_unfinished(&second_connection, &hello).await);
+    }
+    tokio::time::sleep(ADMITTED_AFTER).await;
+    let (_send, mut recv) = open_unfinished(&connection, &small).await;
+    assert!(refused_within(&mut recv, ADMITTED_AFTER).await);
+    honest_round(&nodes, "with the stream budget spent").await;
+
+    // Streams that end give their budget back.
+    drop(idle);
+    drop((first_send, first_recv));
+    second_connection.close(0u32.into(), b"done");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match stream(&connection, &small).await {
+            Ok(frame) => {
+                assert_eq!(frame.body, Bytes::from_static(b"echo:small"));
+                break;
+            }
+            Err(error) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the budget never came back: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    honest_round(&nodes, "after the budget attack").await;
+}
+
+/// Opens a stream and writes `bytes` on it without finishing it.
+async fn open_unfinished(
+    connection: &quinn::Connection,
+    bytes: &[u8],
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    send.write_all(bytes).await.unwrap();
+    (send, recv)
+}
+
+/// Whether the node refuses the stream (resets it or answers an error) within `wait`; false
+/// when it is still waiting for more.
+async fn refused_within(recv: &mut quinn::RecvStream, wait: Duration) -> bool {
+    match tokio::time::timeout(wait, read_required_frame(recv)).await {
+        Ok(Ok(frame)) => frame.kind == FrameKind::ErrorResponse,
+        Ok(Err(_)) => true,
+        Err(_elapsed) => false,
+    }
+}
+
 /// Every honest node calls every other one; all must answer.
 async fn honest_round(nodes: &[Arc<QuicTransport>], when: &str) {
     for from in nodes {
@@ -187,12 +303,16 @@ async fn honest_round(nodes: &[Arc<QuicTransport>], when: &str) {
 }
 
 fn bind(ca: &CaMaterial, id: u64) -> Arc<QuicTransport> {
+    bind_with(ca, id, QuicTimings::default())
+}
+
+fn bind_with(ca: &CaMaterial, id: u64, timings: QuicTimings) -> Arc<QuicTransport> {
     let material = TlsMaterial::issue(ca, NodeId(id)).unwrap();
     QuicTransport::bind(QuicConfig {
         node_id: NodeId(id),
         listen_addr: loopback(),
         tls: TlsMode::Secure(material),
-        timings: QuicTimings::default(),
+        timings,
     })
     .unwrap()
 }

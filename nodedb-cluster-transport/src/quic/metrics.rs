@@ -32,6 +32,7 @@ pub(super) enum InboundError {
     BadFrame,
     UnexpectedFrame,
     Idle,
+    OverBudget,
 }
 
 /// Gives every series above its help text; call once after installing a recorder.
@@ -81,6 +82,7 @@ pub(super) fn inbound_error(kind: InboundError) {
         InboundError::BadFrame => "bad_frame",
         InboundError::UnexpectedFrame => "unexpected_frame",
         InboundError::Idle => "idle",
+        InboundError::OverBudget => "over_budget",
     };
     metrics::counter!(INBOUND_ERRORS, "kind" => kind).increment(1);
 }

@@ -4,6 +4,7 @@
 //! in `docs/design.md`, "Transport frames".
 
 mod breaker;
+mod budget;
 mod by_addr;
 pub mod metrics;
 mod pool;
@@ -15,6 +16,7 @@ pub use breaker::{
     Admission, BREAKER_FAILURES_MAX, BREAKER_OPEN_MS, BreakerConfig, BreakerState, PeerHealth,
     RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN,
 };
+pub use budget::{INBOUND_BYTES_PER_PEER_MAX, INBOUND_STREAMS_PER_PEER_MAX, InboundBudget};
 pub use udp_faults::{UdpFaults, UdpFaultsError};
 
 use crate::codec::{Frame, FrameError, FrameKind, encode_header, read_required_frame};
@@ -47,13 +49,15 @@ pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_NO_IDENTITY: u32 = 1;
 pub const CLOSE_IDENTITY_MISMATCH: u32 = 2;
 
-/// Timers of the QUIC transport; the defaults are the constants of this module.
+/// Timers and limits of the QUIC transport; the defaults are the constants of this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuicTimings {
     pub keep_alive_ms: u64,
     pub idle_timeout_ms: u64,
     pub stream_idle_ms: u64,
     pub breaker: BreakerConfig,
+    /// What one peer may hold in this node at once (see [`InboundBudget`]).
+    pub inbound: InboundBudget,
 }
 
 /// A call that timed out after waiting at least this long without a single datagram from the
@@ -124,6 +128,7 @@ struct Shared {
     shut_down: AtomicBool,
     secure: bool,
     stream_idle: Duration,
+    budgets: budget::Budgets,
 }
 
 impl Default for QuicTimings {
@@ -133,6 +138,7 @@ impl Default for QuicTimings {
             idle_timeout_ms: IDLE_TIMEOUT_MS,
             stream_idle_ms: STREAM_IDLE_MS,
             breaker: BreakerConfig::default(),
+            inbound: InboundBudget::default(),
         }
     }
 }
@@ -219,6 +225,7 @@ impl QuicTransport {
             shut_down: AtomicBool::new(false),
             secure,
             stream_idle: Duration::from_millis(config.timings.stream_idle_ms),
+            budgets: budget::Budgets::new(config.timings.inbound),
         });
         let accept_task = tokio::spawn(server::accept_loop(endpoint.clone(), Arc::clone(&shared)));
         tracing::info!(node = %config.node_id, addr = ?endpoint.local_addr().ok(), secure, "transport listening");

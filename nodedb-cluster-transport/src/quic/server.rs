@@ -1,12 +1,14 @@
 //! The accepting side: authenticates each connection (node id from the client certificate, or
 //! from the first `Hello` in insecure mode), checks every stream's `Hello` against it, and
 //! serves requests and bulk streams with the installed handler. A bad stream is reset and
-//! logged; a peer claiming another node's id loses its whole connection.
+//! logged; a peer claiming another node's id loses its whole connection. Every stream is held
+//! to its peer's inbound budget (`budget.rs`) before the body of its opening frame is read.
 
+use super::budget::{OverBudget, StreamBudget};
 use super::metrics::{self, InboundError};
 use super::stream::QuicSource;
 use super::{CLOSE_IDENTITY_MISMATCH, CLOSE_NO_IDENTITY, Shared, send_frames};
-use crate::codec::{Frame, FrameError, FrameKind, read_required_frame};
+use crate::codec::{Frame, FrameError, FrameHeader, FrameKind, read_body, read_header};
 use crate::tls::node_id_from_cert;
 use crate::{Bytes, Handler, HandlerError, InboundStream};
 use nodedb_cluster_core::NodeId;
@@ -51,6 +53,8 @@ enum StreamError {
     UnexpectedFrame(FrameKind),
     #[error("peer opened a stream and sent nothing for {0:?}")]
     Idle(Duration),
+    #[error("stream refused: {0}")]
+    OverBudget(#[from] OverBudget),
 }
 
 impl StreamError {
@@ -60,6 +64,7 @@ impl StreamError {
             StreamError::IdentityMismatch { .. } => InboundError::IdentityMismatch,
             StreamError::UnexpectedFrame(_) => InboundError::UnexpectedFrame,
             StreamError::Idle(_) => InboundError::Idle,
+            StreamError::OverBudget(_) => InboundError::OverBudget,
         }
     }
 }
@@ -159,7 +164,12 @@ async fn serve_stream_frames(
     mut recv: quinn::RecvStream,
 ) -> Result<(), StreamError> {
     let idle = shared.stream_idle;
-    let hello = read_opening_frame(&mut recv, idle).await?;
+    // Nothing but a hello (8 bytes) is read before the peer is known.
+    let hello_header = read_opening_header(&mut recv, idle).await?;
+    if hello_header.kind != FrameKind::Hello {
+        return Err(StreamError::UnexpectedFrame(hello_header.kind));
+    }
+    let hello = read_opening_body(&mut recv, &hello_header, idle).await?;
     let claimed = hello.hello_node()?;
     let from = match identity {
         Identity::Certified(node) => *node,
@@ -172,7 +182,16 @@ async fn serve_stream_frames(
         });
     }
     shared.pool.heard_from(from);
-    let opening = read_opening_frame(&mut recv, idle).await?;
+    // Held until the answer is sent: the request's bytes live as long as its handler runs.
+    let mut budget = shared.budgets.admit_stream(from)?;
+    let header = read_opening_header(&mut recv, idle).await?;
+    let bulk = match header.kind {
+        FrameKind::Request => false,
+        FrameKind::StreamOpen => true,
+        other => return Err(StreamError::UnexpectedFrame(other)),
+    };
+    budget.reserve(StreamBudget::opening_bytes(bulk, header.body_len))?;
+    let opening = read_opening_body(&mut recv, &header, idle).await?;
     metrics::frames_received(from, &[&hello, &opening]);
     let handler = shared
         .handler
@@ -223,11 +242,24 @@ async fn serve_bulk(
 
 /// The first frames of a stream must come within the stream idle time, so a peer cannot park
 /// streams (and tasks) here for free.
-async fn read_opening_frame(
+async fn read_opening_header(
     recv: &mut quinn::RecvStream,
     idle: Duration,
+) -> Result<FrameHeader, StreamError> {
+    match tokio::time::timeout(idle, read_header(recv)).await {
+        Ok(Ok(Some(header))) => Ok(header),
+        Ok(Ok(None)) => Err(FrameError::UnexpectedEnd.into()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_elapsed) => Err(StreamError::Idle(idle)),
+    }
+}
+
+async fn read_opening_body(
+    recv: &mut quinn::RecvStream,
+    header: &FrameHeader,
+    idle: Duration,
 ) -> Result<Frame, StreamError> {
-    match tokio::time::timeout(idle, read_required_frame(recv)).await {
+    match tokio::time::timeout(idle, read_body(recv, header)).await {
         Ok(frame) => Ok(frame?),
         Err(_elapsed) => Err(StreamError::Idle(idle)),
     }
