@@ -205,6 +205,17 @@ impl Api {
         json_answer(&url, response)
     }
 
+    /// `POST /v1/nodes/{node_id}/decommission`: the node is Draining (or already further).
+    pub fn decommission(&self, node: SocketAddr, node_id: u64) -> Result<()> {
+        let url = format!("http://{node}/v1/nodes/{node_id}/decommission");
+        let response = self
+            .agent
+            .post(&url)
+            .send_empty()
+            .with_context(|| format!("POST {url}"))?;
+        json_answer::<serde_json::Value>(&url, response).map(drop)
+    }
+
     /// `GET /v1/migrations`.
     pub fn migrations(&self, node: SocketAddr) -> Result<Vec<MigrationView>> {
         #[derive(Deserialize)]

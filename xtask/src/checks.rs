@@ -304,8 +304,14 @@ pub fn failovers_recovered(rows: &[FailoverRow], planned: usize, executed: usize
     )
 }
 
+/// The members a view lists, sorted: a decommissioned node is no longer one.
 fn sorted_nodes(view: &ClusterView) -> Vec<NodeView> {
-    let mut nodes = view.nodes.clone();
+    let mut nodes: Vec<NodeView> = view
+        .nodes
+        .iter()
+        .filter(|node| node.state != "decommissioned")
+        .cloned()
+        .collect();
     nodes.sort();
     nodes
 }

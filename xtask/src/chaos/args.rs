@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `cargo xtask chaos`: real node processes in network namespaces under partitions, kills,
-/// pauses and lossy or slow links, then checked.
+/// pauses, lossy, slow and delaying links and membership churn, then checked.
 #[derive(Debug, Clone, Args)]
 pub struct ChaosArgs {
     /// Number of node processes, one network namespace each.
@@ -52,16 +52,21 @@ pub enum NemesisChoice {
     Kill,
     Pause,
     Lossy,
+    Churn,
 }
 
 impl ChaosArgs {
     /// Checks the ranges clap cannot express.
     pub fn validate(&self) -> Result<()> {
-        if self.nodes < 3 || self.nodes > cli::NODES_MAX {
+        // Churn adds a spare node, which needs an id and an address too.
+        let nodes_max = match plan::uses_spare(self.nemesis) {
+            true => cli::NODES_MAX - 1,
+            false => cli::NODES_MAX,
+        };
+        if self.nodes < 3 || self.nodes > nodes_max {
             bail!(
-                "--nodes must be between 3 and {} (partitions need a majority and a minority), \
-                 got {}",
-                cli::NODES_MAX,
+                "--nodes must be between 3 and {nodes_max} (partitions need a majority and a \
+                 minority; churn adds one node), got {}",
                 self.nodes
             );
         }
@@ -133,6 +138,7 @@ mod tests {
             ("kill", NemesisChoice::Kill),
             ("pause", NemesisChoice::Pause),
             ("lossy", NemesisChoice::Lossy),
+            ("churn", NemesisChoice::Churn),
         ] {
             assert_eq!(parse(&["--nemesis", name]).unwrap().nemesis, choice);
         }

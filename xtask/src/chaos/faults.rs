@@ -1,15 +1,20 @@
 //! Carrying out a round's faults against the live cluster and its namespace network, and
 //! undoing them: iptables DROP rules (partitions, random loss) in the nodes' own chain, token
-//! bucket qdiscs (slow links), SIGSTOP/SIGCONT (pauses), SIGKILL and restart (kills). Leaders
-//! are looked up when the round starts. [`heal_everything`] puts the whole cluster back,
-//! whatever was left on.
+//! bucket qdiscs (slow links), SIGSTOP/SIGCONT (pauses), SIGKILL and restart (kills), a
+//! restart with the node's UDP fault layer on and one with it off again (delays), starting the
+//! spare node (join) and asking for a decommission. Leaders are looked up when the round
+//! starts. [`heal_everything`] puts the whole cluster back, whatever was left on, and
+//! [`settle_churn`] waits for the joins and decommissions to finish.
 
 use super::network::{self, CHAIN, HOST_ADDR, NODE_LINK, Network};
 use super::plan::{Fault, Split, Target};
-use crate::cluster::Cluster;
+use crate::api::Api;
+use crate::cluster::config::UdpFaults;
+use crate::cluster::{Cluster, NodeHost};
 use crate::nemesis;
 use anyhow::{Context, Result, bail};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a round looks for the leader it targets before it leaves that fault out.
@@ -18,6 +23,51 @@ pub const TARGET_WAIT: Duration = Duration::from_secs(5);
 const SLOW_BURST: &str = "32kbit";
 const SLOW_LATENCY: &str = "400ms";
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a node gets to stop after SIGTERM before it is killed.
+pub const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How long a decommission request is retried (through every member in turn) during faults.
+pub const DECOMMISSION_REQUEST_WAIT: Duration = Duration::from_secs(20);
+/// How long, after the stage, a joined node gets to be Active and a decommissioned node to be
+/// Decommissioned.
+pub const CHURN_WAIT: Duration = Duration::from_secs(90);
+/// How long a Decommissioned node gets to stop by itself.
+pub const SELF_STOP_WAIT: Duration = Duration::from_secs(15);
+
+/// What the faults of a run know beyond the cluster: where the spare node runs, which nodes
+/// have their UDP fault layer on, which joined and which are leaving.
+#[derive(Debug, Default)]
+pub struct RunState {
+    hosts: BTreeMap<u64, NodeHost>,
+    inner: Mutex<Membership>,
+}
+
+#[derive(Debug, Default)]
+struct Membership {
+    udp_faulty: BTreeSet<u64>,
+    /// Started to join, and when.
+    joining: BTreeMap<u64, Instant>,
+    /// Asked to decommission, and when.
+    leaving: BTreeMap<u64, Instant>,
+}
+
+impl RunState {
+    /// `hosts` holds every node the run may start, the spare included.
+    pub fn new(hosts: BTreeMap<u64, NodeHost>) -> RunState {
+        RunState {
+            hosts,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Nodes asked to decommission and not retired yet: they may stop by themselves.
+    pub fn leaving(&self) -> BTreeSet<u64> {
+        self.lock().leaving.keys().copied().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Membership> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// A fault that is on, and how to switch it off.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,15 +81,86 @@ pub struct Applied {
 enum Undo {
     FlushRules(Vec<u64>),
     RemoveQdisc(Vec<u64>),
-    Continue { node: u64, pid: u32 },
+    Continue {
+        node: u64,
+        pid: u32,
+    },
     Restart(u64),
+    /// Restart these nodes with their UDP fault layer off.
+    UdpFaultsOff(Vec<u64>),
+    /// Churn is not undone: the stage waits for it to finish ([`settle_churn`]).
+    Nothing,
 }
 
 /// Switches `fault` on. `Ok(None)`: left out, with the reason printed (its target could not
 /// be found or is not running).
-pub fn apply(cluster: &Cluster, fault: &Fault) -> Result<Option<Applied>> {
+pub fn apply(cluster: &Cluster, state: &RunState, fault: &Fault) -> Result<Option<Applied>> {
     let nodes = cluster.node_ids();
     match fault {
+        Fault::Delay {
+            nodes: delayed,
+            delay_ms_max,
+            duplicate_percent,
+            seed,
+        } => {
+            let delayed: Vec<u64> = delayed
+                .iter()
+                .copied()
+                .filter(|node| cluster.is_running(*node))
+                .collect();
+            if delayed.is_empty() {
+                eprintln!("  {fault}: none of its nodes is running, left out");
+                return Ok(None);
+            }
+            for node in &delayed {
+                let faults = UdpFaults {
+                    delay_ms_max: *delay_ms_max,
+                    duplicate_probability: f64::from(*duplicate_percent) / 100.0,
+                    seed: seed ^ node,
+                };
+                state.lock().udp_faulty.insert(*node);
+                cluster.set_udp_faults(*node, Some(faults))?;
+                restart_gracefully(cluster, *node)?;
+            }
+            Ok(Some(Applied {
+                description: format!(
+                    "restarted nodes {delayed:?} with UDP faults: delay 0-{delay_ms_max} ms, \
+                     {duplicate_percent}% sent twice"
+                ),
+                undo: Undo::UdpFaultsOff(delayed),
+            }))
+        }
+        Fault::Join(node) => {
+            let host = state
+                .hosts
+                .get(node)
+                .with_context(|| format!("node {node} has no host"))?;
+            if !nodes.contains(node) {
+                cluster.add_node(*node, host)?;
+            }
+            nemesis::restart(cluster, *node)?;
+            state.lock().joining.insert(*node, Instant::now());
+            Ok(Some(Applied {
+                description: format!("node {node} started to join"),
+                undo: Undo::Nothing,
+            }))
+        }
+        Fault::Decommission(node) => {
+            if !nodes.contains(node) {
+                eprintln!("  decommission of node {node} left out: not in the cluster");
+                return Ok(None);
+            }
+            let asked = Instant::now();
+            request_decommission(cluster, *node)?;
+            state.lock().leaving.insert(*node, asked);
+            Ok(Some(Applied {
+                description: format!(
+                    "node {node} asked to decommission (accepted after {:.1?})",
+                    asked.elapsed()
+                ),
+                undo: Undo::Nothing,
+            }))
+        }
         Fault::Partition(split) => {
             let Some((left, right, named)) = resolve_split(cluster, split, &nodes) else {
                 return Ok(None);
@@ -130,8 +251,12 @@ pub fn apply(cluster: &Cluster, fault: &Fault) -> Result<Option<Applied>> {
 }
 
 /// Switches `applied` off.
-pub fn undo(cluster: &Cluster, applied: &Applied) -> Result<()> {
+pub fn undo(cluster: &Cluster, state: &RunState, applied: &Applied) -> Result<()> {
     match &applied.undo {
+        Undo::Nothing => Ok(()),
+        Undo::UdpFaultsOff(nodes) => nodes
+            .iter()
+            .try_for_each(|node| udp_faults_off(cluster, state, *node)),
         Undo::FlushRules(nodes) => nodes
             .iter()
             .try_for_each(|node| network::iptables(*node, &["-F", CHAIN])),
@@ -145,11 +270,19 @@ pub fn undo(cluster: &Cluster, applied: &Applied) -> Result<()> {
     }
 }
 
-/// Removes every rule and qdisc, continues every node and starts every node that is not
-/// running. Returns the nodes it found not running (after the rounds restarted every node they
-/// killed, these exited by themselves), or an error naming what it could not do.
-pub fn heal_everything(cluster: &Cluster) -> Result<Vec<u64>> {
+/// Removes every rule and qdisc, continues every node, restarts any node whose UDP fault
+/// layer is still on without it, and starts every node that is not running but a node that
+/// is leaving. Returns the nodes it found not running (after the rounds restarted every node
+/// they killed, these exited by themselves), or an error naming what it could not do.
+pub fn heal_everything(cluster: &Cluster, state: &RunState) -> Result<Vec<u64>> {
     let mut restarted = Vec::new();
+    let leaving = state.leaving();
+    // First, so that a node found not running below starts from its usual config.
+    let faulty: Vec<u64> = state.lock().udp_faulty.iter().copied().collect();
+    for node in faulty {
+        udp_faults_off(cluster, state, node)?;
+        eprintln!("  healed: node {node} restarted without its UDP fault layer");
+    }
     for node in cluster.node_ids() {
         network::iptables(node, &["-F", CHAIN])?;
         // Fails when no qdisc of ours is there, the usual case.
@@ -158,6 +291,8 @@ pub fn heal_everything(cluster: &Cluster) -> Result<Vec<u64>> {
         }
         match cluster.pid(node).filter(|_| cluster.is_running(node)) {
             Some(pid) => signal("-CONT", pid)?,
+            // It stops itself once decommissioned; [`settle_churn`] checks that it did.
+            None if leaving.contains(&node) => {}
             None => {
                 nemesis::restart(cluster, node)?;
                 eprintln!("  healed: node {node} was not running, restarted");
@@ -166,6 +301,164 @@ pub fn heal_everything(cluster: &Cluster) -> Result<Vec<u64>> {
         }
     }
     Ok(restarted)
+}
+
+/// How the churn of a stage ended, once [`settle_churn`] waited for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChurnOutcome {
+    /// What finished, e.g. `node 6 active 4.2 s after its start`.
+    pub done: Vec<String>,
+    /// What did not, with the reason.
+    pub failed: Vec<String>,
+}
+
+/// Waits (bounded) until every node that started to join is Active and every node asked to
+/// decommission is Decommissioned and has stopped by itself; retires the latter from the
+/// cluster. `None` when the stage had no churn.
+pub fn settle_churn(cluster: &Cluster, state: &RunState) -> Option<ChurnOutcome> {
+    let (joining, leaving) = {
+        let mut inner = state.lock();
+        (std::mem::take(&mut inner.joining), inner.leaving.clone())
+    };
+    if joining.is_empty() && leaving.is_empty() {
+        return None;
+    }
+    let mut outcome = ChurnOutcome {
+        done: Vec::new(),
+        failed: Vec::new(),
+    };
+    let deadline = Instant::now() + CHURN_WAIT;
+    let mut pending: BTreeMap<u64, (&'static str, Instant)> = joining
+        .iter()
+        .map(|(node, since)| (*node, ("active", *since)))
+        .chain(
+            leaving
+                .iter()
+                .map(|(node, since)| (*node, ("decommissioned", *since))),
+        )
+        .collect();
+    let mut last_seen: BTreeMap<u64, String> = BTreeMap::new();
+    while !pending.is_empty() && Instant::now() < deadline {
+        if let Some(view) = view_from_member(cluster, &leaving) {
+            pending.retain(|node, (wanted, since)| {
+                let state = view
+                    .nodes
+                    .iter()
+                    .find(|seen| seen.id == *node)
+                    .map(|seen| seen.state.clone())
+                    .unwrap_or_else(|| "absent".to_string());
+                let reached = state == *wanted;
+                if reached {
+                    outcome.done.push(format!(
+                        "node {node} {wanted} {:.1?} after its {}",
+                        since.elapsed(),
+                        if *wanted == "active" {
+                            "start"
+                        } else {
+                            "request"
+                        }
+                    ));
+                }
+                last_seen.insert(*node, state);
+                !reached
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL * 5);
+    }
+    for (node, (wanted, _)) in &pending {
+        let seen = last_seen.get(node).map_or("unknown", String::as_str);
+        outcome.failed.push(format!(
+            "node {node} not {wanted} within {CHURN_WAIT:?} (last seen {seen})"
+        ));
+    }
+    for node in leaving.keys() {
+        if !pending.contains_key(node) {
+            let stop_deadline = Instant::now() + SELF_STOP_WAIT;
+            while cluster.is_running(*node) && Instant::now() < stop_deadline {
+                std::thread::sleep(POLL_INTERVAL);
+            }
+            match cluster.is_running(*node) {
+                true => outcome.failed.push(format!(
+                    "node {node} still running {SELF_STOP_WAIT:?} after it was decommissioned"
+                )),
+                false => outcome.done.push(format!("node {node} stopped by itself")),
+            }
+        }
+        cluster.retire(*node);
+        state.lock().leaving.remove(node);
+        eprintln!("  node {node} retired from the cluster");
+    }
+    Some(outcome)
+}
+
+/// `/v1/cluster` from a running node that is not leaving.
+fn view_from_member(
+    cluster: &Cluster,
+    leaving: &BTreeMap<u64, Instant>,
+) -> Option<crate::api::ClusterView> {
+    cluster
+        .node_ids()
+        .into_iter()
+        .filter(|node| !leaving.contains_key(node) && cluster.is_running(*node))
+        .find_map(|node| cluster.view(node).ok())
+}
+
+/// Asks every running member in turn to decommission `node` until one accepts, for at most
+/// [`DECOMMISSION_REQUEST_WAIT`].
+fn request_decommission(cluster: &Cluster, node: u64) -> Result<()> {
+    let api = Api::new(Duration::from_secs(5));
+    let deadline = Instant::now() + DECOMMISSION_REQUEST_WAIT;
+    let mut last_error = String::from("no running member to ask");
+    while Instant::now() < deadline {
+        let members: Vec<_> = cluster
+            .admin_addrs()
+            .into_iter()
+            .filter(|(member, _)| *member != node && cluster.is_running(*member))
+            .collect();
+        for (_, addr) in members {
+            match api.decommission(addr, node) {
+                Ok(()) => return Ok(()),
+                Err(error) => last_error = format!("{error:#}"),
+            }
+        }
+        std::thread::sleep(POLL_INTERVAL * 5);
+    }
+    bail!(
+        "no member accepted to decommission node {node} within {DECOMMISSION_REQUEST_WAIT:?}: {last_error}"
+    )
+}
+
+/// Restarts `node` with its UDP fault layer off.
+fn udp_faults_off(cluster: &Cluster, state: &RunState, node: u64) -> Result<()> {
+    cluster.set_udp_faults(node, None)?;
+    state.lock().udp_faulty.remove(&node);
+    match cluster.is_running(node) {
+        true => restart_gracefully(cluster, node),
+        // Killed in the same round: it starts from the rewritten config when restarted.
+        false => Ok(()),
+    }
+}
+
+/// SIGTERM (SIGKILL after [`STOP_WAIT`]), start from the node's config, wait until ready: a
+/// config change, one node at a time.
+fn restart_gracefully(cluster: &Cluster, node: u64) -> Result<()> {
+    if let Some(pid) = cluster.pid(node).filter(|_| cluster.is_running(node)) {
+        // A paused node only stops once continued.
+        signal("-CONT", pid)?;
+        signal("-TERM", pid)?;
+        let deadline = Instant::now() + STOP_WAIT;
+        while cluster.is_running(node) && Instant::now() < deadline {
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        if cluster.is_running(node) {
+            eprintln!("  node {node} still running {STOP_WAIT:?} after SIGTERM: killed");
+        }
+    }
+    cluster.kill(node);
+    nemesis::restart(cluster, node)?;
+    cluster
+        .wait_ready(&[node], cluster.ready_timeout())
+        .map_err(|not_ready| anyhow::anyhow!("{not_ready}"))
 }
 
 /// Every (left, right) pair, each once.

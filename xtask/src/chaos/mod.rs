@@ -25,6 +25,7 @@ use crate::report::{CheckResult, Status};
 use crate::test_cluster::{finish_work_dir, random_seed, save_json, work_dir};
 use crate::workload::{self, Recorder, WorkloadSpec};
 use anyhow::{Context, Result};
+use faults::RunState;
 use network::Network;
 use nodedb_cluster_core::VSHARD_COUNT;
 use nodedb_cluster_core::linearizability::History;
@@ -83,7 +84,9 @@ fn run(args: &ChaosArgs) -> Result<bool> {
             eprintln!("planned {}: {round}", stage.nemesis.name());
         }
     }
-    let node_ids: Vec<u64> = (1..=u64::from(args.nodes)).collect();
+    // The spare of a churn stage gets its namespace now and is started when it joins.
+    let spares = u64::from(plan::uses_spare(args.nemesis));
+    let node_ids: Vec<u64> = (1..=u64::from(args.nodes) + spares).collect();
     // Declared before the cluster, so dropped after it: the nodes die before their network.
     let network = Network::create(&node_ids)?;
     let processes = Processes::new();
@@ -106,7 +109,8 @@ fn run(args: &ChaosArgs) -> Result<bool> {
             work_dir.display()
         )
     })?;
-    let report = match drive(&cluster, args, seed, &stages) {
+    let state = RunState::new(network.hosts());
+    let report = match drive(&cluster, &state, args, seed, &stages) {
         Ok(report) => report,
         Err(error) => {
             eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
@@ -127,6 +131,7 @@ fn run(args: &ChaosArgs) -> Result<bool> {
 /// Every stage, then the checks.
 fn drive(
     cluster: &Cluster,
+    state: &RunState,
     args: &ChaosArgs,
     seed: u64,
     stages: &[StagePlan],
@@ -153,7 +158,7 @@ fn drive(
                 groups: args.groups,
             },
         };
-        let run = stage::run(cluster, plan, index, &workload, &probing, sweep)
+        let run = stage::run(cluster, state, plan, index, &workload, &probing, sweep)
             .with_context(|| format!("stage {}", plan.nemesis.name()))?;
         let name = format!("history-{}.json", plan.nemesis.name());
         save_json(cluster.work_dir(), &name, &run.history)?;
@@ -196,6 +201,9 @@ fn drive(
     checks.push(no_node_exited(stages, &runs));
     for (plan, run) in stages.iter().zip(&runs) {
         checks.push(recovered(plan.nemesis, &run.recovery));
+        if let Some(churn) = &run.churn {
+            checks.push(churned(churn));
+        }
     }
     Ok(ChaosReport {
         seed,
@@ -249,6 +257,7 @@ fn linearizable(
         Nemesis::Kill => "linearizable (kill)",
         Nemesis::Pause => "linearizable (pause)",
         Nemesis::Lossy => "linearizable (lossy)",
+        Nemesis::Churn => "linearizable (churn)",
         Nemesis::Combined => "linearizable (combined)",
     };
     linearizable_named(cluster, name, nemesis.name(), history, reads)
@@ -285,6 +294,7 @@ fn recovered(nemesis: Nemesis, recovery: &Recovery) -> CheckResult {
         Nemesis::Kill => "recovered (kill)",
         Nemesis::Pause => "recovered (pause)",
         Nemesis::Lossy => "recovered (lossy)",
+        Nemesis::Churn => "recovered (churn)",
         Nemesis::Combined => "recovered (combined)",
     };
     match recovery {
@@ -317,6 +327,16 @@ fn recovered(nemesis: Nemesis, recovery: &Recovery) -> CheckResult {
                 &unwritten[..unwritten.len().min(8)]
             ),
         ),
+    }
+}
+
+/// Fails unless every join of the stage ended Active and every decommission Decommissioned
+/// with the node stopped by itself.
+fn churned(churn: &faults::ChurnOutcome) -> CheckResult {
+    const NAME: &str = "joined and decommissioned";
+    match churn.failed.is_empty() {
+        true => CheckResult::pass(NAME, churn.done.join("; ")),
+        false => CheckResult::fail(NAME, churn.failed.join("; ")),
     }
 }
 

@@ -4,9 +4,9 @@
 //! same seed gives the same schedule. Targets that depend on the live cluster (the leader of
 //! a group) stay symbolic here and are resolved when the round starts.
 //!
-//! Membership churn (decommissioning a node through `POST /v1/nodes/{id}/decommission`, adding
-//! a fresh one) belongs here as a further [`Fault`] variant and a `Churn` [`Nemesis`] stage; the
-//! node carries out decommission, the stage is not written yet.
+//! Membership churn adds the spare node (id `nodes + 1`, its namespace made at the start but
+//! the node not started) and decommissions one of the first nodes, each together with a fault
+//! of another kind.
 
 use super::args::NemesisChoice;
 use rand::rngs::SmallRng;
@@ -33,6 +33,14 @@ pub const LOSS_PERCENT_MAX: u32 = 30;
 /// Rate of a slow link (token bucket on the node's interface), in kbit/s.
 pub const SLOW_RATE_KBIT_MIN: u32 = 256;
 pub const SLOW_RATE_KBIT_MAX: u32 = 2_048;
+/// Longest delay of the UDP fault layer of a delayed node, in ms (reordering comes with it).
+pub const DELAY_MS_MIN: u64 = 5;
+pub const DELAY_MS_MAX: u64 = 40;
+/// Share of datagrams a delayed node sends twice, in percent.
+pub const DUPLICATE_PERCENT_MIN: u32 = 1;
+pub const DUPLICATE_PERCENT_MAX: u32 = 10;
+/// Most nodes restarted with the UDP fault layer in one round (each costs a restart each way).
+pub const DELAYED_NODES_MAX: usize = 3;
 
 /// One stage of the run: which faults its rounds draw from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +49,8 @@ pub enum Nemesis {
     Kill,
     Pause,
     Lossy,
+    /// The spare node joins and one node is decommissioned, each with a fault of another kind.
+    Churn,
     /// Two faults of different kinds at once in every round.
     Combined,
 }
@@ -85,6 +95,19 @@ pub enum Fault {
     Lossy { nodes: Vec<u64>, percent: u32 },
     /// Each of `nodes` sends through a token bucket of `rate_kbit`.
     Slow { nodes: Vec<u64>, rate_kbit: u32 },
+    /// Each of `nodes` restarted (SIGTERM) with its UDP fault layer on: every datagram it sends
+    /// waits up to `delay_ms_max` (so they also overtake each other) and `duplicate_percent` %
+    /// are sent twice; restarted without it at the end of the round.
+    Delay {
+        nodes: Vec<u64>,
+        delay_ms_max: u64,
+        duplicate_percent: u32,
+        seed: u64,
+    },
+    /// The spare node, started with a config that joins through the seeds.
+    Join(u64),
+    /// `POST /v1/nodes/{id}/decommission` for this node; it stops itself once done.
+    Decommission(u64),
 }
 
 /// Faults switched on together at `at` (since the stage started) for `active`.
@@ -112,12 +135,14 @@ impl Nemesis {
                 Nemesis::Kill,
                 Nemesis::Pause,
                 Nemesis::Lossy,
+                Nemesis::Churn,
                 Nemesis::Combined,
             ],
             NemesisChoice::Partition => vec![Nemesis::Partition],
             NemesisChoice::Kill => vec![Nemesis::Kill],
             NemesisChoice::Pause => vec![Nemesis::Pause],
             NemesisChoice::Lossy => vec![Nemesis::Lossy],
+            NemesisChoice::Churn => vec![Nemesis::Churn],
         }
     }
 
@@ -127,9 +152,15 @@ impl Nemesis {
             Nemesis::Kill => "kill",
             Nemesis::Pause => "pause",
             Nemesis::Lossy => "lossy",
+            Nemesis::Churn => "churn",
             Nemesis::Combined => "combined",
         }
     }
+}
+
+/// Whether `choice` adds the spare node (id `nodes + 1`) at some point.
+pub fn uses_spare(choice: NemesisChoice) -> bool {
+    Nemesis::stages(choice).contains(&Nemesis::Churn)
 }
 
 /// The schedule of a run of `duration` (split evenly over the stages) on nodes `1..=nodes`
@@ -174,26 +205,53 @@ fn plan_rounds(
 ) -> Vec<Round> {
     let mut rounds = Vec::new();
     let mut at = random_duration(rng, FIRST_AT_MIN, FIRST_AT_MAX);
+    // Drawn first, so that the rest of a churn schedule does not depend on it.
+    let victim = match nemesis {
+        Nemesis::Churn => nodes[rng.random_range(0..nodes.len())],
+        _ => 0,
+    };
     while at + ACTIVE_MIN <= length {
         let active = random_duration(rng, ACTIVE_MIN, ACTIVE_MAX).min(length - at);
         let faults = match nemesis {
             Nemesis::Combined => {
-                let mut kinds = [
-                    Nemesis::Partition,
-                    Nemesis::Kill,
-                    Nemesis::Pause,
-                    Nemesis::Lossy,
-                ];
+                let mut kinds = DISTURBANCES;
                 kinds.shuffle(rng);
                 kinds[..2]
                     .iter()
-                    .flat_map(|kind| plan_faults(rng, *kind, nodes, groups))
+                    .flat_map(|kind| plan_faults(rng, *kind, nodes, groups, false))
                     .collect()
             }
-            single => plan_faults(rng, single, nodes, groups),
+            // Each churn round brings one fault of another kind; the churn itself is added below.
+            Nemesis::Churn => {
+                let kind = DISTURBANCES[rng.random_range(0..DISTURBANCES.len())];
+                let mut faults = plan_faults(rng, kind, nodes, groups, false);
+                for fault in &mut faults {
+                    spare_victim(fault, victim, nodes);
+                }
+                faults
+            }
+            // The first lossy round always has the UDP fault layer, later ones at random.
+            Nemesis::Lossy => {
+                let delay = rounds.is_empty() || rng.random_bool(0.3);
+                plan_faults(rng, Nemesis::Lossy, nodes, groups, delay)
+            }
+            single => plan_faults(rng, single, nodes, groups, false),
         };
         rounds.push(Round { at, active, faults });
         at += active + random_duration(rng, QUIET_MIN, QUIET_MAX);
+    }
+    if nemesis == Nemesis::Churn {
+        // The spare joins in the first round, the victim leaves in the second (or also in the
+        // first when there is only one): both while the round's other fault is on.
+        let spare = nodes.len() as u64 + 1;
+        let leave_in = 1.min(rounds.len().saturating_sub(1));
+        if let Some(first) = rounds.first_mut() {
+            first.faults.insert(0, Fault::Join(spare));
+        }
+        if let Some(round) = rounds.get_mut(leave_in) {
+            let position = usize::from(leave_in == 0);
+            round.faults.insert(position, Fault::Decommission(victim));
+        }
     }
     // The last heal comes at the end of the stage, where the recovery is timed from.
     if let Some(last) = rounds.last() {
@@ -205,8 +263,40 @@ fn plan_rounds(
     rounds
 }
 
-/// The faults of one round of a single-kind nemesis.
-fn plan_faults(rng: &mut SmallRng, nemesis: Nemesis, nodes: &[u64], groups: u32) -> Vec<Fault> {
+/// The kinds a combined round or a churn round draws its other faults from.
+const DISTURBANCES: [Nemesis; 4] = [
+    Nemesis::Partition,
+    Nemesis::Kill,
+    Nemesis::Pause,
+    Nemesis::Lossy,
+];
+
+/// A fault of a churn round aimed at the node being decommissioned by its id aims at the
+/// metadata leader instead (the victim still may be it, but not by plan).
+fn spare_victim(fault: &mut Fault, victim: u64, nodes: &[u64]) {
+    let retarget = |target: &mut Target| {
+        if *target == Target::Node(victim) {
+            *target = Target::MetadataLeader;
+        }
+    };
+    match fault {
+        Fault::Kill(target) | Fault::Pause(target) | Fault::Partition(Split::Isolate(target)) => {
+            retarget(target)
+        }
+        _ => {}
+    }
+    debug_assert!(nodes.contains(&victim));
+}
+
+/// The faults of one round of a single-kind nemesis; a lossy round restarts some nodes with
+/// the UDP fault layer when `delay` is set.
+fn plan_faults(
+    rng: &mut SmallRng,
+    nemesis: Nemesis,
+    nodes: &[u64],
+    groups: u32,
+    delay: bool,
+) -> Vec<Fault> {
     match nemesis {
         Nemesis::Partition => vec![Fault::Partition(plan_split(rng, nodes, groups))],
         Nemesis::Kill => vec![Fault::Kill(plan_target(rng, nodes, groups))],
@@ -220,13 +310,29 @@ fn plan_faults(rng: &mut SmallRng, nemesis: Nemesis, nodes: &[u64], groups: u32)
                 nodes: random_subset(rng, nodes, 1),
                 rate_kbit: rng.random_range(SLOW_RATE_KBIT_MIN..=SLOW_RATE_KBIT_MAX),
             };
-            match rng.random_range(0..3) {
+            let mut faults = match rng.random_range(0..3) {
                 0 => vec![lossy],
                 1 => vec![slow],
                 _ => vec![lossy, slow],
+            };
+            if delay {
+                let mut delayed = random_subset(rng, nodes, 2);
+                delayed.shuffle(rng);
+                delayed.truncate(DELAYED_NODES_MAX);
+                delayed.sort_unstable();
+                faults.push(Fault::Delay {
+                    nodes: delayed,
+                    delay_ms_max: rng.random_range(DELAY_MS_MIN..=DELAY_MS_MAX),
+                    duplicate_percent: rng
+                        .random_range(DUPLICATE_PERCENT_MIN..=DUPLICATE_PERCENT_MAX),
+                    seed: rng.random(),
+                });
             }
+            faults
         }
-        Nemesis::Combined => unreachable!("a combined round is made of single-kind faults"),
+        Nemesis::Churn | Nemesis::Combined => {
+            unreachable!("churn and combined rounds are made of single-kind faults")
+        }
     }
 }
 
@@ -309,6 +415,18 @@ impl fmt::Display for Fault {
             Fault::Slow { nodes, rate_kbit } => {
                 write!(f, "slow links of nodes {nodes:?} to {rate_kbit} kbit/s")
             }
+            Fault::Delay {
+                nodes,
+                delay_ms_max,
+                duplicate_percent,
+                ..
+            } => write!(
+                f,
+                "delay datagrams of nodes {nodes:?} by 0-{delay_ms_max} ms, {duplicate_percent}% \
+                 sent twice"
+            ),
+            Fault::Join(node) => write!(f, "join node {node}"),
+            Fault::Decommission(node) => write!(f, "decommission node {node}"),
         }
     }
 }
@@ -342,12 +460,15 @@ mod tests {
     fn all_runs_every_kind_then_the_combination() {
         let stages = plan(1, NemesisChoice::All, Duration::from_secs(120), 5, 8);
         let names: Vec<_> = stages.iter().map(|stage| stage.nemesis.name()).collect();
-        assert_eq!(names, ["partition", "kill", "pause", "lossy", "combined"]);
+        assert_eq!(
+            names,
+            ["partition", "kill", "pause", "lossy", "churn", "combined"]
+        );
         for stage in &stages {
-            assert_eq!(stage.length, Duration::from_secs(24));
+            assert_eq!(stage.length, Duration::from_secs(20));
             assert!(stage.rounds.len() >= 2, "{stage:?}");
         }
-        for round in &stages[4].rounds {
+        for round in &stages[5].rounds {
             // Two kinds; a lossy one may bring two faults.
             assert!(round.faults.len() >= 2, "{round}");
         }
@@ -413,10 +534,86 @@ mod tests {
                             assert!(!slow.is_empty());
                             assert!((SLOW_RATE_KBIT_MIN..=SLOW_RATE_KBIT_MAX).contains(rate_kbit));
                         }
+                        Fault::Delay {
+                            nodes: delayed,
+                            delay_ms_max,
+                            duplicate_percent,
+                            ..
+                        } => {
+                            assert!((2..=DELAYED_NODES_MAX).contains(&delayed.len()));
+                            assert!(delayed.iter().all(|node| nodes.contains(node)));
+                            assert!((DELAY_MS_MIN..=DELAY_MS_MAX).contains(delay_ms_max));
+                            assert!(
+                                (DUPLICATE_PERCENT_MIN..=DUPLICATE_PERCENT_MAX)
+                                    .contains(duplicate_percent)
+                            );
+                        }
+                        Fault::Join(node) => assert_eq!(*node, 6),
+                        Fault::Decommission(node) => assert!(nodes.contains(node)),
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_first_lossy_round_delays_datagrams() {
+        for seed in 0..100 {
+            let stages = plan(seed, NemesisChoice::Lossy, Duration::from_secs(5), 5, 8);
+            let first = &stages[0].rounds[0];
+            assert!(
+                first
+                    .faults
+                    .iter()
+                    .any(|fault| matches!(fault, Fault::Delay { .. })),
+                "seed {seed}: {first}"
+            );
+        }
+    }
+
+    #[test]
+    fn churn_adds_the_spare_then_decommissions_another_node_during_faults() {
+        for seed in 0..200 {
+            for (duration, nodes) in [(5, 3), (5, 5), (30, 5)] {
+                let stages = plan(
+                    seed,
+                    NemesisChoice::Churn,
+                    Duration::from_secs(duration),
+                    nodes,
+                    8,
+                );
+                let rounds = &stages[0].rounds;
+                let spare = u64::from(nodes) + 1;
+                assert_eq!(rounds[0].faults[0], Fault::Join(spare), "seed {seed}");
+                let leave = rounds.len().min(2) - 1;
+                let victim = rounds[leave]
+                    .faults
+                    .iter()
+                    .find_map(|fault| match fault {
+                        Fault::Decommission(node) => Some(*node),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("seed {seed}: {:?}", rounds[leave]));
+                assert!((1..=u64::from(nodes)).contains(&victim));
+                for round in rounds {
+                    let churn = round
+                        .faults
+                        .iter()
+                        .filter(|fault| matches!(fault, Fault::Join(_) | Fault::Decommission(_)))
+                        .count();
+                    // Every round has a fault besides its churn, never aimed at the victim by id.
+                    assert!(round.faults.len() > churn, "seed {seed}: {round}");
+                    for fault in &round.faults {
+                        if let Fault::Kill(target) | Fault::Pause(target) = fault {
+                            assert_ne!(*target, Target::Node(victim), "seed {seed}");
+                        }
+                        assert!(!matches!(fault, Fault::Delay { .. }), "seed {seed}");
+                    }
+                }
+            }
+        }
+        assert!(uses_spare(NemesisChoice::All) && uses_spare(NemesisChoice::Churn));
+        assert!(!uses_spare(NemesisChoice::Kill));
     }
 
     #[test]
@@ -444,7 +641,7 @@ mod tests {
                 .all(|round| matches!(round.faults[..], [Fault::Pause(_)]))
         );
         assert_eq!(duration_min(NemesisChoice::Pause), STAGE_LENGTH_MIN);
-        assert_eq!(duration_min(NemesisChoice::All), STAGE_LENGTH_MIN * 5);
+        assert_eq!(duration_min(NemesisChoice::All), STAGE_LENGTH_MIN * 6);
     }
 
     #[test]

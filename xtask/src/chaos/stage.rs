@@ -1,8 +1,9 @@
 //! One stage of `chaos`: the client workload on the stage's own keys for the stage's length
 //! while its rounds switch faults on and off, then everything healed, the clients stopped,
-//! and the recovery probe timed.
+//! and the recovery probe timed; after a churn stage, the joins and decommissions are waited
+//! for.
 
-use super::faults::{self, Applied};
+use super::faults::{self, Applied, ChurnOutcome, RunState};
 use super::plan::StagePlan;
 use super::probes::{self, Recovery, Sweep};
 use crate::cluster::Cluster;
@@ -28,6 +29,8 @@ pub struct StageRun {
     /// Nodes found not running at the end of the stage though no fault had them down.
     pub exited_by_themselves: Vec<u64>,
     pub recovery: Recovery,
+    /// How the stage's joins and decommissions ended, if it had any.
+    pub churn: Option<ChurnOutcome>,
 }
 
 /// Shared by every stage: the recovery probe's keys and history.
@@ -40,6 +43,7 @@ pub struct Probing<'a> {
 /// probe writers go as far as `sweep` asks.
 pub fn run(
     cluster: &Cluster,
+    state: &RunState,
     plan: &StagePlan,
     index: usize,
     workload: &WorkloadSpec,
@@ -67,11 +71,12 @@ pub fn run(
         threads.push(scope.spawn(|| progress::run(cluster, &recorder, &phase, started, &stop)));
         // Should the rounds fail or panic, the clients must still stop, or the scope never ends.
         let _stop_on_unwind = StopOnDrop(&stop);
-        let applied = run_rounds(cluster, plan, started, &phase, &stop);
+        let applied = run_rounds(cluster, state, plan, started, &phase, &stop);
         if applied.is_ok() {
             sleep_until(started + plan.length, &stop);
         }
-        let healed = faults::heal_everything(cluster).context("healing at the end of the stage");
+        let healed =
+            faults::heal_everything(cluster, state).context("healing at the end of the stage");
         stop.store(true, Ordering::Relaxed);
         let panicked = threads
             .into_iter()
@@ -108,7 +113,17 @@ pub fn run(
             unwritten.len(),
         ),
     }
+    let churn = faults::settle_churn(cluster, state);
+    if let Some(churn) = &churn {
+        for done in &churn.done {
+            eprintln!("  churn: {done}");
+        }
+        for failed in &churn.failed {
+            eprintln!("  churn FAILED: {failed}");
+        }
+    }
     Ok(StageRun {
+        churn,
         history: recorder.history(),
         counts: recorder.counters.snapshot(),
         writes: recorder.writes(),
@@ -123,6 +138,7 @@ pub fn run(
 /// many faults were carried out.
 fn run_rounds(
     cluster: &Cluster,
+    state: &RunState,
     plan: &StagePlan,
     started: Instant,
     phase: &Mutex<String>,
@@ -135,7 +151,9 @@ fn run_rounds(
         }
         let mut applied: Vec<Applied> = Vec::new();
         for fault in &round.faults {
-            if let Some(done) = faults::apply(cluster, fault).with_context(|| format!("{fault}"))? {
+            if let Some(done) =
+                faults::apply(cluster, state, fault).with_context(|| format!("{fault}"))?
+            {
                 eprintln!(
                     "  [{:>5.1}s] on:  {}",
                     started.elapsed().as_secs_f64(),
@@ -155,7 +173,8 @@ fn run_rounds(
         );
         sleep_until(started + round.at + round.active, stop);
         for done in applied.iter().rev() {
-            faults::undo(cluster, done).with_context(|| format!("undoing {}", done.description))?;
+            faults::undo(cluster, state, done)
+                .with_context(|| format!("undoing {}", done.description))?;
             eprintln!(
                 "  [{:>5.1}s] off: {}",
                 started.elapsed().as_secs_f64(),

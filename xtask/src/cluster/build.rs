@@ -97,6 +97,13 @@ pub fn make_certs(binary: &Path, certs_dir: &Path, node_ids: &[u64]) -> Result<(
     Ok(())
 }
 
+/// Issues a certificate for one more node under the CA [`make_certs`] made in `certs_dir`.
+pub fn issue_cert(binary: &Path, certs_dir: &Path, node_id: u64) -> Result<()> {
+    let dir = certs_dir.to_str().context("certs dir is not UTF-8")?;
+    let id = node_id.to_string();
+    run_binary(binary, &["certs", "issue", "--dir", dir, "--node-id", &id])
+}
+
 /// The files `certs init` and `certs issue` promise, for `node_ids`.
 pub fn cert_files(node_ids: &[u64]) -> Vec<String> {
     let mut files = vec!["ca.pem".to_string(), "ca.key".to_string()];

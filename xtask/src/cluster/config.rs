@@ -89,8 +89,29 @@ impl NodeLayout {
     }
 }
 
+/// The node's UDP fault layer (`[faults]`, for chaos runs only): every datagram it sends waits
+/// up to `delay_ms_max`, and is sent twice with `duplicate_probability`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct UdpFaults {
+    #[serde(rename = "udp_delay_ms_max")]
+    pub delay_ms_max: u64,
+    #[serde(rename = "udp_duplicate_probability")]
+    pub duplicate_probability: f64,
+    pub seed: u64,
+}
+
 /// The TOML text of `node`'s config.
+#[cfg(test)]
 pub fn render(node: &NodeLayout, shape: &ClusterShape) -> Result<String> {
+    render_with_faults(node, shape, None)
+}
+
+/// [`render`] with the UDP fault layer on when `faults` is given.
+pub fn render_with_faults(
+    node: &NodeLayout,
+    shape: &ClusterShape,
+    faults: Option<UdpFaults>,
+) -> Result<String> {
     let certs = &shape.certs_dir;
     let file = ConfigFile {
         node_id: node.node_id,
@@ -118,16 +139,26 @@ pub fn render(node: &NodeLayout, shape: &ClusterShape) -> Result<String> {
             filter: "info,openraft=warn".to_string(),
             json: false,
         },
+        faults,
     };
     toml::to_string(&file).context("rendering a node config as TOML")
 }
 
 /// Writes `node`'s config file and creates its data directory.
 pub fn write(node: &NodeLayout, shape: &ClusterShape) -> Result<PathBuf> {
+    write_with_faults(node, shape, None)
+}
+
+/// [`write`] with the UDP fault layer on when `faults` is given (read at the node's next start).
+pub fn write_with_faults(
+    node: &NodeLayout,
+    shape: &ClusterShape,
+    faults: Option<UdpFaults>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(node.data_dir())
         .with_context(|| format!("creating {}", node.data_dir().display()))?;
     let path = node.config_path();
-    std::fs::write(&path, render(node, shape)?)
+    std::fs::write(&path, render_with_faults(node, shape, faults)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
@@ -145,6 +176,8 @@ struct ConfigFile {
     tls: TlsSection,
     raft: RaftSection,
     log: LogSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    faults: Option<UdpFaults>,
 }
 
 #[derive(Serialize)]
@@ -194,6 +227,7 @@ mod tests {
         "raft",
         "admin",
         "log",
+        "faults",
     ];
     const CONTRACT_TLS: &[&str] = &["ca_cert", "cert", "key", "insecure"];
     const CONTRACT_RAFT: &[&str] = &[
@@ -204,6 +238,7 @@ mod tests {
         "node_down_timeout_ms",
     ];
     const CONTRACT_LOG: &[&str] = &["filter", "json"];
+    const CONTRACT_FAULTS: &[&str] = &["udp_delay_ms_max", "udp_duplicate_probability", "seed"];
 
     fn sample(node_id: u64) -> (NodeLayout, ClusterShape) {
         let node = NodeLayout {
@@ -243,6 +278,21 @@ mod tests {
         subset(keys(table["tls"].as_table().unwrap()), CONTRACT_TLS);
         subset(keys(table["raft"].as_table().unwrap()), CONTRACT_RAFT);
         subset(keys(table["log"].as_table().unwrap()), CONTRACT_LOG);
+        assert!(
+            !table.contains_key("faults"),
+            "the fault layer is off by default"
+        );
+        let faults = UdpFaults {
+            delay_ms_max: 20,
+            duplicate_probability: 0.05,
+            seed: 7,
+        };
+        let text = render_with_faults(&node, &shape, Some(faults)).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let section = table["faults"].as_table().unwrap();
+        assert_eq!(keys(section), CONTRACT_FAULTS.iter().copied().collect());
+        assert_eq!(section["udp_delay_ms_max"].as_integer(), Some(20));
+        assert_eq!(section["udp_duplicate_probability"].as_float(), Some(0.05));
     }
 
     #[test]

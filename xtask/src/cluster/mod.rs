@@ -18,6 +18,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 /// How long every node gets by default to answer 200 on `/readyz` after a (re)start.
@@ -67,7 +68,9 @@ pub struct NodeHost {
 pub struct Cluster {
     binary: PathBuf,
     work_dir: PathBuf,
-    nodes: BTreeMap<u64, NodeLayout>,
+    shape: ClusterShape,
+    /// The nodes of the cluster: those launched, those added since, minus those retired.
+    nodes: RwLock<BTreeMap<u64, NodeLayout>>,
     wrappers: BTreeMap<u64, Vec<String>>,
     processes: Processes,
     api: Api,
@@ -174,7 +177,8 @@ impl Cluster {
         Ok(Cluster {
             binary: spec.binary.clone(),
             work_dir: spec.work_dir.clone(),
-            nodes,
+            shape,
+            nodes: RwLock::new(nodes),
             wrappers,
             processes: processes.clone(),
             api: Api::new(ADMIN_REQUEST_TIMEOUT),
@@ -193,15 +197,50 @@ impl Cluster {
     }
 
     pub fn node_ids(&self) -> Vec<u64> {
-        self.nodes.keys().copied().collect()
+        self.nodes().keys().copied().collect()
     }
 
     /// Admin addresses of every node, by id.
     pub fn admin_addrs(&self) -> BTreeMap<u64, SocketAddr> {
-        self.nodes
+        self.nodes()
             .iter()
             .map(|(id, node)| (*id, node.ports.admin_addr))
             .collect()
+    }
+
+    /// Makes node `node_id` a node of this cluster, not started yet: a certificate, and a config
+    /// that joins through the launched nodes (`host` is where it runs; its wrapper must have
+    /// been given at launch).
+    pub fn add_node(&self, node_id: u64, host: &NodeHost) -> Result<()> {
+        if self.nodes().contains_key(&node_id) {
+            bail!("node {node_id} is already in the cluster");
+        }
+        if !self.wrappers.is_empty() && self.wrappers.get(&node_id) != Some(&host.wrapper) {
+            bail!("node {node_id} was given no host at launch");
+        }
+        build::issue_cert(&self.binary, &self.shape.certs_dir, node_id)?;
+        let layout = NodeLayout {
+            node_id,
+            ports: host.ports,
+            dir: self.work_dir.join(format!("node-{node_id}")),
+        };
+        config::write(&layout, &self.shape)?;
+        self.nodes_mut().insert(node_id, layout);
+        Ok(())
+    }
+
+    /// Takes node `node_id` out of this cluster (e.g. once decommissioned): killed if it still
+    /// runs, and no longer listed, started or checked.
+    pub fn retire(&self, node_id: u64) {
+        self.processes.kill(node_id);
+        self.nodes_mut().remove(&node_id);
+    }
+
+    /// Rewrites node `node_id`'s config with the UDP fault layer on (`Some`) or off; the node
+    /// reads it at its next start.
+    pub fn set_udp_faults(&self, node_id: u64, faults: Option<config::UdpFaults>) -> Result<()> {
+        let node = self.layout(node_id)?;
+        config::write_with_faults(&node, &self.shape, faults).map(drop)
     }
 
     /// Starts node `node_id` from its config (a restart keeps its data dir and ports).
@@ -233,6 +272,11 @@ impl Cluster {
         self.processes.pid(node_id)
     }
 
+    /// Whether node `node_id`'s process runs, exited (with its status) or was never started.
+    pub fn process_state(&self, node_id: u64) -> ChildState {
+        self.processes.state(node_id)
+    }
+
     pub fn is_running(&self, node_id: u64) -> bool {
         self.processes.state(node_id) == ChildState::Running
     }
@@ -255,7 +299,14 @@ impl Cluster {
                         started,
                     ));
                 }
-                let addr = self.nodes[node_id].ports.admin_addr;
+                let Ok(addr) = self.layout(*node_id).map(|node| node.ports.admin_addr) else {
+                    return Err(self.not_ready(
+                        *node_id,
+                        None,
+                        "not in the cluster".into(),
+                        started,
+                    ));
+                };
                 match self.api.readyz(addr) {
                     Ok(()) => answers.insert(*node_id, "200 ready".to_string()),
                     Err(answer) => {
@@ -301,7 +352,7 @@ impl Cluster {
     /// The last log lines of every node but `skipped`, each under a header.
     pub fn log_tails_except(&self, skipped: u64, lines: usize) -> String {
         let mut text = String::new();
-        for node in self.nodes.values().filter(|node| node.node_id != skipped) {
+        for node in self.nodes().values().filter(|node| node.node_id != skipped) {
             let path = node.log_path();
             text.push_str(&format!(
                 "---- node {} ({}), last {lines} lines ----\n{}\n",
@@ -313,10 +364,19 @@ impl Cluster {
         text
     }
 
-    fn layout(&self, node_id: u64) -> Result<&NodeLayout> {
-        self.nodes
+    fn layout(&self, node_id: u64) -> Result<NodeLayout> {
+        self.nodes()
             .get(&node_id)
+            .cloned()
             .with_context(|| format!("no node {node_id} in this cluster"))
+    }
+
+    fn nodes(&self) -> RwLockReadGuard<'_, BTreeMap<u64, NodeLayout>> {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn nodes_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, NodeLayout>> {
+        self.nodes.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn not_ready(
@@ -326,15 +386,21 @@ impl Cluster {
         last_answer: String,
         started: Instant,
     ) -> Box<NotReady> {
-        let node = &self.nodes[&node_id];
+        let (admin_addr, log_path) = match self.layout(node_id) {
+            Ok(node) => (node.ports.admin_addr, node.log_path()),
+            Err(_) => (
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                self.work_dir.join("none"),
+            ),
+        };
         Box::new(NotReady {
             node_id,
-            admin_addr: node.ports.admin_addr,
+            admin_addr,
             exited,
             last_answer,
             waited: started.elapsed(),
-            log_path: node.log_path(),
-            log_tail: process::log_tail(&node.log_path(), LOG_TAIL_LINES),
+            log_tail: process::log_tail(&log_path, LOG_TAIL_LINES),
+            log_path,
         })
     }
 }
