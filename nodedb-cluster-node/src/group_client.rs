@@ -1,6 +1,12 @@
 //! Runs an operation on the replica that can serve it: the local replica when it leads the
 //! group, otherwise the leader, found through leader hints and reached in one hop over the
 //! Control channel. Retries are bounded; a timeout after proposing stays "outcome unknown".
+//!
+//! A forward to a leader that dies would wait for the whole RPC deadline (the dead process
+//! never answers, and nothing tells QUIC it is gone). So while this node hosts a replica of
+//! the group, a forward also watches the replica's view of the leader: once another node leads,
+//! a read moves on to it at once and a write ends as "outcome unknown" (it may have reached
+//! the old leader's log), instead of both waiting out the deadline.
 
 use crate::control::{
     ControlError, ControlRequest, ControlResponse, MembershipChange, MigrationStep,
@@ -9,15 +15,15 @@ use crate::metrics;
 use crate::reconciler::CAUGHT_UP_LAG_MAX;
 use nodedb_cluster_core::{GroupId, METADATA_GROUP, MetadataCommand, NodeId, VShardId};
 use nodedb_cluster_raft::{
-    Applied, AppliedMetadata, LogIndex, MetadataOutcome, MultiRaft, ReadConsistency, StepOutcome,
-    VSHARD_PART_BYTES, decode_metadata_outcome, encode_metadata_command,
+    Applied, AppliedMetadata, LeaderChange, LogIndex, MetadataOutcome, MultiRaft, ReadConsistency,
+    StepOutcome, VSHARD_PART_BYTES, decode_metadata_outcome, encode_metadata_command,
 };
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 /// Most export bytes in one answer to [`MigrationStep::Export`] (whole parts; at least one).
 const EXPORT_PAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -26,6 +32,9 @@ pub const FORWARD_ATTEMPTS_MAX: u32 = 8;
 /// First pause between attempts; doubles up to [`FORWARD_BACKOFF_MAX`].
 const FORWARD_BACKOFF_FIRST: Duration = Duration::from_millis(25);
 const FORWARD_BACKOFF_MAX: Duration = Duration::from_millis(400);
+/// How long a forward still waits for the node it went to once another node leads the group:
+/// an old leader that is alive (a leadership transfer) answers within it, a dead one never.
+const REPLACED_LEADER_GRACE: Duration = Duration::from_millis(100);
 
 /// What an operation does once it has found its replica.
 #[derive(Clone, Debug)]
@@ -253,7 +262,7 @@ impl GroupClient {
             let result = if node == self.node {
                 serve_locally(&self.raft, self.node, group, operation.clone()).await
             } else {
-                let forwarded = self.forward(node, group, &operation).await;
+                let forwarded = self.forward_watched(node, group, &operation).await;
                 metrics::forwarded(group, &forwarded);
                 forwarded
             };
@@ -301,6 +310,55 @@ impl GroupClient {
         match voters.len() {
             0 => None,
             count => Some(voters[attempt as usize % count]),
+        }
+    }
+
+    /// [`GroupClient::forward`] to `node`, given up [`REPLACED_LEADER_GRACE`] after the local
+    /// replica of `group` (if any) sees another node lead: a read then answers `NotLeader` with
+    /// the new leader as hint (nothing changed, so [`GroupClient::run`] tries there next), a
+    /// write answers `Timeout` (outcome unknown). Without a local replica there is nothing to
+    /// watch.
+    async fn forward_watched(
+        &self,
+        node: NodeId,
+        group: GroupId,
+        operation: &Operation,
+    ) -> Result<Served, ControlError> {
+        if self.raft.status(group).is_none() {
+            return self.forward(node, group, operation).await;
+        }
+        let mut changes = self.raft.leader_changes();
+        let call = self.forward(node, group, operation);
+        tokio::pin!(call);
+        loop {
+            let leader = tokio::select! {
+                result = &mut call => return result,
+                change = changes.recv() => match change {
+                    Ok(change) => replaced_leader(&change, group, node),
+                    // Missed some changes: the replica's current view decides.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self
+                        .raft
+                        .status(group)
+                        .and_then(|status| status.leader)
+                        .filter(|leader| *leader != node),
+                    Err(broadcast::error::RecvError::Closed) => return call.await,
+                },
+            };
+            let Some(leader) = leader else {
+                continue;
+            };
+            if let Ok(result) = tokio::time::timeout(REPLACED_LEADER_GRACE, &mut call).await {
+                return result;
+            }
+            tracing::debug!(%group, from = %node, to = %leader, "leader changed under a forward");
+            return Err(match operation.is_read() {
+                true => ControlError::NotLeader {
+                    node,
+                    group,
+                    leader_hint: Some(leader),
+                },
+                false => ControlError::Timeout { group },
+            });
         }
     }
 
@@ -494,6 +552,14 @@ fn consistency(linearizable: bool) -> ReadConsistency {
     }
 }
 
+/// The leader `change` reports for `group`, when it is a node other than `old`.
+fn replaced_leader(change: &LeaderChange, group: GroupId, old: NodeId) -> Option<NodeId> {
+    match change.group == group {
+        true => change.leader.filter(|leader| *leader != old),
+        false => None,
+    }
+}
+
 /// Fills in the routing version a `Moved` refusal reports: this node's view of the routing.
 pub fn with_routing_version(
     error: ControlError,
@@ -553,5 +619,34 @@ impl std::fmt::Debug for GroupClient {
         f.debug_struct("GroupClient")
             .field("node", &self.node)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(group: u32, leader: Option<u64>) -> LeaderChange {
+        LeaderChange {
+            group: GroupId(group),
+            leader: leader.map(NodeId),
+            term: 3,
+        }
+    }
+
+    #[test]
+    fn only_another_leader_of_the_same_group_replaces_the_forward_target() {
+        let (group, old) = (GroupId(2), NodeId(1));
+        assert_eq!(
+            replaced_leader(&change(2, Some(3)), group, old),
+            Some(NodeId(3))
+        );
+        assert_eq!(replaced_leader(&change(2, Some(1)), group, old), None);
+        assert_eq!(
+            replaced_leader(&change(2, None), group, old),
+            None,
+            "an election in progress is not a new leader yet"
+        );
+        assert_eq!(replaced_leader(&change(5, Some(3)), group, old), None);
     }
 }

@@ -152,6 +152,7 @@ async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
         .plan_placement()
         .into_iter()
         .filter(|step| !liveness.transferred_at.contains_key(&step.group()))
+        .filter(|step| leader_target_answers(step, context.node, liveness))
         .collect();
     for step in steps.iter().filter(|step| !step.is_membership()) {
         liveness.transferred_at.insert(step.group(), now);
@@ -195,6 +196,18 @@ async fn ping_members(context: &ReconcilerContext, state: &MetadataState, livene
         }
     }
     liveness.last_seen.insert(context.node, now);
+}
+
+/// False for a leadership transfer to a node that did not answer this round's ping: a killed
+/// node stays Active until the down timeout, and a leader that hands over to it stops serving
+/// until an election replaces the transfer (seconds of unavailability for nothing).
+fn leader_target_answers(step: &PlacementStep, this_node: NodeId, liveness: &Liveness) -> bool {
+    match *step {
+        PlacementStep::TransferLeader { to, .. } => {
+            to == this_node || liveness.reachable_since.contains_key(&to)
+        }
+        _ => true,
+    }
 }
 
 /// The lifecycle commands this round calls for, at most one per node.
