@@ -14,6 +14,7 @@ use crate::cluster::{Cluster, NodeHost};
 use crate::nemesis;
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ pub const DECOMMISSION_REQUEST_WAIT: Duration = Duration::from_secs(20);
 /// How long, after the stage, a joined node gets to be Active and a decommissioned node to be
 /// Decommissioned.
 pub const CHURN_WAIT: Duration = Duration::from_secs(90);
+/// How often the churn's progress is looked at.
+const CHURN_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a Decommissioned node gets to stop by itself.
 pub const SELF_STOP_WAIT: Duration = Duration::from_secs(15);
 
@@ -48,6 +51,10 @@ struct Membership {
     joining: BTreeMap<u64, Instant>,
     /// Asked to decommission, and when.
     leaving: BTreeMap<u64, Instant>,
+    /// How long after its start or request a node was first seen Active or Decommissioned.
+    reached: BTreeMap<u64, Duration>,
+    /// The state each joining or leaving node was last seen in.
+    last_seen: BTreeMap<u64, String>,
 }
 
 impl RunState {
@@ -312,13 +319,31 @@ pub struct ChurnOutcome {
     pub failed: Vec<String>,
 }
 
+/// While the stage runs, notes when each joining node is first seen Active and each leaving
+/// node Decommissioned, so that the times reported are not those of the end of the stage.
+pub fn watch_churn(cluster: &Cluster, state: &RunState, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        note_churn(cluster, state);
+        std::thread::sleep(CHURN_POLL_INTERVAL);
+    }
+}
+
 /// Waits (bounded) until every node that started to join is Active and every node asked to
 /// decommission is Decommissioned and has stopped by itself; retires the latter from the
 /// cluster. `None` when the stage had no churn.
 pub fn settle_churn(cluster: &Cluster, state: &RunState) -> Option<ChurnOutcome> {
-    let (joining, leaving) = {
+    let deadline = Instant::now() + CHURN_WAIT;
+    while note_churn(cluster, state) > 0 && Instant::now() < deadline {
+        std::thread::sleep(CHURN_POLL_INTERVAL);
+    }
+    let (joining, leaving, reached, last_seen) = {
         let mut inner = state.lock();
-        (std::mem::take(&mut inner.joining), inner.leaving.clone())
+        (
+            std::mem::take(&mut inner.joining),
+            inner.leaving.clone(),
+            std::mem::take(&mut inner.reached),
+            std::mem::take(&mut inner.last_seen),
+        )
     };
     if joining.is_empty() && leaving.is_empty() {
         return None;
@@ -327,52 +352,27 @@ pub fn settle_churn(cluster: &Cluster, state: &RunState) -> Option<ChurnOutcome>
         done: Vec::new(),
         failed: Vec::new(),
     };
-    let deadline = Instant::now() + CHURN_WAIT;
-    let mut pending: BTreeMap<u64, (&'static str, Instant)> = joining
-        .iter()
-        .map(|(node, since)| (*node, ("active", *since)))
-        .chain(
-            leaving
-                .iter()
-                .map(|(node, since)| (*node, ("decommissioned", *since))),
-        )
-        .collect();
-    let mut last_seen: BTreeMap<u64, String> = BTreeMap::new();
-    while !pending.is_empty() && Instant::now() < deadline {
-        if let Some(view) = view_from_member(cluster, &leaving) {
-            pending.retain(|node, (wanted, since)| {
-                let state = view
-                    .nodes
-                    .iter()
-                    .find(|seen| seen.id == *node)
-                    .map(|seen| seen.state.clone())
-                    .unwrap_or_else(|| "absent".to_string());
-                let reached = state == *wanted;
-                if reached {
-                    outcome.done.push(format!(
-                        "node {node} {wanted} {:.1?} after its {}",
-                        since.elapsed(),
-                        if *wanted == "active" {
-                            "start"
-                        } else {
-                            "request"
-                        }
-                    ));
-                }
-                last_seen.insert(*node, state);
-                !reached
-            });
+    let wanted = joining.keys().map(|node| (*node, "active", "start")).chain(
+        leaving
+            .keys()
+            .map(|node| (*node, "decommissioned", "request")),
+    );
+    for (node, state, since) in wanted {
+        match reached.get(&node) {
+            Some(after) => outcome
+                .done
+                .push(format!("node {node} {state} {after:.1?} after its {since}")),
+            None => {
+                let seen = last_seen.get(&node).map_or("unknown", String::as_str);
+                outcome.failed.push(format!(
+                    "node {node} not {state} within {CHURN_WAIT:?} after the stage (last seen \
+                     {seen})"
+                ));
+            }
         }
-        std::thread::sleep(POLL_INTERVAL * 5);
-    }
-    for (node, (wanted, _)) in &pending {
-        let seen = last_seen.get(node).map_or("unknown", String::as_str);
-        outcome.failed.push(format!(
-            "node {node} not {wanted} within {CHURN_WAIT:?} (last seen {seen})"
-        ));
     }
     for node in leaving.keys() {
-        if !pending.contains_key(node) {
+        if reached.contains_key(node) {
             let stop_deadline = Instant::now() + SELF_STOP_WAIT;
             while cluster.is_running(*node) && Instant::now() < stop_deadline {
                 std::thread::sleep(POLL_INTERVAL);
@@ -391,15 +391,58 @@ pub fn settle_churn(cluster: &Cluster, state: &RunState) -> Option<ChurnOutcome>
     Some(outcome)
 }
 
+/// Looks once at a member's view and notes the churn that reached its end state; returns how
+/// many joins and decommissions have not yet.
+fn note_churn(cluster: &Cluster, state: &RunState) -> usize {
+    let (pending, leaving) = {
+        let inner = state.lock();
+        let pending: Vec<(u64, &'static str, Instant)> = inner
+            .joining
+            .iter()
+            .map(|(node, since)| (*node, "active", *since))
+            .chain(
+                inner
+                    .leaving
+                    .iter()
+                    .map(|(node, since)| (*node, "decommissioned", *since)),
+            )
+            .filter(|(node, _, _)| !inner.reached.contains_key(node))
+            .collect();
+        (
+            pending,
+            inner.leaving.keys().copied().collect::<BTreeSet<u64>>(),
+        )
+    };
+    if pending.is_empty() {
+        return 0;
+    }
+    let Some(view) = view_from_member(cluster, &leaving) else {
+        return pending.len();
+    };
+    let mut inner = state.lock();
+    let mut left = 0;
+    for (node, wanted, since) in pending {
+        let seen = view
+            .nodes
+            .iter()
+            .find(|seen| seen.id == node)
+            .map_or_else(|| "absent".to_string(), |seen| seen.state.clone());
+        if seen == wanted {
+            inner.reached.insert(node, since.elapsed());
+        } else {
+            left += 1;
+        }
+        inner.last_seen.insert(node, seen);
+    }
+    left
+}
+
 /// `/v1/cluster` from a running node that is not leaving.
-fn view_from_member(
-    cluster: &Cluster,
-    leaving: &BTreeMap<u64, Instant>,
-) -> Option<crate::api::ClusterView> {
+fn view_from_member(cluster: &Cluster, leaving: &BTreeSet<u64>) -> Option<crate::api::ClusterView> {
     cluster
         .node_ids()
         .into_iter()
-        .filter(|node| !leaving.contains_key(node) && cluster.is_running(*node))
+        .filter(|node| !leaving.contains(node) && cluster.is_running(*node))
         .find_map(|node| cluster.view(node).ok())
 }
 

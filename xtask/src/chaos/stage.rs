@@ -69,6 +69,7 @@ pub fn run(
                 .push(scope.spawn(move || workload::run_client(client, workload, recorder, stop)));
         }
         threads.push(scope.spawn(|| progress::run(cluster, &recorder, &phase, started, &stop)));
+        threads.push(scope.spawn(|| faults::watch_churn(cluster, state, &stop)));
         // Should the rounds fail or panic, the clients must still stop, or the scope never ends.
         let _stop_on_unwind = StopOnDrop(&stop);
         let applied = run_rounds(cluster, state, plan, started, &phase, &stop);
