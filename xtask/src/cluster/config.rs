@@ -15,6 +15,10 @@ pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1_000;
 pub const NODE_DOWN_TIMEOUT_MS: u64 = 30_000;
 
 /// The Raft heartbeat and election timings written into every node's config.
+///
+/// A follower of openraft campaigns only after it heard nothing from its leader for the leader
+/// lease (`election_timeout_ms_max`) plus a random election timeout (min..max); so a dead
+/// leader is replaced after `max + min ..= 2 * max` of silence, not after `min..max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RaftTimings {
     pub heartbeat_interval_ms: u64,
@@ -23,18 +27,20 @@ pub struct RaftTimings {
 }
 
 impl RaftTimings {
-    /// Release builds: fast elections, so failovers finish well within a run.
+    /// Release builds: a dead leader is replaced after 600-800 ms of silence, so a failover
+    /// can end within the 1 s target; 12 heartbeats must go missing first.
     pub const RELEASE: RaftTimings = RaftTimings {
         heartbeat_interval_ms: 50,
-        election_timeout_ms_min: 300,
-        election_timeout_ms_max: 600,
+        election_timeout_ms_min: 200,
+        election_timeout_ms_max: 400,
     };
-    /// Debug builds are many times slower and share the machine with the build: doubled
-    /// timings, so that slow RPCs are not taken for dead leaders.
+    /// Debug builds are many times slower and share the machine with the build: twice the
+    /// release timings (1.2-1.6 s of silence), so that slow RPCs are not taken for dead
+    /// leaders.
     pub const DEBUG: RaftTimings = RaftTimings {
         heartbeat_interval_ms: 100,
-        election_timeout_ms_min: 600,
-        election_timeout_ms_max: 1200,
+        election_timeout_ms_min: 400,
+        election_timeout_ms_max: 800,
     };
 
     pub fn for_profile(release: bool) -> RaftTimings {
@@ -314,7 +320,7 @@ mod tests {
         assert_eq!(table["num_groups"].as_integer(), Some(8));
         let raft = table["raft"].as_table().unwrap();
         assert_eq!(raft["heartbeat_interval_ms"].as_integer(), Some(50));
-        assert_eq!(raft["election_timeout_ms_max"].as_integer(), Some(600));
+        assert_eq!(raft["election_timeout_ms_max"].as_integer(), Some(400));
         let tls = table["tls"].as_table().unwrap();
         assert_eq!(tls["ca_cert"].as_str(), Some("/work dir/certs/ca.pem"));
         assert_eq!(tls["cert"].as_str(), Some("/work dir/certs/node-2.pem"));
