@@ -42,9 +42,13 @@ pub struct TestClusterArgs {
     /// Build and run the node binary with the release profile.
     #[arg(long)]
     pub release: bool,
-    /// Run the workload without killing any node.
+    /// Run the workload without killing any node, moving vShards, adding or decommissioning
+    /// a node.
     #[arg(long)]
     pub no_faults: bool,
+    /// Keep the faults and moves but add no node and decommission none.
+    #[arg(long)]
+    pub no_membership: bool,
     /// Run this node binary instead of building `nodedb-cluster`.
     #[arg(long)]
     pub node_binary: Option<PathBuf>,
@@ -210,7 +214,7 @@ mod tests {
         assert_eq!(args.duration, Duration::from_secs(30));
         assert_eq!(args.clients, 16);
         assert_eq!(args.seed, None);
-        assert!(!args.keep && !args.release && !args.no_faults);
+        assert!(!args.keep && !args.release && !args.no_faults && !args.no_membership);
         args.validate().unwrap();
     }
 
@@ -232,6 +236,7 @@ mod tests {
             "50",
             "--release",
             "--no-faults",
+            "--no-membership",
             "--node-binary",
             "/opt/nodedb-cluster",
         ])
@@ -242,7 +247,7 @@ mod tests {
         );
         assert_eq!(args.duration, Duration::from_secs(120));
         assert_eq!(args.seed, Some(42));
-        assert!(args.keep && args.release && args.no_faults);
+        assert!(args.keep && args.release && args.no_faults && args.no_membership);
         assert_eq!(args.node_binary, Some(PathBuf::from("/opt/nodedb-cluster")));
     }
 

@@ -17,6 +17,7 @@ mod cluster;
 mod fake_node;
 mod fuzz;
 mod layering;
+mod membership;
 mod moves;
 mod nemesis;
 mod progress;

@@ -3,8 +3,8 @@
 //! seconds later; later the same for the metadata group (group 0). Each fault is recorded
 //! with the groups its victim led, for the failover report.
 //!
-//! Growing the cluster or decommissioning a node would be further [`FaultKind`] variants,
-//! planned by [`plan`] and carried out by `execute`, once the node supports them.
+//! Growing the cluster and decommissioning a node are not faults: `membership.rs` does them,
+//! the decommission after the last fault here.
 
 use crate::cluster::Cluster;
 use crate::workload::Recorder;

@@ -1,6 +1,7 @@
 //! `cargo xtask test-cluster`: build the node, launch a local cluster, run the client
-//! workload while the nemesis kills and restarts leaders, then settle, check and report.
-//! Every node process dies with the driver, whichever way it ends.
+//! workload while the nemesis kills and restarts leaders, vShards move and a node joins and
+//! another is decommissioned, then settle, check and report. Every node process dies with the
+//! driver, whichever way it ends.
 
 use crate::api::Api;
 use crate::checks;
@@ -8,6 +9,7 @@ use crate::cli::TestClusterArgs;
 use crate::cluster::config::RaftTimings;
 use crate::cluster::process::Processes;
 use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
+use crate::membership::{self, MembershipEvent, PlannedMembership};
 use crate::moves::{self, MoveEvent, PlannedMove};
 use crate::nemesis::{self, FaultEvent, PlannedFault};
 use crate::progress;
@@ -86,6 +88,16 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     for planned in &moves {
         eprintln!("planned: move {} to another group", planned.vshard);
     }
+    let membership = match args.no_faults || args.no_membership {
+        true => None,
+        false => membership::plan(seed, args.nodes),
+    };
+    if let Some(planned) = membership {
+        eprintln!(
+            "planned: node {} joins at the start; node {} is decommissioned after the last fault",
+            planned.join, planned.decommission
+        );
+    }
     let spec = WorkloadSpec {
         clients: args.clients,
         first_key: 0,
@@ -95,7 +107,12 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     };
     let started = Instant::now();
     let recorder = Recorder::new(started);
-    let (events, moved) = run_load(cluster, &spec, &faults, &moves, args, &recorder)?;
+    let plan = Plan {
+        faults: &faults,
+        moves: &moves,
+        membership,
+    };
+    let (events, moved, changed) = run_load(cluster, &spec, &plan, args, &recorder)?;
     let workload = started.elapsed();
     let history = recorder.history();
     save_json(cluster.work_dir(), "history.json", &history)?;
@@ -104,6 +121,7 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     let (agreement, views) = checks::agreement(cluster);
     checks.push(agreement);
     save_json(cluster.work_dir(), "cluster-views.json", &views)?;
+    checks.push(membership::check(membership, &changed, &views));
     checks.push(check_history(cluster, args.keys, &history)?);
     checks.push(checks::state_hashes(&views));
     let failovers = checks::failover_rows(&events, &recorder.writes());
@@ -124,17 +142,25 @@ fn drive(cluster: &Cluster, args: &TestClusterArgs, seed: u64) -> Result<RunRepo
     })
 }
 
+/// What happens to the cluster during the load.
+struct Plan<'a> {
+    faults: &'a [PlannedFault],
+    moves: &'a [PlannedMove],
+    membership: Option<PlannedMembership>,
+}
+
 /// Runs the clients and the progress line for the run's duration while the nemesis works
-/// through `faults` and vShards move (from [`MOVES_AT`] of the run on); returns what the
-/// nemesis and the moves did.
+/// through the faults, vShards move (from [`MOVES_AT`] of the run on) and a node joins (at
+/// once) and another is decommissioned (after the last fault, so that no node is down then);
+/// returns what the nemesis, the moves and the membership phase did.
 fn run_load(
     cluster: &Cluster,
     spec: &WorkloadSpec,
-    faults: &[PlannedFault],
-    moves: &[PlannedMove],
+    plan: &Plan<'_>,
     args: &TestClusterArgs,
     recorder: &Recorder,
-) -> Result<(Vec<FaultEvent>, Vec<MoveEvent>)> {
+) -> Result<(Vec<FaultEvent>, Vec<MoveEvent>, MembershipEvent)> {
+    let (faults, moves) = (plan.faults, plan.moves);
     let duration = args.duration;
     let stop = AtomicBool::new(false);
     let phase = Mutex::new("load".to_string());
@@ -151,16 +177,42 @@ fn run_load(
         let mover = scope.spawn(move || {
             moves::execute(cluster, moves, args.groups, moves_from, phase_ref, stop_ref)
         });
+        let joiner = plan.membership.map(|planned| {
+            scope.spawn(move || membership::join(cluster, planned, recorder, phase_ref, stop_ref))
+        });
         // Should the nemesis panic, the clients must still stop, or the scope never ends.
         let _stop_on_unwind = StopOnDrop(&stop);
         let events = nemesis::execute(cluster, faults, started, recorder, &phase, &stop);
-        if let Ok(events) = &events {
-            // Recovery after the last restart is part of what is measured.
-            let after_faults = match events.is_empty() {
-                true => started,
-                false => Instant::now() + RECOVERY_TAIL,
+        if events.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        // Recovery after the last restart is part of what is measured.
+        let after_faults = match &events {
+            Ok(events) if !events.is_empty() => Instant::now() + RECOVERY_TAIL,
+            _ => started,
+        };
+        let mut changed = MembershipEvent::default();
+        if let (Some(planned), Some(joiner)) = (plan.membership, joiner) {
+            match joiner.join() {
+                Ok(Ok(joined)) => changed.joined = Some(joined),
+                Ok(Err(error)) => changed.error = Some(format!("{error:#}")),
+                Err(_) => changed.error = Some("the membership phase panicked".to_string()),
+            }
+            if changed.joined.is_some() && events.is_ok() && !stop.load(Ordering::Relaxed) {
+                match membership::decommission(cluster, planned, recorder, &phase) {
+                    Ok(gone) => changed.decommissioned = Some(gone),
+                    Err(error) => changed.error = Some(format!("{error:#}")),
+                }
+            }
+        }
+        if events.is_ok() {
+            // The smaller cluster after a decommission gets some load too.
+            let after_membership = match &changed.decommissioned {
+                Some(_) => Instant::now() + membership::TAIL,
+                None => started,
             };
-            nemesis::sleep_until((started + duration).max(after_faults), &stop);
+            let until = (started + duration).max(after_faults).max(after_membership);
+            nemesis::sleep_until(until, &stop);
         }
         // The moves end on their own (each one is bounded); the clients keep writing meanwhile.
         if events.is_err() {
@@ -180,7 +232,7 @@ fn run_load(
         if panicked > 0 {
             return Err(anyhow!("{panicked} workload threads panicked"));
         }
-        Ok((events?, moved))
+        Ok((events?, moved, changed))
     })
 }
 

@@ -66,6 +66,9 @@ pub struct Recorder {
     started: Instant,
     history: Mutex<HistoryRecorder>,
     writes: Mutex<Vec<GroupWrite>>,
+    /// The nodes the clients address once the driver changed them during the run (a node
+    /// joined or left); until then, the spec's.
+    nodes: Mutex<Option<Vec<SocketAddr>>>,
     pub counters: Counters,
 }
 
@@ -119,6 +122,7 @@ impl Recorder {
             started,
             history: Mutex::new(HistoryRecorder::new()),
             writes: Mutex::new(Vec::new()),
+            nodes: Mutex::new(None),
             counters: Counters::default(),
         }
     }
@@ -156,6 +160,16 @@ impl Recorder {
     /// The history so far; operations still in flight are unknown.
     pub fn history(&self) -> History {
         lock(&self.history).history()
+    }
+
+    /// From now on the clients address `nodes` instead of the spec's.
+    pub fn set_nodes(&self, nodes: Vec<SocketAddr>) {
+        *lock(&self.nodes) = Some(nodes);
+    }
+
+    /// The nodes the clients address now: the last [`Recorder::set_nodes`], else `spec`'s.
+    pub fn nodes(&self, spec: &[SocketAddr]) -> Vec<SocketAddr> {
+        lock(&self.nodes).clone().unwrap_or_else(|| spec.to_vec())
     }
 
     /// Acknowledged writes so far, in completion order.
@@ -243,7 +257,8 @@ pub fn run_client(client: u64, spec: &WorkloadSpec, recorder: &Recorder, stop: &
             return;
         }
         let key = key_name(spec.first_key + rng.random_range(0..spec.keys));
-        let node = pick_node(&mut rng, &spec.nodes, &avoided, Instant::now());
+        let nodes = recorder.nodes(&spec.nodes);
+        let node = pick_node(&mut rng, &nodes, &avoided, Instant::now());
         let choice = choose_op(rng.random_range(0..100));
         let use_last_seen = rng.random_bool(0.8);
         match client_state.run_op(&api, recorder, node, &key, choice, use_last_seen) {
@@ -419,6 +434,16 @@ mod tests {
         let seeds: BTreeSet<_> = (0..64).map(|client| client_seed(42, client)).collect();
         assert_eq!(seeds.len(), 64);
         assert_ne!(client_seed(1, 0), client_seed(2, 0));
+    }
+
+    #[test]
+    fn the_driver_can_change_the_nodes_the_clients_address() {
+        let spec: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 1))];
+        let recorder = Recorder::new(Instant::now());
+        assert_eq!(recorder.nodes(&spec), spec);
+        let changed = vec![SocketAddr::from(([127, 0, 0, 1], 2))];
+        recorder.set_nodes(changed.clone());
+        assert_eq!(recorder.nodes(&spec), changed);
     }
 
     #[test]
