@@ -21,7 +21,8 @@ pub const INBOUND_BYTES_PER_PEER_MAX: u32 = 2 * FRAME_BYTES_MAX;
 /// worth, so a redial while the old connection drains is not refused.
 pub const INBOUND_STREAMS_PER_PEER_MAX: u32 = 2 * CONCURRENT_STREAMS_MAX;
 
-/// The limits of [`Budgets`]; the defaults are the constants above.
+/// What one peer may hold in this node at once, over all its connections; the defaults are
+/// [`INBOUND_BYTES_PER_PEER_MAX`] and [`INBOUND_STREAMS_PER_PEER_MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundBudget {
     pub bytes_per_peer_max: u32,

@@ -112,7 +112,7 @@ pub fn render(node: &NodeLayout, shape: &ClusterShape) -> Result<String> {
     render_with_faults(node, shape, None)
 }
 
-/// [`render`] with the UDP fault layer on when `faults` is given.
+/// The TOML text of `node`'s config, with the UDP fault layer on when `faults` is given.
 pub fn render_with_faults(
     node: &NodeLayout,
     shape: &ClusterShape,
@@ -155,7 +155,8 @@ pub fn write(node: &NodeLayout, shape: &ClusterShape) -> Result<PathBuf> {
     write_with_faults(node, shape, None)
 }
 
-/// [`write`] with the UDP fault layer on when `faults` is given (read at the node's next start).
+/// [`write()`] with the UDP fault layer on when `faults` is given (read at the node's next
+/// start).
 pub fn write_with_faults(
     node: &NodeLayout,
     shape: &ClusterShape,
