@@ -7,6 +7,7 @@ use crate::control_server::ControlServer;
 use crate::engine::EngineFactory;
 use crate::group_client::GroupClient;
 use crate::hosting;
+use crate::metadata_store;
 use crate::metrics;
 use crate::migration::{self, Bandwidth, MigrationContext, ProgressBook};
 use crate::mux::{Channel, Multiplexer};
@@ -110,6 +111,9 @@ struct Inner {
     metadata: watch::Receiver<AppliedMetadata>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Saves the applied metadata into the catalog; awaited (not aborted) on shutdown, so
+    /// that the last state is written and the catalog is closed when shutdown returns.
+    metadata_saver: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Binds the node's QUIC endpoint and starts it (see [`start_cluster_on`]).
@@ -180,6 +184,7 @@ pub async fn start_cluster_on(
             metadata,
             stop,
             tasks: Mutex::new(Vec::new()),
+            metadata_saver: Mutex::new(None),
         }),
     };
     let stored = cluster
@@ -189,6 +194,18 @@ pub async fn start_cluster_on(
         .map_err(|error| StartError::RaftLog(error.to_string()))?;
     let known_cluster = catalog.cluster_id()?;
     if known_cluster.is_some() || stored.contains(&METADATA_GROUP) {
+        if let Some((applied_index, state)) = metadata_store::load(&catalog) {
+            let peers = metadata_store::learn_peer_addresses(
+                cluster.inner.mux.inner(),
+                cluster.node(),
+                &state,
+            );
+            tracing::info!(
+                applied_index,
+                peers,
+                "peer addresses from the saved metadata"
+            );
+        }
         cluster
             .restart(metadata_machine, &stored, known_cluster)
             .await?;
@@ -197,7 +214,7 @@ pub async fn start_cluster_on(
     } else {
         cluster.join(metadata_machine, &catalog).await?;
     }
-    cluster.spawn_background_tasks();
+    cluster.spawn_background_tasks(catalog);
     Ok(cluster)
 }
 
@@ -292,6 +309,15 @@ impl Cluster {
             );
         }
         self.inner.stop.send_replace(true);
+        let saver = self
+            .inner
+            .metadata_saver
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(saver) = saver {
+            let _ = saver.await;
+        }
         let tasks: Vec<JoinHandle<()>> = std::mem::take(
             &mut *self
                 .inner
@@ -613,8 +639,17 @@ impl Cluster {
         Duration::from_millis(self.inner.config.timings.election_timeout_ms_max * 10)
     }
 
-    fn spawn_background_tasks(&self) {
+    fn spawn_background_tasks(&self, catalog: Catalog) {
         let inner = &self.inner;
+        let saver = tokio::spawn(metadata_store::run(
+            Arc::new(catalog),
+            inner.metadata.clone(),
+            inner.stop.subscribe(),
+        ));
+        *inner
+            .metadata_saver
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(saver);
         let context = ReconcilerContext {
             node: self.node(),
             raft: inner.raft.clone(),

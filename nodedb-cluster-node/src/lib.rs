@@ -46,6 +46,7 @@ pub mod control_server;
 pub mod engine;
 pub mod group_client;
 mod hosting;
+mod metadata_store;
 pub mod metrics;
 pub mod migration;
 

@@ -1,11 +1,13 @@
 //! The node lifecycle in one process over the in-memory network: five nodes started at once,
 //! joins through a dead seed and through a follower, a repeated join, a join that reuses a
-//! member's id from another address, and the decommission of a node that stays silent.
+//! member's id from another address, the decommission of a node that stays silent, and the
+//! applied metadata kept in the catalog for a restart.
 
 mod memory_cluster;
 
 use memory_cluster::{WAIT, config, eventually, start, start_three};
-use nodedb_cluster_core::{METADATA_GROUP, NodeId, NodeInfo, NodeState, PeerAddr};
+use nodedb_cluster_catalog::Catalog;
+use nodedb_cluster_core::{METADATA_GROUP, MetadataState, NodeId, NodeInfo, NodeState, PeerAddr};
 use nodedb_cluster_node::cluster::{Cluster, StartError, start_cluster_on};
 use nodedb_cluster_node::control::{ControlError, ControlRequest, ControlResponse};
 use nodedb_cluster_node::mux::{Channel, Multiplexer};
@@ -357,3 +359,47 @@ async fn a_silent_draining_node_is_still_decommissioned() {
 /// Draining moves a replica of every group and hands over leaderships: slower than the
 /// other waits.
 const DECOMMISSION_WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applied_metadata_is_kept_in_the_catalog_for_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(36);
+    let [first, second, third] = full_three(&network, data.path()).await;
+    let applied = second.metadata().borrow().clone();
+    second.shutdown().await;
+    network.crash(second.node());
+
+    // Shutdown wrote the last applied state and closed the catalog.
+    let catalog = Catalog::open(data.path().join("node-2"), NodeId(2)).unwrap();
+    let (index, saved) = catalog
+        .load_metadata::<MetadataState>()
+        .unwrap()
+        .expect("the applied metadata is saved");
+    drop(catalog);
+    assert!(
+        index >= applied.applied_index,
+        "{index} < {}",
+        applied.applied_index
+    );
+    assert_eq!(saved.cluster_id(), applied.state.cluster_id());
+    for node in 1..=3 {
+        let info = saved.topology().get(NodeId(node)).expect("every member");
+        assert_eq!(info.addr.as_str(), format!("127.0.0.1:{}", 19_000 + node));
+    }
+    let routing = saved.routing().expect("the routing");
+    assert!(
+        routing.data_groups().all(|group| routing
+            .members(group)
+            .is_some_and(|members| members.voters.len() == 3)),
+        "the routing as applied"
+    );
+
+    // The node restarts from its data dir, catalog included, and serves again.
+    network.restart(second.node());
+    let second = start(&network, config(2, &[1, 2, 3], data.path())).await;
+    assert!(second.is_member());
+    write_and_read(&first, &second, "after-restart").await;
+    for cluster in [&first, &second, &third] {
+        cluster.shutdown().await;
+    }
+}
