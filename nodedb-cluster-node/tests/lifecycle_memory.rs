@@ -365,6 +365,10 @@ async fn the_applied_metadata_is_kept_in_the_catalog_for_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(36);
     let [first, second, third] = full_three(&network, data.path()).await;
+    eventually("the node to have applied full replication", || async {
+        fully_replicated(&second, None)
+    })
+    .await;
     let applied = second.metadata().borrow().clone();
     second.shutdown().await;
     network.crash(second.node());
