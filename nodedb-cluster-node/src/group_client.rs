@@ -273,7 +273,10 @@ impl GroupClient {
                     target = leader_hint.filter(|hint| Some(*hint) != Some(node));
                     last_error = ControlError::NoQuorum { group };
                 }
-                Err(error @ ControlError::Invalid(_)) | Err(error @ ControlError::Storage(_)) => {
+                // A moved vShard is the leader's definite answer: the caller re-routes it.
+                Err(error @ ControlError::Invalid(_))
+                | Err(error @ ControlError::Storage(_))
+                | Err(error @ ControlError::Moved { .. }) => {
                     return Err(error);
                 }
                 Err(error) => {
