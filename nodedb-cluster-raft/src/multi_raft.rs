@@ -86,6 +86,11 @@ impl RaftTimings {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
             enable_pre_vote: Some(true),
+            // A replica removed from a group deletes its log; when the node is added back, the
+            // leader may still remember how far the old replica's log reached and would stop
+            // on the "reverted" log instead of replicating into the new, empty one. Logs never
+            // revert otherwise: every append is fsynced before it is acknowledged.
+            allow_log_reversion: Some(true),
             ..Default::default()
         };
         config

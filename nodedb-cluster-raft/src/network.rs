@@ -26,6 +26,9 @@ use tokio::io::AsyncReadExt;
 pub const SNAPSHOT_BYTES_PER_SECOND_MIN: u64 = 4 * 1024 * 1024;
 /// Slowest transfer rate a Raft RPC's deadline allows for its payload (see [`rpc_deadline`]).
 pub const RPC_BYTES_PER_SECOND_MIN: u64 = 16 * 1024 * 1024;
+/// Shortest deadline of a Raft RPC: a follower answers an AppendEntries after an fsync, which
+/// on a busy disk takes far longer than a fast heartbeat's soft limit.
+pub const RPC_DEADLINE_MIN: Duration = Duration::from_millis(250);
 /// Floor of the per-step deadline (open, each chunk, final answer) of a snapshot stream.
 pub const SNAPSHOT_STEP_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 
@@ -190,12 +193,15 @@ impl PeerClient {
 
 /// Overall deadline of sending a snapshot of `bytes`: grows with the size.
 /// The deadline of one Raft RPC of `bytes`: openraft's soft limit (derived from the heartbeat
-/// interval) plus the time to move the bytes at [`RPC_BYTES_PER_SECOND_MIN`]. openraft batches
+/// interval, at least [`RPC_DEADLINE_MIN`]) plus the time to move the bytes at
+/// [`RPC_BYTES_PER_SECOND_MIN`]. An AppendEntries timed out too early is sent again in full,
+/// which under load turns into a loop of resends and a group that stops committing. openraft batches
 /// up to `max_payload_entries` entries into one AppendEntries, so a batch of large entries (a
 /// vShard import, big values) would never fit a heartbeat-sized deadline and would be resent
 /// forever, holding up the whole group.
 pub fn rpc_deadline(soft_ttl: Duration, bytes: usize) -> Duration {
-    soft_ttl + Duration::from_secs_f64(bytes as f64 / RPC_BYTES_PER_SECOND_MIN as f64)
+    soft_ttl.max(RPC_DEADLINE_MIN)
+        + Duration::from_secs_f64(bytes as f64 / RPC_BYTES_PER_SECOND_MIN as f64)
 }
 
 pub fn snapshot_deadline(base: Duration, bytes: u64) -> Duration {
@@ -378,9 +384,12 @@ mod tests {
     #[test]
     fn rpc_deadline_grows_with_size() {
         let base = Duration::from_millis(37);
-        assert!(rpc_deadline(base, 200) < base + Duration::from_millis(1));
+        let small = rpc_deadline(base, 200);
+        assert!(small >= RPC_DEADLINE_MIN && small < RPC_DEADLINE_MIN + Duration::from_millis(1));
         let batch = rpc_deadline(base, 16 * 1024 * 1024);
-        assert!(batch >= base + Duration::from_millis(900), "{batch:?}");
+        assert!(batch >= small + Duration::from_millis(900), "{batch:?}");
+        let slow_heartbeat = Duration::from_secs(1);
+        assert!(rpc_deadline(slow_heartbeat, 200) >= slow_heartbeat);
     }
 
     #[test]
