@@ -9,6 +9,7 @@ use crate::wire::decode_exact;
 use nodedb_cluster_core::{VShardId, vshard_for_key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Version byte in front of kv snapshots and vShard exports.
 pub const KV_FORMAT_VERSION: u8 = 1;
@@ -65,11 +66,14 @@ pub enum KvAnswer {
     Len(u64),
 }
 
-/// The in-memory key-value engine of one replica.
+/// The in-memory key-value engine of one replica. Values are shared, so that a snapshot
+/// copies only the map, never the values, while it holds up the apply path.
 #[derive(Clone, Debug, Default)]
 pub struct KvStateMachine {
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    entries: BTreeMap<Vec<u8>, Value>,
 }
+
+type Value = Arc<[u8]>;
 
 /// One key and its value.
 type KeyValue = (Vec<u8>, Vec<u8>);
@@ -78,6 +82,13 @@ type KeyValue = (Vec<u8>, Vec<u8>);
 struct KvData {
     version: u8,
     entries: Vec<KeyValue>,
+}
+
+/// [`KvData`] as written: the same postcard encoding, borrowing keys and values.
+#[derive(Serialize)]
+struct KvDataRef<'a> {
+    version: u8,
+    entries: Vec<(&'a [u8], &'a [u8])>,
 }
 
 impl KvCommand {
@@ -121,7 +132,7 @@ impl KvStateMachine {
 
     /// The current value of `key` on this replica.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(Vec::as_slice)
+        self.entries.get(key).map(|value| &**value)
     }
 
     pub fn len(&self) -> usize {
@@ -138,16 +149,16 @@ impl KvStateMachine {
         };
         match command {
             KvCommand::Put { key, value } => {
-                self.entries.insert(key, value);
+                self.entries.insert(key, value.into());
                 KvResponse::Written
             }
             KvCommand::Delete { key } => KvResponse::Deleted {
                 existed: self.entries.remove(&key).is_some(),
             },
             KvCommand::Cas { key, expected, new } => {
-                let current = self.entries.get(&key).cloned();
+                let current = self.entries.get(&key).map(|value| value.to_vec());
                 if current == expected {
-                    self.entries.insert(key, new.clone());
+                    self.entries.insert(key, new.as_slice().into());
                     KvResponse::Cas {
                         swapped: true,
                         current: Some(new),
@@ -175,7 +186,7 @@ impl StateMachine for KvStateMachine {
         let query: KvQuery =
             decode_exact(query).map_err(|error| StateMachineError::BadQuery(error.to_string()))?;
         let answer = match query {
-            KvQuery::Get { key } => KvAnswer::Value(self.entries.get(&key).cloned()),
+            KvQuery::Get { key } => KvAnswer::Value(self.get(&key).map(<[u8]>::to_vec)),
             KvQuery::Len => KvAnswer::Len(self.entries.len() as u64),
         };
         Ok(
@@ -185,13 +196,14 @@ impl StateMachine for KvStateMachine {
     }
 
     fn snapshot(&self) -> Result<Box<dyn SnapshotChunks>, StateMachineError> {
-        let data = encode_data(self.entries.iter());
-        Ok(Box::new(VecChunks::from_bytes(&data)))
+        // Only the map is copied here; the encoding happens when the chunks are read, off the
+        // apply path.
+        Ok(Box::new(KvSnapshot::Captured(self.entries.clone())))
     }
 
     fn restore(&mut self, chunks: &mut dyn SnapshotChunks) -> Result<(), StateMachineError> {
         let bytes = read_all_chunks(chunks, KV_SNAPSHOT_BYTES_MAX)?;
-        self.entries = decode_data(&bytes)?.into_iter().collect();
+        self.entries = shared(decode_data(&bytes)?).collect();
         Ok(())
     }
 
@@ -209,7 +221,7 @@ impl StateMachine for KvStateMachine {
         part_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StateMachineError> {
         let mut parts = Vec::new();
-        let mut part: Vec<(&Vec<u8>, &Vec<u8>)> = Vec::new();
+        let mut part: Vec<(&Vec<u8>, &Value)> = Vec::new();
         let mut size = 0;
         for (key, value) in self
             .entries
@@ -241,7 +253,7 @@ impl StateMachine for KvStateMachine {
                 vshard_for_key(key)
             )));
         }
-        self.entries.extend(entries);
+        self.entries.extend(shared(entries));
         Ok(())
     }
 
@@ -267,14 +279,39 @@ impl StateMachine for KvStateMachine {
     }
 }
 
-fn encode_data<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) -> Vec<u8> {
-    let data = KvData {
+fn encode_data<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Value)>) -> Vec<u8> {
+    let data = KvDataRef {
         version: KV_FORMAT_VERSION,
         entries: entries
-            .map(|(key, value)| (key.clone(), value.clone()))
+            .map(|(key, value)| (key.as_slice(), &**value))
             .collect(),
     };
     postcard::to_stdvec(&data).unwrap_or_else(|error| panic!("kv data encode: {error}"))
+}
+
+fn shared(entries: Vec<KeyValue>) -> impl Iterator<Item = (Vec<u8>, Value)> {
+    entries
+        .into_iter()
+        .map(|(key, value)| (key, Value::from(value)))
+}
+
+/// A snapshot of the map as it was, encoded into chunks when first read.
+enum KvSnapshot {
+    Captured(BTreeMap<Vec<u8>, Value>),
+    Encoded(VecChunks),
+}
+
+impl SnapshotChunks for KvSnapshot {
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StateMachineError> {
+        if let KvSnapshot::Captured(entries) = self {
+            let data = encode_data(entries.iter());
+            *self = KvSnapshot::Encoded(VecChunks::from_bytes(&data));
+        }
+        match self {
+            KvSnapshot::Encoded(chunks) => chunks.next_chunk(),
+            KvSnapshot::Captured(_) => Ok(None),
+        }
+    }
 }
 
 fn decode_data(bytes: &[u8]) -> Result<Vec<KeyValue>, StateMachineError> {
@@ -314,6 +351,26 @@ mod tests {
             }])
             .unwrap();
         KvResponse::decode(&responses[0]).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_state_when_taken_even_if_read_later() {
+        let mut machine = KvStateMachine::new();
+        let put = |key: &[u8], value: &[u8]| KvCommand::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        apply(&mut machine, put(b"a", b"1"));
+        apply(&mut machine, put(b"b", b"2"));
+        let before = machine.clone();
+        let mut chunks = machine.snapshot().unwrap();
+        apply(&mut machine, put(b"a", b"changed"));
+        apply(&mut machine, put(b"c", b"3"));
+        let mut restored = KvStateMachine::new();
+        restored.restore(chunks.as_mut()).unwrap();
+        assert_eq!(restored.state_hash(), before.state_hash());
+        assert_eq!(restored.get(b"a"), Some(&b"1"[..]));
+        assert_eq!(restored.get(b"c"), None);
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub fn write_snapshot(
         inner: BufWriter::new(file),
         crc: 0,
         bytes: 0,
+        unsynced: 0,
     };
     let result = (|| -> io::Result<()> {
         writer.write_all(MAGIC)?;
@@ -74,7 +75,8 @@ pub fn write_snapshot(
         }
         let frame = (|| -> io::Result<()> {
             writer.write_all(&(chunk.len() as u32).to_le_bytes())?;
-            writer.write_all(&chunk)
+            writer.write_all(&chunk)?;
+            writer.sync_every_so_often()
         })();
         frame.map_err(|source| io_error(&temporary, source))?;
     }
@@ -295,13 +297,28 @@ struct CrcWriter {
     inner: BufWriter<File>,
     crc: u32,
     bytes: u64,
+    unsynced: u64,
 }
+
+/// A snapshot being written is synced every this many bytes: the log's fsyncs, on the same
+/// disk, then never queue behind a large snapshot's dirty pages at once.
+const SYNC_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 
 impl CrcWriter {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.crc = crc32c::crc32c_append(self.crc, bytes);
         self.bytes += bytes.len() as u64;
+        self.unsynced += bytes.len() as u64;
         self.inner.write_all(bytes)
+    }
+
+    fn sync_every_so_often(&mut self) -> io::Result<()> {
+        if self.unsynced < SYNC_EVERY_BYTES {
+            return Ok(());
+        }
+        self.unsynced = 0;
+        self.inner.flush()?;
+        self.inner.get_ref().sync_data()
     }
 }
 
