@@ -4,15 +4,18 @@
 //! target that imported the export and replays those commands up to the source's fence holds
 //! the same data as the source at the fence, without a second full copy while writes pause.
 
+use crate::claims::VShardStep;
 use crate::error::ProposeError;
+use crate::log_db::LogDb;
 use crate::multi_raft::{MultiRaft, VSHARD_PART_BYTES};
 use crate::state_machine::{LogIndex, StateMachineError};
-use crate::types::{Entry, EntryKind};
+use crate::types::{AppRequest, Entry, EntryKind};
 use crate::wire::{self, decode_exact};
 use nodedb_cluster_core::{GroupId, VShardId};
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -171,11 +174,13 @@ impl MultiRaft {
     }
 
     /// The commands of `vshard` that this group applied after the entry at `after`, up to
-    /// the entry before `before` (the source's fence), read from this leader's log after a
-    /// read barrier: at most about `bytes_max` of them (at least one), with the index read
-    /// through. Refused when the log no longer holds those entries (compacted into a
-    /// snapshot) or when a migration step of the vShard lies among them: the caller then
-    /// copies the whole vShard instead.
+    /// the entry before `before` (the source's fence), read from this replica's log: at most
+    /// about `bytes_max` of them (at least one), with the index read through. The local entry
+    /// at `before` must be the vShard's fence, so by the log matching property every entry
+    /// read before it is the committed one (no read barrier needed). Refused when the log
+    /// does not hold those entries (compacted into a snapshot, or not yet replicated here) or
+    /// when a migration step of the vShard lies among them: the caller then copies the whole
+    /// vShard instead.
     pub async fn vshard_changes(
         &self,
         group: GroupId,
@@ -184,34 +189,34 @@ impl MultiRaft {
         before: LogIndex,
         bytes_max: usize,
     ) -> Result<VShardChanges, ProposeError> {
-        self.read_barrier(group).await?;
         let log = self.log_db();
+        let fence = read_entries(log, group, before.0..before.0 + 1)?;
+        let is_fence = fence.into_iter().next().is_some_and(|entry| {
+            matches!(
+                entry.payload,
+                EntryPayload::Normal(AppRequest {
+                    kind: EntryKind::Migration { vshard: of, step: VShardStep::Fence, .. },
+                    ..
+                }) if of == vshard
+            )
+        });
+        if !is_fence {
+            return Err(ProposeError::Query {
+                group,
+                reason: format!(
+                    "the entry at {} here is not the fence of {vshard}",
+                    before.0
+                ),
+            });
+        }
         let mut commands = Vec::new();
         let mut bytes = 0;
         let mut through = after.0;
         while through + 1 < before.0 && (commands.is_empty() || bytes < bytes_max) {
             let start = through + 1;
             let end = before.0.min(start + CHANGES_READ_ENTRIES);
-            let stored = log
-                .entries(group, start..end)
-                .map_err(|error| ProposeError::Storage {
-                    group,
-                    reason: error.to_string(),
-                })?;
-            if stored.len() as u64 != end - start
-                || stored.first().map(|(index, _)| *index) != Some(start)
-            {
-                return Err(ProposeError::Query {
-                    group,
-                    reason: format!("the log no longer holds entries {start}..{end}"),
-                });
-            }
-            for (index, bytes_stored) in stored {
-                let entry =
-                    wire::decode_entry(&bytes_stored).map_err(|error| ProposeError::Storage {
-                        group,
-                        reason: format!("entry {index}: {error}"),
-                    })?;
+            for entry in read_entries(log, group, start..end)? {
+                let index = entry.log_id.index;
                 if let Some(command) = vshard_command(group, vshard, entry)? {
                     bytes += command.len();
                     commands.push(command);
@@ -227,6 +232,37 @@ impl MultiRaft {
             through: LogIndex(through),
         })
     }
+}
+
+/// The entries `range` of `group`'s local log, refused unless the log holds every one.
+fn read_entries(
+    log: &LogDb,
+    group: GroupId,
+    range: Range<u64>,
+) -> Result<Vec<Entry>, ProposeError> {
+    let stored = log
+        .entries(group, range.clone())
+        .map_err(|error| ProposeError::Storage {
+            group,
+            reason: error.to_string(),
+        })?;
+    let complete = stored.len() as u64 == range.end - range.start
+        && stored.first().map(|(index, _)| *index) == Some(range.start);
+    if !complete {
+        return Err(ProposeError::Query {
+            group,
+            reason: format!("the log here does not hold entries {range:?}"),
+        });
+    }
+    stored
+        .into_iter()
+        .map(|(index, bytes)| {
+            wire::decode_entry(&bytes).map_err(|error| ProposeError::Storage {
+                group,
+                reason: format!("entry {index}: {error}"),
+            })
+        })
+        .collect()
 }
 
 /// The command of `vshard` that `entry` carries, if any; an error for a migration step of it.
