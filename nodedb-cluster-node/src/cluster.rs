@@ -20,7 +20,8 @@ use nodedb_cluster_core::{
 };
 use nodedb_cluster_raft::log_db::LogDb;
 use nodedb_cluster_raft::{
-    AppliedMetadata, MetadataStateMachine, MultiRaft, RaftTimings, ReadConsistency,
+    AppliedMetadata, MetadataQuery, MetadataStateMachine, MultiRaft, RaftTimings, ReadConsistency,
+    decode_metadata_state,
 };
 use nodedb_cluster_transport::quic::{QuicConfig, QuicTimings, QuicTransport};
 use nodedb_cluster_transport::tls::TlsMode;
@@ -45,6 +46,9 @@ const START_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of one control RPC.
 pub const CONTROL_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a node asks the metadata leader whether it is decommissioned (see
+/// [`Cluster::wait_decommissioned`]).
+pub const DECOMMISSION_POLL_INTERVAL: Duration = Duration::from_secs(3);
 
 /// What a node needs to know to start.
 #[derive(Clone, Debug)]
@@ -280,14 +284,46 @@ impl Cluster {
 
     /// Returns once the metadata records this node as Decommissioned (every replica moved
     /// off it): the node should then shut down. Pending forever otherwise.
+    ///
+    /// The local replica of group 0 is not enough: a node that was down when its
+    /// Decommissioned record was committed may already have lost its group-0 learner (the
+    /// placement removes it with the record) and then hears nothing more. So every
+    /// [`DECOMMISSION_POLL_INTERVAL`] it also asks the metadata leader for its state.
     pub async fn wait_decommissioned(&self) {
         let node = self.node();
         let mut metadata = self.inner.metadata.clone();
         let decommissioned = metadata.wait_for(|applied| {
             applied.state.topology().state_of(node) == Some(NodeState::Decommissioned)
         });
-        if decommissioned.await.is_err() {
-            std::future::pending::<()>().await;
+        tokio::select! {
+            heard = decommissioned => {
+                if heard.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = self.ask_until_decommissioned() => {}
+        }
+    }
+
+    async fn ask_until_decommissioned(&self) {
+        let node = self.node();
+        let query = postcard::to_stdvec(&MetadataQuery::State).expect("a query encodes");
+        loop {
+            tokio::time::sleep(DECOMMISSION_POLL_INTERVAL).await;
+            if !self.is_member() {
+                continue;
+            }
+            let answer = self
+                .inner
+                .groups
+                .query(METADATA_GROUP, query.clone(), true)
+                .await;
+            let state = answer.ok().and_then(|bytes| decode_metadata_state(&bytes));
+            if state.is_some_and(|state| {
+                state.topology().state_of(node) == Some(NodeState::Decommissioned)
+            }) {
+                return;
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use nodedb_cluster_core::{
 };
 use nodedb_cluster_raft::{AppliedMetadata, MultiRaft};
 use nodedb_cluster_transport::{Bytes, Transport};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -131,7 +131,28 @@ fn fresh_liveness(context: &ReconcilerContext) -> Liveness {
 }
 
 async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
-    let state = context.metadata.borrow().state.clone();
+    // A new leader may not have applied every committed entry yet; a membership record
+    // computed from an older state would undo newer ones (`SetGroupMembers` replaces the
+    // members), e.g. bring back a voter that has left group 0 for good.
+    if let Err(error) = context.raft.read_barrier(METADATA_GROUP).await {
+        tracing::debug!(%error, "metadata not caught up; round skipped");
+        return;
+    }
+    let mut state = MetadataState::clone(&context.metadata.borrow().state);
+    if let Some(record) = metadata_membership_record(context, &state) {
+        tracing::info!(?record, "recording the metadata group's actual membership");
+        match propose(context, &record).await {
+            // Plan next round, from the corrected record.
+            Ok(()) => return,
+            Err(error) => tracing::warn!(%error, "metadata group membership not recorded"),
+        }
+    }
+    // The planner hands leadership over before it removes the leader's replica, but only
+    // knows a group's leader from its hint, which group 0 does not publish: this node leads.
+    let _ = state.apply(&MetadataCommand::SetLeaderHint {
+        group: METADATA_GROUP,
+        leader: Some(context.node),
+    });
     ping_members(context, &state, liveness).await;
     let changes = node_state_changes(context, &state, liveness);
     if !changes.is_empty() {
@@ -171,6 +192,30 @@ async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
             Err(error) => tracing::debug!(?step, %error, "placement step not done yet"),
         }
     }
+}
+
+/// `SetGroupMembers` for group 0 when the recorded members differ from the Raft membership
+/// this leader replicates with (outside a joint change). The two part when a step's record is
+/// lost or overtaken by an older one; planning from a record that lists a node its Raft
+/// membership dropped would leave that node out of group 0 for good.
+fn metadata_membership_record(
+    context: &ReconcilerContext,
+    state: &MetadataState,
+) -> Option<MetadataCommand> {
+    let status = context.raft.status(METADATA_GROUP)?;
+    if status.joint || status.leader != Some(context.node) {
+        return None;
+    }
+    let members = state.routing()?.members(METADATA_GROUP)?;
+    let voters: BTreeSet<NodeId> = status.voters.iter().copied().collect();
+    let learners: BTreeSet<NodeId> = status.learners.iter().copied().collect();
+    (members.voters != voters || members.learners != learners).then_some(
+        MetadataCommand::SetGroupMembers {
+            group: METADATA_GROUP,
+            voters,
+            learners,
+        },
+    )
 }
 
 async fn ping_members(context: &ReconcilerContext, state: &MetadataState, liveness: &mut Liveness) {
