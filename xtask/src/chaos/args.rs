@@ -17,8 +17,7 @@ pub struct ChaosArgs {
     /// Load time over all stages, e.g. `120s`, `2m`.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Which faults: one kind, or `all` (one stage per kind but churn, then a stage combining
-    /// them).
+    /// Which faults: one kind, or `all` (one stage per kind, then a stage combining them).
     #[arg(long, value_enum, default_value_t = NemesisChoice::All)]
     pub nemesis: NemesisChoice,
     /// Seed of the workload and the fault schedule; printed, and a run with the same seed
