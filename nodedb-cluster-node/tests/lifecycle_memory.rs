@@ -348,6 +348,15 @@ async fn a_silent_draining_node_is_still_decommissioned() {
             .unwrap(),
         Some(b"v".to_vec())
     );
+
+    // Back after its Decommissioned record took its group-0 learner away: its own replica
+    // of group 0 hears nothing more, yet the node must learn that it is decommissioned.
+    network.restart(victim.node());
+    let restarted = start(&network, config(victim.node().0, &[1, 2, 3], data.path())).await;
+    tokio::time::timeout(DECOMMISSION_WAIT, restarted.wait_decommissioned())
+        .await
+        .expect("the returning node learns it is decommissioned");
+    restarted.shutdown().await;
     for cluster in nodes
         .iter()
         .filter(|cluster| cluster.node() != victim.node())
