@@ -176,6 +176,57 @@ fn draining_leader_hands_over_before_removal() {
 }
 
 #[test]
+fn a_surplus_metadata_leader_hands_over_then_stays_a_learner() {
+    // One node Draining and the joiner not yet Active: the voter target drops to 3.
+    let topology = topology(&[
+        (1, NodeState::Active),
+        (2, NodeState::Active),
+        (3, NodeState::Active),
+        (4, NodeState::Draining),
+        (5, NodeState::Active),
+        (6, NodeState::Joining),
+    ]);
+    let mut routing = RoutingTable::new(1, NodeId(1)).unwrap();
+    routing
+        .set_members(METADATA_GROUP, set(&[1, 2, 3, 4, 5]), set(&[]))
+        .unwrap();
+    // The reconciler tells the planner who leads group 0.
+    routing
+        .set_leader_hint(METADATA_GROUP, Some(NodeId(5)))
+        .unwrap();
+    let metadata_step = |routing: &RoutingTable| {
+        plan(&topology, routing, 3)
+            .into_iter()
+            .find(|step| step.group() == METADATA_GROUP)
+    };
+    let draining = PlacementStep::RemoveReplica {
+        group: METADATA_GROUP,
+        node: NodeId(4),
+    };
+    assert_eq!(metadata_step(&routing), Some(draining));
+    routing.apply_step(&draining).unwrap();
+    let handover = metadata_step(&routing).unwrap();
+    assert!(
+        matches!(handover, PlacementStep::TransferLeader { to, .. } if to != NodeId(5)),
+        "the leader hands over before it removes itself: {handover:?}"
+    );
+    routing.apply_step(&handover).unwrap();
+    let surplus = PlacementStep::RemoveReplica {
+        group: METADATA_GROUP,
+        node: NodeId(5),
+    };
+    assert_eq!(metadata_step(&routing), Some(surplus));
+    converge(&topology, &mut routing, 3);
+    let metadata = routing.members(METADATA_GROUP).unwrap();
+    assert_eq!(metadata.voters.len(), 3);
+    assert_eq!(
+        metadata.learners,
+        set(&[4, 5, 6]),
+        "every other node follows group 0"
+    );
+}
+
+#[test]
 fn metadata_group_target_is_odd_beyond_three_and_capped() {
     let states = |count: u64| -> Vec<(u64, NodeState)> {
         (1..=count).map(|id| (id, NodeState::Active)).collect()
