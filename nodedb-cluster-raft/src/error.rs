@@ -2,6 +2,7 @@
 //! what to do: retry elsewhere (`NotLeader`), retry later (`NoQuorum`), or treat the outcome as
 //! unknown (`Timeout`).
 
+use crate::state_machine::StateMachineError;
 use crate::types::TypeConfig;
 use nodedb_cluster_core::{GroupId, NodeId, VShardId};
 use openraft::error::{ClientWriteError, Fatal, LinearizableReadError, RaftError};
@@ -124,6 +125,14 @@ pub(crate) fn read_error(
             ProposeError::NoQuorum { group }
         }
         RaftError::Fatal(fatal) => fatal_propose(group, fatal),
+    }
+}
+
+/// The engine refused a read-only request (a query or an export) of `group`.
+pub(crate) fn query_error(group: GroupId, error: StateMachineError) -> ProposeError {
+    ProposeError::Query {
+        group,
+        reason: error.to_string(),
     }
 }
 

@@ -323,10 +323,7 @@ impl MultiRaft {
         replica
             .engine
             .query(query)
-            .map_err(|error| ProposeError::Query {
-                group,
-                reason: error.to_string(),
-            })
+            .map_err(|error| error::query_error(group, error))
     }
 
     /// Replicates one step of `migration` on `vshard` through `group` (the payload is the
@@ -396,10 +393,7 @@ impl MultiRaft {
         }
         let hosted = self.propose_target(group)?;
         let answer = hosted.machine.lock().engine.query(query);
-        answer.map_err(|error| ProposeError::Query {
-            group,
-            reason: error.to_string(),
-        })
+        answer.map_err(|error| error::query_error(group, error))
     }
 
     /// The local replica's state hash (compare across replicas at equal applied indexes).

@@ -5,7 +5,7 @@
 //! the same data as the source at the fence, without a second full copy while writes pause.
 
 use crate::claims::VShardStep;
-use crate::error::ProposeError;
+use crate::error::{ProposeError, query_error};
 use crate::log_db::LogDb;
 use crate::multi_raft::{MultiRaft, VSHARD_PART_BYTES};
 use crate::state_machine::{LogIndex, StateMachineError};
@@ -284,13 +284,6 @@ fn vshard_command(
             ),
         }),
         _ => Ok(None),
-    }
-}
-
-fn query_error(group: GroupId, error: StateMachineError) -> ProposeError {
-    ProposeError::Query {
-        group,
-        reason: error.to_string(),
     }
 }
 
