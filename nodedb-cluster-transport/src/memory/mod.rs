@@ -597,6 +597,15 @@ impl MemoryTransport {
     }
 }
 
+/// Holds a message for its network delay. A zero delay does not touch the timer: tokio rounds
+/// every deadline up to its next millisecond tick, which would add up to a millisecond to each
+/// hop of a network that has no delay.
+async fn network_delay(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// One message in flight from `from` to `to`.
 #[derive(Clone)]
 struct Delivery {
@@ -614,7 +623,7 @@ impl Delivery {
         request: Bytes,
         reply: Option<oneshot::Sender<Result<Bytes, TransportError>>>,
     ) {
-        tokio::time::sleep(delay).await;
+        network_delay(delay).await;
         if !self
             .network
             .inner
@@ -645,7 +654,7 @@ impl Delivery {
             _ => return,
         };
         // Arrival checks that the caller's endpoint is still the one that asked.
-        tokio::time::sleep(route.decision.delay).await;
+        network_delay(route.decision.delay).await;
         if !self
             .network
             .inner
@@ -668,7 +677,7 @@ impl Delivery {
         opened: oneshot::Sender<MemorySink>,
         timeout: Duration,
     ) {
-        tokio::time::sleep(delay).await;
+        network_delay(delay).await;
         if !self
             .network
             .inner
