@@ -118,11 +118,15 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        // Not awaited to durability: the committed id only spares a restarted replica some
+        // re-applying, and a crash that loses it loses nothing else (the leader tells the
+        // replica the commit index again). Waiting would put one more fsync between every
+        // commit and its apply.
         let bytes = wire::encode_log_id(&committed);
         self.db
-            .put_meta(self.group, MetaKey::Committed, bytes)
-            .await
-            .map_err(storage)
+            .put_meta_queued(self.group, MetaKey::Committed, bytes)
+            .await;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {

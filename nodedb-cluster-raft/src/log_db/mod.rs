@@ -263,6 +263,18 @@ impl LogDb {
         self.enqueue_async(group, Op::PutMeta { key, value }).await
     }
 
+    /// Queues a meta value and returns at once: readable through `meta` now, durable with the
+    /// next batch. For values a crash may roll back, such as the committed id.
+    pub async fn put_meta_queued(&self, group: GroupId, key: MetaKey, value: Vec<u8>) {
+        let done: AppendDone = Box::new(move |result| {
+            if let Err(error) = result {
+                tracing::warn!(%group, ?key, %error, "queued raft log meta value not stored");
+            }
+        });
+        self.enqueue_when_room(group, Op::PutMeta { key, value }, done)
+            .await;
+    }
+
     /// Deletes every entry, meta value and purge mark of `group`; durable on return.
     pub async fn remove_group(&self, group: GroupId) -> Result<(), LogDbError> {
         self.enqueue_async(group, Op::RemoveGroup).await
