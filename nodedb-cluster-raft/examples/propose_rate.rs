@@ -1,8 +1,12 @@
-//! Measures proposal throughput and latency of one group on 3 nodes over the in-memory
-//! transport with real redb log files: `CLIENTS` concurrent clients (first argument, default 1)
-//! each put `PROPOSALS` keys through the leader. Every acknowledged put is fsynced on a quorum.
+//! Measures proposal throughput and latency on 3 nodes over the in-memory transport with real
+//! redb log files: `CLIENTS` concurrent clients (first argument, default 1) spread over `GROUPS`
+//! groups (second argument, default 1) whose leaders are spread over the nodes; each client
+//! puts `PROPOSALS` keys through its group's leader. Every acknowledged put is fsynced on a
+//! quorum. To put the latency beside what the disk costs, it first times one fsync of a small
+//! write and one durable append to a fresh log file (a redb transaction) on the same disk.
 //!
-//! `cargo run -p nodedb-cluster-raft --example propose_rate -- 8`
+//! `cargo run --release -p nodedb-cluster-raft --example propose_rate -- 64 8`
+//! (`RUST_LOG=openraft=debug` shows openraft's trace.)
 
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_raft::kv::{KvCommand, KvStateMachine};
@@ -10,21 +14,32 @@ use nodedb_cluster_raft::log_db::LogDb;
 use nodedb_cluster_raft::{MultiRaft, RaftTimings, Role};
 use nodedb_cluster_transport::{MemoryNetwork, Transport};
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NODES: u64 = 3;
 const PROPOSALS: u64 = 500;
-const ELECTION_WAIT_POLLS_MAX: usize = 1000;
+const DISK_SAMPLES: usize = 200;
+const LEADER_WAIT_POLLS_MAX: usize = 1000;
+const LEADER_WAIT_POLL: Duration = Duration::from_millis(20);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let clients: u64 = std::env::args()
-        .nth(1)
-        .map(|arg| arg.parse())
-        .transpose()?
-        .unwrap_or(1);
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let mut args = std::env::args().skip(1);
+    let clients: u64 = args.next().map(|arg| arg.parse()).transpose()?.unwrap_or(1);
+    let groups: u32 = args.next().map(|arg| arg.parse()).transpose()?.unwrap_or(1);
+    anyhow::ensure!(
+        clients >= 1 && groups >= 1,
+        "clients and groups must be >= 1"
+    );
     let root = tempfile::tempdir()?;
+    let (fsync, durable_append) = disk_costs(root.path()).await?;
+
     let network = MemoryNetwork::new(9);
     let mut nodes = Vec::new();
     for id in 1..=NODES {
@@ -42,37 +57,30 @@ async fn main() -> anyhow::Result<()> {
         transport.set_handler(multi.handler());
         nodes.push((multi, log));
     }
-    let group = GroupId(1);
     let members: BTreeMap<NodeId, String> = (1..=NODES)
         .map(|id| (NodeId(id), format!("127.0.0.1:{}", 9400 + id)))
         .collect();
-    for (position, (multi, _)) in nodes.iter().enumerate() {
-        let initial = (position == 0).then(|| members.clone());
-        multi
-            .create_group(group, Box::new(KvStateMachine::new()), initial)
-            .await?;
-    }
-    let mut leader = None;
-    for _ in 0..ELECTION_WAIT_POLLS_MAX {
-        leader = nodes.iter().find(|(multi, _)| {
+    let group_ids: Vec<GroupId> = (1..=groups).map(GroupId).collect();
+    for &group in &group_ids {
+        for (position, (multi, _)) in nodes.iter().enumerate() {
+            let initial = (position == 0).then(|| members.clone());
             multi
-                .status(group)
-                .is_some_and(|status| status.role == Role::Leader)
-        });
-        if leader.is_some() {
-            break;
+                .create_group(group, Box::new(KvStateMachine::new()), initial)
+                .await?;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let leader = leader
-        .ok_or_else(|| anyhow::anyhow!("no leader elected"))?
-        .0
-        .clone();
+    let multis: Vec<MultiRaft> = nodes.iter().map(|(multi, _)| multi.clone()).collect();
+    let mut leaders = Vec::new();
+    for (position, &group) in group_ids.iter().enumerate() {
+        let wanted = NodeId(position as u64 % NODES + 1);
+        leaders.push(spread_leader(&multis, group, wanted).await?);
+    }
 
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let leader = leader.clone();
+        let position = (client % u64::from(groups)) as usize;
+        let (group, leader) = (group_ids[position], leaders[position].clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             for i in 0..PROPOSALS {
@@ -95,16 +103,81 @@ async fn main() -> anyhow::Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort();
-    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    let p50 = percentile(&latencies, 0.5);
     println!(
-        "{clients} clients x {PROPOSALS} puts of 100 bytes: {:.0} proposals/s, latency p50 {:?} p99 {:?}",
+        "{clients} clients over {groups} groups x {PROPOSALS} puts of 100 bytes: {:.0} proposals/s, \
+         latency p50 {:.2} ms p99 {:.2} ms; disk: fsync p50 {:.3} ms, durable log append p50 {:.3} ms \
+         (commit p50 = {:.1}x fsync, {:.1}x durable append)",
         latencies.len() as f64 / seconds,
-        percentile(0.5),
-        percentile(0.99)
+        millis(p50),
+        millis(percentile(&latencies, 0.99)),
+        millis(fsync),
+        millis(durable_append),
+        p50.as_secs_f64() / fsync.as_secs_f64(),
+        p50.as_secs_f64() / durable_append.as_secs_f64(),
     );
     for (multi, log) in nodes {
         multi.shutdown().await;
         log.shutdown();
     }
     Ok(())
+}
+
+/// Makes `wanted` the leader of `group` (or keeps whoever leads if the transfer does not take)
+/// and returns the leader's handle.
+async fn spread_leader(
+    multis: &[MultiRaft],
+    group: GroupId,
+    wanted: NodeId,
+) -> anyhow::Result<MultiRaft> {
+    let mut asked = false;
+    for poll in 0..LEADER_WAIT_POLLS_MAX {
+        let leader = multis.iter().find(|multi| {
+            multi
+                .status(group)
+                .is_some_and(|status| status.role == Role::Leader)
+        });
+        if let Some(leader) = leader {
+            if leader.node() == wanted || poll + 1 == LEADER_WAIT_POLLS_MAX {
+                return Ok(leader.clone());
+            }
+            if !asked {
+                asked = leader.transfer_leader(group, wanted).await.is_ok();
+            }
+        }
+        tokio::time::sleep(LEADER_WAIT_POLL).await;
+    }
+    anyhow::bail!("{group}: no leader elected")
+}
+
+/// Median cost of one fsync of a small write, and of one durable append to a fresh log file.
+async fn disk_costs(dir: &Path) -> anyhow::Result<(Duration, Duration)> {
+    let mut file = std::fs::File::create(dir.join("fsync-probe"))?;
+    let mut fsyncs = Vec::with_capacity(DISK_SAMPLES);
+    for _ in 0..DISK_SAMPLES {
+        file.write_all(&[7; 128])?;
+        let started = Instant::now();
+        file.sync_data()?;
+        fsyncs.push(started.elapsed());
+    }
+    let log = LogDb::open(&dir.join("append-probe.redb"))?;
+    let mut appends = Vec::with_capacity(DISK_SAMPLES);
+    for index in 1..=DISK_SAMPLES as u64 {
+        let started = Instant::now();
+        log.append_durable(GroupId(1), vec![(index, vec![7; 128])])
+            .await?;
+        appends.push(started.elapsed());
+    }
+    log.shutdown();
+    fsyncs.sort();
+    appends.sort();
+    Ok((percentile(&fsyncs, 0.5), percentile(&appends, 0.5)))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }

@@ -11,6 +11,10 @@ pub struct BenchRaftArgs {
     /// Concurrent proposers of the commit benchmark (one run per value).
     #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
     pub clients: Vec<u64>,
+    /// Groups the commit benchmark's clients are spread over (one run per value and client
+    /// count; leaders spread over the nodes).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub groups: Vec<u64>,
     /// Group counts of the idle-cost benchmark (one run per value).
     #[arg(long, value_delimiter = ',', default_value = "1,64,256")]
     pub idle_groups: Vec<u64>,
@@ -21,15 +25,17 @@ pub fn transport() -> Result<()> {
     run_example("nodedb-cluster-transport", "transport_bench", &[])
 }
 
-/// Runs the Raft benchmarks: commits at each client count, then the idle cost of each group
-/// count.
+/// Runs the Raft benchmarks: commits at each client and group count, then the idle cost of
+/// each group count.
 pub fn raft(args: &BenchRaftArgs) -> Result<()> {
-    for clients in &args.clients {
-        run_example(
-            "nodedb-cluster-raft",
-            "propose_rate",
-            &[clients.to_string()],
-        )?;
+    for groups in &args.groups {
+        for clients in &args.clients {
+            run_example(
+                "nodedb-cluster-raft",
+                "propose_rate",
+                &[clients.to_string(), groups.to_string()],
+            )?;
+        }
     }
     for groups in &args.idle_groups {
         run_example("nodedb-cluster-raft", "idle_cost", &[groups.to_string()])?;
