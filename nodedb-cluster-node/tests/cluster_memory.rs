@@ -4,11 +4,12 @@
 mod memory_cluster;
 
 use memory_cluster::{NUM_GROUPS, config, eventually, start, start_three};
-use nodedb_cluster_core::{NodeId, NodeState, VShardId, vshard_for_key};
+use nodedb_cluster_core::{GroupId, NodeId, NodeState, VShardId, vshard_for_key};
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig};
 use nodedb_cluster_node::engine::EngineFactory;
 use nodedb_cluster_node::node_service::NodeService;
 use nodedb_cluster_node::service::{ClusterService, ReadConsistency, ServiceError};
+use nodedb_cluster_raft::kv::{KvAnswer, KvQuery};
 use nodedb_cluster_raft::state_machine::{VecChunks, read_all_chunks};
 use nodedb_cluster_raft::{
     Committed, ReadConsistency as RaftReadConsistency, SnapshotChunks, StateMachine,
@@ -221,6 +222,158 @@ async fn a_dead_node_is_marked_down_and_replaced() {
         .iter()
         .filter(|cluster| cluster.node() != victim.node())
     {
+        cluster.shutdown().await;
+    }
+}
+
+fn metadata_leader(cluster: &Cluster) -> Option<NodeId> {
+    cluster
+        .raft()
+        .status(nodedb_cluster_core::METADATA_GROUP)
+        .and_then(|status| status.leader)
+}
+
+/// `key` as `cluster`'s own replica of `group` holds it, without asking any other node.
+async fn local_value(cluster: &Cluster, group: GroupId, key: &str) -> Option<Vec<u8>> {
+    let query = KvQuery::Get {
+        key: key.as_bytes().to_vec(),
+    };
+    let answer = cluster
+        .raft()
+        .query(group, &query.encode(), RaftReadConsistency::Local)
+        .await
+        .ok()?;
+    match KvAnswer::decode(&answer)? {
+        KvAnswer::Value(value) => value,
+        KvAnswer::Len(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_node_back_from_its_data_dir_is_active_and_caught_up() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(20);
+    let [first, second, third] = start_three(&network, data.path()).await;
+    let fourth = start(&network, config(4, &[1, 2, 3], data.path())).await;
+    let nodes = [first, second, third, fourth];
+    eventually("full replication on four nodes", || async {
+        fully_replicated(&nodes[0], 3, None)
+            && (1..=4).all(|node| node_state(&nodes[0], node) == Some(NodeState::Active))
+    })
+    .await;
+    let leader = metadata_leader(&nodes[0]).expect("a metadata leader");
+    let victim = nodes
+        .iter()
+        .find(|cluster| cluster.node() != leader)
+        .unwrap()
+        .node();
+    let survivor = nodes
+        .iter()
+        .find(|cluster| cluster.node() == leader)
+        .unwrap()
+        .clone();
+    nodes[victim.0 as usize - 1].shutdown().await;
+    network.crash(victim);
+    eventually("the dead node to be marked Down and replaced", || async {
+        node_state(&survivor, victim.0) == Some(NodeState::Down)
+            && fully_replicated(&survivor, 3, Some(victim))
+    })
+    .await;
+    let service = NodeService::new(survivor.clone());
+    let keys: Vec<String> = (0..16).map(|key| format!("while-down-{key}")).collect();
+    for key in &keys {
+        service
+            .kv_put(key.clone(), key.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+
+    // Back from its data dir: its own metadata still says Active and lists its old replicas,
+    // which the cluster has long given to others.
+    network.restart(victim);
+    let back = start(&network, config(victim.0, &[1, 2, 3], data.path())).await;
+    eventually("the node back to be marked Active", || async {
+        node_state(&survivor, victim.0) == Some(NodeState::Active)
+    })
+    .await;
+    let active_at = survivor.metadata().borrow().applied_index;
+    eventually(
+        "the node back to follow the metadata past its return",
+        || async { back.metadata().borrow().applied_index >= active_at },
+    )
+    .await;
+    // Four nodes, four groups of three: the balancing gives it data replicas again.
+    let held = |cluster: &Cluster| -> Vec<GroupId> {
+        let metadata = cluster.metadata();
+        let applied = metadata.borrow();
+        let Some(routing) = applied.state.routing() else {
+            return Vec::new();
+        };
+        routing
+            .data_groups()
+            .filter(|group| {
+                routing
+                    .members(*group)
+                    .is_some_and(|members| members.voters.contains(&victim))
+            })
+            .collect()
+    };
+    eventually("three voters per group, some on the node back", || async {
+        fully_replicated(&survivor, 3, None) && !held(&survivor).is_empty()
+    })
+    .await;
+    // Every key written while it was down, in a group it now votes in, is on its own replica.
+    eventually(
+        "its replicas to hold what was written while it was down",
+        || {
+            let survivor = survivor.clone();
+            let back = back.clone();
+            let keys = keys.clone();
+            let groups = held(&survivor);
+            async move {
+                let mut checked = 0;
+                for key in &keys {
+                    let Ok(group) = survivor.vshards().owner(vshard_for_key(key.as_bytes())) else {
+                        return false;
+                    };
+                    if !groups.contains(&group) {
+                        continue;
+                    }
+                    if local_value(&back, group, key).await != Some(key.as_bytes().to_vec()) {
+                        return false;
+                    }
+                    checked += 1;
+                }
+                checked > 0
+            }
+        },
+    )
+    .await;
+    assert_eq!(node_state(&survivor, victim.0), Some(NodeState::Active));
+
+    // The cluster serves through the node back, and every group still has three voters.
+    let through_back = NodeService::new(back.clone());
+    through_back
+        .kv_put("after-return".into(), b"ok".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        service
+            .kv_get("after-return".into(), ReadConsistency::Linearizable)
+            .await
+            .unwrap(),
+        Some(b"ok".to_vec())
+    );
+    assert_eq!(
+        through_back
+            .kv_get(keys[0].clone(), ReadConsistency::Linearizable)
+            .await
+            .unwrap(),
+        Some(keys[0].as_bytes().to_vec())
+    );
+    assert!(fully_replicated(&survivor, 3, None));
+    back.shutdown().await;
+    for cluster in nodes.iter().filter(|cluster| cluster.node() != victim) {
         cluster.shutdown().await;
     }
 }
