@@ -1,5 +1,5 @@
-//! Whole nodes in one process over the in-memory network: bootstrap, join, restart, and the
-//! KV store served through any node.
+//! Whole nodes in one process over the in-memory network: bootstrap, join, restart, failure
+//! detection and return (damped), and the KV store served through any node.
 
 mod memory_cluster;
 
@@ -16,6 +16,7 @@ use nodedb_cluster_raft::{
     StateMachineError,
 };
 use nodedb_cluster_transport::MemoryNetwork;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_bootstraps_serves_and_restarts() {
@@ -375,6 +376,108 @@ async fn a_replaced_node_back_from_its_data_dir_is_active_and_caught_up() {
     back.shutdown().await;
     for cluster in nodes.iter().filter(|cluster| cluster.node() != victim) {
         cluster.shutdown().await;
+    }
+}
+
+/// As the reconciler's: a Down node must answer this long without a gap to be Active again.
+const RECOVERY_DAMPING: Duration = Duration::from_secs(3);
+
+/// Samples `node`'s state in `observer`'s applied metadata every 100 ms for `period`.
+async fn sample_state(
+    observer: &Cluster,
+    node: NodeId,
+    period: Duration,
+    seen: &mut Vec<Option<NodeState>>,
+) {
+    let step = Duration::from_millis(100);
+    for _ in 0..period.as_millis() / step.as_millis() {
+        seen.push(node_state(observer, node.0));
+        tokio::time::sleep(step).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_node_stays_down_until_it_answers_for_the_damping_period() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(21);
+    let nodes = start_three(&network, data.path()).await;
+    eventually("full replication, every node Active", || async {
+        fully_replicated(&nodes[0], 3, None)
+            && (1..=3).all(|node| node_state(&nodes[0], node) == Some(NodeState::Active))
+    })
+    .await;
+    let leader = metadata_leader(&nodes[0]).expect("a metadata leader");
+    let observer = nodes
+        .iter()
+        .find(|cluster| cluster.node() == leader)
+        .unwrap()
+        .clone();
+    let flapper = nodes
+        .iter()
+        .find(|cluster| cluster.node() != leader)
+        .unwrap()
+        .node();
+    let others: Vec<NodeId> = (1..=3)
+        .map(NodeId)
+        .filter(|node| *node != flapper)
+        .collect();
+    network.partition(&[flapper], &others);
+    eventually("the cut-off node to be marked Down", || async {
+        node_state(&observer, flapper.0) == Some(NodeState::Down)
+    })
+    .await;
+
+    // Reachable for a second, cut off for a second, five times: never long enough.
+    const FLAPS: usize = 5;
+    const FLAP_PERIOD: Duration = Duration::from_secs(1);
+    let mut seen = Vec::new();
+    for _ in 0..FLAPS {
+        network.heal();
+        sample_state(&observer, flapper, FLAP_PERIOD, &mut seen).await;
+        network.partition(&[flapper], &others);
+        sample_state(&observer, flapper, FLAP_PERIOD, &mut seen).await;
+    }
+    assert!(seen.len() >= 2 * FLAPS * 9, "sampled: {seen:?}");
+    assert!(
+        seen.iter().all(|state| *state == Some(NodeState::Down)),
+        "a flapping node stays Down: {seen:?}"
+    );
+
+    // Reachable for good: Active, but only after the damping period.
+    network.heal();
+    let healed_at = tokio::time::Instant::now();
+    eventually("the node reachable for good to be Active", || async {
+        node_state(&observer, flapper.0) == Some(NodeState::Active)
+    })
+    .await;
+    let after = healed_at.elapsed();
+    assert!(
+        after >= RECOVERY_DAMPING,
+        "Active {after:?} after the last heal, before the damping period"
+    );
+    write_through_every_node(&nodes, "after-flapping").await;
+    for cluster in &nodes {
+        cluster.shutdown().await;
+    }
+}
+
+/// Writes `key` through each node in turn and reads it back through the first.
+async fn write_through_every_node(nodes: &[Cluster], key: &str) {
+    let reader = NodeService::new(nodes[0].clone());
+    for (round, cluster) in nodes.iter().enumerate() {
+        let writer = NodeService::new(cluster.clone());
+        eventually("a write through every node", || {
+            let writer = writer.clone();
+            async move { writer.kv_put(key.into(), vec![round as u8]).await.is_ok() }
+        })
+        .await;
+        assert_eq!(
+            reader
+                .kv_get(key.into(), ReadConsistency::Linearizable)
+                .await
+                .unwrap(),
+            Some(vec![round as u8])
+        );
     }
 }
 
