@@ -16,7 +16,8 @@ use crate::vshard_client::{VShardClient, VShardWrite};
 use nodedb_cluster_catalog::{Catalog, CatalogError, ClusterId as StoredClusterId};
 use nodedb_cluster_core::metadata::ClusterId;
 use nodedb_cluster_core::{
-    GroupId, METADATA_GROUP, MetadataCommand, NodeId, NodeInfo, NodeState, PeerAddr, VShardId,
+    GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeInfo, NodeState, PeerAddr,
+    VShardId,
 };
 use nodedb_cluster_raft::log_db::LogDb;
 use nodedb_cluster_raft::{
@@ -33,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// File name of the Raft log under the data dir.
 pub const RAFT_LOG_FILE: &str = "raft-log.redb";
@@ -113,6 +115,9 @@ struct Inner {
     vshards: VShardClient,
     migrations: ProgressBook,
     metadata: watch::Receiver<AppliedMetadata>,
+    /// When this node last answered an `Identify` (its start until the first one); see
+    /// [`Cluster::wait_decommissioned`].
+    identified: watch::Receiver<Instant>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Saves the applied metadata into the catalog; awaited (not aborted) on shutdown, so
@@ -161,11 +166,13 @@ pub async fn start_cluster_on(
     raft_channel.set_handler(raft.handler());
     let (metadata_machine, metadata) = MetadataStateMachine::new();
     let control = mux.channel(Channel::Control);
+    let (identified_sender, identified) = watch::channel(Instant::now());
     control.set_handler(Arc::new(ControlServer::new(
         config.node_id,
         raft.clone(),
         metadata.clone(),
         control.clone(),
+        identified_sender,
     )));
     let groups = GroupClient::new(
         config.node_id,
@@ -186,6 +193,7 @@ pub async fn start_cluster_on(
             vshards,
             migrations: ProgressBook::default(),
             metadata,
+            identified,
             stop,
             tasks: Mutex::new(Vec::new()),
             metadata_saver: Mutex::new(None),
@@ -220,6 +228,11 @@ pub async fn start_cluster_on(
     }
     cluster.spawn_background_tasks(catalog);
     Ok(cluster)
+}
+
+/// True when `state` records `node` as Decommissioned.
+fn is_decommissioned(state: &MetadataState, node: NodeId) -> bool {
+    state.topology().state_of(node) == Some(NodeState::Decommissioned)
 }
 
 impl Cluster {
@@ -285,46 +298,66 @@ impl Cluster {
     /// Returns once the metadata records this node as Decommissioned (every replica moved
     /// off it): the node should then shut down. Pending forever otherwise.
     ///
-    /// The local replica of group 0 is not enough: a node that was down when its
-    /// Decommissioned record was committed may already have lost its group-0 learner (the
-    /// placement removes it with the record) and then hears nothing more. So every
-    /// [`DECOMMISSION_POLL_INTERVAL`] it also asks the metadata leader for its state.
+    /// The local replica of group 0 is not always enough: a node that was down or cut off
+    /// when it was decommissioned may have lost its group-0 replica (a Down node's is removed,
+    /// and a learner's goes with the Decommissioned record) and then hears nothing more. Such a
+    /// node is Draining in its own view, or, if it never heard of its draining, no longer
+    /// pinged by the metadata leader, whose liveness pings skip Decommissioned nodes. Only
+    /// then does it ask the metadata leader for its state, every
+    /// [`DECOMMISSION_POLL_INTERVAL`]; an Active node that the leader pings asks nothing.
     pub async fn wait_decommissioned(&self) {
         let node = self.node();
         let mut metadata = self.inner.metadata.clone();
-        let decommissioned = metadata.wait_for(|applied| {
-            applied.state.topology().state_of(node) == Some(NodeState::Decommissioned)
-        });
-        tokio::select! {
-            heard = decommissioned => {
-                if heard.is_err() {
-                    std::future::pending::<()>().await;
+        let mut next_ask = Instant::now() + DECOMMISSION_POLL_INTERVAL;
+        loop {
+            let draining = {
+                let applied = metadata.borrow_and_update();
+                if is_decommissioned(&applied.state, node) {
+                    return;
+                }
+                applied.state.topology().state_of(node) == Some(NodeState::Draining)
+            };
+            if Instant::now() >= next_ask {
+                next_ask = Instant::now() + DECOMMISSION_POLL_INTERVAL;
+                let may_not_hear_it = draining || !self.hears_metadata_leader();
+                if may_not_hear_it && self.leader_says_decommissioned().await {
+                    return;
                 }
             }
-            () = self.ask_until_decommissioned() => {}
+            tokio::select! {
+                changed = metadata.changed() => {
+                    // No more applied states (the node is stopping): only the leader can tell.
+                    if changed.is_err() {
+                        tokio::time::sleep_until(next_ask).await;
+                    }
+                }
+                () = tokio::time::sleep_until(next_ask) => {}
+            }
         }
     }
 
-    async fn ask_until_decommissioned(&self) {
-        let node = self.node();
-        let query = postcard::to_stdvec(&MetadataQuery::State).expect("a query encodes");
-        loop {
-            tokio::time::sleep(DECOMMISSION_POLL_INTERVAL).await;
-            if !self.is_member() {
-                continue;
-            }
-            let answer = self
-                .inner
-                .groups
-                .query(METADATA_GROUP, query.clone(), true)
-                .await;
-            let state = answer.ok().and_then(|bytes| decode_metadata_state(&bytes));
-            if state.is_some_and(|state| {
-                state.topology().state_of(node) == Some(NodeState::Decommissioned)
-            }) {
-                return;
-            }
+    /// True when this node leads group 0 or was pinged within the last
+    /// [`DECOMMISSION_POLL_INTERVAL`]: the metadata leader still counts it as a member.
+    fn hears_metadata_leader(&self) -> bool {
+        let leads = self
+            .inner
+            .raft
+            .status(METADATA_GROUP)
+            .is_some_and(|status| status.leader == Some(self.node()));
+        leads || self.inner.identified.borrow().elapsed() < DECOMMISSION_POLL_INTERVAL
+    }
+
+    /// True when the metadata leader answers that this node is Decommissioned.
+    async fn leader_says_decommissioned(&self) -> bool {
+        if !self.is_member() {
+            return false;
         }
+        let query = postcard::to_stdvec(&MetadataQuery::State).expect("a query encodes");
+        let answer = self.inner.groups.query(METADATA_GROUP, query, true).await;
+        answer
+            .ok()
+            .and_then(|bytes| decode_metadata_state(&bytes))
+            .is_some_and(|state| is_decommissioned(&state, self.node()))
     }
 
     /// True once this node is in the topology and its metadata is bootstrapped.

@@ -14,6 +14,7 @@ use nodedb_cluster_raft::{
 use nodedb_cluster_transport::{BoxFuture, Bytes, Handler, HandlerError, InboundStream, Transport};
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Handler of the Control channel.
 pub struct ControlServer {
@@ -22,6 +23,10 @@ pub struct ControlServer {
     metadata: watch::Receiver<AppliedMetadata>,
     /// The Control channel, to forward a join to the metadata leader.
     control: Arc<dyn Transport>,
+    /// When this node last answered an `Identify`: mostly the metadata leader's liveness
+    /// ping, sent each round to every member not Decommissioned (read by
+    /// [`crate::cluster::Cluster::wait_decommissioned`]).
+    identified: watch::Sender<Instant>,
 }
 
 impl ControlServer {
@@ -30,18 +35,21 @@ impl ControlServer {
         raft: MultiRaft,
         metadata: watch::Receiver<AppliedMetadata>,
         control: Arc<dyn Transport>,
+        identified: watch::Sender<Instant>,
     ) -> ControlServer {
         ControlServer {
             node,
             raft,
             metadata,
             control,
+            identified,
         }
     }
 
     async fn serve(&self, request: ControlRequest) -> ControlResponse {
         let served = match request {
             ControlRequest::Identify => {
+                self.identified.send_replace(Instant::now());
                 return ControlResponse::Identity {
                     node: self.node,
                     cluster_id: self.metadata.borrow().state.cluster_id(),
