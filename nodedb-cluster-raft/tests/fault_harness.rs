@@ -1,6 +1,7 @@
 //! Deterministic-schedule fault harness: N nodes, M groups, a seeded plan of partitions,
-//! isolations, lossy periods and node crash/restarts on the in-memory network, and concurrent
-//! put/get/delete/CAS clients recorded into core's linearizability checker. After healing: every key's history
+//! isolations, lossy periods and node kills (as kill -9: queued log writes lost, or a prefix of
+//! them written) with restarts on the in-memory network, and concurrent put/get/delete/CAS
+//! clients recorded into core's linearizability checker. After healing: every key's history
 //! must be linearizable (with final reads, so no acknowledged write is lost) and every group's
 //! replicas must report equal state hashes.
 //!
@@ -29,6 +30,8 @@ const OPS_PER_CLIENT_MAX: u64 = 60;
 /// Pause between two operations of one client, so that operations spread over the faults.
 const CLIENT_PAUSE_MS_MAX: u64 = 60;
 const FAULT_STEPS: usize = 8;
+/// Most queued log writes a killed node keeps (a partly written last batch).
+const KILL_SURVIVORS_MAX: usize = 4;
 /// NotLeader redirects one client operation follows before giving up (definitely failed).
 const REDIRECTS_MAX: usize = 20;
 const DEFAULT_SEEDS: [u64; 3] = [101, 202, 303];
@@ -47,8 +50,12 @@ enum Fault {
         drop_percent: u32,
         delay_ms_max: u64,
     },
-    /// The node stops (its files stay) and restarts at the end of the step.
-    Crash(NodeId),
+    /// The node is killed (its log keeps what was being written and the first `survivors`
+    /// queued writes; its files stay) and restarts at the end of the step.
+    Kill {
+        node: NodeId,
+        survivors: usize,
+    },
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,14 +102,14 @@ async fn run_seed(seed: u64) {
     }
 
     for (fault, duration) in &schedule {
-        if let Fault::Crash(node) = fault {
-            cluster.crash_node(*node).await;
+        if let Fault::Kill { node, survivors } = fault {
+            cluster.kill_node(*node, *survivors).await;
         }
         apply_fault(&cluster, fault);
         tokio::time::sleep(*duration).await;
         cluster.network.heal();
         cluster.network.set_fault_plan(FaultPlan::none());
-        if let Fault::Crash(node) = fault {
+        if let Fault::Kill { node, .. } = fault {
             cluster.restart_node(*node).await;
         }
     }
@@ -156,7 +163,10 @@ fn next_fault(rng: &mut SmallRng) -> (Fault, Duration) {
         0 => Fault::Calm,
         1 => Fault::Isolate(node),
         2 => Fault::Partition { minority: node },
-        3 => Fault::Crash(node),
+        3 => Fault::Kill {
+            node,
+            survivors: rng.random_range(0..=KILL_SURVIVORS_MAX),
+        },
         _ => Fault::Lossy {
             drop_percent: rng.random_range(1..=15),
             delay_ms_max: rng.random_range(0..=20),
@@ -167,7 +177,7 @@ fn next_fault(rng: &mut SmallRng) -> (Fault, Duration) {
 
 fn apply_fault(cluster: &TestCluster, fault: &Fault) {
     match fault {
-        Fault::Calm | Fault::Crash(_) => {}
+        Fault::Calm | Fault::Kill { .. } => {}
         Fault::Isolate(node) => cluster.network.isolate(*node),
         Fault::Partition { minority } => {
             let majority: Vec<NodeId> = (1..=NODES)

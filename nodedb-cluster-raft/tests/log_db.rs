@@ -230,6 +230,66 @@ mod log_db {
         assert_eq!(durable_receiver.recv_timeout(WAIT_MAX).unwrap(), 4);
     }
 
+    /// A crash keeps what was being written and the first `survivors` queued operations, loses
+    /// the rest (their callers hear `Closed`, never `Ok`), and the reopened file holds exactly
+    /// the durable prefix.
+    #[test]
+    fn a_crash_keeps_a_prefix_of_the_queue_and_fails_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let (release_sender, release_receiver) = mpsc::channel::<()>();
+        let (outcome_sender, outcome_receiver) = mpsc::channel::<(u64, bool)>();
+        // The first batch's callback holds the writer thread, so that 2..=10 stay queued.
+        let (entered_sender, entered_receiver) = mpsc::channel::<()>();
+        let sender = outcome_sender.clone();
+        db.append(
+            G1,
+            entries(1..2),
+            Box::new(move |result| {
+                entered_sender.send(()).unwrap();
+                release_receiver.recv_timeout(WAIT_MAX).unwrap();
+                sender.send((1, result.is_ok())).unwrap();
+            }),
+        );
+        entered_receiver.recv_timeout(WAIT_MAX).unwrap();
+        for index in 2..=10 {
+            let sender = outcome_sender.clone();
+            db.append(
+                G1,
+                entries(index..index + 1),
+                Box::new(move |result| {
+                    assert!(matches!(result, Ok(()) | Err(LogDbError::Closed)));
+                    sender.send((index, result.is_ok())).unwrap();
+                }),
+            );
+        }
+        let crashing = {
+            let db = db.clone();
+            std::thread::spawn(move || db.crash(3))
+        };
+        let mut outcomes = std::collections::BTreeMap::new();
+        // The six lost appends are failed before the crash waits for the writer.
+        for _ in 0..6 {
+            let (index, ok) = outcome_receiver.recv_timeout(WAIT_MAX).unwrap();
+            outcomes.insert(index, ok);
+        }
+        release_sender.send(()).unwrap();
+        for _ in 0..4 {
+            let (index, ok) = outcome_receiver.recv_timeout(WAIT_MAX).unwrap();
+            outcomes.insert(index, ok);
+        }
+        crashing.join().unwrap();
+        let expected: std::collections::BTreeMap<u64, bool> =
+            (1..=10).map(|index| (index, index <= 4)).collect();
+        assert_eq!(outcomes, expected);
+        assert!(matches!(db.last_index(G1), Err(LogDbError::Closed)));
+        drop(db);
+
+        let reopened = open(&dir);
+        assert_eq!(reopened.last_index(G1).unwrap(), Some(4));
+        assert_eq!(reopened.entries(G1, 0..20).unwrap(), entries(1..5));
+    }
+
     /// Append, truncate and append queued back to back land in one batch and apply in queue
     /// order, both in what reads see before commit and in what is on disk after.
     #[tokio::test]

@@ -377,6 +377,21 @@ impl LogDb {
         self.handle.shutdown();
     }
 
+    /// Stops the log as `kill -9` would, for fault-injection tests: of the operations queued
+    /// and not yet being written, only the first `survivors` are committed (a crash falls
+    /// between two of the writer's transactions, so what survives is a prefix of the queue);
+    /// the rest are lost, their callers get `Closed`, and the file closes as on `shutdown`.
+    pub fn crash(&self, survivors: usize) {
+        let lost = {
+            let mut state = self.shared().lock();
+            state.closing = true;
+            let kept = survivors.min(state.queue.len());
+            state.queue.split_off(kept)
+        };
+        writer::finish(lost.into(), &Err(LogDbError::Closed));
+        self.handle.shutdown();
+    }
+
     fn shared(&self) -> &Shared {
         &self.handle.shared
     }

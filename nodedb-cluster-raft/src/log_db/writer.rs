@@ -107,7 +107,7 @@ fn fail(shared: &Shared, error: &LogDbError) -> Vec<Queued> {
 
 /// Runs the callbacks in queue order. A panicking callback is logged, not allowed to stop the
 /// writer (every other caller would hang).
-fn finish(batch: Vec<Queued>, result: &Result<(), LogDbError>) {
+pub(super) fn finish(batch: Vec<Queued>, result: &Result<(), LogDbError>) {
     for queued in batch {
         let outcome = result.clone();
         if catch_unwind(AssertUnwindSafe(move || (queued.done)(outcome))).is_err() {

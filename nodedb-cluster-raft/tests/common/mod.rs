@@ -102,13 +102,20 @@ impl TestCluster {
         );
     }
 
-    /// Stops `node` abruptly for its peers (network crash) and releases its files.
+    /// Kills `node` as `kill -9` would, losing every log write not yet under way.
     pub async fn crash_node(&mut self, node: NodeId) {
+        self.kill_node(node, 0).await;
+    }
+
+    /// Kills `node` as `kill -9` would: its peers lose it at once (network crash), its log
+    /// keeps what was being written plus the first `survivors` queued writes and loses the
+    /// rest, then its in-memory state is dropped; its files stay for a restart.
+    pub async fn kill_node(&mut self, node: NodeId, survivors: usize) {
         self.network.crash(node);
         self.live.write().expect("live").remove(&node);
         if let Some(test_node) = self.nodes.remove(&node) {
+            test_node.log.crash(survivors);
             test_node.multi.shutdown().await;
-            test_node.log.shutdown();
         }
     }
 
