@@ -157,7 +157,17 @@ impl Api {
 
     /// `GET /v1/kv/{key}` (linearizable): the value, or `None` when absent.
     pub fn get(&self, node: SocketAddr, key: &str) -> Reply<Option<Vec<u8>>> {
-        let response = match self.agent.get(kv_url(node, key, "")).call() {
+        self.read(kv_url(node, key, ""))
+    }
+
+    /// `GET /v1/kv/{key}?consistency=stale`: the value in the answering node's replica, or
+    /// `None` when absent there.
+    pub fn get_stale(&self, node: SocketAddr, key: &str) -> Reply<Option<Vec<u8>>> {
+        self.read(kv_url(node, key, "?consistency=stale"))
+    }
+
+    fn read(&self, url: String) -> Reply<Option<Vec<u8>>> {
+        let response = match self.agent.get(url).call() {
             Ok(response) => response,
             Err(error) => return classify_transport_error(&error).map(|()| None),
         };

@@ -1,9 +1,10 @@
-//! `cargo xtask bench cluster`: closed-loop puts against a local cluster (release build by
-//! default): writes per second and latency percentiles from an HDR histogram, printed and
+//! `cargo xtask bench cluster`: closed-loop puts, linearizable gets or stale gets against a
+//! local cluster (release build by default): operations per second, latency percentiles from
+//! an HDR histogram and the CPU seconds each node and the load generator used, printed and
 //! written as JSON under `<target>/bench/`.
 
 use crate::api::{Api, Reply};
-use crate::cli::BenchClusterArgs;
+use crate::cli::{BenchClusterArgs, BenchOp};
 use crate::cluster::config::RaftTimings;
 use crate::cluster::process::Processes;
 use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
@@ -12,13 +13,21 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Keys the benchmark writes to (spread over the vShards).
 pub const BENCH_KEYS: u32 = 10_000;
+/// Keys a read benchmark writes first, then reads.
+pub const READ_KEYS: u32 = 2_000;
+/// Tries of each write that fills a key for reads.
+const FILL_ATTEMPTS: u32 = 5;
+const FILL_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Clock ticks per second of the times in `/proc/<pid>/stat`: Linux's `USER_HZ`.
+const USER_HZ: f64 = 100.0;
 /// Unmeasured time before the measurement starts.
 pub const WARM_UP: Duration = Duration::from_secs(2);
 /// Largest latency the histogram records; slower requests time out first.
@@ -32,12 +41,21 @@ pub struct ClientResult {
     pub errors: u64,
 }
 
+/// User plus system CPU time, in clock ticks, of every node process and of this one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    pub nodes: BTreeMap<u64, u64>,
+    pub load_generator: u64,
+}
+
 /// The merged measurement.
 #[derive(Debug)]
 pub struct BenchResult {
     pub measured: Duration,
     pub latencies_us: Histogram<u64>,
     pub errors: u64,
+    /// Used during the measured time.
+    pub cpu: CpuTicks,
 }
 
 /// Runs the benchmark and writes its JSON; returns the path of the JSON file.
@@ -91,12 +109,21 @@ pub struct BenchRun {
     pub stamp: u64,
 }
 
-/// Launches `cluster` for the benchmark `name`, runs `measure` against the nodes' admin
-/// addresses, then stops every node; on a failed measurement, prints the nodes' last log lines.
+/// The launched nodes, as a measurement sees them.
+#[derive(Debug)]
+pub struct BenchNodes {
+    /// Admin API addresses, in node id order.
+    pub admin_addrs: Vec<SocketAddr>,
+    /// Process ids by node id.
+    pub pids: BTreeMap<u64, u32>,
+}
+
+/// Launches `cluster` for the benchmark `name`, runs `measure` against the nodes, then stops
+/// every node; on a failed measurement, prints the nodes' last log lines.
 pub fn on_cluster<T>(
     name: &str,
     cluster: BenchCluster,
-    measure: impl FnOnce(&[SocketAddr]) -> Result<T>,
+    measure: impl FnOnce(&BenchNodes) -> Result<T>,
 ) -> Result<(T, BenchRun)> {
     let stamp = unix_seconds();
     let bench_dir = build::target_dir()?.join("bench");
@@ -114,7 +141,14 @@ pub fn on_cluster<T>(
         raft: RaftTimings::for_profile(!cluster.debug),
     };
     let launched = Cluster::launch(&spec, &processes)?;
-    let nodes: Vec<SocketAddr> = launched.admin_addrs().into_values().collect();
+    let nodes = BenchNodes {
+        admin_addrs: launched.admin_addrs().into_values().collect(),
+        pids: launched
+            .node_ids()
+            .into_iter()
+            .filter_map(|id| Some((id, launched.pid(id)?)))
+            .collect(),
+    };
     let result = match measure(&nodes) {
         Ok(result) => result,
         Err(error) => {
@@ -131,35 +165,151 @@ pub fn on_cluster<T>(
     Ok((result, run))
 }
 
-/// Warm-up, then `args.seconds` of closed-loop puts from `args.clients` threads.
-fn measure(nodes: &[SocketAddr], args: &BenchClusterArgs) -> Result<BenchResult> {
+/// For reads, fills their keys first; then a warm-up and `args.seconds` of closed-loop
+/// operations from `args.clients` threads.
+fn measure(nodes: &BenchNodes, args: &BenchClusterArgs) -> Result<BenchResult> {
+    let addrs = &nodes.admin_addrs;
+    let keys = match args.op {
+        BenchOp::Put => BENCH_KEYS,
+        BenchOp::Get | BenchOp::GetStale => {
+            fill(addrs, args)?;
+            READ_KEYS
+        }
+    };
     let stop = AtomicBool::new(false);
-    let started = Instant::now();
-    let measure_from = started + WARM_UP;
+    let never = AtomicBool::new(false);
+    let measure_from = Instant::now() + WARM_UP;
     let measured = Duration::from_secs(args.seconds);
-    let results: Vec<ClientResult> = std::thread::scope(|scope| {
+    let (results, cpu) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..u64::from(args.clients))
             .map(|client| {
                 let stop = &stop;
-                scope.spawn(move || client_loop(client, nodes, args, measure_from, stop))
+                scope.spawn(move || client_loop(client, addrs, keys, args, measure_from, stop))
             })
             .collect();
-        crate::nemesis::sleep_until(measure_from + measured, &AtomicBool::new(false));
+        crate::nemesis::sleep_until(measure_from, &never);
+        let cpu_before = cpu_ticks(&nodes.pids);
+        crate::nemesis::sleep_until(measure_from + measured, &never);
+        let cpu_after = cpu_ticks(&nodes.pids);
         stop.store(true, Ordering::Relaxed);
-        handles
+        let results = handles
             .into_iter()
             .map(|handle| {
                 handle
                     .join()
                     .map_err(|_| anyhow!("a bench client panicked"))
             })
-            .collect::<Result<_>>()
+            .collect::<Result<Vec<ClientResult>>>()?;
+        anyhow::Ok((results, cpu_after?.since(&cpu_before?)))
     })?;
-    merge(results, measured)
+    merge(results, measured, cpu)
+}
+
+/// Writes keys `0..READ_KEYS` from `args.clients` threads, with a progress line every second.
+fn fill(nodes: &[SocketAddr], args: &BenchClusterArgs) -> Result<()> {
+    let started = Instant::now();
+    let filled = AtomicU32::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.clients)
+            .map(|client| {
+                let filled = &filled;
+                scope.spawn(move || fill_keys(client, nodes, args, filled))
+            })
+            .collect();
+        let mut next_line = started + Duration::from_secs(1);
+        while !handles.iter().all(|handle| handle.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            if Instant::now() >= next_line {
+                eprintln!(
+                    "filling: {}/{READ_KEYS} keys",
+                    filled.load(Ordering::Relaxed)
+                );
+                next_line += Duration::from_secs(1);
+            }
+        }
+        handles.into_iter().try_for_each(|handle| {
+            handle
+                .join()
+                .map_err(|_| anyhow!("a fill client panicked"))?
+        })
+    })?;
+    eprintln!(
+        "filled {READ_KEYS} keys in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Writes every `args.clients`-th key from `client` on, each to a node of its own turn.
+fn fill_keys(
+    client: u32,
+    nodes: &[SocketAddr],
+    args: &BenchClusterArgs,
+    filled: &AtomicU32,
+) -> Result<()> {
+    let api = Api::new(REQUEST_TIMEOUT);
+    let value = vec![b'v'; args.value_bytes as usize];
+    for index in (client..READ_KEYS).step_by(args.clients as usize) {
+        let key = bench_key(index);
+        let node = nodes[index as usize % nodes.len()];
+        let mut attempt = 1;
+        loop {
+            match api.put(node, &key, &value) {
+                Reply::Ok(_) => break,
+                _ if attempt < FILL_ATTEMPTS => std::thread::sleep(FILL_RETRY_PAUSE),
+                reply => anyhow::bail!("filling {key} through {node}: {reply:?}"),
+            }
+            attempt += 1;
+        }
+        filled.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// CPU time used so far by every node process and by this process.
+fn cpu_ticks(pids: &BTreeMap<u64, u32>) -> Result<CpuTicks> {
+    let process_ticks = |process: String| {
+        let path = format!("/proc/{process}/stat");
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        stat_cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}: {stat}"))
+    };
+    Ok(CpuTicks {
+        nodes: pids
+            .iter()
+            .map(|(id, pid)| Ok((*id, process_ticks(pid.to_string())?)))
+            .collect::<Result<_>>()?,
+        load_generator: process_ticks("self".to_string())?,
+    })
+}
+
+/// User plus system time (fields 14 and 15) of a `/proc/<pid>/stat` text, in clock ticks.
+pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // Field 2, the command name in parentheses, may hold spaces and parentheses itself.
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut ticks = || fields.next()?.parse::<u64>().ok();
+    Some(ticks()? + ticks()?)
+}
+
+impl CpuTicks {
+    /// The time used since `earlier`.
+    fn since(&self, earlier: &CpuTicks) -> CpuTicks {
+        CpuTicks {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(id, ticks)| {
+                    let before = earlier.nodes.get(id).copied().unwrap_or_default();
+                    (*id, ticks.saturating_sub(before))
+                })
+                .collect(),
+            load_generator: self.load_generator.saturating_sub(earlier.load_generator),
+        }
+    }
 }
 
 /// Adds up the clients' histograms and errors.
-pub fn merge(results: Vec<ClientResult>, measured: Duration) -> Result<BenchResult> {
+pub fn merge(results: Vec<ClientResult>, measured: Duration, cpu: CpuTicks) -> Result<BenchResult> {
     let mut latencies_us = new_histogram();
     let mut errors = 0;
     for result in results {
@@ -172,17 +322,26 @@ pub fn merge(results: Vec<ClientResult>, measured: Duration) -> Result<BenchResu
         measured,
         latencies_us,
         errors,
+        cpu,
     })
 }
 
 /// The JSON written for a run.
 pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u64) -> Value {
     let histogram = &result.latencies_us;
-    let writes = histogram.len();
+    let ops = histogram.len();
     let seconds = result.measured.as_secs_f64().max(0.001);
     let percentile = |quantile: f64| histogram.value_at_quantile(quantile);
+    let cpu_seconds = |ticks: u64| ticks as f64 / USER_HZ;
+    let cpu_per_node: serde_json::Map<String, Value> = result
+        .cpu
+        .nodes
+        .iter()
+        .map(|(id, ticks)| (id.to_string(), json!(cpu_seconds(*ticks))))
+        .collect();
     json!({
         "bench": "cluster",
+        "op": args.op.name(),
         "unix_time": unix_time,
         "profile": profile(args),
         "nodes": args.nodes,
@@ -190,9 +349,12 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
         "clients": args.clients,
         "value_bytes": args.value_bytes,
         "seconds": result.measured.as_secs_f64(),
-        "writes": writes,
+        "ops": ops,
         "errors": result.errors,
-        "writes_per_second": writes as f64 / seconds,
+        "ops_per_second": ops as f64 / seconds,
+        "cores": std::thread::available_parallelism().map_or(1, usize::from),
+        "cpu_seconds_per_node": cpu_per_node,
+        "load_generator_cpu_seconds": cpu_seconds(result.cpu.load_generator),
         "latency_us": {
             "p50": percentile(0.50),
             "p99": percentile(0.99),
@@ -207,23 +369,35 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
 pub fn render(summary: &Value) -> String {
     let latency = &summary["latency_us"];
     let ms = |value: &Value| value.as_f64().unwrap_or(0.0) / 1000.0;
+    let seconds = |value: &Value| value.as_f64().unwrap_or(0.0);
+    let cpu_per_node: Vec<String> = summary["cpu_seconds_per_node"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(id, used)| format!("node {id} {:.2}", seconds(used)))
+        .collect();
     format!(
-        "bench cluster ({} profile): {} nodes, {} groups, {} clients, {} B values, {:.0}s\n\
-         writes/s {:.0} ({} writes, {} errors)\n\
-         latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        "bench cluster ({} profile): {}, {} nodes, {} groups, {} clients, {} B values, {:.0}s\n\
+         ops/s {:.0} ({} ops, {} errors)\n\
+         latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
+         cpu s over the measured time ({} cores): {}  load generator {:.2}",
         summary["profile"].as_str().unwrap_or("?"),
+        summary["op"].as_str().unwrap_or("?"),
         summary["nodes"],
         summary["groups"],
         summary["clients"],
         summary["value_bytes"],
-        summary["seconds"].as_f64().unwrap_or(0.0),
-        summary["writes_per_second"].as_f64().unwrap_or(0.0),
-        summary["writes"],
+        seconds(&summary["seconds"]),
+        summary["ops_per_second"].as_f64().unwrap_or(0.0),
+        summary["ops"],
         summary["errors"],
         ms(&latency["p50"]),
         ms(&latency["p99"]),
         ms(&latency["p99_9"]),
         ms(&latency["max"]),
+        summary["cores"],
+        cpu_per_node.join("  "),
+        seconds(&summary["load_generator_cpu_seconds"]),
     )
 }
 
@@ -235,9 +409,12 @@ fn profile(args: &BenchClusterArgs) -> &'static str {
     }
 }
 
+/// Operations on random keys of `0..keys` through random nodes until `stop`; a read that
+/// finds no value counts as an error.
 fn client_loop(
     client: u64,
     nodes: &[SocketAddr],
+    keys: u32,
     args: &BenchClusterArgs,
     measure_from: Instant,
     stop: &AtomicBool,
@@ -250,24 +427,34 @@ fn client_loop(
         errors: 0,
     };
     while !stop.load(Ordering::Relaxed) {
-        let key = format!("b{:05}", rng.random_range(0..BENCH_KEYS));
+        let key = bench_key(rng.random_range(0..keys));
         let node = nodes[rng.random_range(0..nodes.len())];
         let sent = Instant::now();
-        let reply = api.put(node, &key, &value);
+        let reply = match args.op {
+            BenchOp::Put => api.put(node, &key, &value).map(|_| true),
+            BenchOp::Get => api.get(node, &key).map(|found| found.is_some()),
+            BenchOp::GetStale => api.get_stale(node, &key).map(|found| found.is_some()),
+        };
         if sent < measure_from {
             continue;
         }
         match reply {
-            Reply::Ok(_) => {
+            Reply::Ok(true) => {
                 let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 result
                     .latencies_us
                     .saturating_record(micros.clamp(1, LATENCY_US_MAX));
             }
-            Reply::Failed(_) | Reply::Refused(_) | Reply::Unknown(_) => result.errors += 1,
+            Reply::Ok(false) | Reply::Failed(_) | Reply::Refused(_) | Reply::Unknown(_) => {
+                result.errors += 1
+            }
         }
     }
     result
+}
+
+fn bench_key(index: u32) -> String {
+    format!("b{index:05}")
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -292,6 +479,7 @@ mod tests {
             clients: 2,
             seconds: 10,
             value_bytes: 256,
+            op: BenchOp::Put,
             keep: false,
             debug: false,
             node_binary: None,
@@ -316,12 +504,14 @@ mod tests {
         let result = merge(
             vec![client(&first, 1), client(&second, 2)],
             Duration::from_secs(10),
+            CpuTicks::default(),
         )
         .unwrap();
         let summary = summary_json(&args(), &result, 1);
-        assert_eq!(summary["writes"], 1000);
+        assert_eq!(summary["op"], "put");
+        assert_eq!(summary["ops"], 1000);
         assert_eq!(summary["errors"], 3);
-        assert_eq!(summary["writes_per_second"], 100.0);
+        assert_eq!(summary["ops_per_second"], 100.0);
         let p50 = summary["latency_us"]["p50"].as_u64().unwrap();
         assert!((4990..=5010).contains(&p50), "p50 {p50}");
         let p999 = summary["latency_us"]["p99_9"].as_u64().unwrap();
@@ -330,10 +520,42 @@ mod tests {
     }
 
     #[test]
-    fn the_summary_reads_in_milliseconds() {
-        let result = merge(vec![client(&[1000, 2000, 3000], 0)], Duration::from_secs(1)).unwrap();
-        let text = render(&summary_json(&args(), &result, 1));
-        assert!(text.contains("writes/s 3 (3 writes, 0 errors)"), "{text}");
+    fn the_summary_reads_in_milliseconds_and_cpu_seconds() {
+        let cpu = CpuTicks {
+            nodes: BTreeMap::from([(1, 451), (2, 320), (3, 7)]),
+            load_generator: 612,
+        };
+        let result = merge(
+            vec![client(&[1000, 2000, 3000], 0)],
+            Duration::from_secs(1),
+            cpu,
+        )
+        .unwrap();
+        let read_args = BenchClusterArgs {
+            op: BenchOp::GetStale,
+            ..args()
+        };
+        let summary = summary_json(&read_args, &result, 1);
+        assert_eq!(summary["op"], "get-stale");
+        assert_eq!(summary["cpu_seconds_per_node"]["1"], 4.51);
+        assert_eq!(summary["load_generator_cpu_seconds"], 6.12);
+        let text = render(&summary);
+        assert!(text.contains("profile): get-stale, 3 nodes"), "{text}");
+        assert!(text.contains("ops/s 3 (3 ops, 0 errors)"), "{text}");
         assert!(text.contains("p50 2.00"), "{text}");
+        assert!(
+            text.contains("node 1 4.51  node 2 3.20  node 3 0.07  load generator 6.12"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_past_the_command_name() {
+        let stat = "4242 (node (1) x) S 1 4242 4242 0 -1 4194560 2411 0 0 0 \
+                    451 37 0 0 20 0 9 0 123456 1000000 2000 18446744073709551615";
+        assert_eq!(stat_cpu_ticks(stat), Some(488));
+        assert_eq!(stat_cpu_ticks("4242 (node) S 1 2"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(stat_cpu_ticks(&own).is_some(), "{own}");
     }
 }

@@ -61,7 +61,9 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
         groups: GROUPS,
         debug: args.debug,
     };
-    let (samples, run) = on_cluster("migration", cluster, |nodes| measure(nodes, args))?;
+    let (samples, run) = on_cluster("migration", cluster, |nodes| {
+        measure(&nodes.admin_addrs, args)
+    })?;
     let summary = summary_json(args, &samples);
     println!("{}", serde_json::to_string_pretty(&summary)?);
     let path = run.bench_dir.join(format!("migration-{}.json", run.stamp));

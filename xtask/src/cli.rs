@@ -3,7 +3,7 @@
 //! starting anything.
 
 use anyhow::{Result, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,6 +85,9 @@ pub struct BenchClusterArgs {
     /// Size of every written value.
     #[arg(long, default_value_t = 256)]
     pub value_bytes: u32,
+    /// The measured operation; reads read keys written before the warm-up.
+    #[arg(long, value_enum, default_value_t = BenchOp::Put)]
+    pub op: BenchOp,
     /// Keep the work directory afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -95,6 +98,28 @@ pub struct BenchClusterArgs {
     /// Run this node binary instead of building `nodedb-cluster`.
     #[arg(long)]
     pub node_binary: Option<PathBuf>,
+}
+
+/// The operation `bench cluster` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchOp {
+    /// `PUT /v1/kv/{key}`.
+    Put,
+    /// `GET /v1/kv/{key}`: a linearizable read.
+    Get,
+    /// `GET /v1/kv/{key}?consistency=stale`: a read of the answering node's replica.
+    GetStale,
+}
+
+impl BenchOp {
+    /// The name on the command line and in the results.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchOp::Put => "put",
+            BenchOp::Get => "get",
+            BenchOp::GetStale => "get-stale",
+        }
+    }
 }
 
 impl TestClusterArgs {

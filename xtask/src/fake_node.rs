@@ -224,7 +224,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
 
 impl Store {
     fn answer(&mut self, request: &Request) -> (u16, String) {
-        let path = request.path.as_str();
+        // One register per key: every read is linearizable, `?consistency=stale` included.
+        let path = request.path.split('?').next().unwrap_or_default();
         let key_path = path.strip_prefix("/v1/kv/");
         match (request.method.as_str(), path, key_path) {
             ("POST", _, _) if path.starts_with("/fake/alive/") => self.heartbeat(path),

@@ -217,36 +217,52 @@ fn ctrl_c_kills_every_node_and_exits_130() {
 
 #[test]
 fn the_bench_measures_and_writes_its_json() {
-    let (_cleanup, binary, env) = fake_setup("bench", &[]);
+    let json = bench("bench", &["--clients", "2", "--seconds", "1"]);
+    assert_eq!(json["op"], "put");
+    assert_eq!(json["profile"], "prebuilt binary");
+    assert!(json["ops"].as_u64().unwrap() > 0, "{json}");
+    assert!(json["latency_us"]["p99"].as_u64().unwrap() > 0, "{json}");
+    let nodes = json["cpu_seconds_per_node"].as_object().unwrap();
+    assert_eq!(nodes.len(), 3, "{json}");
+    assert!(
+        json["load_generator_cpu_seconds"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+}
+
+#[test]
+fn the_read_bench_reads_the_keys_it_filled() {
+    let json = bench(
+        "bench-read",
+        &["--op", "get-stale", "--clients", "8", "--seconds", "1"],
+    );
+    assert_eq!(json["op"], "get-stale");
+    assert!(json["ops"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+}
+
+/// Runs `bench cluster` on 3 fake nodes; the JSON it wrote (then removed).
+fn bench(name: &str, arguments: &[&str]) -> serde_json::Value {
+    let (_cleanup, binary, env) = fake_setup(name, &[]);
     let mut command = Command::new(XTASK);
     command
-        .args([
-            "bench",
-            "cluster",
-            "--nodes",
-            "3",
-            "--clients",
-            "2",
-            "--seconds",
-            "1",
-        ])
+        .args(["bench", "cluster", "--nodes", "3"])
+        .args(arguments)
         .arg("--node-binary")
         .arg(&binary)
         .env(&env.0, &env.1);
     let (output, context) = run_with_deadline(command);
     assert!(output.status.success(), "{context}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("writes/s"), "{context}");
+    assert!(stdout.contains("ops/s"), "{context}");
     assert!(stdout.contains("latency ms: p50"), "{context}");
+    assert!(stdout.contains("load generator"), "{context}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let path = stderr
         .lines()
         .find_map(|line| line.strip_prefix("results written to "))
         .unwrap_or_else(|| panic!("no results file: {context}"));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(json["profile"], "prebuilt binary");
-    assert!(json["writes"].as_u64().unwrap() > 0, "{json}");
-    assert!(json["latency_us"]["p99"].as_u64().unwrap() > 0, "{json}");
+    let json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     std::fs::remove_file(path).unwrap();
+    json
 }
