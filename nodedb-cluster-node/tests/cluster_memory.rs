@@ -168,65 +168,6 @@ async fn three_nodes_reach_the_replication_factor_on_every_group() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_node_is_marked_down_and_replaced() {
-    let data = tempfile::tempdir().unwrap();
-    let network = MemoryNetwork::new(14);
-    let [first, second, third] = start_three(&network, data.path()).await;
-    let fourth = start(&network, config(4, &[1, 2, 3], data.path())).await;
-    let nodes = [first, second, third, fourth];
-    eventually("full replication on four nodes", || async {
-        fully_replicated(&nodes[0], 3, None)
-            && (1..=4).all(|node| node_state(&nodes[0], node) == Some(NodeState::Active))
-    })
-    .await;
-
-    let metadata_leader = nodes[0]
-        .raft()
-        .status(nodedb_cluster_core::METADATA_GROUP)
-        .unwrap()
-        .leader
-        .unwrap();
-    let victim = nodes
-        .iter()
-        .find(|cluster| cluster.node() != metadata_leader)
-        .unwrap()
-        .clone();
-    victim.shutdown().await;
-    network.crash(victim.node());
-    let survivor = nodes
-        .iter()
-        .find(|cluster| cluster.node() != victim.node())
-        .unwrap()
-        .clone();
-    eventually("the dead node to be marked Down", || async {
-        node_state(&survivor, victim.node().0) == Some(NodeState::Down)
-    })
-    .await;
-    eventually("its replicas to be replaced", || async {
-        fully_replicated(&survivor, 3, Some(victim.node()))
-    })
-    .await;
-    let service = NodeService::new(survivor.clone());
-    service
-        .kv_put("after-failure".into(), b"ok".to_vec())
-        .await
-        .unwrap();
-    assert_eq!(
-        service
-            .kv_get("after-failure".into(), ReadConsistency::Linearizable)
-            .await
-            .unwrap(),
-        Some(b"ok".to_vec())
-    );
-    for cluster in nodes
-        .iter()
-        .filter(|cluster| cluster.node() != victim.node())
-    {
-        cluster.shutdown().await;
-    }
-}
-
 fn metadata_leader(cluster: &Cluster) -> Option<NodeId> {
     cluster
         .raft()
@@ -251,7 +192,7 @@ async fn local_value(cluster: &Cluster, group: GroupId, key: &str) -> Option<Vec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_node_back_from_its_data_dir_is_active_and_caught_up() {
+async fn a_dead_node_is_replaced_then_back_from_its_data_dir_active_and_caught_up() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(20);
     let [first, second, third] = start_three(&network, data.path()).await;
