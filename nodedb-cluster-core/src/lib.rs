@@ -61,6 +61,9 @@ pub use metadata::{
     ClusterId, MetadataCommand, MetadataError, MetadataEvent, MetadataState, Migration,
     MigrationId, MigrationPhase,
 };
-pub use placement::{PlacementStep, VShardMove, plan, plan_vshard_moves};
+pub use placement::{
+    PlacementStep, ReportedSizes, SizeThresholds, VShardMove, plan, plan_size_moves,
+    plan_vshard_moves,
+};
 pub use routing::{GroupMembers, RoutingError, RoutingTable, vshard_for_key};
 pub use topology::{AddrError, NodeInfo, NodeState, PeerAddr, Topology, TopologyError};

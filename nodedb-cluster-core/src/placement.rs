@@ -17,8 +17,10 @@
 
 mod balance;
 mod rules;
+mod sizes;
 mod vshards;
 
+pub use sizes::{ReportedSizes, SizeThresholds, plan_size_moves};
 pub use vshards::{VShardMove, plan_vshard_moves};
 
 use crate::ids::{GroupId, NodeId};
