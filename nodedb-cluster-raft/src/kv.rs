@@ -71,6 +71,8 @@ pub enum KvAnswer {
 #[derive(Clone, Debug, Default)]
 pub struct KvStateMachine {
     entries: BTreeMap<Vec<u8>, Value>,
+    /// Key and value bytes per vShard, following every change of `entries`; no zero counts.
+    vshard_bytes: BTreeMap<VShardId, u64>,
 }
 
 type Value = Arc<[u8]>;
@@ -143,22 +145,50 @@ impl KvStateMachine {
         self.entries.is_empty()
     }
 
+    /// Sets `key` to `value`, counting the bytes of its vShard.
+    fn insert(&mut self, key: Vec<u8>, value: Value) {
+        let vshard = vshard_for_key(&key);
+        let added = (key.len() + value.len()) as u64;
+        let key_len = key.len();
+        let removed = self
+            .entries
+            .insert(key, value)
+            .map_or(0, |old| (key_len + old.len()) as u64);
+        let count = self.vshard_bytes.entry(vshard).or_default();
+        *count = *count + added - removed;
+    }
+
+    /// Removes `key`; whether it was there.
+    fn remove(&mut self, key: &[u8]) -> bool {
+        let Some(value) = self.entries.remove(key) else {
+            return false;
+        };
+        let vshard = vshard_for_key(key);
+        if let Some(count) = self.vshard_bytes.get_mut(&vshard) {
+            *count -= (key.len() + value.len()) as u64;
+            if *count == 0 {
+                self.vshard_bytes.remove(&vshard);
+            }
+        }
+        true
+    }
+
     fn apply_one(&mut self, command: &[u8]) -> KvResponse {
         let Some(command) = KvCommand::decode(command) else {
             return KvResponse::BadCommand;
         };
         match command {
             KvCommand::Put { key, value } => {
-                self.entries.insert(key, value.into());
+                self.insert(key, value.into());
                 KvResponse::Written
             }
             KvCommand::Delete { key } => KvResponse::Deleted {
-                existed: self.entries.remove(&key).is_some(),
+                existed: self.remove(&key),
             },
             KvCommand::Cas { key, expected, new } => {
                 let current = self.entries.get(&key).map(|value| value.to_vec());
                 if current == expected {
-                    self.entries.insert(key, new.as_slice().into());
+                    self.insert(key, new.as_slice().into());
                     KvResponse::Cas {
                         swapped: true,
                         current: Some(new),
@@ -203,7 +233,11 @@ impl StateMachine for KvStateMachine {
 
     fn restore(&mut self, chunks: &mut dyn SnapshotChunks) -> Result<(), StateMachineError> {
         let bytes = read_all_chunks(chunks, KV_SNAPSHOT_BYTES_MAX)?;
-        self.entries = shared(decode_data(&bytes)?).collect();
+        let entries = decode_data(&bytes)?;
+        *self = KvStateMachine::default();
+        for (key, value) in shared(entries) {
+            self.insert(key, value);
+        }
         Ok(())
     }
 
@@ -253,12 +287,15 @@ impl StateMachine for KvStateMachine {
                 vshard_for_key(key)
             )));
         }
-        self.entries.extend(shared(entries));
+        for (key, value) in shared(entries) {
+            self.insert(key, value);
+        }
         Ok(())
     }
 
     fn drop_vshard(&mut self, vshard: VShardId) -> Result<(), StateMachineError> {
         self.entries.retain(|key, _| vshard_for_key(key) != vshard);
+        self.vshard_bytes.remove(&vshard);
         Ok(())
     }
 
@@ -276,6 +313,10 @@ impl StateMachine for KvStateMachine {
             feed(value);
         }
         hash
+    }
+
+    fn vshard_bytes(&self) -> BTreeMap<VShardId, u64> {
+        self.vshard_bytes.clone()
     }
 }
 
@@ -485,6 +526,62 @@ mod tests {
         machine.import_vshard(vshard, &exported).unwrap();
         assert_eq!(machine.state_hash(), restored.state_hash());
         assert!(machine.import_vshard(vshard, &[9, 9, 9]).is_err());
+    }
+
+    /// Key and value bytes per vShard, counted from scratch.
+    fn counted(machine: &KvStateMachine) -> BTreeMap<VShardId, u64> {
+        let mut counts = BTreeMap::new();
+        for (key, value) in &machine.entries {
+            *counts.entry(vshard_for_key(key)).or_default() += (key.len() + value.len()) as u64;
+        }
+        counts
+    }
+
+    #[test]
+    fn vshard_bytes_follow_every_change() {
+        let mut machine = KvStateMachine::new();
+        for i in 0..300u32 {
+            let key = format!("size-{i}").into_bytes();
+            let value = vec![1; (i % 50) as usize];
+            apply(&mut machine, KvCommand::Put { key, value });
+        }
+        let overwrite = KvCommand::Put {
+            key: b"size-3".to_vec(),
+            value: vec![2; 500],
+        };
+        apply(&mut machine, overwrite);
+        let swap = KvCommand::Cas {
+            key: b"size-4".to_vec(),
+            expected: Some(vec![1; 4]),
+            new: vec![3; 90],
+        };
+        apply(&mut machine, swap);
+        for i in 100..200u32 {
+            let key = format!("size-{i}").into_bytes();
+            apply(&mut machine, KvCommand::Delete { key });
+        }
+        assert_eq!(machine.vshard_bytes(), counted(&machine));
+        assert!(machine.vshard_bytes().values().all(|bytes| *bytes > 0));
+
+        let vshard = vshard_for_key(b"size-3");
+        let exported = machine.export_vshard(vshard).unwrap();
+        machine.drop_vshard(vshard).unwrap();
+        assert!(!machine.vshard_bytes().contains_key(&vshard));
+        machine.import_vshard(vshard, &exported).unwrap();
+        assert_eq!(machine.vshard_bytes(), counted(&machine));
+
+        let mut restored = KvStateMachine::new();
+        apply(
+            &mut restored,
+            KvCommand::Put {
+                key: b"gone".to_vec(),
+                value: b"x".to_vec(),
+            },
+        );
+        restored
+            .restore(machine.snapshot().unwrap().as_mut())
+            .unwrap();
+        assert_eq!(restored.vshard_bytes(), machine.vshard_bytes());
     }
 
     #[test]

@@ -403,6 +403,14 @@ impl MultiRaft {
         Ok(hash)
     }
 
+    /// Bytes the local replica's engine holds per vShard ([`StateMachine::vshard_bytes`]),
+    /// fenced and partly imported vShards included.
+    pub fn vshard_bytes(&self, group: GroupId) -> Result<BTreeMap<VShardId, u64>, ProposeError> {
+        let hosted = self.propose_target(group)?;
+        let bytes = hosted.machine.lock().engine.vshard_bytes();
+        Ok(bytes)
+    }
+
     /// The local replica's status.
     pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
         let hosted = self.inner.table.get(group)?;

@@ -6,6 +6,7 @@
 
 use nodedb_cluster_core::VShardId;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Largest chunk a [`SnapshotChunks`] source may yield. Larger chunks are refused.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
@@ -101,6 +102,13 @@ pub trait StateMachine: Send + 'static {
 
     /// A hash of the replicated state, equal across replicas at the same applied index.
     fn state_hash(&self) -> u64;
+
+    /// Bytes of data held per vShard (vShards holding none may be left out), kept up to date
+    /// as entries apply so that asking is cheap; automatic rebalancing compares groups by it.
+    /// The default, for engines that do not count, is empty: such groups look empty.
+    fn vshard_bytes(&self) -> BTreeMap<VShardId, u64> {
+        BTreeMap::new()
+    }
 }
 
 /// A [`SnapshotChunks`] over an in-memory list of chunks; handy for engines that serialize
