@@ -74,18 +74,31 @@ impl CheckResult {
     }
 }
 
-impl RunReport {
+/// The final report of a run: its checks, and how it reads.
+pub trait Report {
+    fn checks(&self) -> &[CheckResult];
+
+    fn render_into(&self, out: &mut String) -> std::fmt::Result;
+
     /// True when no check failed.
-    pub fn passed(&self) -> bool {
-        self.checks.iter().all(|check| check.status != Status::Fail)
+    fn passed(&self) -> bool {
+        self.checks()
+            .iter()
+            .all(|check| check.status != Status::Fail)
     }
 
-    /// The report as a plain-text table.
-    pub fn render(&self) -> String {
+    /// The report as plain text.
+    fn render(&self) -> String {
         let mut out = String::new();
         self.render_into(&mut out)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+impl Report for RunReport {
+    fn checks(&self) -> &[CheckResult] {
+        &self.checks
     }
 
     fn render_into(&self, out: &mut String) -> std::fmt::Result {

@@ -13,7 +13,7 @@ use crate::membership::{self, MembershipEvent, PlannedMembership};
 use crate::moves::{self, MoveEvent, PlannedMove};
 use crate::nemesis::{self, FaultEvent, PlannedFault};
 use crate::progress;
-use crate::report::{CheckResult, RunReport};
+use crate::report::{CheckResult, Report, RunReport};
 use crate::workload::{self, Recorder, WorkloadSpec};
 use anyhow::{Context, Result, anyhow};
 use nodedb_cluster_core::linearizability::History;
@@ -55,18 +55,7 @@ pub fn run(args: &TestClusterArgs) -> Result<bool> {
             work_dir.display()
         )
     })?;
-    let report = match drive(&cluster, args, seed) {
-        Ok(report) => report,
-        Err(error) => {
-            eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
-            return Err(error.context(format!("work dir kept: {}", work_dir.display())));
-        }
-    };
-    println!("{}", report.render());
-    let passed = report.passed();
-    if !passed {
-        eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
-    }
+    let passed = conclude(&cluster, &work_dir, drive(&cluster, args, seed))?;
     drop(cluster);
     finish_work_dir(&work_dir, passed && !args.keep)?;
     Ok(passed)
@@ -287,6 +276,24 @@ pub fn work_dir(task: &str, seed: u64) -> Result<PathBuf> {
         .join(format!("{seed}-{seconds}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Prints a run's report, and the nodes' last log lines when the run failed or could not
+/// finish; `Ok(passed)`, or the run's error saying where the work dir is kept.
+pub fn conclude(cluster: &Cluster, work_dir: &Path, run: Result<impl Report>) -> Result<bool> {
+    let report = match run {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
+            return Err(error.context(format!("work dir kept: {}", work_dir.display())));
+        }
+    };
+    println!("{}", report.render());
+    let passed = report.passed();
+    if !passed {
+        eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
+    }
+    Ok(passed)
 }
 
 /// Removes the work directory when `remove`, else says where it is.

@@ -20,9 +20,9 @@ use crate::api::Api;
 use crate::checks::{self, FinalRead};
 use crate::cluster::config::RaftTimings;
 use crate::cluster::process::Processes;
-use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, Placement, build};
+use crate::cluster::{Cluster, LaunchSpec, Placement, build};
 use crate::report::{CheckResult, Status};
-use crate::test_cluster::{finish_work_dir, random_seed, save_json, work_dir};
+use crate::test_cluster::{conclude, finish_work_dir, random_seed, save_json, work_dir};
 use crate::workload::{self, Recorder, WorkloadSpec};
 use anyhow::{Context, Result};
 use faults::RunState;
@@ -110,18 +110,8 @@ fn run(args: &ChaosArgs) -> Result<bool> {
         )
     })?;
     let state = RunState::new(network.hosts());
-    let report = match drive(&cluster, &state, args, seed, &stages) {
-        Ok(report) => report,
-        Err(error) => {
-            eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
-            return Err(error.context(format!("work dir kept: {}", work_dir.display())));
-        }
-    };
-    println!("{}", report.render());
-    let passed = report.passed();
-    if !passed {
-        eprintln!("{}", cluster.log_tails(LOG_TAIL_LINES));
-    }
+    let run = drive(&cluster, &state, args, seed, &stages);
+    let passed = conclude(&cluster, &work_dir, run)?;
     drop(cluster);
     drop(network);
     finish_work_dir(&work_dir, passed && !args.keep)?;

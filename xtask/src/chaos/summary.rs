@@ -3,7 +3,7 @@
 //! heal, the checker's verdict on that stage's history), then the checks table.
 
 use super::probes::Recovery;
-use crate::report::{self, CheckResult, Status};
+use crate::report::{self, CheckResult, Report, Status};
 use crate::workload::{Counts, GroupWrite};
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -74,18 +74,9 @@ pub fn longest_unavailability(
     longest
 }
 
-impl ChaosReport {
-    /// True when no check failed.
-    pub fn passed(&self) -> bool {
-        self.checks.iter().all(|check| check.status != Status::Fail)
-    }
-
-    /// The report as plain text.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.render_into(&mut out)
-            .expect("writing to a String cannot fail");
-        out
+impl Report for ChaosReport {
+    fn checks(&self) -> &[CheckResult] {
+        &self.checks
     }
 
     fn render_into(&self, out: &mut String) -> std::fmt::Result {
