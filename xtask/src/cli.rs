@@ -193,7 +193,8 @@ fn check_cluster_shape(nodes: u32, groups: u32) -> Result<()> {
     )
 }
 
-fn check_range(flag: &str, value: u32, min: u32, max: u32) -> Result<()> {
+/// `Err` naming `flag` unless `min <= value <= max`.
+pub fn check_range(flag: &str, value: u32, min: u32, max: u32) -> Result<()> {
     if value < min || value > max {
         bail!("{flag} must be between {min} and {max}, got {value}");
     }

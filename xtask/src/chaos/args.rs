@@ -70,23 +70,10 @@ impl ChaosArgs {
                 self.nodes
             );
         }
-        if self.groups == 0 || self.groups > u32::from(nodedb_cluster_core::VSHARD_COUNT) {
-            bail!(
-                "--groups must be between 1 and {}, got {}",
-                nodedb_cluster_core::VSHARD_COUNT,
-                self.groups
-            );
-        }
-        if self.clients == 0 || self.clients > cli::CLIENTS_MAX {
-            bail!(
-                "--clients must be between 1 and {}, got {}",
-                cli::CLIENTS_MAX,
-                self.clients
-            );
-        }
-        if self.keys == 0 || self.keys > 10_000 {
-            bail!("--keys must be between 1 and 10000, got {}", self.keys);
-        }
+        let vshards = u32::from(nodedb_cluster_core::VSHARD_COUNT);
+        cli::check_range("--groups", self.groups, 1, vshards)?;
+        cli::check_range("--clients", self.clients, 1, cli::CLIENTS_MAX)?;
+        cli::check_range("--keys", self.keys, 1, 10_000)?;
         // Every stage needs room for at least one fault and its heal.
         let duration_min = plan::duration_min(self.nemesis);
         if self.duration < duration_min || self.duration > cli::DURATION_MAX {
