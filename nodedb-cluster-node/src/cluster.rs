@@ -9,7 +9,7 @@ use crate::group_client::GroupClient;
 use crate::hosting;
 use crate::metadata_store;
 use crate::metrics;
-use crate::migration::{self, Bandwidth, MigrationContext, ProgressBook};
+use crate::migration::{self, Bandwidth, MigrationContext, MigrationSettings, ProgressBook};
 use crate::mux::{Channel, Multiplexer};
 use crate::reconciler::{self, ReconcilerContext};
 use crate::vshard_client::{VShardClient, VShardWrite};
@@ -73,6 +73,8 @@ pub struct ClusterConfig {
     pub node_down_timeout: Duration,
     /// The engine of every data-group replica ([`EngineFactory::kv`] by default).
     pub engine: EngineFactory,
+    /// Migration bandwidth and concurrency, automatic rebalancing.
+    pub migration: MigrationSettings,
 }
 
 /// Why a node could not start. Each message says what to do.
@@ -726,6 +728,7 @@ impl Cluster {
             control: inner.mux.channel(Channel::Control),
             metadata: inner.metadata.clone(),
             down_timeout: inner.config.node_down_timeout,
+            migration: inner.config.migration,
         };
         let tasks = [
             tokio::spawn(hosting::run(
@@ -752,7 +755,10 @@ impl Cluster {
                     groups: inner.groups.clone(),
                     metadata: inner.metadata.clone(),
                     progress: inner.migrations.clone(),
-                    bandwidth: Arc::new(Bandwidth::new(migration::BANDWIDTH_BYTES_PER_S)),
+                    bandwidth: Arc::new(Bandwidth::new(
+                        inner.config.migration.bandwidth_bytes_per_s,
+                    )),
+                    concurrent_max: inner.config.migration.concurrent_max,
                 },
                 inner.stop.subscribe(),
             )),

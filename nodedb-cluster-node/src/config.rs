@@ -2,11 +2,13 @@
 //! validation that names the offending key. Unknown keys are rejected, so a typo never
 //! silently falls back to a default.
 
+use crate::migration::{self, MigrationSettings};
 use nodedb_cluster_core::NodeId;
 use nodedb_cluster_transport::quic::UdpFaults;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default QUIC listen address (UDP).
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:9400";
@@ -48,6 +50,8 @@ pub struct NodeConfig {
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub migration: MigrationConfig,
     /// Testing only: faults injected under the transport. Off unless set.
     #[serde(default)]
     pub faults: FaultsConfig,
@@ -84,6 +88,24 @@ pub struct RaftConfig {
 pub struct AdminConfig {
     /// When set, every endpoint but `/healthz` requires `Authorization: Bearer <token>`.
     pub token: Option<String>,
+}
+
+/// vShard migrations: copy bandwidth, concurrency, automatic rebalancing by size.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationConfig {
+    /// Bytes per second that the copies before a move's fence may move from this node.
+    pub bandwidth_bytes_per_s: u64,
+    /// Migrations carried forward at the same time (automatic ones begin only below it).
+    pub concurrent_max: usize,
+    /// Move vShards away from a data group that holds much more data than the others.
+    pub auto_rebalance: bool,
+    /// "Much more": above this many times the mean of the groups' sizes...
+    pub size_ratio: f64,
+    /// ... and above this many bytes.
+    pub size_floor_bytes: u64,
+    /// How often the metadata leader asks the groups for their sizes.
+    pub size_check_interval_ms: u64,
 }
 
 /// Log output. The filter follows `RUST_LOG` syntax; the `RUST_LOG` variable wins over it.
@@ -188,6 +210,7 @@ impl NodeConfig {
         }
         self.tls.validate()?;
         self.raft.validate()?;
+        self.migration.validate()?;
         if let Some(faults) = self.udp_faults()
             && let Err(error) = faults.validate()
         {
@@ -284,6 +307,66 @@ impl RaftConfig {
     }
 }
 
+impl MigrationConfig {
+    /// Most migrations in flight at once that a config may ask for.
+    const CONCURRENT_MAX: usize = 64;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.bandwidth_bytes_per_s == 0 {
+            return invalid("migration.bandwidth_bytes_per_s", "must be at least 1");
+        }
+        if self.concurrent_max == 0 || self.concurrent_max > Self::CONCURRENT_MAX {
+            return invalid(
+                "migration.concurrent_max",
+                format!(
+                    "must be between 1 and {}, got {}",
+                    Self::CONCURRENT_MAX,
+                    self.concurrent_max
+                ),
+            );
+        }
+        if !(self.size_ratio.is_finite() && self.size_ratio > 1.0) {
+            return invalid(
+                "migration.size_ratio",
+                format!("must be a number above 1, got {}", self.size_ratio),
+            );
+        }
+        if self.size_check_interval_ms < 100 {
+            return invalid(
+                "migration.size_check_interval_ms",
+                format!("must be at least 100, got {}", self.size_check_interval_ms),
+            );
+        }
+        Ok(())
+    }
+
+    /// The library's settings for these values.
+    pub fn settings(&self) -> MigrationSettings {
+        MigrationSettings {
+            bandwidth_bytes_per_s: self.bandwidth_bytes_per_s,
+            concurrent_max: self.concurrent_max,
+            auto_rebalance: self.auto_rebalance,
+            size_ratio: self.size_ratio,
+            size_floor_bytes: self.size_floor_bytes,
+            size_check_interval: Duration::from_millis(self.size_check_interval_ms),
+        }
+    }
+}
+
+impl Default for MigrationConfig {
+    fn default() -> MigrationConfig {
+        let settings = MigrationSettings::default();
+        MigrationConfig {
+            bandwidth_bytes_per_s: settings.bandwidth_bytes_per_s,
+            concurrent_max: settings.concurrent_max,
+            auto_rebalance: settings.auto_rebalance,
+            size_ratio: settings.size_ratio,
+            size_floor_bytes: settings.size_floor_bytes,
+            size_check_interval_ms: migration::DEFAULT_SIZE_CHECK_INTERVAL.as_millis() as u64,
+        }
+    }
+}
+
 impl Default for RaftConfig {
     fn default() -> RaftConfig {
         RaftConfig {
@@ -349,6 +432,7 @@ mod tests {
         assert_eq!(config.num_groups, DEFAULT_NUM_GROUPS);
         assert_eq!(config.replication_factor, DEFAULT_REPLICATION_FACTOR);
         assert_eq!(config.raft, RaftConfig::default());
+        assert_eq!(config.migration.settings(), MigrationSettings::default());
         assert!(config.seeds.is_empty());
         assert!(!config.bootstrap);
     }
@@ -388,6 +472,26 @@ mod tests {
                 "insecure = true",
                 "insecure = true\nca_cert = \"ca.pem\"",
                 "tls.insecure",
+            ),
+            (
+                "insecure = true",
+                "insecure = true\n[migration]\nbandwidth_bytes_per_s = 0",
+                "migration.bandwidth_bytes_per_s",
+            ),
+            (
+                "insecure = true",
+                "insecure = true\n[migration]\nconcurrent_max = 0",
+                "migration.concurrent_max",
+            ),
+            (
+                "insecure = true",
+                "insecure = true\n[migration]\nsize_ratio = 1.0",
+                "migration.size_ratio",
+            ),
+            (
+                "insecure = true",
+                "insecure = true\n[migration]\nsize_check_interval_ms = 10",
+                "migration.size_check_interval_ms",
             ),
         ];
         for (from, to, key) in cases {
@@ -446,6 +550,30 @@ mod tests {
             NodeConfig::parse(&text),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn migration_settings_are_read() {
+        let text = format!(
+            "{MINIMAL}\n[migration]\nbandwidth_bytes_per_s = 1048576\nconcurrent_max = 2\n\
+             auto_rebalance = false\nsize_ratio = 1.5\nsize_floor_bytes = 4096\n\
+             size_check_interval_ms = 500\n"
+        );
+        let settings = NodeConfig::parse(&text).unwrap().migration.settings();
+        assert_eq!(
+            settings,
+            MigrationSettings {
+                bandwidth_bytes_per_s: 1_048_576,
+                concurrent_max: 2,
+                auto_rebalance: false,
+                size_ratio: 1.5,
+                size_floor_bytes: 4096,
+                size_check_interval: Duration::from_millis(500),
+            }
+        );
+        let text = format!("{MINIMAL}\n[migration]\nauto_rebalancing = true\n");
+        let error = NodeConfig::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("auto_rebalancing"), "{error}");
     }
 
     #[test]

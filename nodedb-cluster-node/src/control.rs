@@ -77,6 +77,9 @@ pub enum MigrationStep {
         after: u64,
         before: u64,
     },
+    /// Answer the bytes the receiver's replica holds per vShard, as `Answered`: a postcard
+    /// `BTreeMap<VShardId, u64>` (automatic rebalancing compares groups by it).
+    Sizes,
 }
 
 /// One membership step of one group.
@@ -245,6 +248,7 @@ impl std::fmt::Display for MigrationStep {
                 after,
                 before,
             } => write!(f, "changes of {vshard} after {after} before {before}"),
+            MigrationStep::Sizes => write!(f, "bytes per vShard"),
             MigrationStep::Claim {
                 vshard,
                 migration,
@@ -333,6 +337,11 @@ mod tests {
         assert_eq!(propose.encode(), [2, 3, 1, 9]);
         let refused = ControlResponse::Refused(ControlError::Timeout { group: GroupId(1) });
         assert_eq!(refused.encode(), [5, 3, 1]);
+        let sizes = ControlRequest::Migrate {
+            group: GroupId(2),
+            step: MigrationStep::Sizes,
+        };
+        assert_eq!(sizes.encode(), [7, 2, 3]);
     }
 
     #[test]

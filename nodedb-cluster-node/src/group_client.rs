@@ -21,6 +21,7 @@ use nodedb_cluster_raft::{
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
@@ -80,6 +81,7 @@ impl Operation {
                 | Operation::QueryVShard { .. }
                 | Operation::Migrate(MigrationStep::Export { .. })
                 | Operation::Migrate(MigrationStep::Changes { .. })
+                | Operation::Migrate(MigrationStep::Sizes)
         )
     }
 }
@@ -217,6 +219,23 @@ impl GroupClient {
         step: MigrationStep,
     ) -> Result<Served, ControlError> {
         self.run(group, Operation::Migrate(step)).await
+    }
+
+    /// The bytes per vShard that a replica of `group` holds: the leader's, or another
+    /// replica's when the leader is not known.
+    pub async fn vshard_bytes(
+        &self,
+        group: GroupId,
+    ) -> Result<BTreeMap<VShardId, u64>, ControlError> {
+        match self
+            .run(group, Operation::Migrate(MigrationStep::Sizes))
+            .await?
+        {
+            Served::Answered(answer) => decode_answer(&answer).map_err(|reason| {
+                ControlError::Invalid(format!("undecodable sizes of {group}: {reason}"))
+            }),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Applies one membership change to `group` at its leader.
@@ -488,6 +507,9 @@ pub async fn serve_locally(
                 )
                 .await
                 .map(|changes| Served::Answered(encode_answer(&changes))),
+            MigrationStep::Sizes => raft
+                .vshard_bytes(group)
+                .map(|bytes| Served::Answered(encode_answer(&bytes))),
             MigrationStep::Claim {
                 vshard,
                 migration,
@@ -537,8 +559,8 @@ pub async fn serve_locally(
     }
 }
 
-/// The answer to a [`MigrationStep`] that reads (`VShardExportPage`, `VShardChanges`),
-/// postcard-encoded.
+/// The answer to a [`MigrationStep`] that reads (`VShardExportPage`, `VShardChanges`, the
+/// bytes per vShard), postcard-encoded.
 pub fn encode_answer<T: Serialize>(answer: &T) -> Vec<u8> {
     postcard::to_stdvec(answer).unwrap_or_else(|error| panic!("migration answer encode: {error}"))
 }

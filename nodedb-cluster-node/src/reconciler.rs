@@ -2,16 +2,21 @@
 //! the node leads the metadata group: it pings every member, marks silent ones Down and
 //! returning ones Active again (damped), admits caught-up joiners, decommissions draining
 //! nodes that no longer hold a replica (a silent draining node stays Draining, so its
-//! decommission goes on without it), and carries out the core planner's steps at each
-//! group's leader, recording each result in group 0.
+//! decommission goes on without it), carries out the core planner's steps at each
+//! group's leader, recording each result in group 0, and begins automatic vShard moves
+//! (`rebalance.rs`).
+
+mod rebalance;
 
 use crate::control::{ControlError, ControlRequest, MembershipChange};
 use crate::group_client::GroupClient;
+use crate::migration::MigrationSettings;
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, PlacementStep,
 };
 use nodedb_cluster_raft::{AppliedMetadata, MultiRaft};
 use nodedb_cluster_transport::{Bytes, Transport};
+use rebalance::RebalanceMemory;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,14 +49,18 @@ pub struct ReconcilerContext {
     pub metadata: watch::Receiver<AppliedMetadata>,
     /// A node silent this long is marked Down.
     pub down_timeout: Duration,
+    /// Automatic rebalancing and how many migrations may be in flight.
+    pub migration: MigrationSettings,
 }
 
-/// What the metadata leader remembers between rounds: liveness and recent transfers.
+/// What the metadata leader remembers between rounds: liveness, recent transfers, when it
+/// last rebalanced.
 #[derive(Debug, Default)]
 struct Liveness {
     last_seen: HashMap<NodeId, Instant>,
     reachable_since: HashMap<NodeId, Instant>,
     transferred_at: HashMap<GroupId, Instant>,
+    rebalance: RebalanceMemory,
 }
 
 /// Reconciles until `stop` turns true.
@@ -157,8 +166,10 @@ async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
     let changes = node_state_changes(context, &state, liveness);
     if !changes.is_empty() {
         for command in changes {
-            if let Err(error) = propose(context, &command).await {
-                tracing::warn!(?command, %error, "node state change not recorded");
+            match propose(context, &command).await {
+                Ok(()) if admits_joiner(&state, &command) => liveness.rebalance.node_joined(),
+                Ok(()) => {}
+                Err(error) => tracing::warn!(?command, %error, "node state change not recorded"),
             }
         }
         // Plan from the state these changes produced, next round: planning from the old
@@ -191,6 +202,21 @@ async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
             Ok(()) => tracing::info!(?step, "placement step done"),
             Err(error) => tracing::debug!(?step, %error, "placement step not done yet"),
         }
+    }
+    rebalance::rebalance(context, &state, &mut liveness.rebalance).await;
+}
+
+/// Whether `command` makes a Joining node Active.
+fn admits_joiner(state: &MetadataState, command: &MetadataCommand) -> bool {
+    match command {
+        MetadataCommand::SetNodeState {
+            node,
+            state: NodeState::Active,
+        } => state
+            .topology()
+            .get(*node)
+            .is_some_and(|info| info.state == NodeState::Joining),
+        _ => false,
     }
 }
 

@@ -131,6 +131,7 @@ pub fn cluster_config(config: &NodeConfig) -> Result<ClusterConfig> {
         },
         node_down_timeout: std::time::Duration::from_millis(raft.node_down_timeout_ms),
         engine: EngineFactory::kv(),
+        migration: config.migration.settings(),
     })
 }
 

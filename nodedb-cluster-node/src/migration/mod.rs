@@ -44,12 +44,16 @@ use tokio::time::Instant;
 
 /// Pause between driver rounds when nothing changed.
 const ROUND_INTERVAL: Duration = Duration::from_millis(50);
-/// Bytes per second that the copies before the fence may move from this node, together: a
-/// move must not starve the groups' own traffic. (The copy after the fence is not paced: writes
-/// to the vShard wait for it.)
-pub const BANDWIDTH_BYTES_PER_S: u64 = 128 * 1024 * 1024;
-/// Migrations carried forward at the same time.
-pub const MIGRATIONS_CONCURRENT_MAX: usize = 4;
+/// Default of [`MigrationSettings::bandwidth_bytes_per_s`].
+pub const DEFAULT_BANDWIDTH_BYTES_PER_S: u64 = 128 * 1024 * 1024;
+/// Default of [`MigrationSettings::concurrent_max`].
+pub const DEFAULT_CONCURRENT_MAX: usize = 4;
+/// Default of [`MigrationSettings::size_ratio`].
+pub const DEFAULT_SIZE_RATIO: f64 = 2.0;
+/// Default of [`MigrationSettings::size_floor_bytes`].
+pub const DEFAULT_SIZE_FLOOR_BYTES: u64 = 64 * 1024 * 1024;
+/// Default of [`MigrationSettings::size_check_interval`].
+pub const DEFAULT_SIZE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// A migration still unfenced whose copy made no progress for this long (since the driver
 /// first saw it or since its last part landed) is given up.
 pub const COPY_STALL_MAX: Duration = Duration::from_secs(60);
@@ -57,6 +61,40 @@ pub const COPY_STALL_MAX: Duration = Duration::from_secs(60);
 const BYTES_COPIED: &str = "nodedb_cluster_migration_bytes_copied_total";
 const WRITE_PAUSE: &str = "nodedb_cluster_migration_write_pause_seconds";
 const FINISHED: &str = "nodedb_cluster_migrations_finished_total";
+
+/// How vShards move, and when the metadata leader moves them by itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MigrationSettings {
+    /// Bytes per second that the copies before the fence may move from this node, together: a
+    /// move must not starve the groups' own traffic. (The copy after the fence is not paced:
+    /// writes to the vShard wait for it.)
+    pub bandwidth_bytes_per_s: u64,
+    /// Migrations carried forward at the same time; automatic rebalancing begins a move only
+    /// while fewer are in flight.
+    pub concurrent_max: usize,
+    /// Move vShards away from a data group that holds much more data than the others, and
+    /// even out the groups' vShard counts when a node joins.
+    pub auto_rebalance: bool,
+    /// A group is much larger when it holds more than this many times the mean of the groups...
+    pub size_ratio: f64,
+    /// ... and more than this many bytes.
+    pub size_floor_bytes: u64,
+    /// How often the metadata leader asks every data group for its bytes per vShard.
+    pub size_check_interval: Duration,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> MigrationSettings {
+        MigrationSettings {
+            bandwidth_bytes_per_s: DEFAULT_BANDWIDTH_BYTES_PER_S,
+            concurrent_max: DEFAULT_CONCURRENT_MAX,
+            auto_rebalance: true,
+            size_ratio: DEFAULT_SIZE_RATIO,
+            size_floor_bytes: DEFAULT_SIZE_FLOOR_BYTES,
+            size_check_interval: DEFAULT_SIZE_CHECK_INTERVAL,
+        }
+    }
+}
 
 /// What the driver measured of one migration, on the node that drove it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,6 +129,8 @@ pub(crate) struct MigrationContext {
     pub metadata: watch::Receiver<AppliedMetadata>,
     pub progress: ProgressBook,
     pub bandwidth: Arc<Bandwidth>,
+    /// Migrations carried forward at the same time.
+    pub concurrent_max: usize,
 }
 
 impl ProgressBook {
@@ -146,7 +186,7 @@ pub(crate) async fn run(context: MigrationContext, mut stop: watch::Receiver<boo
                 .migrations()
                 .values()
                 .filter(|migration| migration.is_active() || needs_clean_up(&context, migration))
-                .take(MIGRATIONS_CONCURRENT_MAX)
+                .take(context.concurrent_max)
                 .cloned()
                 .collect();
             let steps = active.iter().map(|migration| step(&context, migration));

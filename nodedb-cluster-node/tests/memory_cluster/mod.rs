@@ -1,9 +1,11 @@
 //! Whole nodes in one process over the in-memory network: configuration and start-up shared
 //! by the tests that run them.
+#![allow(dead_code)] // each test file uses a different part of the fixture
 
 use nodedb_cluster_core::NodeId;
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig, start_cluster_on};
 use nodedb_cluster_node::engine::EngineFactory;
+use nodedb_cluster_node::migration::MigrationSettings;
 use nodedb_cluster_raft::RaftTimings;
 use nodedb_cluster_transport::MemoryNetwork;
 use nodedb_cluster_transport::tls::TlsMode;
@@ -33,6 +35,7 @@ pub fn config(node: u64, seeds: &[u64], data_root: &Path) -> ClusterConfig {
         timings: RaftTimings::for_tests(),
         node_down_timeout: Duration::from_secs(2),
         engine: EngineFactory::kv(),
+        migration: MigrationSettings::default(),
     }
 }
 
@@ -44,11 +47,20 @@ pub async fn start(network: &MemoryNetwork, config: ClusterConfig) -> Cluster {
 
 /// Starts nodes 1, 2 and 3 at the same moment, all with the same seed list.
 pub async fn start_three(network: &MemoryNetwork, data_root: &Path) -> [Cluster; 3] {
+    start_three_with(network, data_root, |config| config).await
+}
+
+/// [`start_three`] with each node's config changed by `change`.
+pub async fn start_three_with(
+    network: &MemoryNetwork,
+    data_root: &Path,
+    change: impl Fn(ClusterConfig) -> ClusterConfig,
+) -> [Cluster; 3] {
     let seeds = [1, 2, 3];
     let (first, second, third) = tokio::join!(
-        start(network, config(1, &seeds, data_root)),
-        start(network, config(2, &seeds, data_root)),
-        start(network, config(3, &seeds, data_root)),
+        start(network, change(config(1, &seeds, data_root))),
+        start(network, change(config(2, &seeds, data_root))),
+        start(network, change(config(3, &seeds, data_root))),
     );
     [first, second, third]
 }

@@ -1,0 +1,265 @@
+//! Automatic rebalancing on three in-process nodes: keys written into a few vShards of one data
+//! group make it much larger than the others, and the metadata leader moves vShards away from it
+//! on its own, never more than `concurrent_max` at a time; every key written stays readable.
+
+mod memory_cluster;
+
+use memory_cluster::{NUM_GROUPS, WAIT, eventually, start_three_with};
+use nodedb_cluster_core::{GroupId, MigrationPhase, VShardId, vshard_for_key};
+use nodedb_cluster_node::cluster::{Cluster, ClusterConfig};
+use nodedb_cluster_node::migration::MigrationSettings;
+use nodedb_cluster_node::node_service::NodeService;
+use nodedb_cluster_node::service::{ClusterService, ReadConsistency};
+use nodedb_cluster_transport::MemoryNetwork;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const CONCURRENT_MAX: usize = 2;
+/// vShards of the large group that the keys go to.
+const HOT_VSHARDS: usize = 8;
+const KEYS: usize = 64;
+const VALUE_BYTES: usize = 16 * 1024;
+/// Attempts of one write or read before the test fails.
+const ATTEMPTS_MAX: u32 = 40;
+
+fn settings() -> MigrationSettings {
+    MigrationSettings {
+        concurrent_max: CONCURRENT_MAX,
+        auto_rebalance: true,
+        size_ratio: 2.0,
+        size_floor_bytes: 256 * 1024,
+        size_check_interval: Duration::from_millis(300),
+        ..MigrationSettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_much_larger_than_the_others_gives_vshards_away_by_itself() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(31);
+    let nodes = start_three_with(&network, data.path(), |config| ClusterConfig {
+        migration: settings(),
+        ..config
+    })
+    .await;
+    eventually("every group on three voters", || async {
+        fully_replicated(&nodes[0])
+    })
+    .await;
+
+    let hot = owner_of(&nodes[0], vshard_for_key(b"hot-0"));
+    let keys = hot_keys(&nodes[0], hot);
+    let hot_vshards: BTreeSet<VShardId> = keys
+        .iter()
+        .map(|key| vshard_for_key(key.as_bytes()))
+        .collect();
+    println!("writing {KEYS} keys of {VALUE_BYTES} bytes into {hot_vshards:?} of {hot}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let most_active = Arc::new(AtomicUsize::new(0));
+    let sampler = tokio::spawn(sample_active(
+        nodes.to_vec(),
+        Arc::clone(&stop),
+        Arc::clone(&most_active),
+    ));
+    let started = Instant::now();
+    let service = NodeService::new(nodes[0].clone());
+    for key in &keys {
+        put(&service, key).await;
+    }
+    println!("written in {:?}", started.elapsed());
+
+    let balanced = || {
+        let metadata = nodes[0].metadata();
+        let applied = metadata.borrow();
+        let state = &applied.state;
+        let cleaned = state
+            .migrations()
+            .values()
+            .any(|migration| migration.from == hot && migration.phase == MigrationPhase::Cleaned);
+        let active = state
+            .migrations()
+            .values()
+            .any(|migration| migration.is_active());
+        let totals = group_totals(&nodes[0]);
+        let mean = totals.values().sum::<u64>() as f64 / totals.len() as f64;
+        let hot_small_enough = totals[&hot] as f64 <= settings().size_ratio * mean;
+        cleaned && !active && hot_small_enough
+    };
+    eventually(
+        "vShards moved away from the large group until it is not large",
+        || {
+            let done = balanced();
+            async move { done }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    sampler.await.unwrap();
+
+    let moves: Vec<_> = {
+        let metadata = nodes[0].metadata();
+        let applied = metadata.borrow();
+        applied
+            .state
+            .migrations()
+            .values()
+            .map(|migration| {
+                (
+                    migration.vshard,
+                    migration.from,
+                    migration.to,
+                    migration.phase,
+                )
+            })
+            .collect()
+    };
+    println!(
+        "moves after {:?}: {moves:?}; at most {} in flight at once; bytes per group {:?}",
+        started.elapsed(),
+        most_active.load(Ordering::SeqCst),
+        group_totals(&nodes[0]),
+    );
+    assert!(
+        most_active.load(Ordering::SeqCst) <= CONCURRENT_MAX,
+        "more than {CONCURRENT_MAX} migrations in flight at once"
+    );
+    assert!(
+        moves
+            .iter()
+            .all(|(vshard, from, _, phase)| hot_vshards.contains(vshard)
+                && *from == hot
+                && *phase == MigrationPhase::Cleaned),
+        "only vShards of the large group moved, each to the end"
+    );
+    let still_hot = hot_vshards
+        .iter()
+        .filter(|vshard| owner_of(&nodes[0], **vshard) == hot)
+        .count();
+    assert!(
+        still_hot < HOT_VSHARDS,
+        "every hot vShard is still in {hot}"
+    );
+
+    for (index, node) in nodes.iter().enumerate() {
+        let service = NodeService::new(node.clone());
+        for key in keys.iter().skip(index).step_by(nodes.len()) {
+            assert_eq!(get(&service, key).await, Some(value_of(key)), "{key}");
+        }
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+/// [`KEYS`] keys that fall into [`HOT_VSHARDS`] vShards owned by `hot`.
+fn hot_keys(cluster: &Cluster, hot: GroupId) -> Vec<String> {
+    let mut vshards = BTreeSet::new();
+    (0u64..)
+        .map(|index| format!("hot-{index}"))
+        .filter(|key| {
+            let vshard = vshard_for_key(key.as_bytes());
+            if owner_of(cluster, vshard) != hot {
+                return false;
+            }
+            if vshards.len() < HOT_VSHARDS {
+                vshards.insert(vshard);
+            }
+            vshards.contains(&vshard)
+        })
+        .take(KEYS)
+        .collect()
+}
+
+fn value_of(key: &str) -> Vec<u8> {
+    key.bytes().cycle().take(VALUE_BYTES).collect()
+}
+
+async fn put(service: &NodeService, key: &str) {
+    for attempt in 1..=ATTEMPTS_MAX {
+        match service.kv_put(key.to_string(), value_of(key)).await {
+            Ok(_) => return,
+            Err(error) if attempt < ATTEMPTS_MAX => {
+                println!("put {key}: {error}; again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("put {key}: {error}"),
+        }
+    }
+}
+
+async fn get(service: &NodeService, key: &str) -> Option<Vec<u8>> {
+    for attempt in 1..=ATTEMPTS_MAX {
+        match service
+            .kv_get(key.to_string(), ReadConsistency::Linearizable)
+            .await
+        {
+            Ok(value) => return value,
+            Err(error) if attempt < ATTEMPTS_MAX => {
+                println!("get {key}: {error}; again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("get {key}: {error}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// Until `stop`, the most migrations in flight in any node's view, every 20 ms.
+async fn sample_active(nodes: Vec<Cluster>, stop: Arc<AtomicBool>, most: Arc<AtomicUsize>) {
+    let deadline = Instant::now() + 2 * WAIT;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        for node in &nodes {
+            let active = node
+                .metadata()
+                .borrow()
+                .state
+                .migrations()
+                .values()
+                .filter(|migration| migration.is_active())
+                .count();
+            most.fetch_max(active, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fully_replicated(cluster: &Cluster) -> bool {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    let Some(routing) = applied.state.routing() else {
+        return false;
+    };
+    (1..=NUM_GROUPS).all(|group| {
+        routing
+            .members(GroupId(group))
+            .is_some_and(|members| members.voters.len() == 3 && members.leader_hint.is_some())
+    })
+}
+
+/// Bytes each data group holds in the vShards it owns, from `cluster`'s local replicas.
+fn group_totals(cluster: &Cluster) -> BTreeMap<GroupId, u64> {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    let routing = applied.state.routing().expect("routing");
+    routing
+        .data_groups()
+        .map(|group| {
+            let held = cluster.raft().vshard_bytes(group).unwrap_or_default();
+            let owned = held
+                .iter()
+                .filter(|(vshard, _)| routing.group_of(**vshard) == group)
+                .map(|(_, bytes)| bytes)
+                .sum();
+            (group, owned)
+        })
+        .collect()
+}
+
+fn owner_of(cluster: &Cluster, vshard: VShardId) -> GroupId {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    applied.state.routing().expect("routing").group_of(vshard)
+}
