@@ -275,6 +275,12 @@ impl NodeService {
                         .state_hash(group)
                         .ok()
                         .map(|hash| format!("{hash:016x}")),
+                    bytes: raft.vshard_bytes(group).ok().map(|held| {
+                        held.iter()
+                            .filter(|(vshard, _)| routing.group_of(**vshard) == group)
+                            .map(|(_, bytes)| bytes)
+                            .sum()
+                    }),
                     vshard_count: routing.vshards_of(group).len() as u32,
                 }
             })

@@ -84,12 +84,15 @@ pub struct GroupView {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub leader: Option<u64>,
-    /// The next four describe this node's replica; `null` where it hosts none.
+    /// The next five describe this node's replica; `null` where it hosts none.
     pub term: Option<u64>,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     /// Hash of the replica's state, hex; equal on replicas at equal applied indexes.
     pub state_hash: Option<String>,
+    /// Bytes of data the replica holds in the vShards the group owns (what automatic
+    /// rebalancing compares; 0 for an engine that does not count).
+    pub bytes: Option<u64>,
     pub vshard_count: u32,
 }
 
