@@ -741,9 +741,10 @@ impl Cluster {
             )),
             tokio::spawn(reconciler::run(context.clone(), inner.stop.subscribe())),
             tokio::spawn(reconciler::publish_leader_hints(
-                context,
+                context.clone(),
                 inner.stop.subscribe(),
             )),
+            tokio::spawn(reconciler::rebalance::run(context, inner.stop.subscribe())),
             tokio::spawn(metrics::sample_raft(
                 inner.raft.clone(),
                 inner.stop.subscribe(),

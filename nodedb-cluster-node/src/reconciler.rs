@@ -2,11 +2,12 @@
 //! the node leads the metadata group: it pings every member, marks silent ones Down and
 //! returning ones Active again (damped), admits caught-up joiners, decommissions draining
 //! nodes that no longer hold a replica (a silent draining node stays Draining, so its
-//! decommission goes on without it), carries out the core planner's steps at each
-//! group's leader, recording each result in group 0, and begins automatic vShard moves
-//! (`rebalance.rs`).
+//! decommission goes on without it), and carries out the core planner's steps at each
+//! group's leader, recording each result in group 0. Automatic vShard moves are begun by a
+//! task of their own (`rebalance.rs`), so that asking the groups for their sizes never holds
+//! up a round.
 
-mod rebalance;
+pub(crate) mod rebalance;
 
 use crate::control::{ControlError, ControlRequest, MembershipChange};
 use crate::group_client::GroupClient;
@@ -16,7 +17,6 @@ use nodedb_cluster_core::{
 };
 use nodedb_cluster_raft::{AppliedMetadata, MultiRaft};
 use nodedb_cluster_transport::{Bytes, Transport};
-use rebalance::RebalanceMemory;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,14 +53,12 @@ pub struct ReconcilerContext {
     pub migration: MigrationSettings,
 }
 
-/// What the metadata leader remembers between rounds: liveness, recent transfers, when it
-/// last rebalanced.
+/// What the metadata leader remembers between rounds: liveness and recent transfers.
 #[derive(Debug, Default)]
 struct Liveness {
     last_seen: HashMap<NodeId, Instant>,
     reachable_since: HashMap<NodeId, Instant>,
     transferred_at: HashMap<GroupId, Instant>,
-    rebalance: RebalanceMemory,
 }
 
 /// Reconciles until `stop` turns true.
@@ -166,10 +164,8 @@ async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
     let changes = node_state_changes(context, &state, liveness);
     if !changes.is_empty() {
         for command in changes {
-            match propose(context, &command).await {
-                Ok(()) if admits_joiner(&state, &command) => liveness.rebalance.node_joined(),
-                Ok(()) => {}
-                Err(error) => tracing::warn!(?command, %error, "node state change not recorded"),
+            if let Err(error) = propose(context, &command).await {
+                tracing::warn!(?command, %error, "node state change not recorded");
             }
         }
         // Plan from the state these changes produced, next round: planning from the old
@@ -202,21 +198,6 @@ async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
             Ok(()) => tracing::info!(?step, "placement step done"),
             Err(error) => tracing::debug!(?step, %error, "placement step not done yet"),
         }
-    }
-    rebalance::rebalance(context, &state, &mut liveness.rebalance).await;
-}
-
-/// Whether `command` makes a Joining node Active.
-fn admits_joiner(state: &MetadataState, command: &MetadataCommand) -> bool {
-    match command {
-        MetadataCommand::SetNodeState {
-            node,
-            state: NodeState::Active,
-        } => state
-            .topology()
-            .get(*node)
-            .is_some_and(|info| info.state == NodeState::Joining),
-        _ => false,
     }
 }
 

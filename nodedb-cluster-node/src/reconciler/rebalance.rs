@@ -1,45 +1,76 @@
-//! Automatic rebalancing, on the metadata leader: every size-check interval it asks each data
-//! group for its bytes per vShard and begins the moves core's size planner proposes; after a
-//! node joined it evens out the groups' vShard counts once. Moves are begun only while fewer
-//! than the configured number of migrations are in flight, and the migration driver carries
-//! them out like any other.
+//! Automatic rebalancing, a task on every node that acts only on the metadata leader: every
+//! size-check interval it asks each data group for its bytes per vShard and begins the moves
+//! core's size planner proposes; after a node joined (Joining -> Active) it evens out the
+//! groups' vShard counts once. Moves are begun only while fewer than the configured number of
+//! migrations are in flight, and the migration driver carries them out like any other. It
+//! runs apart from the reconciler's rounds, so a group slow to answer never delays failure
+//! detection.
 
-use super::ReconcilerContext;
+use super::{RECONCILE_INTERVAL, ReconcilerContext};
 use nodedb_cluster_core::{
-    GroupId, MetadataCommand, MetadataState, ReportedSizes, SizeThresholds, VShardId, VShardMove,
-    plan_size_moves, plan_vshard_moves,
+    GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, ReportedSizes,
+    SizeThresholds, VShardId, VShardMove, plan_size_moves, plan_vshard_moves,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Longest the metadata leader waits for the groups' sizes.
 const SIZES_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What automatic rebalancing remembers between reconciler rounds.
-#[derive(Debug, Default)]
-pub(super) struct RebalanceMemory {
+/// What automatic rebalancing remembers while this node leads the metadata group.
+#[derive(Debug)]
+struct Memory {
     sizes_checked_at: Option<Instant>,
-    /// A node became Active: even out the vShard counts at the next chance.
+    /// Nodes seen Joining; one seen Active afterwards joined.
+    joining: BTreeSet<NodeId>,
+    /// A node joined: even out the vShard counts at the next chance.
     count_plan_due: bool,
 }
 
-impl RebalanceMemory {
-    pub(super) fn node_joined(&mut self) {
-        self.count_plan_due = true;
+/// Rebalances until `stop` turns true.
+pub(crate) async fn run(context: ReconcilerContext, mut stop: watch::Receiver<bool>) {
+    let mut memory: Option<Memory> = None;
+    loop {
+        let leads = context
+            .raft
+            .status(METADATA_GROUP)
+            .is_some_and(|status| status.leader == Some(context.node));
+        if leads && context.migration.auto_rebalance {
+            let memory = memory.get_or_insert_with(|| Memory {
+                sizes_checked_at: None,
+                joining: BTreeSet::new(),
+                count_plan_due: false,
+            });
+            rebalance(&context, memory).await;
+        } else {
+            memory = None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
     }
 }
 
-/// Begins the moves this round calls for, if any.
-pub(super) async fn rebalance(
-    context: &ReconcilerContext,
-    state: &MetadataState,
-    memory: &mut RebalanceMemory,
-) {
+/// Begins the moves this moment calls for, if any.
+async fn rebalance(context: &ReconcilerContext, memory: &mut Memory) {
+    let state = MetadataState::clone(&context.metadata.borrow().state);
+    note_joins(&state, memory);
     let settings = context.migration;
-    if !settings.auto_rebalance {
+    let size_check_due = memory
+        .sizes_checked_at
+        .is_none_or(|at| at.elapsed() >= settings.size_check_interval);
+    if !memory.count_plan_due && !size_check_due {
         return;
     }
+    // Plan from everything committed: the migrations in flight bound the new ones.
+    if let Err(error) = context.raft.read_barrier(METADATA_GROUP).await {
+        tracing::debug!(%error, "metadata not caught up; no rebalancing this time");
+        return;
+    }
+    let state = MetadataState::clone(&context.metadata.borrow().state);
     let Some(routing) = state.routing() else {
         return;
     };
@@ -57,12 +88,6 @@ pub(super) async fn rebalance(
         memory.count_plan_due = false;
         plan_vshard_moves(routing, &moving, budget)
     } else {
-        let due = memory
-            .sizes_checked_at
-            .is_none_or(|at| at.elapsed() >= settings.size_check_interval);
-        if !due {
-            return;
-        }
         memory.sizes_checked_at = Some(Instant::now());
         let Some(reported) = group_sizes(context, routing.data_groups().collect()).await else {
             return;
@@ -75,6 +100,24 @@ pub(super) async fn rebalance(
     };
     for planned in moves {
         begin(context, planned).await;
+    }
+}
+
+/// Remembers Joining nodes and asks for a count plan once one of them is Active.
+fn note_joins(state: &MetadataState, memory: &mut Memory) {
+    for node in state.topology().nodes() {
+        match node.state {
+            NodeState::Joining => {
+                memory.joining.insert(node.id);
+            }
+            NodeState::Active if memory.joining.remove(&node.id) => {
+                tracing::info!(node = %node.id, "node joined; evening out vShard counts");
+                memory.count_plan_due = true;
+            }
+            _ => {
+                memory.joining.remove(&node.id);
+            }
+        }
     }
 }
 
