@@ -1,10 +1,11 @@
-//! Automatic rebalancing on three in-process nodes: keys written into a few vShards of one data
+//! Automatic rebalancing on in-process nodes: keys written into a few vShards of one data
 //! group make it much larger than the others, and the metadata leader moves vShards away from it
 //! on its own, never more than `concurrent_max` at a time; every key written stays readable.
+//! And a node that joins makes the metadata leader even out the groups' vShard counts.
 
 mod memory_cluster;
 
-use memory_cluster::{NUM_GROUPS, WAIT, eventually, start_three_with};
+use memory_cluster::{NUM_GROUPS, WAIT, config, eventually, start, start_three_with};
 use nodedb_cluster_core::{GroupId, MigrationPhase, VShardId, vshard_for_key};
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig};
 use nodedb_cluster_node::migration::MigrationSettings;
@@ -153,6 +154,74 @@ async fn a_group_much_larger_than_the_others_gives_vshards_away_by_itself() {
     for node in &nodes {
         node.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_makes_the_vshard_counts_even() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(32);
+    let nodes = start_three_with(&network, data.path(), |config| ClusterConfig {
+        migration: settings(),
+        ..config
+    })
+    .await;
+    eventually("every group on three voters", || async {
+        fully_replicated(&nodes[0])
+    })
+    .await;
+    // Three vShards of group 1 moved to group 2 by hand: 253 against 259 vShards.
+    let service = NodeService::new(nodes[0].clone());
+    let moved: Vec<VShardId> = {
+        let metadata = nodes[0].metadata();
+        let applied = metadata.borrow();
+        let routing = applied.state.routing().expect("routing");
+        routing.vshards_of(GroupId(1)).into_iter().take(3).collect()
+    };
+    for vshard in &moved {
+        service.move_vshard(*vshard, GroupId(2)).await.unwrap();
+    }
+    eventually("the moves by hand to finish", || async {
+        moved
+            .iter()
+            .all(|vshard| owner_of(&nodes[0], *vshard) == GroupId(2))
+    })
+    .await;
+    let skewed = vshard_counts(&nodes[0]);
+    println!("vShards per group before the join: {skewed:?}");
+    assert_eq!(skewed[&GroupId(1)] + 6, skewed[&GroupId(2)]);
+
+    let joiner = start(
+        &network,
+        ClusterConfig {
+            migration: settings(),
+            ..config(4, &[1, 2, 3], data.path())
+        },
+    )
+    .await;
+    eventually("vShard counts within one of each other", || async {
+        let counts = vshard_counts(&nodes[0]);
+        counts.values().max().unwrap() - counts.values().min().unwrap() <= 1
+    })
+    .await;
+    println!(
+        "vShards per group after the join: {:?}",
+        vshard_counts(&nodes[0])
+    );
+    joiner.shutdown().await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+/// vShards each data group owns in `cluster`'s view of the routing.
+fn vshard_counts(cluster: &Cluster) -> BTreeMap<GroupId, usize> {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    let routing = applied.state.routing().expect("routing");
+    routing
+        .data_groups()
+        .map(|group| (group, routing.vshards_of(group).len()))
+        .collect()
 }
 
 /// [`KEYS`] keys that fall into [`HOT_VSHARDS`] vShards owned by `hot`.

@@ -1,7 +1,7 @@
 //! Automatic rebalancing, a task on every node that acts only on the metadata leader: every
 //! size-check interval it asks each data group for its bytes per vShard and begins the moves
 //! core's size planner proposes; after a node joined (Joining -> Active) it evens out the
-//! groups' vShard counts once. Moves are begun only while fewer than the configured number of
+//! groups' vShard counts (give or take one) before it looks at sizes again. Moves are begun only while fewer than the configured number of
 //! migrations are in flight, and the migration driver carries them out like any other. It
 //! runs apart from the reconciler's rounds, so a group slow to answer never delays failure
 //! detection.
@@ -25,7 +25,8 @@ struct Memory {
     sizes_checked_at: Option<Instant>,
     /// Nodes seen Joining; one seen Active afterwards joined.
     joining: BTreeSet<NodeId>,
-    /// A node joined: even out the vShard counts at the next chance.
+    /// A node joined: even out the vShard counts, as far as the migrations in flight allow
+    /// each time, until they are even.
     count_plan_due: bool,
 }
 
@@ -85,8 +86,10 @@ async fn rebalance(context: &ReconcilerContext, memory: &mut Memory) {
         return;
     }
     let moves = if memory.count_plan_due {
-        memory.count_plan_due = false;
-        plan_vshard_moves(routing, &moving, budget)
+        let moves = plan_vshard_moves(routing, &moving, budget);
+        // Even: done until the next join. Otherwise more moves once some of these finished.
+        memory.count_plan_due = !moves.is_empty();
+        moves
     } else {
         memory.sizes_checked_at = Some(Instant::now());
         let Some(reported) = group_sizes(context, routing.data_groups().collect()).await else {
