@@ -240,7 +240,7 @@ fn fill(nodes: &[SocketAddr], args: &BenchClusterArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes every `args.clients`-th key from `client` on, each to a node of its own turn.
+/// Writes every `args.clients`-th key from `client` on, each through the nodes in turn.
 fn fill_keys(
     client: u32,
     nodes: &[SocketAddr],
