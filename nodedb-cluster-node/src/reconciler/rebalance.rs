@@ -1,10 +1,10 @@
 //! Automatic rebalancing, a task on every node that acts only on the metadata leader: every
 //! size-check interval it asks each data group for its bytes per vShard and begins the moves
 //! core's size planner proposes; after a node joined (Joining -> Active) it evens out the
-//! groups' vShard counts (give or take one) before it looks at sizes again. Moves are begun only while fewer than the configured number of
-//! migrations are in flight, and the migration driver carries them out like any other. It
-//! runs apart from the reconciler's rounds, so a group slow to answer never delays failure
-//! detection.
+//! groups' vShard counts (give or take one) before it looks at sizes again. Moves are begun
+//! only while fewer than the configured number of migrations are in flight, and the migration
+//! driver carries them out like any other. It runs apart from the reconciler's rounds, so a
+//! group slow to answer never delays failure detection.
 
 use super::{RECONCILE_INTERVAL, ReconcilerContext};
 use nodedb_cluster_core::{
@@ -57,8 +57,7 @@ pub(crate) async fn run(context: ReconcilerContext, mut stop: watch::Receiver<bo
 
 /// Begins the moves this moment calls for, if any.
 async fn rebalance(context: &ReconcilerContext, memory: &mut Memory) {
-    let state = MetadataState::clone(&context.metadata.borrow().state);
-    note_joins(&state, memory);
+    note_joins(&context.metadata.borrow().state, memory);
     let settings = context.migration;
     let size_check_due = memory
         .sizes_checked_at
