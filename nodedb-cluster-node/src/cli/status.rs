@@ -51,12 +51,14 @@ fn render(cluster: &Value) -> String {
                 ids(&group["voters"]),
                 ids(&group["learners"]),
                 text(&group["vshard_count"]),
+                text(&group["bytes"]),
             ]
         })
         .collect();
     out.push('\n');
     let headers = [
         "GROUP", "LEADER", "TERM", "COMMIT", "APPLIED", "LAG", "VOTERS", "LEARNERS", "VSHARDS",
+        "BYTES",
     ];
     out.push_str(&table(&headers, &groups));
     out
@@ -114,9 +116,10 @@ mod tests {
             "cluster_id": "c1", "node_id": 1, "routing_version": 4,
             "nodes": [{"id": 1, "addr": "127.0.0.1:9400", "admin_addr": "127.0.0.1:9401", "state": "active"}],
             "groups": [{"id": 0, "voters": [1, 2, 3], "learners": [], "leader": 2, "term": 5,
-                        "commit_index": 40, "applied_index": 37, "vshard_count": 0},
+                        "commit_index": 40, "applied_index": 37, "vshard_count": 0, "bytes": 0},
                        {"id": 1, "voters": [1], "learners": [4], "leader": null, "term": 1,
-                        "commit_index": 9, "applied_index": 9, "vshard_count": 128}]
+                        "commit_index": 9, "applied_index": 9, "vshard_count": 128,
+                        "bytes": null}]
         });
         let expected = "\
 cluster c1  seen from node 1  routing version 4
@@ -124,9 +127,9 @@ cluster c1  seen from node 1  routing version 4
 NODE  STATE   QUIC            ADMIN
 1     active  127.0.0.1:9400  127.0.0.1:9401
 
-GROUP  LEADER  TERM  COMMIT  APPLIED  LAG  VOTERS  LEARNERS  VSHARDS
-0      2       5     40      37       3    1,2,3   -         0
-1      -       1     9       9        0    1       4         128
+GROUP  LEADER  TERM  COMMIT  APPLIED  LAG  VOTERS  LEARNERS  VSHARDS  BYTES
+0      2       5     40      37       3    1,2,3   -         0        0
+1      -       1     9       9        0    1       4         128      -
 ";
         assert_eq!(render(&cluster), expected);
     }
