@@ -1,7 +1,8 @@
 //! Automatic rebalancing on in-process nodes: keys written into a few vShards of one data
 //! group make it much larger than the others, and the metadata leader moves vShards away from it
 //! on its own, never more than `concurrent_max` at a time; every key written stays readable.
-//! And a node that joins makes the metadata leader even out the groups' vShard counts.
+//! A node that joins makes the metadata leader even out the groups' vShard counts. A move's
+//! copy keeps to the configured bandwidth.
 
 mod memory_cluster;
 
@@ -211,6 +212,57 @@ async fn a_joining_node_makes_the_vshard_counts_even() {
     for node in &nodes {
         node.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_copies_no_faster_than_the_configured_bandwidth() {
+    const BANDWIDTH: u64 = 1024 * 1024;
+    const VALUES: usize = 48;
+    const VALUE_BYTES: usize = 64 * 1024;
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(33);
+    let single = ClusterConfig {
+        migration: MigrationSettings {
+            bandwidth_bytes_per_s: BANDWIDTH,
+            auto_rebalance: false,
+            ..MigrationSettings::default()
+        },
+        ..config(1, &[], data.path())
+    };
+    let node = start(&network, single).await;
+    let vshard = vshard_for_key(b"paced-0");
+    let service = NodeService::new(node.clone());
+    let keys: Vec<String> = (0u64..)
+        .map(|index| format!("paced-{index}"))
+        .filter(|key| vshard_for_key(key.as_bytes()) == vshard)
+        .take(VALUES)
+        .collect();
+    for key in &keys {
+        let value = key.bytes().cycle().take(VALUE_BYTES).collect();
+        service.kv_put(key.clone(), value).await.unwrap();
+    }
+    let from = owner_of(&node, vshard);
+    let to = GroupId(from.0 % NUM_GROUPS + 1);
+    let started = Instant::now();
+    service.move_vshard(vshard, to).await.unwrap();
+    eventually("the move to finish", || async {
+        let metadata = node.metadata();
+        let applied = metadata.borrow();
+        applied
+            .state
+            .migrations()
+            .values()
+            .any(|migration| migration.vshard == vshard && !migration.is_active())
+    })
+    .await;
+    let took = started.elapsed();
+    let bytes = (VALUES * VALUE_BYTES) as u64;
+    println!("{bytes} bytes moved in {took:?} at {BANDWIDTH} bytes/s");
+    assert_eq!(owner_of(&node, vshard), to);
+    // Every part but the last waits for its predecessor's share of the budget.
+    let least = Duration::from_secs_f64(0.75 * bytes as f64 / BANDWIDTH as f64);
+    assert!(took >= least, "{bytes} bytes moved in {took:?}");
+    node.shutdown().await;
 }
 
 /// vShards each data group owns in `cluster`'s view of the routing.
