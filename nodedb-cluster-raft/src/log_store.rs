@@ -118,14 +118,11 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        // Deferred, not awaited: the committed id only spares a restarted replica some
-        // re-applying, and a crash that loses it loses nothing else (the leader tells the
-        // replica the commit index again). Waiting would put one more fsync between every
-        // commit and its apply, and a transaction of its own would double the log's work.
         let bytes = wire::encode_log_id(&committed);
         self.db
-            .put_meta_deferred(self.group, MetaKey::Committed, bytes);
-        Ok(())
+            .put_meta(self.group, MetaKey::Committed, bytes)
+            .await
+            .map_err(storage)
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {

@@ -230,49 +230,6 @@ mod log_db {
         assert_eq!(durable_receiver.recv_timeout(WAIT_MAX).unwrap(), 4);
     }
 
-    /// A deferred meta value is readable at once, rides along with the next batch that empties
-    /// the queue (no transaction of its own), is written alone when nothing else comes, and is
-    /// lost by a crash before that.
-    #[tokio::test]
-    async fn deferred_meta_values_ride_along_or_wait_a_bounded_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir);
-        db.put_meta_deferred(G1, MetaKey::Committed, b"first".to_vec());
-        db.put_meta_deferred(G1, MetaKey::Committed, b"second".to_vec());
-        assert_eq!(
-            db.meta(G1, MetaKey::Committed).unwrap(),
-            Some(b"second".to_vec())
-        );
-        let before = db.stats().batches_committed;
-        db.append_durable(G1, entries(1..3)).await.unwrap();
-        assert_eq!(db.stats().batches_committed, before + 1);
-        db.shutdown();
-        drop(db);
-        let db = open(&dir);
-        assert_eq!(
-            db.meta(G1, MetaKey::Committed).unwrap(),
-            Some(b"second".to_vec())
-        );
-
-        // Alone: written after at most the deferral delay.
-        db.put_meta_deferred(G2, MetaKey::Committed, b"alone".to_vec());
-        let before = db.stats().batches_committed;
-        let deadline = std::time::Instant::now() + WAIT_MAX;
-        while db.stats().batches_committed == before {
-            assert!(std::time::Instant::now() < deadline, "never written");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // A later value, then a crash before any batch: the earlier value survives.
-        db.put_meta_deferred(G2, MetaKey::Committed, b"lost".to_vec());
-        db.crash(0);
-        drop(db);
-        let db = open(&dir);
-        assert_eq!(
-            db.meta(G2, MetaKey::Committed).unwrap(),
-            Some(b"alone".to_vec())
-        );
-    }
-
     /// A crash keeps what was being written and the first `survivors` queued operations, loses
     /// the rest (their callers hear `Closed`, never `Ok`), and the reopened file holds exactly
     /// the durable prefix.

@@ -11,7 +11,7 @@ mod record;
 mod state;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,6 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, ThreadId};
-use std::time::Duration;
 
 use nodedb_cluster_core::GroupId;
 use redb::{Database, ReadableDatabase};
@@ -29,10 +28,6 @@ pub use disk::LOG_FORMAT_VERSION;
 pub use record::{CorruptReason, RECORD_HEADER_LEN, RECORD_VERSION};
 
 use state::{GroupState, Op};
-
-/// Longest a deferred meta value waits for a batch to ride along with before it is written
-/// on its own.
-pub const DEFERRED_META_DELAY_MAX: Duration = Duration::from_secs(1);
 
 /// Called once with the outcome of a queued append: `Ok` only after it is durable.
 pub type AppendDone = Box<dyn FnOnce(Result<(), LogDbError>) + Send>;
@@ -189,7 +184,6 @@ impl LogDb {
                 db: Some(db),
                 groups,
                 queue: Default::default(),
-                deferred: BTreeMap::new(),
                 closing: false,
                 failure: None,
             }),
@@ -269,25 +263,6 @@ impl LogDb {
         self.enqueue_async(group, Op::PutMeta { key, value }).await
     }
 
-    /// Stores a meta value that a crash may roll back, such as the committed id, without a
-    /// transaction of its own: readable through `meta` at once, written with the next batch
-    /// that empties the queue (so after every operation queued before it), or on its own after
-    /// [`DEFERRED_META_DELAY_MAX`] without other writes. A newer value for the same key
-    /// replaces one still waiting.
-    pub fn put_meta_deferred(&self, group: GroupId, key: MetaKey, value: Vec<u8>) {
-        let mut state = self.shared().lock();
-        if state.check_open().is_err() {
-            return;
-        }
-        let first = state.deferred.is_empty();
-        state.deferred.insert((group, key), value);
-        drop(state);
-        if first {
-            // An idle writer sleeps without a deadline: it must start the deferral clock.
-            self.shared().work.notify_one();
-        }
-    }
-
     /// Deletes every entry, meta value and purge mark of `group`; durable on return.
     pub async fn remove_group(&self, group: GroupId) -> Result<(), LogDbError> {
         self.enqueue_async(group, Op::RemoveGroup).await
@@ -298,9 +273,6 @@ impl LogDb {
         let db = {
             let state = self.shared().lock();
             let db = state.database()?;
-            if let Some(deferred) = state.deferred.get(&(group, key)) {
-                return Ok(Some(deferred.clone()));
-            }
             if let Some(pending) = state
                 .groups
                 .get(&group)
@@ -401,7 +373,6 @@ impl LogDb {
         let lost = {
             let mut state = self.shared().lock();
             state.closing = true;
-            state.deferred.clear();
             let kept = survivors.min(state.queue.len());
             state.queue.split_off(kept)
         };
@@ -562,8 +533,6 @@ struct State {
     db: Option<Arc<Database>>,
     groups: HashMap<GroupId, GroupState>,
     queue: std::collections::VecDeque<Queued>,
-    /// Meta values waiting to ride along with a batch (see `LogDb::put_meta_deferred`).
-    deferred: BTreeMap<(GroupId, MetaKey), Vec<u8>>,
     closing: bool,
     failure: Option<LogDbError>,
 }
@@ -619,10 +588,6 @@ impl State {
             && let Some(message) = group_state.append_violation(entries)
         {
             return Admit::Violation(message);
-        }
-        if matches!(op.as_ref(), Op::RemoveGroup) {
-            self.deferred
-                .retain(|(deferred_group, _), _| *deferred_group != group);
         }
         group_state.apply(&op);
         group_state.pending.push_back(Arc::clone(&op));

@@ -9,26 +9,19 @@ use std::time::Instant;
 
 use redb::Database;
 
-use super::state::Op;
-use super::{DEFERRED_META_DELAY_MAX, LogDbError, Queued, Shared, disk};
-use nodedb_cluster_core::GroupId;
+use super::{LogDbError, Queued, Shared, disk};
 
 /// Runs until shutdown has been requested and the queue is empty.
 pub(super) fn run(shared: &Shared, db: &Database) {
-    while let Some(Batch {
-        queued: batch,
-        deferred,
-    }) = next_batch(shared)
-    {
+    while let Some(batch) = next_batch(shared) {
         shared.room.notify_all();
         shared.room_async.notify_waiters();
         let started = Instant::now();
-        // Deferred values go last: after every operation queued before them.
-        let ops = batch
-            .iter()
-            .map(|q| (q.group, q.op.as_ref()))
-            .chain(deferred.iter().map(|(group, op)| (*group, op)));
-        let result = disk::apply_batch(db, shared.options.quick_repair, ops);
+        let result = disk::apply_batch(
+            db,
+            shared.options.quick_repair,
+            batch.iter().map(|q| (q.group, q.op.as_ref())),
+        );
         crate::metrics::log_committed(batch.len(), started.elapsed(), result.is_ok());
         match result {
             Ok(()) => {
@@ -52,30 +45,17 @@ pub(super) fn run(shared: &Shared, db: &Database) {
     }
 }
 
-/// Waits for work and takes the next batch off the queue, with the deferred meta values when
-/// the batch empties the queue (or alone, once they waited long enough); `None` once shut
-/// down and drained.
-fn next_batch(shared: &Shared) -> Option<Batch> {
+/// Waits for work and takes the next batch off the queue; `None` once shut down and drained.
+fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
     let options = shared.options;
     let mut state = shared.lock();
     while state.queue.is_empty() && !state.closing {
-        if state.deferred.is_empty() {
-            state = shared
-                .work
-                .wait(state)
-                .expect("raft log state lock poisoned");
-        } else {
-            let (woken, waited) = shared
-                .work
-                .wait_timeout(state, DEFERRED_META_DELAY_MAX)
-                .expect("raft log state lock poisoned");
-            state = woken;
-            if waited.timed_out() {
-                break;
-            }
-        }
+        state = shared
+            .work
+            .wait(state)
+            .expect("raft log state lock poisoned");
     }
-    if state.queue.is_empty() && state.deferred.is_empty() {
+    if state.queue.is_empty() {
         return None;
     }
     let mut batch = Vec::new();
@@ -91,24 +71,7 @@ fn next_batch(shared: &Shared) -> Option<Batch> {
         bytes = bytes.saturating_add(next_bytes);
         batch.extend(state.queue.pop_front());
     }
-    let deferred = match state.queue.is_empty() {
-        true => std::mem::take(&mut state.deferred)
-            .into_iter()
-            .map(|((group, key), value)| (group, Op::PutMeta { key, value }))
-            .collect(),
-        false => Vec::new(),
-    };
-    Some(Batch {
-        queued: batch,
-        deferred,
-    })
-}
-
-/// One transaction's worth of work.
-struct Batch {
-    queued: Vec<Queued>,
-    /// Deferred meta values, written after `queued`.
-    deferred: Vec<(GroupId, Op)>,
+    Some(batch)
 }
 
 /// Drops a committed batch from the overlays: its operations are now in every new snapshot.
