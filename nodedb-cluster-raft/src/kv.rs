@@ -3,7 +3,8 @@
 //! hash. The node binary serves it over HTTP; the tests use it to exercise the replication.
 
 use crate::state_machine::{
-    Committed, SnapshotChunks, StateMachine, StateMachineError, VecChunks, read_all_chunks,
+    Committed, SnapshotChunks, StateMachine, StateMachineError, VShardParts, VecChunks,
+    read_all_chunks,
 };
 use crate::wire::decode_exact;
 use nodedb_cluster_core::{VShardId, vshard_for_key};
@@ -253,27 +254,19 @@ impl StateMachine for KvStateMachine {
         &self,
         vshard: VShardId,
         part_bytes: usize,
-    ) -> Result<Vec<Vec<u8>>, StateMachineError> {
-        let mut parts = Vec::new();
-        let mut part: Vec<(&Vec<u8>, &Value)> = Vec::new();
-        let mut size = 0;
-        for (key, value) in self
+    ) -> Result<VShardParts, StateMachineError> {
+        // Values are shared: capturing them is cheap, and later applies replace, never change.
+        let entries: Vec<(Vec<u8>, Value)> = self
             .entries
             .iter()
             .filter(|(key, _)| vshard_for_key(key) == vshard)
-        {
-            let entry_bytes = key.len() + value.len() + 2 * 10;
-            if !part.is_empty() && size + entry_bytes > part_bytes {
-                parts.push(encode_data(part.drain(..)));
-                size = 0;
-            }
-            part.push((key, value));
-            size += entry_bytes;
-        }
-        if !part.is_empty() || parts.is_empty() {
-            parts.push(encode_data(part.into_iter()));
-        }
-        Ok(parts)
+            .map(|(key, value)| (key.clone(), Arc::clone(value)))
+            .collect();
+        Ok(Box::new(ExportParts {
+            entries: entries.into_iter().peekable(),
+            part_bytes,
+            yielded: false,
+        }))
     }
 
     fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError> {
@@ -317,6 +310,38 @@ impl StateMachine for KvStateMachine {
 
     fn vshard_bytes(&self) -> BTreeMap<VShardId, u64> {
         self.vshard_bytes.clone()
+    }
+}
+
+/// A captured vShard, encoded part by part as it is read.
+struct ExportParts {
+    entries: std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Value)>>,
+    part_bytes: usize,
+    /// At least one part is yielded, empty for an empty vShard.
+    yielded: bool,
+}
+
+impl Iterator for ExportParts {
+    type Item = Result<Vec<u8>, StateMachineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut part = Vec::new();
+        let mut size = 0;
+        while let Some((key, value)) = self.entries.peek() {
+            let entry_bytes = key.len() + value.len() + 2 * 10;
+            if !part.is_empty() && size + entry_bytes > self.part_bytes {
+                break;
+            }
+            size += entry_bytes;
+            part.extend(self.entries.next());
+        }
+        if part.is_empty() && self.yielded {
+            return None;
+        }
+        self.yielded = true;
+        Some(Ok(encode_data(
+            part.iter().map(|(key, value)| (key, value)),
+        )))
     }
 }
 
@@ -478,7 +503,11 @@ mod tests {
                 },
             );
         }
-        let parts = machine.export_vshard_parts(vshard, 3000).unwrap();
+        let parts: Vec<Vec<u8>> = machine
+            .export_vshard_parts(vshard, 3000)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert!(parts.len() >= 4, "{} parts", parts.len());
         assert!(parts.iter().all(|part| part.len() <= 3000 + 64));
         let mut imported = KvStateMachine::new();
@@ -486,8 +515,10 @@ mod tests {
             imported.import_vshard(vshard, part).unwrap();
         }
         assert_eq!(imported.state_hash(), machine.state_hash());
-        let empty = KvStateMachine::new()
+        let empty: Vec<Vec<u8>> = KvStateMachine::new()
             .export_vshard_parts(vshard, 3000)
+            .unwrap()
+            .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(empty.len(), 1, "an empty vShard is one empty part");
         KvStateMachine::new()

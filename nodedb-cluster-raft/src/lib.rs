@@ -57,7 +57,9 @@ pub use multi_raft::{
     Applied, LEADER_CHANGES_MAX, MultiRaft, RaftTimings, ReadConsistency, StepOutcome,
     VSHARD_PART_BYTES,
 };
-pub use state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError};
+pub use state_machine::{
+    Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError, VShardParts,
+};
 pub use status::{FollowerProgress, GroupStatus, LeaderChange, Role};
 pub use vshard_copy::{
     VShardChanges, VShardExport, VShardExportPage, decode_replayed_commands,

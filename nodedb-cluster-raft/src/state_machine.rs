@@ -46,6 +46,9 @@ pub trait SnapshotChunks: Send {
     fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StateMachineError>;
 }
 
+/// The parts of one vShard's export, in order (see [`StateMachine::export_vshard_parts`]).
+pub type VShardParts = Box<dyn Iterator<Item = Result<Vec<u8>, StateMachineError>> + Send>;
+
 /// A replicated engine. One instance per group replica; the replication layer calls it from
 /// one task at a time, so `&mut self` methods never run concurrently with each other.
 ///
@@ -83,14 +86,21 @@ pub trait StateMachine: Send + 'static {
     /// item may exceed it), each of which [`StateMachine::import_vshard`] accepts on its own;
     /// importing all of them in order equals importing the whole export. At least one part,
     /// empty for an empty vShard. Migrations replicate each part as its own log entry, so that
-    /// no entry is too large to replicate within a heartbeat. The default is one part.
+    /// no entry is too large to replicate within a heartbeat.
+    ///
+    /// This call holds the replica while it runs, so it should only capture the vShard's
+    /// current state (cheaply: shared values, copy-on-write, an engine snapshot); the parts
+    /// are produced by the returned iterator after the replica is released, and must not
+    /// change when later entries are applied. The default exports everything in this call,
+    /// as one part.
     fn export_vshard_parts(
         &self,
         vshard: VShardId,
         part_bytes: usize,
-    ) -> Result<Vec<Vec<u8>>, StateMachineError> {
+    ) -> Result<VShardParts, StateMachineError> {
         let _ = part_bytes;
-        Ok(vec![self.export_vshard(vshard)?])
+        let whole = self.export_vshard(vshard)?;
+        Ok(Box::new(std::iter::once(Ok(whole))))
     }
 
     /// Adds the exported data of `vshard` (replicated through the log, applied in order). The

@@ -110,14 +110,26 @@ impl MultiRaft {
     ) -> Result<VShardExport, ProposeError> {
         self.read_barrier(group).await?;
         let hosted = self.hosted(group)?;
-        let replica = hosted.machine.lock();
-        let parts = replica
-            .engine
-            .export_vshard_parts(vshard, VSHARD_PART_BYTES)
+        let (applied, serving, parts) = {
+            let replica = hosted.machine.lock();
+            let parts = replica
+                .engine
+                .export_vshard_parts(vshard, VSHARD_PART_BYTES)
+                .map_err(|error| query_error(group, error))?;
+            (replica.applied(), replica.claim(vshard).serves(), parts)
+        };
+        // Encoding a large vShard takes a while: not under the replica's lock (applies wait
+        // for it) and not on a runtime worker.
+        let parts = tokio::task::spawn_blocking(move || parts.collect::<Result<Vec<_>, _>>())
+            .await
+            .map_err(|error| ProposeError::Query {
+                group,
+                reason: format!("exporting {vshard} stopped: {error}"),
+            })?
             .map_err(|error| query_error(group, error))?;
         Ok(VShardExport {
-            applied: replica.applied(),
-            serving: replica.claim(vshard).serves(),
+            applied,
+            serving,
             parts,
         })
     }
