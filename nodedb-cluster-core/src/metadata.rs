@@ -250,6 +250,16 @@ impl MetadataState {
         &self.migrations
     }
 
+    /// The vShards of the migrations in flight, each with the group it is moving to: what the
+    /// vShard planners count as already placed there.
+    pub fn moving_vshards(&self) -> BTreeMap<VShardId, GroupId> {
+        self.migrations
+            .values()
+            .filter(|migration| migration.is_active())
+            .map(|migration| (migration.vshard, migration.to))
+            .collect()
+    }
+
     pub fn migration(&self, id: MigrationId) -> Option<&Migration> {
         self.migrations.get(&id)
     }

@@ -17,7 +17,6 @@ use nodedb_cluster_raft::ReadConsistency as RaftReadConsistency;
 use nodedb_cluster_raft::kv::{KvAnswer, KvCommand, KvQuery, KvResponse};
 use nodedb_cluster_raft::{MetadataOutcome, decode_metadata_outcome, encode_metadata_command};
 use nodedb_cluster_transport::BoxFuture;
-use std::collections::BTreeMap;
 
 /// Most vShard moves one rebalance request begins.
 pub const REBALANCE_MOVES_MAX: usize = 16;
@@ -189,13 +188,7 @@ impl NodeService {
             let applied = metadata.borrow();
             let state = &applied.state;
             let routing = state.routing().ok_or_else(|| not_ready("no routing yet"))?;
-            let moving: BTreeMap<VShardId, GroupId> = state
-                .migrations()
-                .values()
-                .filter(|migration| migration.is_active())
-                .map(|migration| (migration.vshard, migration.to))
-                .collect();
-            plan_vshard_moves(routing, &moving, REBALANCE_MOVES_MAX)
+            plan_vshard_moves(routing, &state.moving_vshards(), REBALANCE_MOVES_MAX)
         };
         let mut begun = Vec::with_capacity(moves.len());
         for planned in moves {

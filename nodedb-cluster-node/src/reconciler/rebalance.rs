@@ -9,9 +9,9 @@
 use super::{RECONCILE_INTERVAL, ReconcilerContext};
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, ReportedSizes,
-    SizeThresholds, VShardId, VShardMove, plan_size_moves, plan_vshard_moves,
+    SizeThresholds, VShardMove, plan_size_moves, plan_vshard_moves,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -74,12 +74,7 @@ async fn rebalance(context: &ReconcilerContext, memory: &mut Memory) {
     let Some(routing) = state.routing() else {
         return;
     };
-    let moving: BTreeMap<VShardId, GroupId> = state
-        .migrations()
-        .values()
-        .filter(|migration| migration.is_active())
-        .map(|migration| (migration.vshard, migration.to))
-        .collect();
+    let moving = state.moving_vshards();
     let budget = settings.concurrent_max.saturating_sub(moving.len());
     if budget == 0 {
         return;
