@@ -341,11 +341,7 @@ impl Cluster {
     /// True when this node leads group 0 or was pinged within the last
     /// [`DECOMMISSION_POLL_INTERVAL`]: the metadata leader still counts it as a member.
     fn hears_metadata_leader(&self) -> bool {
-        let leads = self
-            .inner
-            .raft
-            .status(METADATA_GROUP)
-            .is_some_and(|status| status.leader == Some(self.node()));
+        let leads = self.inner.raft.is_leader(METADATA_GROUP);
         leads || self.inner.identified.borrow().elapsed() < DECOMMISSION_POLL_INTERVAL
     }
 
@@ -413,10 +409,7 @@ impl Cluster {
         let led_here = || {
             raft.groups()
                 .into_iter()
-                .filter(|group| {
-                    raft.status(*group)
-                        .is_some_and(|status| status.leader == Some(me))
-                })
+                .filter(|group| raft.is_leader(*group))
                 .collect::<Vec<GroupId>>()
         };
         for group in led_here() {
@@ -576,12 +569,7 @@ impl Cluster {
     async fn wait_for_metadata_leadership(&self) -> Result<(), StartError> {
         let deadline = tokio::time::Instant::now() + START_STEP_TIMEOUT;
         loop {
-            let leads = self
-                .inner
-                .raft
-                .status(METADATA_GROUP)
-                .is_some_and(|status| status.leader == Some(self.node()));
-            if leads {
+            if self.inner.raft.is_leader(METADATA_GROUP) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -751,7 +739,6 @@ impl Cluster {
             )),
             tokio::spawn(migration::run(
                 MigrationContext {
-                    node: self.node(),
                     raft: inner.raft.clone(),
                     groups: inner.groups.clone(),
                     metadata: inner.metadata.clone(),

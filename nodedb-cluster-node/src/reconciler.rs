@@ -65,11 +65,7 @@ struct Liveness {
 pub async fn run(context: ReconcilerContext, mut stop: watch::Receiver<bool>) {
     let mut liveness: Option<Liveness> = None;
     loop {
-        let leads = context
-            .raft
-            .status(METADATA_GROUP)
-            .is_some_and(|status| status.leader == Some(context.node));
-        if leads {
+        if context.raft.is_leader(METADATA_GROUP) {
             // A new leader gives every node a full timeout before judging it.
             let state = liveness.get_or_insert_with(|| fresh_liveness(&context));
             round(&context, state).await;
@@ -94,10 +90,7 @@ pub async fn publish_leader_hints(context: ReconcilerContext, mut stop: watch::R
             .into_iter()
             .filter(|group| !group.is_metadata())
         {
-            let leads = context
-                .raft
-                .status(group)
-                .is_some_and(|status| status.leader == Some(context.node));
+            let leads = context.raft.is_leader(group);
             let recorded = context
                 .metadata
                 .borrow()

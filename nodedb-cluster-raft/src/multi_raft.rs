@@ -411,6 +411,12 @@ impl MultiRaft {
         Ok(bytes)
     }
 
+    /// Whether this node leads `group`, as its own replica sees it.
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.status(group)
+            .is_some_and(|status| status.leader == Some(self.node()))
+    }
+
     /// The local replica's status.
     pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
         let hosted = self.inner.table.get(group)?;

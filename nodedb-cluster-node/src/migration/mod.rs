@@ -33,7 +33,7 @@ use crate::control::MigrationStep;
 use crate::group_client::{GroupClient, Served};
 use copy::{EarlyCopy, copy_vshard, new_copy, replay_changes};
 use nodedb_cluster_core::{
-    GroupId, METADATA_GROUP, MetadataCommand, Migration, MigrationId, MigrationPhase, NodeId,
+    GroupId, METADATA_GROUP, MetadataCommand, Migration, MigrationId, MigrationPhase,
 };
 use nodedb_cluster_raft::{AppliedMetadata, MultiRaft, StepOutcome, VShardClaim, VShardStep};
 use std::collections::HashMap;
@@ -123,7 +123,6 @@ struct Tracked {
 /// What the driver needs from the node.
 #[derive(Clone)]
 pub(crate) struct MigrationContext {
-    pub node: NodeId,
     pub raft: MultiRaft,
     pub groups: GroupClient,
     pub metadata: watch::Receiver<AppliedMetadata>,
@@ -165,11 +164,7 @@ impl ProgressBook {
 pub(crate) async fn run(context: MigrationContext, mut stop: watch::Receiver<bool>) {
     let mut metadata = context.metadata.clone();
     loop {
-        let leads = context
-            .raft
-            .status(METADATA_GROUP)
-            .is_some_and(|status| status.leader == Some(context.node));
-        let has_work = leads
+        let has_work = context.raft.is_leader(METADATA_GROUP)
             && metadata
                 .borrow()
                 .state

@@ -34,11 +34,7 @@ struct Memory {
 pub(crate) async fn run(context: ReconcilerContext, mut stop: watch::Receiver<bool>) {
     let mut memory: Option<Memory> = None;
     loop {
-        let leads = context
-            .raft
-            .status(METADATA_GROUP)
-            .is_some_and(|status| status.leader == Some(context.node));
-        if leads && context.migration.auto_rebalance {
+        if context.raft.is_leader(METADATA_GROUP) && context.migration.auto_rebalance {
             let memory = memory.get_or_insert_with(|| Memory {
                 sizes_checked_at: None,
                 joining: BTreeSet::new(),
