@@ -2,7 +2,7 @@
 //! others. Pure; the metadata leader feeds it the bytes each group reports per vShard and
 //! begins one migration per planned move.
 
-use super::vshards::VShardMove;
+use super::vshards::{VShardMove, largest_and_smallest};
 use crate::ids::{GroupId, VSHARD_COUNT, VShardId};
 use crate::routing::RoutingTable;
 use std::collections::BTreeMap;
@@ -54,18 +54,7 @@ pub fn plan_size_moves(
     }
     let mut moves = Vec::new();
     while moves.len() < moves_max {
-        let Some((largest, most)) = totals
-            .iter()
-            .max_by_key(|(group, bytes)| (**bytes, std::cmp::Reverse(**group)))
-            .map(|(group, bytes)| (*group, *bytes))
-        else {
-            break;
-        };
-        let Some((smallest, least)) = totals
-            .iter()
-            .min_by_key(|(group, bytes)| (**bytes, **group))
-            .map(|(group, bytes)| (*group, *bytes))
-        else {
+        let Some(((largest, most), (smallest, least))) = largest_and_smallest(&totals) else {
             break;
         };
         if !too_large(most, &totals, thresholds) {

@@ -43,16 +43,7 @@ pub fn plan_vshard_moves(
     }
     let mut moves = Vec::new();
     while moves.len() < moves_max {
-        let Some((&largest, &most)) = counts
-            .iter()
-            .max_by_key(|(group, count)| (**count, std::cmp::Reverse(**group)))
-        else {
-            break;
-        };
-        let Some((&smallest, &fewest)) = counts
-            .iter()
-            .min_by_key(|(group, count)| (**count, **group))
-        else {
+        let Some(((largest, most), (smallest, fewest))) = largest_and_smallest(&counts) else {
             break;
         };
         if most <= fewest + 1 {
@@ -70,6 +61,20 @@ pub fn plan_vshard_moves(
         counts.insert(smallest, fewest + 1);
     }
     moves
+}
+
+/// The group with the most and the group with the least of some measure, each with it; ties
+/// go to the lowest group id. `None` without groups.
+pub(super) fn largest_and_smallest<T: Ord + Copy>(
+    measures: &BTreeMap<GroupId, T>,
+) -> Option<((GroupId, T), (GroupId, T))> {
+    let largest = measures
+        .iter()
+        .max_by_key(|(group, measure)| (**measure, std::cmp::Reverse(**group)))?;
+    let smallest = measures
+        .iter()
+        .min_by_key(|(group, measure)| (**measure, **group))?;
+    Some(((*largest.0, *largest.1), (*smallest.0, *smallest.1)))
 }
 
 #[cfg(test)]
