@@ -9,7 +9,7 @@
 
 mod memory_cluster;
 
-use memory_cluster::{NUM_GROUPS, config, eventually, start, start_three};
+use memory_cluster::{NUM_GROUPS, config, eventually, fully_replicated, start, start_three};
 use nodedb_cluster_core::linearizability::{self, HistoryRecorder, OpKind, Outcome};
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MigrationId, MigrationPhase, VShardId, vshard_for_key,
@@ -183,19 +183,6 @@ async fn run_seed(seed: u64) {
 
 fn live(nodes: &LiveNodes) -> Vec<Cluster> {
     nodes.read().unwrap().clone()
-}
-
-fn fully_replicated(cluster: &Cluster) -> bool {
-    let metadata = cluster.metadata();
-    let applied = metadata.borrow();
-    let Some(routing) = applied.state.routing() else {
-        return false;
-    };
-    (1..=NUM_GROUPS).all(|group| {
-        routing
-            .members(GroupId(group))
-            .is_some_and(|members| members.voters.len() == 3 && members.leader_hint.is_some())
-    })
 }
 
 fn owner_of(cluster: &Cluster, vshard: VShardId) -> GroupId {

@@ -6,7 +6,9 @@
 
 mod memory_cluster;
 
-use memory_cluster::{NUM_GROUPS, WAIT, config, eventually, start, start_three_with};
+use memory_cluster::{
+    NUM_GROUPS, WAIT, config, eventually, fully_replicated, start, start_three_with,
+};
 use nodedb_cluster_core::{GroupId, MigrationPhase, VShardId, vshard_for_key};
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig};
 use nodedb_cluster_node::migration::MigrationSettings;
@@ -14,6 +16,7 @@ use nodedb_cluster_node::node_service::NodeService;
 use nodedb_cluster_node::service::{ClusterService, ReadConsistency};
 use nodedb_cluster_transport::MemoryNetwork;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -37,11 +40,9 @@ fn settings() -> MigrationSettings {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_much_larger_than_the_others_gives_vshards_away_by_itself() {
-    let data = tempfile::tempdir().unwrap();
-    let network = MemoryNetwork::new(31);
-    let nodes = start_three_with(&network, data.path(), |config| ClusterConfig {
+/// Nodes 1-3 with the small rebalancing thresholds of [`settings`], every group replicated.
+async fn start_rebalancing_three(network: &MemoryNetwork, data_root: &Path) -> [Cluster; 3] {
+    let nodes = start_three_with(network, data_root, |config| ClusterConfig {
         migration: settings(),
         ..config
     })
@@ -50,6 +51,14 @@ async fn a_group_much_larger_than_the_others_gives_vshards_away_by_itself() {
         fully_replicated(&nodes[0])
     })
     .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_much_larger_than_the_others_gives_vshards_away_by_itself() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(31);
+    let nodes = start_rebalancing_three(&network, data.path()).await;
 
     let hot = owner_of(&nodes[0], vshard_for_key(b"hot-0"));
     let keys = hot_keys(&nodes[0], hot);
@@ -161,15 +170,7 @@ async fn a_group_much_larger_than_the_others_gives_vshards_away_by_itself() {
 async fn a_joining_node_makes_the_vshard_counts_even() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(32);
-    let nodes = start_three_with(&network, data.path(), |config| ClusterConfig {
-        migration: settings(),
-        ..config
-    })
-    .await;
-    eventually("every group on three voters", || async {
-        fully_replicated(&nodes[0])
-    })
-    .await;
+    let nodes = start_rebalancing_three(&network, data.path()).await;
     // Three vShards of group 1 moved to group 2 by hand: 253 against 259 vShards.
     let service = NodeService::new(nodes[0].clone());
     let moved: Vec<VShardId> = {
@@ -346,19 +347,6 @@ async fn sample_active(nodes: Vec<Cluster>, stop: Arc<AtomicBool>, most: Arc<Ato
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn fully_replicated(cluster: &Cluster) -> bool {
-    let metadata = cluster.metadata();
-    let applied = metadata.borrow();
-    let Some(routing) = applied.state.routing() else {
-        return false;
-    };
-    (1..=NUM_GROUPS).all(|group| {
-        routing
-            .members(GroupId(group))
-            .is_some_and(|members| members.voters.len() == 3 && members.leader_hint.is_some())
-    })
 }
 
 /// Bytes each data group holds in the vShards it owns, as `GET /v1/cluster` shows them.

@@ -2,7 +2,7 @@
 //! by the tests that run them.
 #![allow(dead_code)] // each test file uses a different part of the fixture
 
-use nodedb_cluster_core::NodeId;
+use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig, start_cluster_on};
 use nodedb_cluster_node::engine::EngineFactory;
 use nodedb_cluster_node::migration::MigrationSettings;
@@ -63,6 +63,20 @@ pub async fn start_three_with(
         start(network, change(config(3, &seeds, data_root))),
     );
     [first, second, third]
+}
+
+/// True when `cluster` sees every data group on three voters with a known leader.
+pub fn fully_replicated(cluster: &Cluster) -> bool {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    let Some(routing) = applied.state.routing() else {
+        return false;
+    };
+    (1..=NUM_GROUPS).all(|group| {
+        routing
+            .members(GroupId(group))
+            .is_some_and(|members| members.voters.len() == 3 && members.leader_hint.is_some())
+    })
 }
 
 /// Polls `check` until it holds, failing the test with `what` after [`WAIT`].
