@@ -2,7 +2,7 @@
 //! validation that names the offending key. Unknown keys are rejected, so a typo never
 //! silently falls back to a default.
 
-use crate::migration::{self, MigrationSettings};
+use crate::migration::MigrationSettings;
 use nodedb_cluster_core::NodeId;
 use nodedb_cluster_transport::quic::UdpFaults;
 use serde::Deserialize;
@@ -362,7 +362,7 @@ impl Default for MigrationConfig {
             auto_rebalance: settings.auto_rebalance,
             size_ratio: settings.size_ratio,
             size_floor_bytes: settings.size_floor_bytes,
-            size_check_interval_ms: migration::DEFAULT_SIZE_CHECK_INTERVAL.as_millis() as u64,
+            size_check_interval_ms: settings.size_check_interval.as_millis() as u64,
         }
     }
 }

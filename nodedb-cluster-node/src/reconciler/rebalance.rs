@@ -20,7 +20,7 @@ use tokio::time::Instant;
 const SIZES_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What automatic rebalancing remembers while this node leads the metadata group.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Memory {
     sizes_checked_at: Option<Instant>,
     /// Nodes seen Joining; one seen Active afterwards joined.
@@ -35,11 +35,7 @@ pub(crate) async fn run(context: ReconcilerContext, mut stop: watch::Receiver<bo
     let mut memory: Option<Memory> = None;
     loop {
         if context.raft.is_leader(METADATA_GROUP) && context.migration.auto_rebalance {
-            let memory = memory.get_or_insert_with(|| Memory {
-                sizes_checked_at: None,
-                joining: BTreeSet::new(),
-                count_plan_due: false,
-            });
+            let memory = memory.get_or_insert_with(Memory::default);
             rebalance(&context, memory).await;
         } else {
             memory = None;
