@@ -17,11 +17,16 @@ pub enum ControlRequest {
     /// forwards it there once (`forwarded` stops a second hop).
     Join { node: NodeInfo, forwarded: bool },
     /// Replicate `command` through `group`; served by the group's leader.
-    Propose { group: GroupId, command: Vec<u8> },
+    Propose {
+        group: GroupId,
+        #[serde(with = "serde_bytes")]
+        command: Vec<u8>,
+    },
     /// Answer `query` on `group`; with `linearizable`, served by the leader after a read
     /// barrier, otherwise from the receiver's local replica.
     Query {
         group: GroupId,
+        #[serde(with = "serde_bytes")]
         query: Vec<u8>,
         linearizable: bool,
     },
@@ -35,6 +40,7 @@ pub enum ControlRequest {
     ProposeVShard {
         group: GroupId,
         vshard: VShardId,
+        #[serde(with = "serde_bytes")]
         command: Vec<u8>,
     },
     /// Answer `query`, which reads only `vshard`, on `group` (see `Query`); refused with
@@ -42,6 +48,7 @@ pub enum ControlRequest {
     QueryVShard {
         group: GroupId,
         vshard: VShardId,
+        #[serde(with = "serde_bytes")]
         query: Vec<u8>,
         linearizable: bool,
     },
@@ -67,6 +74,7 @@ pub enum MigrationStep {
         vshard: VShardId,
         migration: MigrationId,
         step: VShardStep,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Answer the vShard's commands applied after the entry at `after` and before the entry
@@ -104,9 +112,11 @@ pub enum ControlResponse {
     },
     Proposed {
         index: u64,
+        #[serde(with = "serde_bytes")]
         response: Vec<u8>,
     },
     Answered {
+        #[serde(with = "serde_bytes")]
         answer: Vec<u8>,
     },
     MembershipChanged,

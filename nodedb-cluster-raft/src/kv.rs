@@ -21,16 +21,22 @@ pub const KV_SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvCommand {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Sets `key` to `new` when its current value equals `expected` (`None`: absent).
     Cas {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
+        #[serde(with = "serde_bytes")]
         new: Vec<u8>,
     },
 }
@@ -44,6 +50,7 @@ pub enum KvResponse {
     },
     Cas {
         swapped: bool,
+        #[serde(with = "serde_bytes")]
         current: Option<Vec<u8>>,
     },
     /// The command bytes did not decode; nothing changed (every replica agrees).
@@ -54,6 +61,7 @@ pub enum KvResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvQuery {
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Number of keys (tests and status).
@@ -63,7 +71,7 @@ pub enum KvQuery {
 /// The answer to a [`KvQuery`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvAnswer {
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     Len(u64),
 }
 
@@ -78,8 +86,19 @@ pub struct KvStateMachine {
 
 type Value = Arc<[u8]>;
 
-/// One key and its value.
-type KeyValue = (Vec<u8>, Vec<u8>);
+/// One key and its value (postcard writes it as the tuple of the two, byte strings in one go).
+#[derive(Serialize, Deserialize)]
+struct KeyValue(
+    #[serde(with = "serde_bytes")] Vec<u8>,
+    #[serde(with = "serde_bytes")] Vec<u8>,
+);
+
+/// [`KeyValue`] as written, borrowing both.
+#[derive(Serialize)]
+struct KeyValueRef<'a>(
+    #[serde(with = "serde_bytes")] &'a [u8],
+    #[serde(with = "serde_bytes")] &'a [u8],
+);
 
 #[derive(Serialize, Deserialize)]
 struct KvData {
@@ -91,7 +110,7 @@ struct KvData {
 #[derive(Serialize)]
 struct KvDataRef<'a> {
     version: u8,
-    entries: Vec<(&'a [u8], &'a [u8])>,
+    entries: Vec<KeyValueRef<'a>>,
 }
 
 impl KvCommand {
@@ -271,9 +290,9 @@ impl StateMachine for KvStateMachine {
 
     fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError> {
         let entries = decode_data(data)?;
-        if let Some((key, _)) = entries
+        if let Some(KeyValue(key, _)) = entries
             .iter()
-            .find(|(key, _)| vshard_for_key(key) != vshard)
+            .find(|KeyValue(key, _)| vshard_for_key(key) != vshard)
         {
             return Err(StateMachineError::Corrupt(format!(
                 "key of {} in an export of {vshard}",
@@ -349,7 +368,7 @@ fn encode_data<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Value)>) -> V
     let data = KvDataRef {
         version: KV_FORMAT_VERSION,
         entries: entries
-            .map(|(key, value)| (key.as_slice(), &**value))
+            .map(|(key, value)| KeyValueRef(key, value))
             .collect(),
     };
     postcard::to_stdvec(&data).unwrap_or_else(|error| panic!("kv data encode: {error}"))
@@ -358,7 +377,7 @@ fn encode_data<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Value)>) -> V
 fn shared(entries: Vec<KeyValue>) -> impl Iterator<Item = (Vec<u8>, Value)> {
     entries
         .into_iter()
-        .map(|(key, value)| (key, Value::from(value)))
+        .map(|KeyValue(key, value)| (key, Value::from(value)))
 }
 
 /// A snapshot of the map as it was, encoded into chunks when first read.
@@ -628,5 +647,14 @@ mod tests {
             new: b"n".to_vec(),
         };
         assert_eq!(cas.encode(), vec![2, 1, b'k', 0, 1, b'n']);
+    }
+
+    #[test]
+    fn data_layout_is_pinned() {
+        let (key, value) = (b"k".to_vec(), Value::from(&b"vv"[..]));
+        let bytes = encode_data([(&key, &value)].into_iter());
+        assert_eq!(bytes, vec![KV_FORMAT_VERSION, 1, 1, b'k', 2, b'v', b'v']);
+        let decoded = decode_data(&bytes).unwrap();
+        assert_eq!((&decoded[0].0, &decoded[0].1), (&key, &b"vv".to_vec()));
     }
 }

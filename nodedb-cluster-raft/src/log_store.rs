@@ -11,6 +11,11 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
+/// Bytes of entries one AppendEntries carries (past one entry): openraft asks for up to
+/// `max_payload_entries` at a time, which for large entries (vShard imports, big values) made
+/// RPCs of tens of MiB that missed their deadline and were sent again in full.
+const REPLICATION_BYTES_MAX: usize = 1024 * 1024;
+
 /// The log of one group replica. Cheap to clone: every clone reads the same file.
 #[derive(Clone)]
 pub struct GroupLog {
@@ -28,6 +33,25 @@ impl GroupLog {
             None => Ok(None),
             Some(bytes) => wire::decode_log_id(&bytes).map_err(|error| corrupt(self.group, error)),
         }
+    }
+
+    /// Stored entries decoded, each checked to be stored at its own index.
+    fn decode_entries(&self, stored: Vec<(u64, Vec<u8>)>) -> io::Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity(stored.len());
+        for (index, bytes) in stored {
+            let entry = wire::decode_entry(&bytes).map_err(|error| corrupt(self.group, error))?;
+            if entry.log_id.index != index {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: entry stored at {index} claims index {}",
+                        self.group, entry.log_id.index
+                    ),
+                ));
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
     }
 
     fn last_entry(&self) -> io::Result<Option<Entry>> {
@@ -63,21 +87,15 @@ impl RaftLogReader<TypeConfig> for GroupLog {
             Bound::Unbounded => u64::MAX,
         };
         let stored = self.db.entries(self.group, start..end).map_err(storage)?;
-        let mut entries = Vec::with_capacity(stored.len());
-        for (index, bytes) in stored {
-            let entry = wire::decode_entry(&bytes).map_err(|error| corrupt(self.group, error))?;
-            if entry.log_id.index != index {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: entry stored at {index} claims index {}",
-                        self.group, entry.log_id.index
-                    ),
-                ));
-            }
-            entries.push(entry);
-        }
-        Ok(entries)
+        self.decode_entries(stored)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let stored = self
+            .db
+            .entries_up_to(self.group, start..end, REPLICATION_BYTES_MAX)
+            .map_err(storage)?;
+        self.decode_entries(stored)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {

@@ -35,6 +35,7 @@ pub struct RaftNode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppRequest {
     pub kind: EntryKind,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 

@@ -10,7 +10,7 @@ use crate::log_db::LogDb;
 use crate::multi_raft::{MultiRaft, VSHARD_PART_BYTES};
 use crate::state_machine::{LogIndex, StateMachineError};
 use crate::types::{AppRequest, Entry, EntryKind};
-use crate::wire::{self, decode_exact};
+use crate::wire::{self, byte_strings, decode_exact};
 use nodedb_cluster_core::{GroupId, VShardId};
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
@@ -44,12 +44,14 @@ pub struct VShardExportPage {
     pub serving: bool,
     pub parts_total: u32,
     pub first_part: u32,
+    #[serde(with = "byte_strings")]
     pub parts: Vec<Vec<u8>>,
 }
 
 /// The commands of one vShard applied by its group in `(after, through]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VShardChanges {
+    #[serde(with = "byte_strings")]
     pub commands: Vec<Vec<u8>>,
     pub through: LogIndex,
 }
@@ -302,11 +304,21 @@ fn vshard_command(
 /// The payload of [`crate::VShardStep::ImportChanges`]: commands in the order the source
 /// applied them.
 pub fn encode_replayed_commands(commands: &[Vec<u8>]) -> Vec<u8> {
-    postcard::to_stdvec(commands).unwrap_or_else(|error| panic!("commands encode: {error}"))
+    postcard::to_stdvec(&ReplayedCommandsRef(commands))
+        .unwrap_or_else(|error| panic!("commands encode: {error}"))
 }
+
+/// The payload of [`crate::VShardStep::ImportChanges`] as written.
+#[derive(Serialize)]
+struct ReplayedCommandsRef<'a>(#[serde(with = "byte_strings")] &'a [Vec<u8>]);
+
+/// The payload of [`crate::VShardStep::ImportChanges`] as read.
+#[derive(Serialize, Deserialize)]
+struct ReplayedCommands(#[serde(with = "byte_strings")] Vec<Vec<u8>>);
 
 /// Reads a payload made by [`encode_replayed_commands`].
 pub fn decode_replayed_commands(bytes: &[u8]) -> Result<Vec<Vec<u8>>, StateMachineError> {
-    decode_exact(bytes)
+    decode_exact::<ReplayedCommands>(bytes)
+        .map(|commands| commands.0)
         .map_err(|error| StateMachineError::Corrupt(format!("replayed commands: {error}")))
 }

@@ -105,6 +105,25 @@ pub fn decode<'a, T: Deserialize<'a> + Serialize>(bytes: &'a [u8]) -> Result<T, 
     decode_exact(bytes)
 }
 
+/// Serde of a list of byte strings that writes each string in one go: postcard gives the same
+/// bytes as for a plain `Vec<Vec<u8>>` (which serde walks byte by byte). Use with
+/// `#[serde(with = "byte_strings")]`; single byte strings use `serde_bytes`.
+pub mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(list.iter().map(|bytes| Bytes::new(bytes)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        let list = Vec::<ByteBuf>::deserialize(deserializer)?;
+        Ok(list.into_iter().map(ByteBuf::into_vec).collect())
+    }
+}
+
 /// A log entry as stored in the log: `[RECORD_VERSION][postcard(Entry)]`.
 pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     encode_record(entry)
@@ -226,6 +245,16 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    #[test]
+    fn byte_strings_keep_the_layout_of_a_plain_list() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Listed(#[serde(with = "byte_strings")] Vec<Vec<u8>>);
+        let list = vec![b"ab".to_vec(), Vec::new(), vec![7; 300]];
+        let bytes = encode(&Listed(list.clone()));
+        assert_eq!(bytes, encode(&list));
+        assert_eq!(decode_exact::<Listed>(&bytes), Ok(Listed(list)));
     }
 
     #[test]

@@ -43,6 +43,25 @@ mod log_db {
     }
 
     #[tokio::test]
+    async fn a_read_up_to_a_size_stops_after_the_entry_reaching_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        // Each entry is "entry-N": 7 bytes for N < 10.
+        db.append_durable(G1, entries(1..10)).await.unwrap();
+        assert_eq!(db.entries_up_to(G1, 1..10, 15).unwrap(), entries(1..4));
+        assert_eq!(db.entries_up_to(G1, 1..10, 14).unwrap(), entries(1..3));
+        assert_eq!(db.entries_up_to(G1, 4..10, 1).unwrap(), entries(4..5));
+        assert_eq!(
+            db.entries_up_to(G1, 1..10, usize::MAX).unwrap(),
+            entries(1..10)
+        );
+        // Appends just queued are read the same way.
+        db.append_async(G1, entries(10..13), Box::new(|_| {})).await;
+        assert_eq!(db.entries_up_to(G1, 8..13, 21).unwrap(), entries(8..11));
+        assert_eq!(db.entries_up_to(G1, 20..30, 100).unwrap(), vec![]);
+    }
+
+    #[tokio::test]
     #[should_panic(expected = "append must start at index 11")]
     async fn append_with_a_gap_panics() {
         let dir = tempfile::tempdir().unwrap();

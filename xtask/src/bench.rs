@@ -33,12 +33,16 @@ pub const WARM_UP: Duration = Duration::from_secs(2);
 /// Largest latency the histogram records; slower requests time out first.
 const LATENCY_US_MAX: u64 = 60_000_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Failed replies shown with a run's error count.
+const ERROR_EXAMPLES_MAX: usize = 3;
 
 /// What one client measured.
 #[derive(Debug)]
 pub struct ClientResult {
     pub latencies_us: Histogram<u64>,
     pub errors: u64,
+    /// The first failed request's reply.
+    pub first_error: Option<String>,
 }
 
 /// User plus system CPU time, in clock ticks, of every node process and of this one.
@@ -54,6 +58,8 @@ pub struct BenchResult {
     pub measured: Duration,
     pub latencies_us: Histogram<u64>,
     pub errors: u64,
+    /// Distinct first errors of the clients, at most [`ERROR_EXAMPLES_MAX`].
+    pub error_examples: Vec<String>,
     /// Used during the measured time.
     pub cpu: CpuTicks,
 }
@@ -139,6 +145,8 @@ pub fn on_cluster<T>(
         num_groups: cluster.groups,
         ready_timeout: crate::cluster::READY_TIMEOUT,
         raft: RaftTimings::for_profile(!cluster.debug),
+        // Measured as deployed: the node's own snapshot interval.
+        snapshot_logs_since_last: None,
     };
     let launched = Cluster::launch(&spec, &processes)?;
     let nodes = BenchNodes {
@@ -312,16 +320,24 @@ impl CpuTicks {
 pub fn merge(results: Vec<ClientResult>, measured: Duration, cpu: CpuTicks) -> Result<BenchResult> {
     let mut latencies_us = new_histogram();
     let mut errors = 0;
+    let mut error_examples: Vec<String> = Vec::new();
     for result in results {
         latencies_us
             .add(&result.latencies_us)
             .map_err(|error| anyhow!("merging latency histograms: {error:?}"))?;
         errors += result.errors;
+        if let Some(error) = result.first_error
+            && error_examples.len() < ERROR_EXAMPLES_MAX
+            && !error_examples.contains(&error)
+        {
+            error_examples.push(error);
+        }
     }
     Ok(BenchResult {
         measured,
         latencies_us,
         errors,
+        error_examples,
         cpu,
     })
 }
@@ -351,6 +367,7 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
         "seconds": result.measured.as_secs_f64(),
         "ops": ops,
         "errors": result.errors,
+        "error_examples": result.error_examples,
         "ops_per_second": ops as f64 / seconds,
         "cores": std::thread::available_parallelism().map_or(1, usize::from),
         "cpu_seconds_per_node": cpu_per_node,
@@ -398,7 +415,18 @@ pub fn render(summary: &Value) -> String {
         summary["cores"],
         cpu_per_node.join("  "),
         seconds(&summary["load_generator_cpu_seconds"]),
-    )
+    ) + &error_lines(summary)
+}
+
+/// The run's example errors, one line each, after a newline; nothing without errors.
+fn error_lines(summary: &Value) -> String {
+    summary["error_examples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|error| format!("\nerror, for example: {error}"))
+        .collect()
 }
 
 fn profile(args: &BenchClusterArgs) -> &'static str {
@@ -425,6 +453,7 @@ fn client_loop(
     let mut result = ClientResult {
         latencies_us: new_histogram(),
         errors: 0,
+        first_error: None,
     };
     while !stop.load(Ordering::Relaxed) {
         let key = bench_key(rng.random_range(0..keys));
@@ -445,8 +474,12 @@ fn client_loop(
                     .latencies_us
                     .saturating_record(micros.clamp(1, LATENCY_US_MAX));
             }
-            Reply::Ok(false) | Reply::Failed(_) | Reply::Refused(_) | Reply::Unknown(_) => {
-                result.errors += 1
+            Reply::Ok(false) => result.errors += 1,
+            failed @ (Reply::Failed(_) | Reply::Refused(_) | Reply::Unknown(_)) => {
+                result.errors += 1;
+                result
+                    .first_error
+                    .get_or_insert_with(|| format!("{failed:?}"));
             }
         }
     }
@@ -494,6 +527,7 @@ mod tests {
         ClientResult {
             latencies_us: histogram,
             errors,
+            first_error: (errors > 0).then(|| "Unknown(\"timed out\")".to_string()),
         }
     }
 
@@ -511,6 +545,8 @@ mod tests {
         assert_eq!(summary["op"], "put");
         assert_eq!(summary["ops"], 1000);
         assert_eq!(summary["errors"], 3);
+        assert_eq!(summary["error_examples"], json!(["Unknown(\"timed out\")"]));
+        assert!(render(&summary).ends_with("error, for example: Unknown(\"timed out\")"));
         assert_eq!(summary["ops_per_second"], 100.0);
         let p50 = summary["latency_us"]["p50"].as_u64().unwrap();
         assert!((4990..=5010).contains(&p50), "p50 {p50}");

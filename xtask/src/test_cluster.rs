@@ -6,7 +6,7 @@
 use crate::api::Api;
 use crate::checks;
 use crate::cli::TestClusterArgs;
-use crate::cluster::config::RaftTimings;
+use crate::cluster::config::{RaftTimings, SNAPSHOT_LOGS_SINCE_LAST};
 use crate::cluster::process::Processes;
 use crate::cluster::{Cluster, LOG_TAIL_LINES, LaunchSpec, build};
 use crate::membership::{self, MembershipEvent, PlannedMembership};
@@ -48,6 +48,7 @@ pub fn run(args: &TestClusterArgs) -> Result<bool> {
         num_groups: args.groups,
         ready_timeout: crate::cluster::READY_TIMEOUT,
         raft: RaftTimings::for_profile(args.release),
+        snapshot_logs_since_last: Some(SNAPSHOT_LOGS_SINCE_LAST),
     };
     let cluster = Cluster::launch(&spec, &processes).with_context(|| {
         format!(

@@ -215,7 +215,10 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
             propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
         }
         MigrationPhase::Copying => {
+            let started = Instant::now();
             let early = copy_vshard(context, migration, new_copy(0), None, true).await?;
+            let bytes = context.progress.track(id).progress.bytes_copied;
+            tracing::info!(%id, %vshard, %to, bytes, took = ?started.elapsed(), "migration: copied");
             context.progress.update(id, |tracked| tracked.early = early);
             let fence = claim(context, migration, from, VShardStep::Fence, Vec::new()).await?;
             context

@@ -172,14 +172,17 @@ pub(crate) fn apply_batch<'a>(
     Ok(())
 }
 
-/// Committed entries of `group` in `range`, verified, ascending.
+/// Committed entries of `group` in `range`, verified, ascending, up to the one that brings
+/// their size to `bytes_max`.
 pub(crate) fn read_entries(
     txn: &ReadTransaction,
     group: GroupId,
     range: &Range<u64>,
+    bytes_max: usize,
 ) -> Result<BTreeMap<u64, Vec<u8>>, LogDbError> {
     let context = "reading entries";
     let mut out = BTreeMap::new();
+    let mut bytes = 0;
     if range.is_empty() {
         return Ok(out);
     }
@@ -197,7 +200,11 @@ pub(crate) fn read_entries(
             index,
             reason,
         })?;
+        bytes += payload.len();
         out.insert(index, payload.to_vec());
+        if bytes >= bytes_max {
+            break;
+        }
     }
     Ok(out)
 }

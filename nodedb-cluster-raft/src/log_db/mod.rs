@@ -293,6 +293,39 @@ impl LogDb {
         group: GroupId,
         range: Range<u64>,
     ) -> Result<Vec<(u64, Vec<u8>)>, LogDbError> {
+        self.entries_read(group, range, usize::MAX)
+    }
+
+    /// The first entries of `group` in `range`, of consecutive indexes, up to the one that
+    /// brings their size to `bytes_max` (at least one entry when any is present), so that a
+    /// reader of a log of large entries does not load all of them at once.
+    pub fn entries_up_to(
+        &self,
+        group: GroupId,
+        range: Range<u64>,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LogDbError> {
+        let entries = self.entries_read(group, range.clone(), bytes_max)?;
+        let mut bytes = 0;
+        let mut expected = entries.first().map(|(index, _)| *index);
+        Ok(entries
+            .into_iter()
+            .take_while(|(index, entry)| {
+                let take = Some(*index) == expected && bytes < bytes_max;
+                expected = index.checked_add(1);
+                bytes += entry.len();
+                take
+            })
+            .collect())
+    }
+
+    /// [`LogDb::entries`], reading from the file only until `bytes_max` is reached.
+    fn entries_read(
+        &self,
+        group: GroupId,
+        range: Range<u64>,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LogDbError> {
         if range.is_empty() {
             return Ok(Vec::new());
         }
@@ -316,7 +349,7 @@ impl LogDb {
                 .map_err(LogDbError::storage("beginning a read"))?;
             (pending, snapshot)
         };
-        let mut entries = disk::read_entries(&snapshot, group, &range)?;
+        let mut entries = disk::read_entries(&snapshot, group, &range, bytes_max)?;
         state::replay_entries(&mut entries, &pending, &range);
         Ok(entries.into_iter().collect())
     }

@@ -18,7 +18,7 @@ pub use args::ChaosArgs;
 
 use crate::api::Api;
 use crate::checks::{self, FinalRead};
-use crate::cluster::config::RaftTimings;
+use crate::cluster::config::{RaftTimings, SNAPSHOT_LOGS_SINCE_LAST};
 use crate::cluster::process::Processes;
 use crate::cluster::{Cluster, LaunchSpec, Placement, build};
 use crate::report::{CheckResult, Status};
@@ -101,6 +101,7 @@ fn run(args: &ChaosArgs) -> Result<bool> {
         num_groups: args.groups,
         ready_timeout: crate::cluster::READY_TIMEOUT,
         raft: RaftTimings::for_profile(args.release),
+        snapshot_logs_since_last: Some(SNAPSHOT_LOGS_SINCE_LAST),
     };
     let placement = Placement::Hosts(network.hosts());
     let cluster = Cluster::launch_placed(&spec, &processes, &placement).with_context(|| {

@@ -8,7 +8,8 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// Log entries between snapshots: low, so that runs exercise snapshots and compaction.
+/// Log entries between snapshots in test runs: low, so that they exercise snapshots and
+/// compaction. Benchmarks keep the node's default.
 pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1_000;
 /// Well above the longest time the fault schedule keeps a node dead, so that a restarted
 /// node comes back to its own replicas instead of racing re-replication.
@@ -79,6 +80,7 @@ pub struct ClusterShape {
     pub certs_dir: PathBuf,
     pub seeds: Vec<SocketAddr>,
     pub raft: RaftTimings,
+    pub snapshot_logs_since_last: Option<u64>,
 }
 
 impl NodeLayout {
@@ -138,7 +140,7 @@ pub fn render_with_faults(
             heartbeat_interval_ms: shape.raft.heartbeat_interval_ms,
             election_timeout_ms_min: shape.raft.election_timeout_ms_min,
             election_timeout_ms_max: shape.raft.election_timeout_ms_max,
-            snapshot_logs_since_last: SNAPSHOT_LOGS_SINCE_LAST,
+            snapshot_logs_since_last: shape.snapshot_logs_since_last,
             node_down_timeout_ms: NODE_DOWN_TIMEOUT_MS,
         },
         log: LogSection {
@@ -199,7 +201,8 @@ struct RaftSection {
     heartbeat_interval_ms: u64,
     election_timeout_ms_min: u64,
     election_timeout_ms_max: u64,
-    snapshot_logs_since_last: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_logs_since_last: Option<u64>,
     node_down_timeout_ms: u64,
 }
 
@@ -265,6 +268,7 @@ mod tests {
                 "127.0.0.1:7002".parse().unwrap(),
             ],
             raft: RaftTimings::RELEASE,
+            snapshot_logs_since_last: Some(SNAPSHOT_LOGS_SINCE_LAST),
         };
         (node, shape)
     }

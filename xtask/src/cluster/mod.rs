@@ -42,6 +42,8 @@ pub struct LaunchSpec {
     /// How long a node gets to become ready after a (re)start.
     pub ready_timeout: Duration,
     pub raft: RaftTimings,
+    /// Log entries between snapshots; `None` leaves the node's default.
+    pub snapshot_logs_since_last: Option<u64>,
 }
 
 /// Where the nodes of a cluster run.
@@ -158,6 +160,7 @@ impl Cluster {
             certs_dir: certs_dir.to_path_buf(),
             seeds: ports.iter().map(|pair| pair.listen_addr).collect(),
             raft: spec.raft,
+            snapshot_logs_since_last: spec.snapshot_logs_since_last,
         };
         let mut nodes = BTreeMap::new();
         for (node_id, ports) in node_ids.iter().zip(ports) {
@@ -495,6 +498,7 @@ mod tests {
             num_groups: 2,
             ready_timeout: Duration::from_secs(1),
             raft: RaftTimings::DEBUG,
+            snapshot_logs_since_last: Some(config::SNAPSHOT_LOGS_SINCE_LAST),
         }
     }
 
