@@ -534,6 +534,9 @@ fn quinn_configs(config: &QuicConfig) -> Result<QuinnConfigs, BindError> {
     })
 }
 
+/// Largest UDP payload MTU discovery tries: jumbo frames (9000) less the IPv6 and UDP headers.
+const UDP_PAYLOAD_PROBED_MAX: u16 = 8952;
+
 fn transport_config(timings: &QuicTimings) -> Result<quinn::TransportConfig, BindError> {
     let idle = quinn::IdleTimeout::try_from(Duration::from_millis(timings.idle_timeout_ms))
         .map_err(|error| BindError::Timing(format!("idle_timeout_ms: {error}")))?;
@@ -547,6 +550,12 @@ fn transport_config(timings: &QuicTimings) -> Result<quinn::TransportConfig, Bin
     config.keep_alive_interval(Some(Duration::from_millis(timings.keep_alive_ms)));
     config.max_concurrent_bidi_streams(quinn::VarInt::from_u32(CONCURRENT_STREAMS_MAX));
     config.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    // Probe past Ethernet's MTU: on paths that carry larger datagrams (loopback, jumbo frames)
+    // fewer packets mean fewer syscalls, seals and acks per byte; elsewhere the probes fail
+    // and the size stays where it was.
+    let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(UDP_PAYLOAD_PROBED_MAX);
+    config.mtu_discovery_config(Some(mtu_discovery));
     Ok(config)
 }
 
