@@ -191,19 +191,18 @@ impl PeerClient {
     }
 }
 
-/// Overall deadline of sending a snapshot of `bytes`: grows with the size.
 /// The deadline of one Raft RPC of `bytes`: openraft's soft limit (derived from the heartbeat
 /// interval, at least [`RPC_DEADLINE_MIN`]) plus the time to move the bytes at
 /// [`RPC_BYTES_PER_SECOND_MIN`]. An AppendEntries timed out too early is sent again in full,
-/// which under load turns into a loop of resends and a group that stops committing. openraft batches
-/// up to `max_payload_entries` entries into one AppendEntries, so a batch of large entries (a
-/// vShard import, big values) would never fit a heartbeat-sized deadline and would be resent
-/// forever, holding up the whole group.
+/// which under load turns into a loop of resends and a group that stops committing. An
+/// AppendEntries carries up to 1 MiB of entries (the log reader's cap), which for large
+/// entries (a vShard import, big values) would not fit a heartbeat-sized deadline.
 pub fn rpc_deadline(soft_ttl: Duration, bytes: usize) -> Duration {
     soft_ttl.max(RPC_DEADLINE_MIN)
         + Duration::from_secs_f64(bytes as f64 / RPC_BYTES_PER_SECOND_MIN as f64)
 }
 
+/// Overall deadline of sending a snapshot of `bytes`: grows with the size.
 pub fn snapshot_deadline(base: Duration, bytes: u64) -> Duration {
     base.max(SNAPSHOT_STEP_TIMEOUT_MIN)
         + Duration::from_secs(bytes / SNAPSHOT_BYTES_PER_SECOND_MIN + 1)

@@ -305,7 +305,7 @@ impl LogDb {
         range: Range<u64>,
         bytes_max: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, LogDbError> {
-        let entries = self.entries_read(group, range.clone(), bytes_max)?;
+        let entries = self.entries_read(group, range, bytes_max)?;
         let mut bytes = 0;
         let mut expected = entries.first().map(|(index, _)| *index);
         Ok(entries
