@@ -1,6 +1,7 @@
 //! Automatic rebalancing, a task on every node that acts only on the metadata leader: every
 //! size-check interval it asks each data group for its bytes per vShard and begins the moves
-//! core's size planner proposes; after a node joined (Joining -> Active) it evens out the
+//! core's size planner proposes; after a node joined (Active now, Joining or unknown when last
+//! looked at) it evens out the
 //! groups' vShard counts (give or take one) before it looks at sizes again. Moves are begun
 //! only while fewer than the configured number of migrations are in flight, and the migration
 //! driver carries them out like any other. It runs apart from the reconciler's rounds, so a
@@ -11,7 +12,7 @@ use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, ReportedSizes,
     SizeThresholds, VShardMove, plan_size_moves, plan_vshard_moves,
 };
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,8 +24,9 @@ const SIZES_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 struct Memory {
     sizes_checked_at: Option<Instant>,
-    /// Nodes seen Joining; one seen Active afterwards joined.
-    joining: BTreeSet<NodeId>,
+    /// Each node's state when last looked at; `None` before the first look. A join is told by
+    /// comparing with it, so a node that went from Joining to Active between two looks counts.
+    seen: Option<BTreeMap<NodeId, NodeState>>,
     /// A node joined: even out the vShard counts, as far as the migrations in flight allow
     /// each time, until they are even.
     count_plan_due: bool,
@@ -92,22 +94,23 @@ async fn rebalance(context: &ReconcilerContext, memory: &mut Memory) {
     }
 }
 
-/// Remembers Joining nodes and asks for a count plan once one of them is Active.
+/// Asks for a count plan when a node is Active that was Joining or unknown at the last look.
 fn note_joins(state: &MetadataState, memory: &mut Memory) {
-    for node in state.topology().nodes() {
-        match node.state {
-            NodeState::Joining => {
-                memory.joining.insert(node.id);
-            }
-            NodeState::Active if memory.joining.remove(&node.id) => {
-                tracing::info!(node = %node.id, "node joined; evening out vShard counts");
+    let now: BTreeMap<NodeId, NodeState> = state
+        .topology()
+        .nodes()
+        .map(|node| (node.id, node.state))
+        .collect();
+    if let Some(seen) = &memory.seen {
+        for (node, node_state) in &now {
+            let was = seen.get(node);
+            if *node_state == NodeState::Active && matches!(was, None | Some(NodeState::Joining)) {
+                tracing::info!(%node, "node joined; evening out vShard counts");
                 memory.count_plan_due = true;
-            }
-            _ => {
-                memory.joining.remove(&node.id);
             }
         }
     }
+    memory.seen = Some(now);
 }
 
 /// Every group's bytes per vShard, or `None` when a group did not answer in time (a plan from
