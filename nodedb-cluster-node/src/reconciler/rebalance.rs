@@ -2,10 +2,9 @@
 //! size-check interval it asks each data group for its bytes per vShard and begins the moves
 //! core's size planner proposes; after a node joined (Active now, Joining or unknown when last
 //! looked at) it evens out the groups' vShard counts (give or take one) before it looks at
-//! sizes again. Moves are begun
-//! only while fewer than the configured number of migrations are in flight, and the migration
-//! driver carries them out like any other. It runs apart from the reconciler's rounds, so a
-//! group slow to answer never delays failure detection.
+//! sizes again. Moves are begun only while fewer than the configured number of migrations are
+//! in flight, and the migration driver carries them out like any other. It runs apart from the
+//! reconciler's rounds, so a group slow to answer never delays failure detection.
 
 use super::{RECONCILE_INTERVAL, ReconcilerContext};
 use nodedb_cluster_core::{
