@@ -80,6 +80,9 @@ pub struct RaftConfig {
     pub snapshot_logs_since_last: u64,
     /// A node silent for this long is marked Down and its replicas are replaced.
     pub node_down_timeout_ms: u64,
+    /// A group unused this long, with every replica caught up, stops its heartbeats and
+    /// election timers until it is used again; 0 keeps every group's timers running.
+    pub quiesce_after_ms: u64,
 }
 
 /// HTTP admin API settings.
@@ -375,6 +378,7 @@ impl Default for RaftConfig {
             election_timeout_ms_max: 1000,
             snapshot_logs_since_last: 10_000,
             node_down_timeout_ms: 10_000,
+            quiesce_after_ms: 2000,
         }
     }
 }

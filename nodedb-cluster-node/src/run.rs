@@ -127,6 +127,7 @@ pub fn cluster_config(config: &NodeConfig) -> Result<ClusterConfig> {
             election_timeout_ms_max: raft.election_timeout_ms_max,
             proposal_timeout_ms: PROPOSAL_TIMEOUT_MS,
             snapshot_logs_since_last: raft.snapshot_logs_since_last,
+            quiesce_after_ms: raft.quiesce_after_ms,
             ..RaftTimings::default()
         },
         node_down_timeout: std::time::Duration::from_millis(raft.node_down_timeout_ms),

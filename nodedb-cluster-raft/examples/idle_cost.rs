@@ -1,10 +1,11 @@
 //! Measures what idle groups cost: 3 nodes over the in-memory transport host `GROUPS` groups
 //! (first argument, default 32) with no client traffic; prints Raft messages per second and
-//! process CPU time per second, in total and per group. Each group runs its own heartbeats, so
-//! both grow linearly with the group count; this is the number coalesced heartbeats or
-//! quiescence of idle groups would cut.
+//! process CPU time per second, in total and per group. Idle groups quiesce (stop heartbeats
+//! and election timers) and are measured once they have; with `awake` as second argument
+//! quiescence is off, and every group runs its own heartbeats, so that both numbers grow
+//! linearly with the group count.
 //!
-//! `cargo run -p nodedb-cluster-raft --example idle_cost -- 64`
+//! `cargo run --release -p nodedb-cluster-raft --example idle_cost -- 64 [awake]`
 
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_raft::kv::KvStateMachine;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 const NODES: u64 = 3;
 const MEASURE: Duration = Duration::from_secs(5);
 const ELECTION_WAIT_POLLS_MAX: usize = 1000;
+const QUIET_WAIT_POLLS_MAX: usize = 1500;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -26,9 +28,21 @@ async fn main() -> anyhow::Result<()> {
         .map(|arg| arg.parse())
         .transpose()?
         .unwrap_or(32);
+    let awake = match std::env::args().nth(2).as_deref() {
+        None => false,
+        Some("awake") => true,
+        Some(other) => anyhow::bail!("second argument must be `awake`, got `{other}`"),
+    };
     let root = tempfile::tempdir()?;
     let network = MemoryNetwork::new(7);
-    let timings = RaftTimings::default();
+    let timings = RaftTimings {
+        quiesce_after_ms: if awake {
+            0
+        } else {
+            RaftTimings::default().quiesce_after_ms
+        },
+        ..RaftTimings::default()
+    };
     let mut nodes = Vec::new();
     for id in 1..=NODES {
         let node = NodeId(id);
@@ -72,6 +86,29 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let waiting = Instant::now();
+    let mut quiet = 0;
+    for _ in 0..QUIET_WAIT_POLLS_MAX {
+        if awake {
+            break;
+        }
+        quiet = nodes
+            .iter()
+            .flat_map(|(multi, _)| (1..=groups).filter_map(|g| multi.status(GroupId(g))))
+            .filter(|status| status.quiesced)
+            .count();
+        if quiet == groups as usize * nodes.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !awake {
+        println!(
+            "{quiet} of {} replicas quiet after {:.1} s",
+            groups as usize * nodes.len(),
+            waiting.elapsed().as_secs_f64()
+        );
+    }
 
     let messages_before = network.stats().sent;
     let cpu_before = process_cpu_seconds();
@@ -83,8 +120,13 @@ async fn main() -> anyhow::Result<()> {
         .zip(process_cpu_seconds())
         .map(|(before, after)| (after - before) / seconds);
     println!(
-        "{groups} idle groups x {NODES} replicas, heartbeat {} ms",
-        timings.heartbeat_interval_ms
+        "{groups} idle groups x {NODES} replicas, heartbeat {} ms, {}",
+        timings.heartbeat_interval_ms,
+        if awake {
+            "quiescence off".to_owned()
+        } else {
+            format!("quiet after {} ms", timings.quiesce_after_ms)
+        }
     );
     println!(
         "messages/s: {messages:.0} total, {:.1} per group",
@@ -92,8 +134,9 @@ async fn main() -> anyhow::Result<()> {
     );
     match cpu {
         Some(cpu) => println!(
-            "cpu: {:.1}% of one core total, {:.3}% per group",
+            "cpu: {:.1}% of one core total, {:.2}% per node, {:.4}% per group",
             cpu * 100.0,
+            cpu * 100.0 / NODES as f64,
             cpu * 100.0 / f64::from(groups)
         ),
         None => println!("cpu: not measurable on this platform"),

@@ -36,6 +36,7 @@ mod metadata_sm;
 pub mod metrics;
 mod multi_raft;
 mod network;
+mod quiesce;
 mod replica;
 mod router;
 mod sm_adapter;

@@ -7,6 +7,7 @@ use crate::error::{self, GroupError, MembershipError, ProposeError};
 use crate::log_db::LogDb;
 use crate::log_store::GroupLog;
 use crate::network::NetworkFactory;
+use crate::quiesce::{self, QuiesceTimings, Quiescence};
 use crate::replica::SharedMachine;
 use crate::router::{GroupTable, HostedGroup, RaftRouter};
 use crate::sm_adapter::MachineAdapter;
@@ -46,6 +47,9 @@ pub struct RaftTimings {
     /// Entries kept in the log behind a snapshot, so that slightly lagging followers catch up
     /// from the log rather than by snapshot.
     pub logs_to_keep_after_snapshot: u64,
+    /// A group unused this long, with every member caught up, stops its heartbeats and
+    /// election timers until it is used again (see [`GroupStatus::quiesced`]); 0 never.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -58,12 +62,14 @@ impl Default for RaftTimings {
             snapshot_timeout_ms: 5000,
             snapshot_logs_since_last: 10_000,
             logs_to_keep_after_snapshot: 1000,
+            quiesce_after_ms: 2000,
         }
     }
 }
 
 impl RaftTimings {
-    /// Fast timings for in-process tests: 50 ms heartbeat, 150-300 ms elections, small logs.
+    /// Fast timings for in-process tests: 50 ms heartbeat, 150-300 ms elections, small logs,
+    /// groups quiet after 500 ms.
     pub fn for_tests() -> RaftTimings {
         RaftTimings {
             heartbeat_interval_ms: 50,
@@ -73,7 +79,16 @@ impl RaftTimings {
             snapshot_timeout_ms: 2000,
             snapshot_logs_since_last: 200,
             logs_to_keep_after_snapshot: 20,
+            quiesce_after_ms: 500,
         }
+    }
+
+    fn quiesce_timings(&self) -> Option<QuiesceTimings> {
+        (self.quiesce_after_ms > 0).then(|| QuiesceTimings {
+            idle: Duration::from_millis(self.quiesce_after_ms),
+            round: Duration::from_millis(self.heartbeat_interval_ms),
+            silence_max: Duration::from_millis(self.election_timeout_ms_max),
+        })
     }
 
     fn openraft_config(&self) -> Result<openraft::Config, GroupError> {
@@ -157,6 +172,16 @@ struct Inner {
     leader_changes: broadcast::Sender<LeaderChange>,
     exports: ExportCache,
     closed: AtomicBool,
+    /// The quiescence task, started with the first replica.
+    quiescer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(quiescer) = self.quiescer.get_mut().ok().and_then(Option::take) {
+            quiescer.abort();
+        }
+    }
 }
 
 impl MultiRaft {
@@ -185,6 +210,7 @@ impl MultiRaft {
                 leader_changes,
                 exports: ExportCache::default(),
                 closed: AtomicBool::new(false),
+                quiescer: Mutex::new(None),
             }),
         })
     }
@@ -343,6 +369,7 @@ impl MultiRaft {
             step,
         };
         let hosted = self.propose_target(group)?;
+        hosted.quiescence.wake(&hosted.raft);
         let write = hosted.raft.client_write(AppRequest { kind, payload });
         match self.with_deadline(write).await {
             None => Err(ProposeError::Timeout { group }),
@@ -372,6 +399,7 @@ impl MultiRaft {
     /// call (ReadIndex confirmed by a quorum). Reads after it are linearizable.
     pub async fn read_barrier(&self, group: GroupId) -> Result<(), ProposeError> {
         let hosted = self.propose_target(group)?;
+        hosted.quiescence.wake(&hosted.raft);
         let barrier = hosted.raft.ensure_linearizable(ReadPolicy::ReadIndex);
         match self.with_deadline(barrier).await {
             None => Err(ProposeError::Timeout { group }),
@@ -421,7 +449,8 @@ impl MultiRaft {
     pub fn status(&self, group: GroupId) -> Option<GroupStatus> {
         let hosted = self.inner.table.get(group)?;
         let metrics = hosted.raft.metrics();
-        let status = status_from_metrics(group, &metrics.borrow_watched());
+        let quiesced = hosted.quiescence.quiet().is_some();
+        let status = status_from_metrics(group, &metrics.borrow_watched(), quiesced);
         Some(status)
     }
 
@@ -493,6 +522,7 @@ impl MultiRaft {
     /// watch [`MultiRaft::leader_changes`] for the outcome.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), MembershipError> {
         let hosted = self.membership_target(group)?;
+        hosted.quiescence.wake(&hosted.raft);
         if !hosted.raft.is_leader() {
             let leader_hint = hosted.raft.current_leader().await.map(node_id);
             return Err(MembershipError::NotLeader { group, leader_hint });
@@ -513,6 +543,9 @@ impl MultiRaft {
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         let _lifecycle = self.inner.lifecycle.lock().await;
+        if let Some(quiescer) = lock(&self.inner.quiescer).take() {
+            quiescer.abort();
+        }
         for group in self.inner.table.ids() {
             if let Some(hosted) = self.inner.table.remove(group) {
                 self.stop_replica(group, &hosted).await;
@@ -555,34 +588,41 @@ impl MultiRaft {
             snapshot_dir,
             machine,
             changes: Arc::new(tokio::sync::Mutex::new(())),
+            quiescence: Arc::new(Quiescence::default()),
         };
         self.inner.table.insert(group, hosted);
+        self.start_quiescer();
         let watcher = tokio::spawn(watch_leader(
             group,
             raft.clone(),
             self.inner.leader_changes.clone(),
         ));
-        let mut watchers = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(old) = watchers.insert(group, watcher) {
+        if let Some(old) = lock(&self.inner.watchers).insert(group, watcher) {
             old.abort();
         }
         Ok(raft)
+    }
+
+    /// Starts the quiescence task once (it needs a runtime, which `new` does not).
+    fn start_quiescer(&self) {
+        let Some(timings) = self.inner.timings.quiesce_timings() else {
+            return;
+        };
+        let mut quiescer = lock(&self.inner.quiescer);
+        if quiescer.is_none() {
+            *quiescer = Some(tokio::spawn(quiesce::run(
+                Arc::downgrade(&self.inner.table),
+                Arc::clone(&self.inner.transport),
+                timings,
+            )));
+        }
     }
 
     async fn stop_replica(&self, group: GroupId, hosted: &HostedGroup) {
         if let Err(error) = hosted.raft.shutdown().await {
             tracing::warn!(%group, %error, "replica did not shut down cleanly");
         }
-        let watcher = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&group);
+        let watcher = lock(&self.inner.watchers).remove(&group);
         if let Some(watcher) = watcher {
             watcher.abort();
         }
@@ -595,6 +635,7 @@ impl MultiRaft {
         payload: Vec<u8>,
     ) -> Result<Applied, ProposeError> {
         let hosted = self.propose_target(group)?;
+        hosted.quiescence.wake(&hosted.raft);
         let write = hosted.raft.client_write(AppRequest { kind, payload });
         match self.with_deadline(write).await {
             None => Err(ProposeError::Timeout { group }),
@@ -631,6 +672,7 @@ impl MultiRaft {
     {
         let hosted = self.membership_target(group)?;
         let _one_change_at_a_time = hosted.changes.lock().await;
+        hosted.quiescence.wake(&hosted.raft);
         match self.with_deadline(change(hosted.raft.clone())).await {
             None => Err(MembershipError::Timeout { group }),
             Some(Err(error)) => Err(error::membership_error(group, error)),
@@ -700,6 +742,12 @@ async fn watch_leader(
             return;
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl std::fmt::Debug for MultiRaft {

@@ -2,6 +2,7 @@
 //! dispatches them by group id to the local replica. An unknown group or a malformed message
 //! gets a typed [`RpcFailure`] answer, never a panic.
 
+use crate::quiesce::{self, Quiescence};
 use crate::replica::SharedMachine;
 use crate::sm_adapter::MachineAdapter;
 use crate::snapshot::{self, SNAPSHOT_FILE_BYTES_MAX, SnapshotFile};
@@ -33,6 +34,8 @@ pub struct HostedGroup {
     pub machine: SharedMachine,
     /// Held while a membership change of the group is in flight: one change at a time.
     pub changes: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the replica's timers run (see `quiesce`).
+    pub quiescence: Arc<Quiescence>,
 }
 
 /// Serves Raft traffic for every group in a [`GroupTable`].
@@ -51,6 +54,14 @@ impl GroupTable {
 
     pub fn remove(&self, group: GroupId) -> Option<HostedGroup> {
         self.write().remove(&group)
+    }
+
+    /// Every hosted replica, in no particular order.
+    pub fn entries(&self) -> Vec<(GroupId, HostedGroup)> {
+        self.read()
+            .iter()
+            .map(|(group, hosted)| (*group, hosted.clone()))
+            .collect()
     }
 
     pub fn ids(&self) -> Vec<GroupId> {
@@ -86,12 +97,24 @@ impl RaftRouter {
                 return ReplyBody::Failed(RpcFailure::BadMessage(error.to_string()));
             }
         };
-        if let Err(refused) = check_sender(from, claimed_sender(&rpc.body), rpc.group) {
+        let claimed = match &rpc.body {
+            RpcBody::Probe(probe) => {
+                return ReplyBody::Probed {
+                    awake: quiesce::awake_among(&self.table, &probe.groups),
+                };
+            }
+            body => claimed_sender(body),
+        };
+        if let Err(refused) = check_sender(from, claimed, rpc.group) {
             return refused;
         }
         let Some(hosted) = self.table.get(rpc.group) else {
             return ReplyBody::Failed(RpcFailure::UnknownGroup(rpc.group));
         };
+        if let RpcBody::Quiesce(request) = &rpc.body {
+            return ReplyBody::Quiesced(quiesce::follow_quietly(&hosted, from, request));
+        }
+        hosted.quiescence.wake(&hosted.raft);
         let stopped = |error: &dyn std::fmt::Display| {
             ReplyBody::Failed(RpcFailure::GroupStopped {
                 group: rpc.group,
@@ -116,6 +139,9 @@ impl RaftRouter {
                 Ok(response) => ReplyBody::TransferLeader(response),
                 Err(error) => stopped(&error),
             },
+            RpcBody::Quiesce(_) | RpcBody::Probe(_) => {
+                unreachable!("quiescence messages are answered above")
+            }
         }
     }
 
@@ -136,6 +162,7 @@ impl RaftRouter {
         let Some(hosted) = self.table.get(header.group) else {
             return ReplyBody::Failed(RpcFailure::UnknownGroup(header.group));
         };
+        hosted.quiescence.wake(&hosted.raft);
         let received = receive_snapshot(&hosted.snapshot_dir, &header, body).await;
         let (meta, file) = match received {
             Ok(received) => received,
@@ -201,6 +228,9 @@ fn claimed_sender(body: &RpcBody) -> u64 {
         RpcBody::AppendEntries(request) => request.vote.leader_id.node_id,
         RpcBody::Vote(request) | RpcBody::PreVote(request) => request.vote.leader_id.node_id,
         RpcBody::TransferLeader(request) => request.from_leader().leader_id.node_id,
+        RpcBody::Quiesce(request) => request.vote.leader_id.node_id,
+        // Not a Raft message of one group; answered before the sender check.
+        RpcBody::Probe(_) => 0,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct GroupStatus {
     pub joint: bool,
     /// Replication progress, only on the leader.
     pub followers: Vec<FollowerProgress>,
+    /// The group is idle and this replica's heartbeats and election timer are stopped until
+    /// the group is used again.
+    pub quiesced: bool,
 }
 
 /// How far one follower or learner is behind the leader's log.
@@ -54,7 +57,11 @@ pub struct LeaderChange {
     pub term: u64,
 }
 
-pub(crate) fn status_from_metrics(group: GroupId, metrics: &RaftMetrics) -> GroupStatus {
+pub(crate) fn status_from_metrics(
+    group: GroupId,
+    metrics: &RaftMetrics,
+    quiesced: bool,
+) -> GroupStatus {
     let role = match metrics.state {
         ServerState::Leader => Role::Leader,
         ServerState::Candidate => Role::Candidate,
@@ -100,5 +107,6 @@ pub(crate) fn status_from_metrics(group: GroupId, metrics: &RaftMetrics) -> Grou
         learners,
         joint: membership.get_joint_config().len() > 1,
         followers,
+        quiesced,
     }
 }

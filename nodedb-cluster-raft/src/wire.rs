@@ -15,7 +15,8 @@ pub const WIRE_VERSION: u8 = 1;
 /// Version byte in front of every persisted log entry, vote and committed record.
 pub const RECORD_VERSION: u8 = 1;
 
-/// A Raft RPC for one group.
+/// A Raft RPC for one group (for [`RpcBody::Probe`], which names its groups itself, `group` is
+/// not read).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RaftRpc {
     pub version: u8,
@@ -29,6 +30,23 @@ pub enum RpcBody {
     Vote(VoteRequest<TypeConfig>),
     PreVote(VoteRequest<TypeConfig>),
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// The leader of an idle group asks a caught-up follower to stop its timers.
+    Quiesce(QuiesceRequest),
+    /// A follower of quiesced groups asks their leader which of them it no longer holds quiet.
+    Probe(ProbeRequest),
+}
+
+/// Sent by the leader (`vote`) once every member has `last_log`, committed and applied.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct QuiesceRequest {
+    pub vote: Vote,
+    pub last_log: LogId,
+}
+
+/// Groups the sender follows quietly under the receiver's leadership.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProbeRequest {
+    pub groups: Vec<GroupId>,
 }
 
 /// The answer to a [`RaftRpc`] (or to a snapshot stream).
@@ -45,6 +63,12 @@ pub enum ReplyBody {
     TransferLeader(TransferLeaderResponse<TypeConfig>),
     Snapshot(SnapshotResponse<TypeConfig>),
     Failed(RpcFailure),
+    /// Whether the follower stopped its timers.
+    Quiesced(bool),
+    /// The probed groups the receiver does not hold quiet as their leader.
+    Probed {
+        awake: Vec<GroupId>,
+    },
 }
 
 /// Why a receiver could not serve a Raft RPC. The sender backs off and retries.
@@ -324,6 +348,39 @@ mod tests {
             body: ReplyBody::Failed(RpcFailure::UnknownGroup(GroupId(9))),
         };
         assert_eq!(hex(&encode(&reply)), "01040009");
+    }
+
+    #[test]
+    fn quiescence_layouts_are_pinned() {
+        let quiesce = RaftRpc {
+            version: WIRE_VERSION,
+            group: GroupId(3),
+            body: RpcBody::Quiesce(QuiesceRequest {
+                vote: Vote::new_committed(5, 1),
+                last_log: log_id(5, 1, 12),
+            }),
+        };
+        assert_eq!(hex(&encode(&quiesce)), "01030405010105010c");
+        let probe = RaftRpc {
+            version: WIRE_VERSION,
+            group: GroupId(0),
+            body: RpcBody::Probe(ProbeRequest {
+                groups: vec![GroupId(1), GroupId(300)],
+            }),
+        };
+        assert_eq!(hex(&encode(&probe)), "0100050201ac02");
+        let quiesced = RaftReply {
+            version: WIRE_VERSION,
+            body: ReplyBody::Quiesced(true),
+        };
+        assert_eq!(hex(&encode(&quiesced)), "010501");
+        let probed = RaftReply {
+            version: WIRE_VERSION,
+            body: ReplyBody::Probed {
+                awake: vec![GroupId(2)],
+            },
+        };
+        assert_eq!(hex(&encode(&probed)), "01060102");
     }
 
     proptest::proptest! {

@@ -1,0 +1,377 @@
+//! Quiescence of idle groups: openraft runs an election timer on every replica and a heartbeat
+//! per follower on every leader, so a node hosting many groups spends CPU on groups nobody uses.
+//! A group that has been idle for [`RaftTimings::quiesce_after_ms`] with every member caught up
+//! stops those timers on all its replicas; any use wakes it again.
+//!
+//! - The leader asks each member to quiesce ([`RpcBody::Quiesce`] with its vote and last log
+//!   id); a member agrees only if it follows that leader and has exactly that log, committed.
+//!   Once every member agreed, the leader stops its own timers. A member that agreed while the
+//!   leader did not quiesce is woken by the leader's next heartbeat.
+//! - A use wakes the group: a proposal, a read barrier, a membership change or leader transfer
+//!   on this node, and every Raft message or snapshot for the group from a peer. A use that
+//!   races with quiescing wins: quiescing is abandoned if the group was used since it began.
+//! - A quiet follower still watches its leader: once per heartbeat interval it sends one
+//!   [`RpcBody::Probe`] per leader node, listing the groups it follows quietly, and wakes those
+//!   the leader no longer holds quiet. If the leader node has not answered for the shortest
+//!   election timeout, every group it leads wakes and openraft's election timer takes over.
+//!
+//! Quiescence changes when timers run, never what Raft decides: a wrongly woken replica at worst
+//! starts an election, as after any lost heartbeat.
+//!
+//! [`RaftTimings::quiesce_after_ms`]: crate::RaftTimings::quiesce_after_ms
+
+use crate::router::{GroupTable, HostedGroup};
+use crate::sm_adapter::MachineAdapter;
+use crate::types::{Raft, RaftMetrics, node_id, raft_id};
+use crate::wire::{
+    self, ProbeRequest, QuiesceRequest, RaftReply, RaftRpc, ReplyBody, RpcBody, WIRE_VERSION,
+};
+use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_transport::{Bytes, Transport};
+use openraft::ServerState;
+use openraft::async_runtime::watch::WatchReceiver;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// How one replica is quiet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Quiet {
+    Leader,
+    Follower { leader: NodeId, since: Instant },
+}
+
+/// Whether one replica's timers run, and how often it was used.
+#[derive(Debug, Default)]
+pub(crate) struct Quiescence {
+    /// Bumped by every use; quiescing that began before a bump is abandoned.
+    uses: AtomicU64,
+    /// Mirrors `quiet.is_some()`, so that a use of an awake group takes no lock.
+    quiesced: AtomicBool,
+    quiet: Mutex<Option<Quiet>>,
+}
+
+impl Quiescence {
+    /// The use counter, read before deciding to quiesce.
+    pub(crate) fn uses(&self) -> u64 {
+        self.uses.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn quiet(&self) -> Option<Quiet> {
+        *self.lock()
+    }
+
+    /// Records a use and restarts the replica's timers if they were stopped.
+    pub(crate) fn wake(&self, raft: &Raft<MachineAdapter>) {
+        self.uses.fetch_add(1, Ordering::SeqCst);
+        if !self.quiesced.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut quiet = self.lock();
+        if quiet.take().is_some() {
+            self.quiesced.store(false, Ordering::SeqCst);
+            raft.runtime_config().tick(true);
+        }
+    }
+
+    /// Stops the replica's timers unless it was used since `uses` was read. True when quiet.
+    pub(crate) fn quiesce(&self, raft: &Raft<MachineAdapter>, uses: u64, how: Quiet) -> bool {
+        let mut quiet = self.lock();
+        if quiet.is_some() {
+            return true;
+        }
+        // Published before the counter is checked: a use that bumps the counter after the
+        // check sees the flag and wakes the replica.
+        self.quiesced.store(true, Ordering::SeqCst);
+        if self.uses.load(Ordering::SeqCst) != uses {
+            self.quiesced.store(false, Ordering::SeqCst);
+            return false;
+        }
+        *quiet = Some(how);
+        raft.runtime_config().tick(false);
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Quiet>> {
+        self.quiet
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A follower's answer to [`RpcBody::Quiesce`] from `from`: quiet only if it follows that
+/// leader's vote and its log ends at `last_log`, committed.
+pub(crate) fn follow_quietly(hosted: &HostedGroup, from: NodeId, request: &QuiesceRequest) -> bool {
+    let uses = hosted.quiescence.uses();
+    let caught_up = {
+        let metrics = hosted.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        matches!(metrics.state, ServerState::Follower | ServerState::Learner)
+            && metrics.current_leader == Some(raft_id(from))
+            && metrics.vote == request.vote
+            && metrics.last_log_index == Some(request.last_log.index)
+            && metrics.local_committed.as_ref() == Some(&request.last_log)
+    };
+    caught_up
+        && hosted.quiescence.quiesce(
+            &hosted.raft,
+            uses,
+            Quiet::Follower {
+                leader: from,
+                since: Instant::now(),
+            },
+        )
+}
+
+/// The answer to a [`RpcBody::Probe`]: the listed groups this node does not hold quiet as
+/// their leader.
+pub(crate) fn awake_among(table: &GroupTable, groups: &[GroupId]) -> Vec<GroupId> {
+    groups
+        .iter()
+        .copied()
+        .filter(|group| {
+            let Some(hosted) = table.get(*group) else {
+                return true;
+            };
+            let leading = hosted.raft.metrics().borrow_watched().state == ServerState::Leader;
+            !(leading && hosted.quiescence.quiet() == Some(Quiet::Leader))
+        })
+        .collect()
+}
+
+/// What a leader sends its members to quiesce, when the group is settled: it leads, its last
+/// entry is committed and applied on it, the membership is not joint and every member has
+/// the last entry.
+fn settled(metrics: &RaftMetrics) -> Option<(QuiesceRequest, Vec<NodeId>)> {
+    if metrics.state != ServerState::Leader {
+        return None;
+    }
+    let committed = metrics.local_committed?;
+    if metrics.last_log_index != Some(committed.index)
+        || metrics.last_applied.as_ref() != Some(&committed)
+    {
+        return None;
+    }
+    let membership = metrics.membership_config.membership();
+    if membership.get_joint_config().len() > 1 {
+        return None;
+    }
+    let replication = metrics.replication.as_ref()?;
+    let members: Vec<u64> = membership
+        .voter_ids()
+        .chain(membership.learner_ids())
+        .filter(|id| *id != metrics.id)
+        .collect();
+    let caught_up = members
+        .iter()
+        .all(|id| replication.get(id) == Some(&Some(committed)));
+    caught_up.then(|| {
+        let request = QuiesceRequest {
+            vote: metrics.vote,
+            last_log: committed,
+        };
+        (request, members.into_iter().map(node_id).collect())
+    })
+}
+
+/// When a group led here was last seen used or changing.
+struct Activity {
+    uses: u64,
+    last_log_index: Option<u64>,
+    since: Instant,
+}
+
+/// Settings of the quiescence task.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuiesceTimings {
+    /// Idle time after which a settled group is quiesced.
+    pub idle: Duration,
+    /// Period of the task: probes of leaders, idle checks; also the deadline of a quiesce RPC.
+    pub round: Duration,
+    /// A leader node silent this long wakes the groups it leads; a probe waits half of it.
+    pub silence_max: Duration,
+}
+
+/// The node's quiescence task: quiesces idle groups it leads and probes the leaders of the
+/// groups it follows quietly. Ends when the group table is gone.
+pub(crate) async fn run(
+    table: Weak<GroupTable>,
+    transport: Arc<dyn Transport>,
+    timings: QuiesceTimings,
+) {
+    let mut activity: HashMap<GroupId, Activity> = HashMap::new();
+    let mut leaders_heard: HashMap<NodeId, Instant> = HashMap::new();
+    let mut ticker = tokio::time::interval(timings.round);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(table) = table.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut idle_groups = Vec::new();
+        let mut followed: BTreeMap<NodeId, Vec<(GroupId, Instant)>> = BTreeMap::new();
+        let hosted_groups = table.entries();
+        activity.retain(|group, _| hosted_groups.iter().any(|(id, _)| id == group));
+        for (group, hosted) in &hosted_groups {
+            match hosted.quiescence.quiet() {
+                Some(Quiet::Leader) => {
+                    activity.remove(group);
+                }
+                Some(Quiet::Follower { leader, since }) => {
+                    followed.entry(leader).or_default().push((*group, since));
+                }
+                None => {
+                    if let Some(ready) =
+                        idle_and_settled(*group, hosted, &mut activity, timings, now)
+                    {
+                        idle_groups.push(ready);
+                    }
+                }
+            }
+        }
+        leaders_heard.retain(|leader, _| followed.contains_key(leader));
+        let quiescing = futures::future::join_all(
+            idle_groups
+                .into_iter()
+                .map(|ready| quiesce_group(&transport, timings.round, ready)),
+        );
+        let probing = futures::future::join_all(followed.into_iter().map(|(leader, groups)| {
+            let heard = leaders_heard.get(&leader).copied();
+            probe_leader(&table, &transport, timings, leader, groups, heard)
+        }));
+        let (_, probed) = tokio::join!(quiescing, probing);
+        for (leader, heard) in probed.into_iter().flatten() {
+            leaders_heard.insert(leader, heard);
+        }
+    }
+}
+
+/// A group this node leads, idle long enough and settled: ready to quiesce.
+struct ReadyToQuiesce {
+    group: GroupId,
+    hosted: HostedGroup,
+    uses: u64,
+    request: QuiesceRequest,
+    members: Vec<NodeId>,
+}
+
+fn idle_and_settled(
+    group: GroupId,
+    hosted: &HostedGroup,
+    activity: &mut HashMap<GroupId, Activity>,
+    timings: QuiesceTimings,
+    now: Instant,
+) -> Option<ReadyToQuiesce> {
+    let uses = hosted.quiescence.uses();
+    let metrics = hosted.raft.metrics();
+    let metrics = metrics.borrow_watched();
+    if metrics.state != ServerState::Leader {
+        activity.remove(&group);
+        return None;
+    }
+    let seen = activity.entry(group).or_insert(Activity {
+        uses,
+        last_log_index: metrics.last_log_index,
+        since: now,
+    });
+    if seen.uses != uses || seen.last_log_index != metrics.last_log_index {
+        *seen = Activity {
+            uses,
+            last_log_index: metrics.last_log_index,
+            since: now,
+        };
+        return None;
+    }
+    if now.duration_since(seen.since) < timings.idle {
+        return None;
+    }
+    let (request, members) = settled(&metrics)?;
+    Some(ReadyToQuiesce {
+        group,
+        hosted: hosted.clone(),
+        uses,
+        request,
+        members,
+    })
+}
+
+/// Asks every member to quiesce, then quiesces the leader if all agreed.
+async fn quiesce_group(transport: &Arc<dyn Transport>, deadline: Duration, ready: ReadyToQuiesce) {
+    let ReadyToQuiesce {
+        group,
+        hosted,
+        uses,
+        request,
+        members,
+    } = ready;
+    let last_index = request.last_log.index;
+    let asks = members.iter().map(|member| {
+        let body = RpcBody::Quiesce(request);
+        call(transport, *member, group, body, deadline)
+    });
+    let agreed = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .all(|reply| matches!(reply, Some(ReplyBody::Quiesced(true))));
+    if agreed && hosted.quiescence.quiesce(&hosted.raft, uses, Quiet::Leader) {
+        tracing::debug!(%group, index = last_index, "group quiesced");
+    }
+}
+
+/// Probes `leader` about `groups` (each with when it went quiet) and wakes those it no longer
+/// holds quiet, or all of them when it stayed silent too long. Returns when it was heard.
+async fn probe_leader(
+    table: &GroupTable,
+    transport: &Arc<dyn Transport>,
+    timings: QuiesceTimings,
+    leader: NodeId,
+    groups: Vec<(GroupId, Instant)>,
+    heard: Option<Instant>,
+) -> Option<(NodeId, Instant)> {
+    let ids: Vec<GroupId> = groups.iter().map(|(group, _)| *group).collect();
+    let body = RpcBody::Probe(ProbeRequest { groups: ids });
+    let reply = call(transport, leader, GroupId(0), body, timings.silence_max / 2).await;
+    let now = Instant::now();
+    let heard_now = matches!(reply, Some(ReplyBody::Probed { .. }));
+    let to_wake: Vec<GroupId> = match reply {
+        Some(ReplyBody::Probed { awake }) => awake,
+        _ => groups
+            .iter()
+            .filter(|(_, since)| {
+                let last_heard = heard.map_or(*since, |heard| heard.max(*since));
+                now.duration_since(last_heard) >= timings.silence_max
+            })
+            .map(|(group, _)| *group)
+            .collect(),
+    };
+    for group in &to_wake {
+        if let Some(hosted) = table.get(*group) {
+            tracing::debug!(%group, %leader, "waking a quiet follower");
+            hosted.quiescence.wake(&hosted.raft);
+        }
+    }
+    heard_now.then_some((leader, now))
+}
+
+/// One quiescence RPC; `None` when it failed in any way (the caller treats it as "no").
+async fn call(
+    transport: &Arc<dyn Transport>,
+    target: NodeId,
+    group: GroupId,
+    body: RpcBody,
+    deadline: Duration,
+) -> Option<ReplyBody> {
+    let request = wire::encode(&RaftRpc {
+        version: WIRE_VERSION,
+        group,
+        body,
+    });
+    let reply = transport
+        .call(target, Bytes::from(request), deadline)
+        .await
+        .ok()?;
+    let reply: RaftReply = wire::decode(&reply).ok()?;
+    Some(reply.body)
+}

@@ -1,0 +1,162 @@
+//! Quiescence of idle groups over the in-memory transport: idle groups stop their timers on
+//! every replica, any use wakes them, and a quiet group still fails over when its leader
+//! crashes or is cut off.
+
+mod common;
+
+use common::{TestCluster, WAIT, wait_for};
+use nodedb_cluster_core::{GroupId, NodeId};
+use std::time::Duration;
+
+const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+const GROUPS: [GroupId; 4] = [GroupId(1), GroupId(2), GroupId(3), GroupId(4)];
+
+async fn quiet_cluster(seed: u64) -> TestCluster {
+    let mut cluster = TestCluster::new(3, seed).await;
+    for group in GROUPS {
+        cluster.create_group(group, &VOTERS).await;
+        cluster.wait_leader(group).await;
+        cluster.put(group, "k", "v1").await;
+    }
+    for group in GROUPS {
+        wait_quiet(&cluster, group, &VOTERS).await;
+    }
+    cluster
+}
+
+/// Waits until every replica of `group` on `nodes` reports itself quiesced.
+async fn wait_quiet(cluster: &TestCluster, group: GroupId, nodes: &[NodeId]) {
+    wait_for(&format!("{group} quiet on {nodes:?}"), WAIT, || {
+        nodes
+            .iter()
+            .all(|node| cluster.status(*node, group).is_some_and(|s| s.quiesced))
+            .then_some(())
+    })
+    .await;
+}
+
+fn awake_anywhere(cluster: &TestCluster, group: GroupId) -> bool {
+    VOTERS
+        .iter()
+        .any(|node| cluster.status(*node, group).is_some_and(|s| !s.quiesced))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_go_quiet_and_send_only_probes() {
+    let cluster = quiet_cluster(31).await;
+    let terms: Vec<u64> = GROUPS
+        .iter()
+        .map(|group| cluster.status(NodeId(1), *group).expect("status").term)
+        .collect();
+    let before = cluster.network.stats().sent;
+    let quiet_for = Duration::from_secs(2);
+    tokio::time::sleep(quiet_for).await;
+    let sent = cluster.network.stats().sent - before;
+    // Awake, 4 groups send 2 heartbeats per 50 ms each: 320 in 2 s. Quiet, each follower
+    // probes each leader node once per 50 ms: at most 2 x 3 x 40 = 240, usually far fewer
+    // (two leader nodes at most are probed by a node that leads the other groups).
+    let heartbeats_awake = GROUPS.len() as u64 * 2 * 40;
+    println!("{sent} messages in {quiet_for:?} of quiet");
+    assert!(
+        sent < heartbeats_awake,
+        "{sent} messages in {quiet_for:?} of quiet (awake: {heartbeats_awake} heartbeats)"
+    );
+    for (group, term) in GROUPS.iter().zip(terms) {
+        for node in VOTERS {
+            let status = cluster.status(node, *group).expect("status");
+            assert!(status.quiesced, "{group} woke on {node}: {status:?}");
+            assert_eq!(status.term, term, "{group} held an election while quiet");
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_or_a_read_wakes_a_quiet_group_without_an_election() {
+    let cluster = quiet_cluster(32).await;
+    let group = GROUPS[0];
+    let leader = cluster.wait_leader(group).await;
+    let term = cluster.status(leader, group).expect("status").term;
+
+    cluster.put(group, "k", "v2").await;
+    assert!(
+        awake_anywhere(&cluster, group),
+        "a write leaves the group awake"
+    );
+    wait_quiet(&cluster, group, &VOTERS).await;
+    assert_eq!(cluster.get(group, "k").await.as_deref(), Some("v2"));
+    wait_quiet(&cluster, group, &VOTERS).await;
+
+    assert_eq!(cluster.status(leader, group).expect("status").term, term);
+    for node in VOTERS {
+        assert_eq!(
+            cluster.local_get(node, group, "k").await.as_deref(),
+            Some("v2")
+        );
+    }
+    // The other groups never woke up.
+    for other in &GROUPS[1..] {
+        for node in VOTERS {
+            assert!(cluster.status(node, *other).expect("status").quiesced);
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_group_elects_a_new_leader_when_its_leader_crashes() {
+    let mut cluster = quiet_cluster(33).await;
+    let group = GROUPS[0];
+    let old_leader = cluster.wait_leader(group).await;
+    let survivors: Vec<NodeId> = VOTERS
+        .iter()
+        .copied()
+        .filter(|node| *node != old_leader)
+        .collect();
+
+    cluster.crash_node(old_leader).await;
+    let new_leader = cluster.wait_leader_among(group, &survivors).await;
+    assert_ne!(new_leader, old_leader);
+    assert_eq!(cluster.get(group, "k").await.as_deref(), Some("v1"));
+    cluster.put(group, "k", "v2").await;
+
+    cluster.restart_node(old_leader).await;
+    cluster.wait_converged(group).await;
+    wait_quiet(&cluster, group, &VOTERS).await;
+    assert_eq!(
+        cluster.local_get(old_leader, group, "k").await.as_deref(),
+        Some("v2")
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_group_cut_off_from_its_leader_elects_another() {
+    let cluster = quiet_cluster(34).await;
+    let group = GROUPS[1];
+    let old_leader = cluster.wait_leader(group).await;
+    let majority: Vec<NodeId> = VOTERS
+        .iter()
+        .copied()
+        .filter(|node| *node != old_leader)
+        .collect();
+
+    cluster.network.partition(&[old_leader], &majority);
+    let new_leader = cluster.wait_leader_among(group, &majority).await;
+    assert_ne!(new_leader, old_leader);
+    let command = nodedb_cluster_raft::kv::KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"majority".to_vec(),
+    }
+    .encode();
+    cluster.nodes[&new_leader]
+        .multi
+        .propose(group, command)
+        .await
+        .expect("the majority commits");
+
+    cluster.network.heal();
+    assert_eq!(cluster.get(group, "k").await.as_deref(), Some("majority"));
+    cluster.wait_converged(group).await;
+    cluster.shutdown().await;
+}
