@@ -274,6 +274,7 @@ impl NodeService {
                             .map(|(_, bytes)| bytes)
                             .sum()
                     }),
+                    quiesced: local.as_ref().map(|status| status.quiesced),
                     vshard_count: routing.vshards_of(group).len() as u32,
                 }
             })

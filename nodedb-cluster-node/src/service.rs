@@ -84,7 +84,7 @@ pub struct GroupView {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub leader: Option<u64>,
-    /// The next five describe this node's replica; `null` where it hosts none.
+    /// The next six describe this node's replica; `null` where it hosts none.
     pub term: Option<u64>,
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
@@ -93,6 +93,8 @@ pub struct GroupView {
     /// Bytes of data the replica holds in the vShards the group owns (what automatic
     /// rebalancing compares; 0 for an engine that does not count).
     pub bytes: Option<u64>,
+    /// The group is idle and the replica's heartbeats and election timer are stopped.
+    pub quiesced: Option<bool>,
     pub vshard_count: u32,
 }
 
