@@ -369,7 +369,7 @@ impl MultiRaft {
             step,
         };
         let hosted = self.propose_target(group)?;
-        hosted.quiescence.wake(&hosted.raft);
+        hosted.quiescence.touch(&hosted.raft);
         let write = hosted.raft.client_write(AppRequest { kind, payload });
         match self.with_deadline(write).await {
             None => Err(ProposeError::Timeout { group }),
@@ -399,7 +399,7 @@ impl MultiRaft {
     /// call (ReadIndex confirmed by a quorum). Reads after it are linearizable.
     pub async fn read_barrier(&self, group: GroupId) -> Result<(), ProposeError> {
         let hosted = self.propose_target(group)?;
-        hosted.quiescence.wake(&hosted.raft);
+        hosted.quiescence.touch(&hosted.raft);
         let barrier = hosted.raft.ensure_linearizable(ReadPolicy::ReadIndex);
         match self.with_deadline(barrier).await {
             None => Err(ProposeError::Timeout { group }),
@@ -522,7 +522,7 @@ impl MultiRaft {
     /// watch [`MultiRaft::leader_changes`] for the outcome.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(), MembershipError> {
         let hosted = self.membership_target(group)?;
-        hosted.quiescence.wake(&hosted.raft);
+        hosted.quiescence.touch(&hosted.raft);
         if !hosted.raft.is_leader() {
             let leader_hint = hosted.raft.current_leader().await.map(node_id);
             return Err(MembershipError::NotLeader { group, leader_hint });
@@ -588,10 +588,20 @@ impl MultiRaft {
             snapshot_dir,
             machine,
             changes: Arc::new(tokio::sync::Mutex::new(())),
-            quiescence: Arc::new(Quiescence::default()),
+            quiescence: Arc::new(Quiescence::new(Duration::from_millis(
+                self.inner.timings.election_timeout_ms_min,
+            ))),
         };
         self.inner.table.insert(group, hosted);
-        self.start_quiescer();
+        if self.start_quiescer() {
+            let deadline = Duration::from_millis(self.inner.timings.election_timeout_ms_min);
+            tokio::spawn(quiesce::wake_members(
+                Arc::clone(&self.inner.transport),
+                group,
+                raft.clone(),
+                deadline,
+            ));
+        }
         let watcher = tokio::spawn(watch_leader(
             group,
             raft.clone(),
@@ -603,10 +613,11 @@ impl MultiRaft {
         Ok(raft)
     }
 
-    /// Starts the quiescence task once (it needs a runtime, which `new` does not).
-    fn start_quiescer(&self) {
+    /// Starts the quiescence task once (it needs a runtime, which `new` does not). False when
+    /// quiescence is off.
+    fn start_quiescer(&self) -> bool {
         let Some(timings) = self.inner.timings.quiesce_timings() else {
-            return;
+            return false;
         };
         let mut quiescer = lock(&self.inner.quiescer);
         if quiescer.is_none() {
@@ -616,6 +627,7 @@ impl MultiRaft {
                 timings,
             )));
         }
+        true
     }
 
     async fn stop_replica(&self, group: GroupId, hosted: &HostedGroup) {
@@ -635,7 +647,7 @@ impl MultiRaft {
         payload: Vec<u8>,
     ) -> Result<Applied, ProposeError> {
         let hosted = self.propose_target(group)?;
-        hosted.quiescence.wake(&hosted.raft);
+        hosted.quiescence.touch(&hosted.raft);
         let write = hosted.raft.client_write(AppRequest { kind, payload });
         match self.with_deadline(write).await {
             None => Err(ProposeError::Timeout { group }),
@@ -672,7 +684,7 @@ impl MultiRaft {
     {
         let hosted = self.membership_target(group)?;
         let _one_change_at_a_time = hosted.changes.lock().await;
-        hosted.quiescence.wake(&hosted.raft);
+        hosted.quiescence.touch(&hosted.raft);
         match self.with_deadline(change(hosted.raft.clone())).await {
             None => Err(MembershipError::Timeout { group }),
             Some(Err(error)) => Err(error::membership_error(group, error)),

@@ -8,7 +8,14 @@
 //!   Once every member agreed, the leader stops its own timers. A member that agreed while the
 //!   leader did not quiesce is woken by the leader's next heartbeat.
 //! - A use wakes the group: a proposal, a read barrier, a membership change or leader transfer
-//!   on this node, and every Raft message or snapshot for the group from a peer. A use that
+//!   on the leader's node, and every Raft message or snapshot for the group from a peer (the
+//!   leader's messages wake its followers). A follower woken by anything but its leader's
+//!   messages keeps its election timer off for a grace period (the shortest election
+//!   timeout): it has not heard from the leader for long, and a running timer would start an
+//!   election before the woken leader heartbeats. A local use of a follower (which answers
+//!   "not the leader") leaves it quiet. A replica that starts (a node restart) asks the other
+//!   members to wake ([`RpcBody::Wake`], heeded by the leader), so that a quiet leader
+//!   heartbeats it before its election timer runs out. A use that
 //!   races with quiescing wins: quiescing is abandoned if the group was used since it began.
 //! - A quiet follower still watches its leader: once per heartbeat interval it sends one
 //!   [`RpcBody::Probe`] per leader node, listing the groups it follows quietly, and wakes those
@@ -43,58 +50,171 @@ pub(crate) enum Quiet {
 }
 
 /// Whether one replica's timers run, and how often it was used.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Quiescence {
     /// Bumped by every use; quiescing that began before a bump is abandoned.
     uses: AtomicU64,
-    /// Mirrors `quiet.is_some()`, so that a use of an awake group takes no lock.
-    quiesced: AtomicBool,
-    quiet: Mutex<Option<Quiet>>,
+    /// Mirrors `!state.ticking`, so that a use of a ticking replica takes no lock.
+    stopped: AtomicBool,
+    state: Mutex<TimerState>,
+    /// How long a follower woken by anything but its leader's messages leaves its election
+    /// timer off: it has heard nothing from the leader for a while, so a running timer would
+    /// start an election at once, before the leader (woken too, or about to be) heartbeats.
+    grace: Duration,
+}
+
+#[derive(Debug)]
+struct TimerState {
+    quiet: Option<Quiet>,
+    /// Whether openraft's tick runs.
+    ticking: bool,
+    /// The leader is asking its members to quiesce: probes count it as quiet already (a
+    /// member that agreed may probe before the leader is done).
+    quiescing: bool,
 }
 
 impl Quiescence {
+    pub(crate) fn new(grace: Duration) -> Quiescence {
+        Quiescence {
+            uses: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            state: Mutex::new(TimerState {
+                quiet: None,
+                ticking: true,
+                quiescing: false,
+            }),
+            grace,
+        }
+    }
+
     /// The use counter, read before deciding to quiesce.
     pub(crate) fn uses(&self) -> u64 {
         self.uses.load(Ordering::SeqCst)
     }
 
     pub(crate) fn quiet(&self) -> Option<Quiet> {
-        *self.lock()
+        self.lock().quiet
     }
 
-    /// Records a use and restarts the replica's timers if they were stopped.
-    pub(crate) fn wake(&self, raft: &Raft<MachineAdapter>) {
+    /// Whether a probe may count this replica as a quiet leader: quiet, or asking its members.
+    fn leads_quietly(&self) -> bool {
+        let state = self.lock();
+        state.quiet == Some(Quiet::Leader) || state.quiescing
+    }
+
+    /// Marks the start (or end) of a leader's quiesce round.
+    fn set_quiescing(&self, quiescing: bool) {
+        self.lock().quiescing = quiescing;
+    }
+
+    /// Records a use on this node (a proposal, read, membership change, transfer, or a peer's
+    /// [`RpcBody::Wake`]): a quiet leader restarts its timers; a follower stays quiet, since
+    /// it only answers "not the leader" and nothing would renew its election timer.
+    pub(crate) fn touch(&self, raft: &Raft<MachineAdapter>) {
         self.uses.fetch_add(1, Ordering::SeqCst);
-        if !self.quiesced.load(Ordering::SeqCst) {
+        if !self.stopped.load(Ordering::SeqCst) {
             return;
         }
-        let mut quiet = self.lock();
-        if quiet.take().is_some() {
-            self.quiesced.store(false, Ordering::SeqCst);
-            raft.runtime_config().tick(true);
+        if raft.metrics().borrow_watched().state == ServerState::Leader {
+            let mut state = self.lock();
+            state.quiet = None;
+            if !state.ticking {
+                self.start_ticking(&mut state, raft);
+            }
         }
+    }
+
+    /// Records a use by a peer that is not the leader (a vote request) or the leader's answer
+    /// that it no longer holds the group quiet: a leader's timers restart at once, a
+    /// follower's after the grace period, so that the leader can heartbeat first.
+    pub(crate) fn wake(self: &Arc<Self>, raft: &Raft<MachineAdapter>) {
+        self.uses.fetch_add(1, Ordering::SeqCst);
+        if !self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let leads = raft.metrics().borrow_watched().state == ServerState::Leader;
+        let mut state = self.lock();
+        if state.ticking {
+            return;
+        }
+        if leads {
+            state.quiet = None;
+            self.start_ticking(&mut state, raft);
+        } else if state.quiet.take().is_some() {
+            let quiescence = Arc::clone(self);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(quiescence.grace).await;
+                let mut state = quiescence.lock();
+                if state.quiet.is_none() && !state.ticking {
+                    quiescence.start_ticking(&mut state, &raft);
+                }
+            });
+        }
+    }
+
+    /// Records a use and restarts the replica's timers at once: for a message from the leader
+    /// (which renews the follower's election timer) and for a leader gone silent.
+    pub(crate) fn wake_now(&self, raft: &Raft<MachineAdapter>) {
+        self.uses.fetch_add(1, Ordering::SeqCst);
+        if !self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut state = self.lock();
+        state.quiet = None;
+        if !state.ticking {
+            self.start_ticking(&mut state, raft);
+        }
+    }
+
+    /// An AppendEntries from `from`: entries wake the replica at once, and so does a heartbeat
+    /// from another node; a heartbeat from the leader it follows quietly leaves it quiet (the
+    /// leader sent it before it was done quiescing, or keeps heartbeating because a member
+    /// did not agree: a quiet follower then learns from its probe that the leader is awake).
+    pub(crate) fn append_entries(
+        &self,
+        raft: &Raft<MachineAdapter>,
+        from: NodeId,
+        heartbeat: bool,
+    ) {
+        if heartbeat
+            && let Some(Quiet::Follower { leader, .. }) = self.quiet()
+            && leader == from
+        {
+            return;
+        }
+        self.wake_now(raft);
     }
 
     /// Stops the replica's timers unless it was used since `uses` was read. True when quiet.
     pub(crate) fn quiesce(&self, raft: &Raft<MachineAdapter>, uses: u64, how: Quiet) -> bool {
-        let mut quiet = self.lock();
-        if quiet.is_some() {
+        let mut state = self.lock();
+        if state.quiet.is_some() {
             return true;
         }
         // Published before the counter is checked: a use that bumps the counter after the
         // check sees the flag and wakes the replica.
-        self.quiesced.store(true, Ordering::SeqCst);
+        self.stopped.store(true, Ordering::SeqCst);
         if self.uses.load(Ordering::SeqCst) != uses {
-            self.quiesced.store(false, Ordering::SeqCst);
+            self.stopped.store(!state.ticking, Ordering::SeqCst);
             return false;
         }
-        *quiet = Some(how);
-        raft.runtime_config().tick(false);
+        state.quiet = Some(how);
+        if state.ticking {
+            state.ticking = false;
+            raft.runtime_config().tick(false);
+        }
         true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Quiet>> {
-        self.quiet
+    fn start_ticking(&self, state: &mut TimerState, raft: &Raft<MachineAdapter>) {
+        state.ticking = true;
+        self.stopped.store(false, Ordering::SeqCst);
+        raft.runtime_config().tick(true);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TimerState> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -135,7 +255,7 @@ pub(crate) fn awake_among(table: &GroupTable, groups: &[GroupId]) -> Vec<GroupId
                 return true;
             };
             let leading = hosted.raft.metrics().borrow_watched().state == ServerState::Leader;
-            !(leading && hosted.quiescence.quiet() == Some(Quiet::Leader))
+            !(leading && hosted.quiescence.leads_quietly())
         })
         .collect()
 }
@@ -158,20 +278,16 @@ fn settled(metrics: &RaftMetrics) -> Option<(QuiesceRequest, Vec<NodeId>)> {
         return None;
     }
     let replication = metrics.replication.as_ref()?;
-    let members: Vec<u64> = membership
-        .voter_ids()
-        .chain(membership.learner_ids())
-        .filter(|id| *id != metrics.id)
-        .collect();
+    let members = other_members(metrics);
     let caught_up = members
         .iter()
-        .all(|id| replication.get(id) == Some(&Some(committed)));
+        .all(|member| replication.get(&raft_id(*member)) == Some(&Some(committed)));
     caught_up.then(|| {
         let request = QuiesceRequest {
             vote: metrics.vote,
             last_log: committed,
         };
-        (request, members.into_iter().map(node_id).collect())
+        (request, members)
     })
 }
 
@@ -307,6 +423,7 @@ async fn quiesce_group(transport: &Arc<dyn Transport>, deadline: Duration, ready
         members,
     } = ready;
     let last_index = request.last_log.index;
+    hosted.quiescence.set_quiescing(true);
     let asks = members.iter().map(|member| {
         let body = RpcBody::Quiesce(request);
         call(transport, *member, group, body, deadline)
@@ -315,7 +432,9 @@ async fn quiesce_group(transport: &Arc<dyn Transport>, deadline: Duration, ready
         .await
         .into_iter()
         .all(|reply| matches!(reply, Some(ReplyBody::Quiesced(true))));
-    if agreed && hosted.quiescence.quiesce(&hosted.raft, uses, Quiet::Leader) {
+    let quiet = agreed && hosted.quiescence.quiesce(&hosted.raft, uses, Quiet::Leader);
+    hosted.quiescence.set_quiescing(false);
+    if quiet {
         tracing::debug!(%group, index = last_index, "group quiesced");
     }
 }
@@ -335,24 +454,74 @@ async fn probe_leader(
     let reply = call(transport, leader, GroupId(0), body, timings.silence_max / 2).await;
     let now = Instant::now();
     let heard_now = matches!(reply, Some(ReplyBody::Probed { .. }));
-    let to_wake: Vec<GroupId> = match reply {
-        Some(ReplyBody::Probed { awake }) => awake,
-        _ => groups
-            .iter()
-            .filter(|(_, since)| {
-                let last_heard = heard.map_or(*since, |heard| heard.max(*since));
-                now.duration_since(last_heard) >= timings.silence_max
-            })
-            .map(|(group, _)| *group)
-            .collect(),
+    let (to_wake, silent): (Vec<GroupId>, bool) = match reply {
+        // The leader woke (its messages follow), lost the lead or dropped the group.
+        Some(ReplyBody::Probed { awake }) => (awake, false),
+        _ => {
+            let silent = groups
+                .iter()
+                .filter(|(_, since)| {
+                    let last_heard = heard.map_or(*since, |heard| heard.max(*since));
+                    now.duration_since(last_heard) >= timings.silence_max
+                })
+                .map(|(group, _)| *group)
+                .collect();
+            (silent, true)
+        }
     };
     for group in &to_wake {
-        if let Some(hosted) = table.get(*group) {
-            tracing::debug!(%group, %leader, "waking a quiet follower");
+        let Some(hosted) = table.get(*group) else {
+            continue;
+        };
+        tracing::debug!(%group, %leader, silent, "waking a quiet follower");
+        if silent {
+            hosted.quiescence.wake_now(&hosted.raft);
+        } else {
             hosted.quiescence.wake(&hosted.raft);
         }
     }
     heard_now.then_some((leader, now))
+}
+
+/// Asks the other members of `group` to wake their replicas: a replica that just (re)started
+/// expects heartbeats within its election timeout, which a quiet leader would not send. Waits
+/// up to `deadline` for the replica to load its membership (a new group has none).
+pub(crate) async fn wake_members(
+    transport: Arc<dyn Transport>,
+    group: GroupId,
+    raft: Raft<MachineAdapter>,
+    deadline: Duration,
+) {
+    let mut metrics = raft.metrics();
+    let loaded = tokio::time::timeout(deadline, async {
+        loop {
+            let members = other_members(&metrics.borrow_watched());
+            if !members.is_empty() {
+                return members;
+            }
+            if metrics.changed().await.is_err() {
+                return members;
+            }
+        }
+    });
+    let Ok(members) = loaded.await else {
+        return;
+    };
+    let wakes = members
+        .iter()
+        .map(|member| call(&transport, *member, group, RpcBody::Wake, deadline));
+    futures::future::join_all(wakes).await;
+}
+
+/// The other members of the group of `metrics`, voters and learners.
+pub(crate) fn other_members(metrics: &RaftMetrics) -> Vec<NodeId> {
+    let membership = metrics.membership_config.membership();
+    membership
+        .voter_ids()
+        .chain(membership.learner_ids())
+        .filter(|id| *id != metrics.id)
+        .map(node_id)
+        .collect()
 }
 
 /// One quiescence RPC; `None` when it failed in any way (the caller treats it as "no").

@@ -103,6 +103,13 @@ impl RaftRouter {
                     awake: quiesce::awake_among(&self.table, &probe.groups),
                 };
             }
+            // Waking is always safe, whoever asks: it only restarts a leader's timers.
+            RpcBody::Wake => {
+                if let Some(hosted) = self.table.get(rpc.group) {
+                    hosted.quiescence.touch(&hosted.raft);
+                }
+                return ReplyBody::Quiesced(false);
+            }
             body => claimed_sender(body),
         };
         if let Err(refused) = check_sender(from, claimed, rpc.group) {
@@ -111,10 +118,19 @@ impl RaftRouter {
         let Some(hosted) = self.table.get(rpc.group) else {
             return ReplyBody::Failed(RpcFailure::UnknownGroup(rpc.group));
         };
-        if let RpcBody::Quiesce(request) = &rpc.body {
-            return ReplyBody::Quiesced(quiesce::follow_quietly(&hosted, from, request));
+        match &rpc.body {
+            RpcBody::Quiesce(request) => {
+                return ReplyBody::Quiesced(quiesce::follow_quietly(&hosted, from, request));
+            }
+            // The leader's message renews the follower's election timer.
+            RpcBody::AppendEntries(request) => {
+                let heartbeat = request.entries.is_empty();
+                hosted
+                    .quiescence
+                    .append_entries(&hosted.raft, from, heartbeat);
+            }
+            _ => hosted.quiescence.wake(&hosted.raft),
         }
-        hosted.quiescence.wake(&hosted.raft);
         let stopped = |error: &dyn std::fmt::Display| {
             ReplyBody::Failed(RpcFailure::GroupStopped {
                 group: rpc.group,
@@ -139,7 +155,7 @@ impl RaftRouter {
                 Ok(response) => ReplyBody::TransferLeader(response),
                 Err(error) => stopped(&error),
             },
-            RpcBody::Quiesce(_) | RpcBody::Probe(_) => {
+            RpcBody::Quiesce(_) | RpcBody::Probe(_) | RpcBody::Wake => {
                 unreachable!("quiescence messages are answered above")
             }
         }
@@ -162,7 +178,7 @@ impl RaftRouter {
         let Some(hosted) = self.table.get(header.group) else {
             return ReplyBody::Failed(RpcFailure::UnknownGroup(header.group));
         };
-        hosted.quiescence.wake(&hosted.raft);
+        hosted.quiescence.wake_now(&hosted.raft);
         let received = receive_snapshot(&hosted.snapshot_dir, &header, body).await;
         let (meta, file) = match received {
             Ok(received) => received,
@@ -229,8 +245,8 @@ fn claimed_sender(body: &RpcBody) -> u64 {
         RpcBody::Vote(request) | RpcBody::PreVote(request) => request.vote.leader_id.node_id,
         RpcBody::TransferLeader(request) => request.from_leader().leader_id.node_id,
         RpcBody::Quiesce(request) => request.vote.leader_id.node_id,
-        // Not a Raft message of one group; answered before the sender check.
-        RpcBody::Probe(_) => 0,
+        // Answered before the sender check.
+        RpcBody::Probe(_) | RpcBody::Wake => 0,
     }
 }
 

@@ -34,6 +34,10 @@ pub enum RpcBody {
     Quiesce(QuiesceRequest),
     /// A follower of quiesced groups asks their leader which of them it no longer holds quiet.
     Probe(ProbeRequest),
+    /// A replica that just started asks the other members to wake: a quiet leader restarts
+    /// its timers and heartbeats it before its election timer runs out (followers stay
+    /// quiet). Answered `Quiesced(false)`.
+    Wake,
 }
 
 /// Sent by the leader (`vote`) once every member has `last_log`, committed and applied.
@@ -381,6 +385,12 @@ mod tests {
             },
         };
         assert_eq!(hex(&encode(&probed)), "01060102");
+        let wake = RaftRpc {
+            version: WIRE_VERSION,
+            group: GroupId(3),
+            body: RpcBody::Wake,
+        };
+        assert_eq!(hex(&encode(&wake)), "010306");
     }
 
     proptest::proptest! {

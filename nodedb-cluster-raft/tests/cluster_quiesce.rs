@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestCluster, WAIT, wait_for};
+use common::{CLIENT_ATTEMPTS_MAX, TestCluster, WAIT, wait_for};
 use nodedb_cluster_core::{GroupId, NodeId};
 use std::time::Duration;
 
@@ -12,6 +12,10 @@ const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 const GROUPS: [GroupId; 4] = [GroupId(1), GroupId(2), GroupId(3), GroupId(4)];
 
 async fn quiet_cluster(seed: u64) -> TestCluster {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut cluster = TestCluster::new(3, seed).await;
     for group in GROUPS {
         cluster.create_group(group, &VOTERS).await;
@@ -142,21 +146,63 @@ async fn a_quiet_group_cut_off_from_its_leader_elects_another() {
         .collect();
 
     cluster.network.partition(&[old_leader], &majority);
-    let new_leader = cluster.wait_leader_among(group, &majority).await;
-    assert_ne!(new_leader, old_leader);
     let command = nodedb_cluster_raft::kv::KvCommand::Put {
         key: b"k".to_vec(),
         value: b"majority".to_vec(),
     }
     .encode();
-    cluster.nodes[&new_leader]
-        .multi
-        .propose(group, command)
-        .await
-        .expect("the majority commits");
+    // Both followers wake when the leader falls silent; their first elections may split.
+    let mut committed = false;
+    for _ in 0..CLIENT_ATTEMPTS_MAX {
+        let new_leader = cluster.wait_leader_among(group, &majority).await;
+        assert_ne!(new_leader, old_leader);
+        let proposed = cluster.nodes[&new_leader]
+            .multi
+            .propose(group, command.clone())
+            .await;
+        if proposed.is_ok() {
+            committed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(committed, "the majority commits");
 
     cluster.network.heal();
     assert_eq!(cluster.get(group, "k").await.as_deref(), Some("majority"));
     cluster.wait_converged(group).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_does_not_unseat_the_leaders_of_quiet_groups() {
+    let mut cluster = quiet_cluster(35).await;
+    let follower = NodeId(3);
+    let before: Vec<(NodeId, u64)> = GROUPS
+        .iter()
+        .map(|group| {
+            let status = cluster.status(NodeId(1), *group).expect("status");
+            (status.leader.expect("a leader"), status.term)
+        })
+        .collect();
+    // Node 3 must follow somewhere for the test to say anything.
+    assert!(before.iter().any(|(leader, _)| *leader != follower));
+
+    cluster.crash_node(follower).await;
+    cluster.restart_node(follower).await;
+    for group in GROUPS {
+        wait_quiet(&cluster, group, &VOTERS).await;
+    }
+    for (group, (leader, term)) in GROUPS.iter().zip(before) {
+        if leader == follower {
+            continue;
+        }
+        let status = cluster.status(leader, *group).expect("status");
+        assert_eq!(
+            (status.leader, status.term),
+            (Some(leader), term),
+            "{group}: the restart of {follower} caused an election"
+        );
+    }
     cluster.shutdown().await;
 }
