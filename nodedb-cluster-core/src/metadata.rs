@@ -79,6 +79,18 @@ pub enum MetadataCommand {
     FinishMigration { id: MigrationId },
     /// Gives up a migration that has not switched yet; routing is untouched.
     AbortMigration { id: MigrationId },
+    /// [`MetadataCommand::SetGroupMembers`] for a change planned from the members
+    /// `from_voters` / `from_learners`: refused with [`MetadataError::MembersChanged`] when
+    /// the record no longer says so (a newer record must not be overwritten by a change
+    /// planned from an older one, e.g. by a deposed metadata leader); a retry finding the
+    /// members already recorded answers `Unchanged`.
+    ChangeGroupMembers {
+        group: GroupId,
+        from_voters: BTreeSet<NodeId>,
+        from_learners: BTreeSet<NodeId>,
+        voters: BTreeSet<NodeId>,
+        learners: BTreeSet<NodeId>,
+    },
 }
 
 /// What an applied command changed; the answer to the proposer. `Unchanged` means the command
@@ -172,6 +184,8 @@ pub enum MetadataError {
     },
     #[error("decoded metadata is inconsistent: {reason}")]
     Inconsistent { reason: InconsistencyReason },
+    #[error("the members of {group} changed since this change was planned")]
+    MembersChanged { group: GroupId },
 }
 
 /// What is wrong with a decoded [`MetadataState`].

@@ -122,8 +122,9 @@ impl PlacementStep {
         Ok(after)
     }
 
-    /// The metadata command that records this step once carried out: `SetGroupMembers` with
-    /// the members after the step, or `SetLeaderHint` for a leadership transfer.
+    /// The metadata command that records this step once carried out: `ChangeGroupMembers`
+    /// from the members it was planned from to the members after it, or `SetLeaderHint` for a
+    /// leadership transfer.
     pub fn to_command(&self, routing: &RoutingTable) -> Result<MetadataCommand, RoutingError> {
         let group = self.group();
         let members = routing
@@ -135,8 +136,10 @@ impl PlacementStep {
                 group,
                 leader: Some(*to),
             },
-            _ => MetadataCommand::SetGroupMembers {
+            _ => MetadataCommand::ChangeGroupMembers {
                 group,
+                from_voters: members.voters.clone(),
+                from_learners: members.learners.clone(),
                 voters: after.voters,
                 learners: after.learners,
             },

@@ -101,6 +101,16 @@ fn golden_commands() -> Vec<(MetadataCommand, &'static str)> {
             MetadataCommand::AbortMigration { id: MigrationId(6) },
             "0806",
         ),
+        (
+            MetadataCommand::ChangeGroupMembers {
+                group: GroupId(2),
+                from_voters: BTreeSet::from([NodeId(1)]),
+                from_learners: BTreeSet::new(),
+                voters: BTreeSet::from([NodeId(1)]),
+                learners: BTreeSet::from([NodeId(4)]),
+            },
+            "090201010001010104",
+        ),
     ]
 }
 

@@ -131,9 +131,9 @@ fn fresh_liveness(context: &ReconcilerContext) -> Liveness {
 }
 
 async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
-    // A new leader may not have applied every committed entry yet; a membership record
-    // computed from an older state would undo newer ones (`SetGroupMembers` replaces the
-    // members), e.g. bring back a voter that has left group 0 for good.
+    // A new leader may not have applied every committed entry yet; steps planned from an
+    // older state would be carried out in Raft and then refused when recorded
+    // (`ChangeGroupMembers` applies only to the members it was planned from).
     if let Err(error) = context.raft.read_barrier(METADATA_GROUP).await {
         tracing::debug!(%error, "metadata not caught up; round skipped");
         return;
@@ -194,7 +194,7 @@ async fn round(context: &ReconcilerContext, liveness: &mut Liveness) {
     }
 }
 
-/// `SetGroupMembers` for group 0 when the recorded members differ from the Raft membership
+/// `ChangeGroupMembers` for group 0 when the recorded members differ from the Raft membership
 /// this leader replicates with (outside a joint change). The two part when a step's record is
 /// lost or overtaken by an older one; planning from a record that lists a node its Raft
 /// membership dropped would leave that node out of group 0 for good.
@@ -209,13 +209,15 @@ fn metadata_membership_record(
     let members = state.routing()?.members(METADATA_GROUP)?;
     let voters: BTreeSet<NodeId> = status.voters.iter().copied().collect();
     let learners: BTreeSet<NodeId> = status.learners.iter().copied().collect();
-    (members.voters != voters || members.learners != learners).then_some(
-        MetadataCommand::SetGroupMembers {
+    (members.voters != voters || members.learners != learners).then(|| {
+        MetadataCommand::ChangeGroupMembers {
             group: METADATA_GROUP,
+            from_voters: members.voters.clone(),
+            from_learners: members.learners.clone(),
             voters,
             learners,
-        },
-    )
+        }
+    })
 }
 
 async fn ping_members(context: &ReconcilerContext, state: &MetadataState, liveness: &mut Liveness) {

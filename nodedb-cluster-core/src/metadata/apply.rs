@@ -6,7 +6,7 @@ use super::{
     MetadataEvent, MetadataState, Migration, MigrationId, MigrationPhase, REPLICATION_FACTOR_MAX,
 };
 use crate::ids::{GroupId, METADATA_GROUP, NodeId, VShardId};
-use crate::routing::{GroupMembers, RoutingTable, validate_members};
+use crate::routing::{GroupMembers, RoutingError, RoutingTable, validate_members};
 use crate::topology::{NodeInfo, NodeState, Topology};
 use std::collections::BTreeSet;
 
@@ -38,6 +38,18 @@ pub(super) fn apply(
             voters,
             learners,
         } => set_group_members(state, *group, voters, learners),
+        MetadataCommand::ChangeGroupMembers {
+            group,
+            from_voters,
+            from_learners,
+            voters,
+            learners,
+        } => change_group_members(
+            state,
+            *group,
+            (from_voters, from_learners),
+            (voters, learners),
+        ),
         MetadataCommand::SetLeaderHint { group, leader } => set_leader_hint(state, *group, *leader),
         MetadataCommand::BeginMigration { vshard, from, to } => {
             begin_migration(state, *vshard, *from, *to)
@@ -143,6 +155,32 @@ fn set_group_members(
             routing_version: routing.routing_version(),
         }),
         false => Ok(MetadataEvent::Unchanged),
+    }
+}
+
+type Members<'a> = (&'a BTreeSet<NodeId>, &'a BTreeSet<NodeId>);
+
+/// `SetGroupMembers` to `to`, only if the record still holds `from` (voters, learners).
+fn change_group_members(
+    state: &mut MetadataState,
+    group: GroupId,
+    from: Members<'_>,
+    to: Members<'_>,
+) -> Result<MetadataEvent, MetadataError> {
+    let routing = state
+        .routing
+        .as_ref()
+        .ok_or(MetadataError::NotBootstrapped)?;
+    let current = routing
+        .members(group)
+        .ok_or(RoutingError::UnknownGroup { group })?;
+    let recorded = (&current.voters, &current.learners);
+    if recorded == to {
+        Ok(MetadataEvent::Unchanged)
+    } else if recorded == from {
+        set_group_members(state, group, to.0, to.1)
+    } else {
+        Err(MetadataError::MembersChanged { group })
     }
 }
 

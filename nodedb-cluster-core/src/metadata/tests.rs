@@ -182,6 +182,52 @@ fn group_members_must_be_known_distinct_and_not_decommissioned() {
 }
 
 #[test]
+fn a_members_change_planned_from_an_older_record_is_refused() {
+    let mut state = bootstrapped(2);
+    for id in [2, 3] {
+        state
+            .apply(&MetadataCommand::AddNode { node: node(id) })
+            .unwrap();
+    }
+    let change =
+        |from: (&[u64], &[u64]), to: (&[u64], &[u64])| MetadataCommand::ChangeGroupMembers {
+            group: GroupId(1),
+            from_voters: set(from.0),
+            from_learners: set(from.1),
+            voters: set(to.0),
+            learners: set(to.1),
+        };
+    // Two leaders plan from the same record {1}: the first change lands...
+    let add_2 = change((&[1], &[]), (&[1], &[2]));
+    assert_eq!(
+        state.apply(&add_2),
+        Ok(MetadataEvent::GroupMembersChanged {
+            group: GroupId(1),
+            routing_version: 2
+        })
+    );
+    // ... a retry of it changes nothing ...
+    assert_eq!(state.apply(&add_2), Ok(MetadataEvent::Unchanged));
+    // ... and the other, planned from {1}, would drop learner 2: refused.
+    assert_eq!(
+        refused(&mut state, change((&[1], &[]), (&[1], &[3]))),
+        MetadataError::MembersChanged { group: GroupId(1) }
+    );
+    // Planned from the current record it applies, validated like SetGroupMembers.
+    assert_eq!(
+        refused(&mut state, change((&[1], &[2]), (&[1], &[9]))),
+        MetadataError::Topology(TopologyError::UnknownNode { node: NodeId(9) })
+    );
+    state.apply(&change((&[1], &[2]), (&[1, 2], &[]))).unwrap();
+    let members = state.routing().unwrap().members(GroupId(1)).unwrap();
+    assert_eq!(
+        (&members.voters, &members.learners),
+        (&set(&[1, 2]), &set(&[]))
+    );
+    state.validate().unwrap();
+}
+
+#[test]
 fn decommission_requires_an_empty_node() {
     let mut state = bootstrapped(1);
     state
