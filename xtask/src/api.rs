@@ -166,6 +166,28 @@ impl Api {
         self.read(kv_url(node, key, "?consistency=stale"))
     }
 
+    /// `POST url` with a JSON body, for services other than the node (etcd's gateway):
+    /// a 2xx is done, like a write to the node.
+    pub fn post_json(&self, url: &str, body: &str) -> Reply<()> {
+        let result = self
+            .agent
+            .post(url)
+            .content_type("application/json")
+            .send(body);
+        write_reply(result, |_| ())
+    }
+
+    /// The body of `GET url` when it answers 200.
+    pub fn get_text(&self, url: &str) -> Option<String> {
+        let response = self.agent.get(url).call().ok()?;
+        if response.status().as_u16() != 200 {
+            return None;
+        }
+        read_body(response)
+            .ok()
+            .map(|body| String::from_utf8_lossy(&body).into_owned())
+    }
+
     fn read(&self, url: String) -> Reply<Option<Vec<u8>>> {
         let response = match self.agent.get(url).call() {
             Ok(response) => response,

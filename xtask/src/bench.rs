@@ -4,6 +4,7 @@
 //! written as JSON under `<target>/bench/`.
 
 use crate::api::{Api, Reply};
+use crate::bench_etcd;
 use crate::cli::{BenchClusterArgs, BenchOp};
 use crate::cluster::config::RaftTimings;
 use crate::cluster::process::Processes;
@@ -32,7 +33,7 @@ const USER_HZ: f64 = 100.0;
 pub const WARM_UP: Duration = Duration::from_secs(2);
 /// Largest latency the histogram records; slower requests time out first.
 const LATENCY_US_MAX: u64 = 60_000_000;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failed replies shown with a run's error count.
 const ERROR_EXAMPLES_MAX: usize = 3;
 
@@ -67,6 +68,8 @@ pub struct BenchResult {
 /// Runs the benchmark and writes its JSON; returns the path of the JSON file.
 pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
     args.validate()?;
+    // Before anything is built: a missing etcd is told at once.
+    let etcd = args.vs_etcd.then(bench_etcd::find_etcd).transpose()?;
     let binary = match &args.node_binary {
         Some(path) => path.clone(),
         None => build::build_node(!args.debug)?,
@@ -82,8 +85,23 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
         |nodes| measure(nodes, args),
     )?;
     let (bench_dir, work_dir, stamp) = (run.bench_dir, run.work_dir, run.stamp);
-    let summary = summary_json(args, &result, stamp);
+    let mut summary = summary_json(args, &result, stamp);
     println!("{}", render(&summary));
+    if let Some(etcd) = &etcd {
+        let etcd_dir = bench_dir.join(format!("etcd-{stamp}"));
+        eprintln!("the same puts against etcd ({} members) ...", args.nodes);
+        let etcd_result = bench_etcd::measure(etcd, args, &etcd_dir)?;
+        let comparison =
+            bench_etcd::comparison_json(&summary, &etcd_result, &bench_etcd::version(etcd));
+        println!("{}", bench_etcd::render_comparison(&comparison));
+        if let (Some(summary), Value::Object(comparison)) = (summary.as_object_mut(), comparison) {
+            summary.extend(comparison);
+        }
+        if !args.keep {
+            std::fs::remove_dir_all(&etcd_dir)
+                .with_context(|| format!("removing {}", etcd_dir.display()))?;
+        }
+    }
     let path = bench_dir.join(format!("cluster-{stamp}.json"));
     let text = serde_json::to_string_pretty(&summary)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -184,21 +202,50 @@ fn measure(nodes: &BenchNodes, args: &BenchClusterArgs) -> Result<BenchResult> {
             READ_KEYS
         }
     };
+    let api = Api::new(REQUEST_TIMEOUT);
+    run_clients(args, &nodes.pids, |client, measure_from, stop| {
+        let api = api.clone();
+        closed_loop(
+            client,
+            keys,
+            args.value_bytes,
+            measure_from,
+            stop,
+            |rng, key, value| {
+                let node = addrs[rng.random_range(0..addrs.len())];
+                match args.op {
+                    BenchOp::Put => api.put(node, key, value).map(|_| true),
+                    BenchOp::Get => api.get(node, key).map(|found| found.is_some()),
+                    BenchOp::GetStale => api.get_stale(node, key).map(|found| found.is_some()),
+                }
+            },
+        )
+    })
+}
+
+/// Runs `args.clients` threads of `client` (given its number, the start of the measured time
+/// and the stop flag) through a warm-up and `args.seconds` measured, and the CPU time of the
+/// processes `pids` over the measured time.
+pub fn run_clients(
+    args: &BenchClusterArgs,
+    pids: &BTreeMap<u64, u32>,
+    client: impl Fn(u64, Instant, &AtomicBool) -> ClientResult + Sync,
+) -> Result<BenchResult> {
     let stop = AtomicBool::new(false);
     let never = AtomicBool::new(false);
     let measure_from = Instant::now() + WARM_UP;
     let measured = Duration::from_secs(args.seconds);
     let (results, cpu) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..u64::from(args.clients))
-            .map(|client| {
-                let stop = &stop;
-                scope.spawn(move || client_loop(client, addrs, keys, args, measure_from, stop))
+            .map(|number| {
+                let (stop, client) = (&stop, &client);
+                scope.spawn(move || client(number, measure_from, stop))
             })
             .collect();
         crate::nemesis::sleep_until(measure_from, &never);
-        let cpu_before = cpu_ticks(&nodes.pids);
+        let cpu_before = cpu_ticks(pids);
         crate::nemesis::sleep_until(measure_from + measured, &never);
-        let cpu_after = cpu_ticks(&nodes.pids);
+        let cpu_after = cpu_ticks(pids);
         stop.store(true, Ordering::Relaxed);
         let results = handles
             .into_iter()
@@ -347,7 +394,6 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
     let histogram = &result.latencies_us;
     let ops = histogram.len();
     let seconds = result.measured.as_secs_f64().max(0.001);
-    let percentile = |quantile: f64| histogram.value_at_quantile(quantile);
     let cpu_seconds = |ticks: u64| ticks as f64 / USER_HZ;
     let cpu_per_node: serde_json::Map<String, Value> = result
         .cpu
@@ -372,13 +418,18 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
         "cores": std::thread::available_parallelism().map_or(1, usize::from),
         "cpu_seconds_per_node": cpu_per_node,
         "load_generator_cpu_seconds": cpu_seconds(result.cpu.load_generator),
-        "latency_us": {
-            "p50": percentile(0.50),
-            "p99": percentile(0.99),
-            "p99_9": percentile(0.999),
-            "max": histogram.max(),
-            "mean": histogram.mean(),
-        },
+        "latency_us": summary_latency(histogram),
+    })
+}
+
+/// Percentiles, max and mean of a latency histogram in microseconds, as JSON.
+pub fn summary_latency(histogram: &Histogram<u64>) -> Value {
+    json!({
+        "p50": histogram.value_at_quantile(0.50),
+        "p99": histogram.value_at_quantile(0.99),
+        "p99_9": histogram.value_at_quantile(0.999),
+        "max": histogram.max(),
+        "mean": histogram.mean(),
     })
 }
 
@@ -437,19 +488,18 @@ fn profile(args: &BenchClusterArgs) -> &'static str {
     }
 }
 
-/// Operations on random keys of `0..keys` through random nodes until `stop`; a read that
-/// finds no value counts as an error.
-fn client_loop(
+/// `operation` on random keys of `0..keys` with a value of `value_bytes` until `stop`, timed
+/// from `measure_from` on; `Ok(false)` (a read that finds no value) counts as an error.
+pub fn closed_loop(
     client: u64,
-    nodes: &[SocketAddr],
     keys: u32,
-    args: &BenchClusterArgs,
+    value_bytes: u32,
     measure_from: Instant,
     stop: &AtomicBool,
+    mut operation: impl FnMut(&mut SmallRng, &str, &[u8]) -> Reply<bool>,
 ) -> ClientResult {
-    let api = Api::new(REQUEST_TIMEOUT);
     let mut rng = SmallRng::seed_from_u64(client);
-    let value = vec![b'v'; args.value_bytes as usize];
+    let value = vec![b'v'; value_bytes as usize];
     let mut result = ClientResult {
         latencies_us: new_histogram(),
         errors: 0,
@@ -457,13 +507,8 @@ fn client_loop(
     };
     while !stop.load(Ordering::Relaxed) {
         let key = bench_key(rng.random_range(0..keys));
-        let node = nodes[rng.random_range(0..nodes.len())];
         let sent = Instant::now();
-        let reply = match args.op {
-            BenchOp::Put => api.put(node, &key, &value).map(|_| true),
-            BenchOp::Get => api.get(node, &key).map(|found| found.is_some()),
-            BenchOp::GetStale => api.get_stale(node, &key).map(|found| found.is_some()),
-        };
+        let reply = operation(&mut rng, &key, &value);
         if sent < measure_from {
             continue;
         }
@@ -516,6 +561,7 @@ mod tests {
             keep: false,
             debug: false,
             node_binary: None,
+            vs_etcd: false,
         }
     }
 

@@ -98,6 +98,10 @@ pub struct BenchClusterArgs {
     /// Run this node binary instead of building `nodedb-cluster`.
     #[arg(long)]
     pub node_binary: Option<PathBuf>,
+    /// Afterwards, the same puts against an etcd cluster of as many members on loopback
+    /// (through its HTTP/JSON gateway), and the ratios; needs `etcd` (Debian: etcd-server).
+    #[arg(long)]
+    pub vs_etcd: bool,
 }
 
 /// The operation `bench cluster` measures.
@@ -145,6 +149,9 @@ impl BenchClusterArgs {
         check_cluster_shape(self.nodes, self.groups)?;
         check_range("--clients", self.clients, 1, CLIENTS_MAX)?;
         check_range("--value-bytes", self.value_bytes, 1, 1024 * 1024)?;
+        if self.vs_etcd && self.op != BenchOp::Put {
+            bail!("--vs-etcd compares puts only; drop --op {}", self.op.name());
+        }
         if self.seconds == 0 || self.seconds > DURATION_MAX.as_secs() {
             bail!(
                 "--seconds must be between 1 and {}, got {}",

@@ -8,6 +8,7 @@
 
 mod api;
 mod bench;
+mod bench_etcd;
 mod bench_examples;
 mod bench_migration;
 mod chaos;
