@@ -6,21 +6,23 @@
 //! - The leader asks each member to quiesce ([`RpcBody::Quiesce`] with its vote and last log
 //!   id); a member agrees only if it follows that leader and has exactly that log, committed.
 //!   Once every member agreed, the leader stops its own timers. A member that agreed while the
-//!   leader did not quiesce is woken by the leader's next heartbeat.
+//!   leader did not quiesce stays quiet through its heartbeats and learns from its next probe
+//!   that the leader is awake.
 //! - A use wakes the group: a proposal, a read barrier, a membership change or leader transfer
 //!   on the leader's node, and every Raft message or snapshot for the group from a peer (the
-//!   leader's messages wake its followers). A follower woken by anything but its leader's
-//!   messages keeps its election timer off for a grace period (the shortest election
+//!   leader's entries wake its followers at once). A follower woken by anything but its
+//!   leader's messages keeps its election timer off for a grace period (the shortest election
 //!   timeout): it has not heard from the leader for long, and a running timer would start an
 //!   election before the woken leader heartbeats. A local use of a follower (which answers
 //!   "not the leader") leaves it quiet. A replica that starts (a node restart) asks the other
 //!   members to wake ([`RpcBody::Wake`], heeded by the leader), so that a quiet leader
-//!   heartbeats it before its election timer runs out. A use that
-//!   races with quiescing wins: quiescing is abandoned if the group was used since it began.
+//!   heartbeats it before its election timer runs out. A use that races with quiescing wins:
+//!   quiescing is abandoned if the group was used since it began.
 //! - A quiet follower still watches its leader: once per heartbeat interval it sends one
 //!   [`RpcBody::Probe`] per leader node, listing the groups it follows quietly, and wakes those
-//!   the leader no longer holds quiet. If the leader node has not answered for the shortest
-//!   election timeout, every group it leads wakes and openraft's election timer takes over.
+//!   the leader no longer holds quiet. If the leader node has not answered for the longest
+//!   election timeout, every group it leads wakes at once and openraft's election timer takes
+//!   over.
 //!
 //! Quiescence changes when timers run, never what Raft decides: a wrongly woken replica at worst
 //! starts an election, as after any lost heartbeat.
