@@ -306,6 +306,17 @@ impl RaftConfig {
                 "must be larger than raft.election_timeout_ms_max",
             );
         }
+        // Shorter, a group would go quiet between two writes of a steady trickle and spend
+        // more on quiescing and waking than its timers cost.
+        if self.quiesce_after_ms != 0 && self.quiesce_after_ms < self.election_timeout_ms_max {
+            return invalid(
+                "raft.quiesce_after_ms",
+                format!(
+                    "must be 0 (never) or at least raft.election_timeout_ms_max ({}), got {}",
+                    self.election_timeout_ms_max, self.quiesce_after_ms
+                ),
+            );
+        }
         Ok(())
     }
 }
@@ -587,6 +598,24 @@ mod tests {
         );
         let error = NodeConfig::parse(&text).unwrap_err().to_string();
         assert!(error.contains("raft.election_timeout_ms_min"), "{error}");
+    }
+
+    #[test]
+    fn quiescence_is_off_or_slower_than_an_election() {
+        let with = |ms: u64| format!("{MINIMAL}\n[raft]\nquiesce_after_ms = {ms}\n");
+        let error = NodeConfig::parse(&with(50)).unwrap_err().to_string();
+        assert!(error.contains("raft.quiesce_after_ms"), "{error}");
+        assert_eq!(
+            NodeConfig::parse(&with(0)).unwrap().raft.quiesce_after_ms,
+            0
+        );
+        assert_eq!(
+            NodeConfig::parse(&with(5000))
+                .unwrap()
+                .raft
+                .quiesce_after_ms,
+            5000
+        );
     }
 
     #[test]

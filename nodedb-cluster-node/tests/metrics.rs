@@ -101,6 +101,12 @@ fn metrics_record_proposals_reads_raft_state_transport_log_and_catalog() {
     ] {
         assert!(scrape.total(series) > 0.0, "{series} recorded something");
     }
+    for role in ["leader", "follower"] {
+        assert!(
+            scrape.has("nodedb_cluster_raft_quiet_replicas", &[("role", role)]),
+            "quiet {role} replicas are reported"
+        );
+    }
     for peer in ["1", "2", "3"] {
         assert!(
             scrape.value(

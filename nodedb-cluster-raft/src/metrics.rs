@@ -1,7 +1,7 @@
 //! What the replication engine counts, through the `metrics` facade (a no-op until the process
-//! installs a recorder): snapshots sent, built and installed per group, and the log's group
-//! commits (one fsync each) with their size and duration. Labels stay bounded: `group` is a
-//! group id, `outcome` a fixed set.
+//! installs a recorder): snapshots sent, built and installed per group, the log's group
+//! commits (one fsync each) with their size and duration, and quiet replicas. Labels stay
+//! bounded: `group` is a group id, `outcome` and `role` fixed sets.
 
 use nodedb_cluster_core::GroupId;
 use std::time::Duration;
@@ -20,6 +20,12 @@ pub const LOG_COMMITS: &str = "nodedb_cluster_raft_log_commits_total";
 pub const LOG_COMMIT_OPERATIONS: &str = "nodedb_cluster_raft_log_commit_operations";
 /// Time to write and fsync one log transaction.
 pub const LOG_COMMIT_SECONDS: &str = "nodedb_cluster_raft_log_commit_duration_seconds";
+
+/// Replicas on this node whose timers are stopped (see `quiesce`), by `role` (`leader`,
+/// `follower`).
+pub const QUIET_REPLICAS: &str = "nodedb_cluster_raft_quiet_replicas";
+/// Quiet groups woken on this node because their leader's node stopped answering probes.
+pub const SILENT_LEADER_WAKES: &str = "nodedb_cluster_raft_silent_leader_wakes_total";
 
 /// How a snapshot send ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +51,14 @@ pub fn describe() {
         LOG_COMMIT_SECONDS,
         metrics::Unit::Seconds,
         "time to write and fsync one Raft log transaction"
+    );
+    metrics::describe_gauge!(
+        QUIET_REPLICAS,
+        "replicas of idle groups with heartbeats and election timers stopped"
+    );
+    metrics::describe_counter!(
+        SILENT_LEADER_WAKES,
+        "quiet groups woken because their leader's node stopped answering"
     );
 }
 
@@ -76,6 +90,17 @@ pub(crate) fn log_committed(operations: usize, elapsed: Duration, ok: bool) {
     metrics::counter!(LOG_COMMITS, "outcome" => outcome).increment(1);
     metrics::histogram!(LOG_COMMIT_OPERATIONS).record(operations as f64);
     metrics::histogram!(LOG_COMMIT_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// The quiet replicas counted in one round of the quiescence task.
+pub(crate) fn quiet_replicas(leaders: usize, followers: usize) {
+    metrics::gauge!(QUIET_REPLICAS, "role" => "leader").set(leaders as f64);
+    metrics::gauge!(QUIET_REPLICAS, "role" => "follower").set(followers as f64);
+}
+
+/// `groups` quiet groups woken because their leader's node went silent.
+pub(crate) fn silent_leader_wakes(groups: usize) {
+    metrics::counter!(SILENT_LEADER_WAKES).increment(groups as u64);
 }
 
 fn group_label(group: GroupId) -> String {

@@ -332,12 +332,15 @@ pub(crate) async fn run(
         let mut followed: BTreeMap<NodeId, Vec<(GroupId, Instant)>> = BTreeMap::new();
         let hosted_groups = table.entries();
         activity.retain(|group, _| hosted_groups.iter().any(|(id, _)| id == group));
+        let (mut quiet_leaders, mut quiet_followers) = (0, 0);
         for (group, hosted) in &hosted_groups {
             match hosted.quiescence.quiet() {
                 Some(Quiet::Leader) => {
+                    quiet_leaders += 1;
                     activity.remove(group);
                 }
                 Some(Quiet::Follower { leader, since }) => {
+                    quiet_followers += 1;
                     followed.entry(leader).or_default().push((*group, since));
                 }
                 None => {
@@ -349,6 +352,7 @@ pub(crate) async fn run(
                 }
             }
         }
+        crate::metrics::quiet_replicas(quiet_leaders, quiet_followers);
         leaders_heard.retain(|leader, _| followed.contains_key(leader));
         let quiescing = futures::future::join_all(
             idle_groups
@@ -471,6 +475,10 @@ async fn probe_leader(
             (silent, true)
         }
     };
+    if silent && !to_wake.is_empty() {
+        tracing::info!(%leader, groups = to_wake.len(), "leader node silent; waking its quiet groups");
+        crate::metrics::silent_leader_wakes(to_wake.len());
+    }
     for group in &to_wake {
         let Some(hosted) = table.get(*group) else {
             continue;
