@@ -202,9 +202,9 @@ fn measure(nodes: &BenchNodes, args: &BenchClusterArgs) -> Result<BenchResult> {
             READ_KEYS
         }
     };
-    let api = Api::new(REQUEST_TIMEOUT);
     run_clients(args, &nodes.pids, |client, measure_from, stop| {
-        let api = api.clone();
+        // One client of its own per thread: clones of one would share its connection pool.
+        let api = Api::new(REQUEST_TIMEOUT);
         closed_loop(
             client,
             keys,

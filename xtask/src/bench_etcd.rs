@@ -116,6 +116,8 @@ pub fn measure(etcd: &Path, args: &BenchClusterArgs, work_dir: &Path) -> Result<
         return Err(error);
     }
     run_clients(args, &pids, |client, measure_from, stop| {
+        // One client of its own per thread, as against the nodes.
+        let api = Api::new(REQUEST_TIMEOUT);
         closed_loop(
             client,
             crate::bench::BENCH_KEYS,
