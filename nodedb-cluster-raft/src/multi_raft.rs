@@ -368,23 +368,17 @@ impl MultiRaft {
             migration,
             step,
         };
-        let hosted = self.propose_target(group)?;
-        hosted.quiescence.touch(&hosted.raft);
-        let write = hosted.raft.client_write(AppRequest { kind, payload });
-        match self.with_deadline(write).await {
-            None => Err(ProposeError::Timeout { group }),
-            Some(Err(error)) => Err(interrupted(error::propose_error(group, error))),
-            Some(Ok(response)) => match response.data {
-                AppResponse::Claim { applied, claim } => Ok(StepOutcome {
-                    index: LogIndex(response.log_id.index),
-                    applied,
-                    claim,
-                }),
-                other => Err(ProposeError::Storage {
-                    group,
-                    reason: format!("unexpected answer {other:?} to a migration step"),
-                }),
-            },
+        let (index, answer) = self.write(group, AppRequest { kind, payload }).await?;
+        match answer {
+            AppResponse::Claim { applied, claim } => Ok(StepOutcome {
+                index,
+                applied,
+                claim,
+            }),
+            other => Err(ProposeError::Storage {
+                group,
+                reason: format!("unexpected answer {other:?} to a migration step"),
+            }),
         }
     }
 
@@ -646,26 +640,28 @@ impl MultiRaft {
         kind: EntryKind,
         payload: Vec<u8>,
     ) -> Result<Applied, ProposeError> {
+        let (index, answer) = self.write(group, AppRequest { kind, payload }).await?;
+        let response = match answer {
+            AppResponse::Applied(bytes) => bytes,
+            AppResponse::Done | AppResponse::Claim { .. } => Vec::new(),
+            AppResponse::Moved { vshard } => return Err(ProposeError::Moved { group, vshard }),
+        };
+        Ok(Applied { index, response })
+    }
+
+    /// Replicates `request` through `group` (a use: a quiet group wakes) and returns its log
+    /// index and the state machine's answer.
+    async fn write(
+        &self,
+        group: GroupId,
+        request: AppRequest,
+    ) -> Result<(LogIndex, AppResponse), ProposeError> {
         let hosted = self.propose_target(group)?;
         hosted.quiescence.touch(&hosted.raft);
-        let write = hosted.raft.client_write(AppRequest { kind, payload });
-        match self.with_deadline(write).await {
+        match self.with_deadline(hosted.raft.client_write(request)).await {
             None => Err(ProposeError::Timeout { group }),
             Some(Err(error)) => Err(interrupted(error::propose_error(group, error))),
-            Some(Ok(response)) => {
-                let response_index = response.log_id.index;
-                let response = match response.data {
-                    AppResponse::Applied(bytes) => bytes,
-                    AppResponse::Done | AppResponse::Claim { .. } => Vec::new(),
-                    AppResponse::Moved { vshard } => {
-                        return Err(ProposeError::Moved { group, vshard });
-                    }
-                };
-                Ok(Applied {
-                    index: LogIndex(response_index),
-                    response,
-                })
-            }
+            Some(Ok(response)) => Ok((LogIndex(response.log_id.index), response.data)),
         }
     }
 
