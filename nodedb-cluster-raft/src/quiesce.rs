@@ -39,7 +39,7 @@ use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_transport::{Bytes, Transport};
 use openraft::ServerState;
 use openraft::async_runtime::watch::WatchReceiver;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -113,16 +113,8 @@ impl Quiescence {
     /// [`RpcBody::Wake`]): a quiet leader restarts its timers; a follower stays quiet, since
     /// it only answers "not the leader" and nothing would renew its election timer.
     pub(crate) fn touch(&self, raft: &Raft<MachineAdapter>) {
-        self.uses.fetch_add(1, Ordering::SeqCst);
-        if !self.stopped.load(Ordering::SeqCst) {
-            return;
-        }
-        if raft.metrics().borrow_watched().state == ServerState::Leader {
-            let mut state = self.lock();
-            state.quiet = None;
-            if !state.ticking {
-                self.start_ticking(&mut state, raft);
-            }
+        if self.record_use() && leads(raft) {
+            self.resume(raft);
         }
     }
 
@@ -130,19 +122,12 @@ impl Quiescence {
     /// that it no longer holds the group quiet: a leader's timers restart at once, a
     /// follower's after the grace period, so that the leader can heartbeat first.
     pub(crate) fn wake(self: &Arc<Self>, raft: &Raft<MachineAdapter>) {
-        self.uses.fetch_add(1, Ordering::SeqCst);
-        if !self.stopped.load(Ordering::SeqCst) {
+        if !self.record_use() {
             return;
         }
-        let leads = raft.metrics().borrow_watched().state == ServerState::Leader;
-        let mut state = self.lock();
-        if state.ticking {
-            return;
-        }
-        if leads {
-            state.quiet = None;
-            self.start_ticking(&mut state, raft);
-        } else if state.quiet.take().is_some() {
+        if leads(raft) {
+            self.resume(raft);
+        } else if self.lock().quiet.take().is_some() {
             let quiescence = Arc::clone(self);
             let raft = raft.clone();
             tokio::spawn(async move {
@@ -158,14 +143,8 @@ impl Quiescence {
     /// Records a use and restarts the replica's timers at once: for a message from the leader
     /// (which renews the follower's election timer) and for a leader gone silent.
     pub(crate) fn wake_now(&self, raft: &Raft<MachineAdapter>) {
-        self.uses.fetch_add(1, Ordering::SeqCst);
-        if !self.stopped.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut state = self.lock();
-        state.quiet = None;
-        if !state.ticking {
-            self.start_ticking(&mut state, raft);
+        if self.record_use() {
+            self.resume(raft);
         }
     }
 
@@ -209,6 +188,21 @@ impl Quiescence {
         true
     }
 
+    /// Bumps the use counter; true when the timers are stopped (there is something to wake).
+    fn record_use(&self) -> bool {
+        self.uses.fetch_add(1, Ordering::SeqCst);
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// No longer quiet, timers running.
+    fn resume(&self, raft: &Raft<MachineAdapter>) {
+        let mut state = self.lock();
+        state.quiet = None;
+        if !state.ticking {
+            self.start_ticking(&mut state, raft);
+        }
+    }
+
     fn start_ticking(&self, state: &mut TimerState, raft: &Raft<MachineAdapter>) {
         state.ticking = true;
         self.stopped.store(false, Ordering::SeqCst);
@@ -220,6 +214,11 @@ impl Quiescence {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Whether the replica leads its group, as openraft reports it now.
+fn leads(raft: &Raft<MachineAdapter>) -> bool {
+    raft.metrics().borrow_watched().state == ServerState::Leader
 }
 
 /// A follower's answer to [`RpcBody::Quiesce`] from `from`: quiet only if it follows that
@@ -256,8 +255,7 @@ pub(crate) fn awake_among(table: &GroupTable, groups: &[GroupId]) -> Vec<GroupId
             let Some(hosted) = table.get(*group) else {
                 return true;
             };
-            let leading = hosted.raft.metrics().borrow_watched().state == ServerState::Leader;
-            !(leading && hosted.quiescence.leads_quietly())
+            !(leads(&hosted.raft) && hosted.quiescence.leads_quietly())
         })
         .collect()
 }
@@ -331,7 +329,8 @@ pub(crate) async fn run(
         let mut idle_groups = Vec::new();
         let mut followed: BTreeMap<NodeId, Vec<(GroupId, Instant)>> = BTreeMap::new();
         let hosted_groups = table.entries();
-        activity.retain(|group, _| hosted_groups.iter().any(|(id, _)| id == group));
+        let hosted_ids: HashSet<GroupId> = hosted_groups.iter().map(|(group, _)| *group).collect();
+        activity.retain(|group, _| hosted_ids.contains(group));
         let (mut quiet_leaders, mut quiet_followers) = (0, 0);
         for (group, hosted) in &hosted_groups {
             match hosted.quiescence.quiet() {
