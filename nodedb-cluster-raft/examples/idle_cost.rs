@@ -86,26 +86,23 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let waiting = Instant::now();
-    let mut quiet = 0;
-    for _ in 0..QUIET_WAIT_POLLS_MAX {
-        if awake {
-            break;
-        }
-        quiet = nodes
-            .iter()
-            .flat_map(|(multi, _)| (1..=groups).filter_map(|g| multi.status(GroupId(g))))
-            .filter(|status| status.quiesced)
-            .count();
-        if quiet == groups as usize * nodes.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     if !awake {
+        let waiting = Instant::now();
+        let replicas = groups as usize * nodes.len();
+        let mut quiet = 0;
+        for _ in 0..QUIET_WAIT_POLLS_MAX {
+            quiet = nodes
+                .iter()
+                .flat_map(|(multi, _)| (1..=groups).filter_map(|g| multi.status(GroupId(g))))
+                .filter(|status| status.quiesced)
+                .count();
+            if quiet == replicas {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         println!(
-            "{quiet} of {} replicas quiet after {:.1} s",
-            groups as usize * nodes.len(),
+            "{quiet} of {replicas} replicas quiet after {:.1} s",
             waiting.elapsed().as_secs_f64()
         );
     }
