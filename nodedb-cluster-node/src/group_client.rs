@@ -270,14 +270,19 @@ impl GroupClient {
             node: self.node,
             reason: format!("no replica of {group} known"),
         };
+        let mut tried = None;
         for attempt in 0..FORWARD_ATTEMPTS_MAX {
             if attempt > 0 {
-                tokio::time::sleep(backoff).await;
+                if let Some(leader) = self.pause_before_retry(group, tried, backoff).await {
+                    target = Some(leader);
+                }
                 backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
             }
             let Some(node) = target.or_else(|| self.any_replica(group, attempt)) else {
+                tried = None;
                 continue;
             };
+            tried = Some(node);
             let result = if node == self.node {
                 serve_locally(&self.raft, self.node, group, operation.clone()).await
             } else {
@@ -305,6 +310,50 @@ impl GroupClient {
             }
         }
         Err(last_error)
+    }
+
+    /// Waits `pause` before another attempt on `group`, or less: until the local replica of
+    /// the group (if this node hosts one) knows a leader other than `failed`, the node the
+    /// last attempt went to; returns that leader. So a write that failed on a dead leader is
+    /// retried as soon as the election ends, not after a backoff that kept doubling while the
+    /// group had no leader.
+    async fn pause_before_retry(
+        &self,
+        group: GroupId,
+        failed: Option<NodeId>,
+        pause: Duration,
+    ) -> Option<NodeId> {
+        let another = |leader: Option<NodeId>| leader.filter(|leader| Some(*leader) != failed);
+        // Subscribed before the status is read, so that no change falls in between.
+        let mut changes = self.raft.leader_changes();
+        let Some(status) = self.raft.status(group) else {
+            tokio::time::sleep(pause).await;
+            return None;
+        };
+        if let Some(leader) = another(status.leader) {
+            return Some(leader);
+        }
+        let sleep = tokio::time::sleep(pause);
+        tokio::pin!(sleep);
+        loop {
+            let leader = tokio::select! {
+                () = &mut sleep => return None,
+                change = changes.recv() => match change {
+                    Ok(change) if change.group == group => another(change.leader),
+                    Ok(_) => None,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        another(self.raft.status(group).and_then(|status| status.leader))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        sleep.await;
+                        return None;
+                    }
+                },
+            };
+            if leader.is_some() {
+                return leader;
+            }
+        }
     }
 
     /// The replica to try first: this node when it hosts the group and either leads it or the
