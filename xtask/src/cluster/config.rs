@@ -324,8 +324,15 @@ mod tests {
         assert_eq!(table["bootstrap"].as_bool(), Some(false));
         assert_eq!(table["num_groups"].as_integer(), Some(8));
         let raft = table["raft"].as_table().unwrap();
-        assert_eq!(raft["heartbeat_interval_ms"].as_integer(), Some(50));
-        assert_eq!(raft["election_timeout_ms_max"].as_integer(), Some(400));
+        let timings = RaftTimings::RELEASE;
+        assert_eq!(
+            raft["heartbeat_interval_ms"].as_integer(),
+            Some(timings.heartbeat_interval_ms as i64)
+        );
+        assert_eq!(
+            raft["election_timeout_ms_max"].as_integer(),
+            Some(timings.election_timeout_ms_max as i64)
+        );
         let tls = table["tls"].as_table().unwrap();
         assert_eq!(tls["ca_cert"].as_str(), Some("/work dir/certs/ca.pem"));
         assert_eq!(tls["cert"].as_str(), Some("/work dir/certs/node-2.pem"));
