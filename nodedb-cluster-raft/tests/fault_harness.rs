@@ -1,9 +1,11 @@
 //! Deterministic-schedule fault harness: N nodes, M groups, a seeded plan of partitions,
 //! isolations, lossy periods and node kills (as kill -9: queued log writes lost, or a prefix of
 //! them written) with restarts on the in-memory network, and concurrent put/get/delete/CAS
-//! clients recorded into core's linearizability checker. After healing: every key's history
-//! must be linearizable (with final reads, so no acknowledged write is lost) and every group's
-//! replicas must report equal state hashes.
+//! clients recorded into core's linearizability checker. Some steps first hush the clients
+//! until the groups quiesce (heartbeats and election timers stopped), so that the fault hits
+//! quiet groups: a quiet leader killed or cut off must still be replaced. After healing: every
+//! key's history must be linearizable (with final reads, so no acknowledged write is lost) and
+//! every group's replicas must report equal state hashes.
 //!
 //! The seed is printed; `NODEDB_RAFT_SEED=<n>` replays one. The fault plan and every client's
 //! choice of operations derive from the seed; thread interleavings come from the real runtime.
@@ -19,6 +21,7 @@ use nodedb_cluster_transport::FaultPlan;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,11 @@ const KILL_SURVIVORS_MAX: usize = 4;
 /// NotLeader redirects one client operation follows before giving up (definitely failed).
 const REDIRECTS_MAX: usize = 20;
 const DEFAULT_SEEDS: [u64; 3] = [101, 202, 303];
+/// Longest wait for every live replica to quiesce before a quiet step's fault.
+const QUIET_WAIT: Duration = Duration::from_secs(5);
+/// How long the clients stay hushed after a quiet step's fault began: longer than the longest
+/// election timeout, so that a quiet follower has to notice a dead or cut-off leader itself.
+const QUIET_FAULT_HOLD: Duration = Duration::from_millis(500);
 
 /// The engines of the live nodes; a crashed node is absent until it restarts.
 type LiveNodes = Arc<RwLock<BTreeMap<NodeId, MultiRaft>>>;
@@ -56,6 +64,14 @@ enum Fault {
         node: NodeId,
         survivors: usize,
     },
+}
+
+/// One step of the plan: a fault for a while, hitting quiesced groups when `quiet`.
+#[derive(Clone, Debug)]
+struct Step {
+    fault: Fault,
+    duration: Duration,
+    quiet: bool,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,36 +100,53 @@ async fn run_seed(seed: u64) {
         cluster.wait_leader(*group).await;
     }
     let mut rng = SmallRng::seed_from_u64(seed);
-    let schedule: Vec<(Fault, Duration)> = (0..FAULT_STEPS).map(|_| next_fault(&mut rng)).collect();
+    let schedule: Vec<Step> = (0..FAULT_STEPS).map(|_| next_step(&mut rng)).collect();
     println!("seed {seed}: fault schedule {schedule:?}");
 
     let started = Instant::now();
     let recorder = Arc::new(Mutex::new(HistoryRecorder::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let hush = Arc::new(Hush::default());
     let mut clients = Vec::new();
     for client in 0..CLIENTS {
         let nodes = Arc::clone(&cluster.live);
         let recorder = Arc::clone(&recorder);
         let stop = Arc::clone(&stop);
+        let hush = Arc::clone(&hush);
         let client_seed = seed.wrapping_mul(31).wrapping_add(client);
         clients.push(tokio::spawn(async move {
-            run_client(client, client_seed, nodes, recorder, stop, started).await
+            run_client(client, client_seed, nodes, recorder, stop, hush, started).await
         }));
     }
 
-    for (fault, duration) in &schedule {
-        if let Fault::Kill { node, survivors } = fault {
-            cluster.kill_node(*node, *survivors).await;
+    for step in &schedule {
+        if step.quiet {
+            hush.begin().await;
+            assert!(
+                wait_all_quiet(&cluster, &groups).await,
+                "seed {seed}: the groups did not quiesce within {QUIET_WAIT:?} of the clients \
+                 going silent, before {:?}",
+                step.fault
+            );
+            println!("seed {seed}: quiet before {:?}", step.fault);
         }
-        apply_fault(&cluster, fault);
-        tokio::time::sleep(*duration).await;
+        if let Fault::Kill { node, survivors } = step.fault {
+            cluster.kill_node(node, survivors).await;
+        }
+        apply_fault(&cluster, &step.fault);
+        if step.quiet {
+            tokio::time::sleep(QUIET_FAULT_HOLD).await;
+            hush.end();
+        }
+        tokio::time::sleep(step.duration).await;
         cluster.network.heal();
         cluster.network.set_fault_plan(FaultPlan::none());
-        if let Fault::Kill { node, .. } = fault {
-            cluster.restart_node(*node).await;
+        if let Fault::Kill { node, .. } = step.fault {
+            cluster.restart_node(node).await;
         }
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    hush.end();
+    stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.await.expect("client task");
     }
@@ -155,6 +188,79 @@ async fn run_seed(seed: u64) {
         report.ops_ignored
     );
     cluster.shutdown().await;
+}
+
+/// Holds the clients between operations, so that the groups can go quiet.
+#[derive(Default)]
+struct Hush {
+    hushed: AtomicBool,
+    /// Client operations under way.
+    in_flight: AtomicU64,
+}
+
+impl Hush {
+    /// Hushes the clients and waits for the operations under way to end.
+    async fn begin(&self) {
+        self.hushed.store(true, Ordering::SeqCst);
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn end(&self) {
+        self.hushed.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits while hushed, then counts the caller's operation as under way.
+    async fn enter(&self) {
+        loop {
+            while self.hushed.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            if !self.hushed.load(Ordering::SeqCst) {
+                return;
+            }
+            // Hushed in between: step back so that `begin` does not wait for this one.
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether every live replica of `groups` quiesced within [`QUIET_WAIT`]: the clients are
+/// silent and every fault of the step before has healed, so only a group that never settles
+/// stays awake.
+async fn wait_all_quiet(cluster: &TestCluster, groups: &[GroupId]) -> bool {
+    let deadline = Instant::now() + QUIET_WAIT;
+    loop {
+        let quiet = cluster.nodes.keys().all(|node| {
+            groups.iter().all(|group| {
+                cluster
+                    .status(*node, *group)
+                    .is_some_and(|status| status.quiesced)
+            })
+        });
+        if quiet {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn next_step(rng: &mut SmallRng) -> Step {
+    let (fault, duration) = next_fault(rng);
+    Step {
+        fault,
+        duration,
+        quiet: rng.random_bool(0.35),
+    }
 }
 
 fn next_fault(rng: &mut SmallRng) -> (Fault, Duration) {
@@ -205,13 +311,14 @@ async fn run_client(
     seed: u64,
     nodes: LiveNodes,
     recorder: Arc<Mutex<HistoryRecorder>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
+    hush: Arc<Hush>,
     started: Instant,
 ) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let now = || started.elapsed().as_micros() as u64;
     for sequence in 0..OPS_PER_CLIENT_MAX {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) {
             return;
         }
         let group = GroupId(rng.random_range(1..=GROUPS));
@@ -238,12 +345,14 @@ async fn run_client(
         };
         let pause = Duration::from_millis(rng.random_range(0..=CLIENT_PAUSE_MS_MAX));
         tokio::time::sleep(pause).await;
+        hush.enter().await;
         let op =
             recorder
                 .lock()
                 .expect("recorder")
                 .invoke(client, key.clone(), kind.clone(), now());
         let outcome = execute(&nodes, group, key.as_bytes(), &kind).await;
+        hush.leave();
         if outcome != Outcome::Unknown {
             recorder
                 .lock()
