@@ -585,6 +585,7 @@ impl MultiRaft {
             quiescence: Arc::new(Quiescence::new(Duration::from_millis(
                 self.inner.timings.election_timeout_ms_min,
             ))),
+            transport: Arc::clone(&self.inner.transport),
         };
         self.inner.table.insert(group, hosted);
         if self.start_quiescer() {

@@ -23,6 +23,10 @@
 //!   the leader no longer holds quiet. If the leader node has not answered for the longest
 //!   election timeout, every group it leads wakes at once and openraft's election timer takes
 //!   over.
+//! - A quiet follower asked for a vote by another node than its leader first wakes the leader
+//!   and waits briefly for its AppendEntries ([`hear_from_leader`]): its leader lease ran out
+//!   only because the leader went quiet, and granting the vote would let a node cut off from a
+//!   live leader unseat it.
 //!
 //! Quiescence changes when timers run, never what Raft decides: a wrongly woken replica at worst
 //! starts an election, as after any lost heartbeat.
@@ -44,6 +48,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+/// Longest wait of [`hear_from_leader`]: well within the deadline of the vote RPC it delays
+/// (`network::RPC_DEADLINE_MIN`), so that the candidate still gets an answer.
+const HEAR_FROM_LEADER_MAX: Duration = Duration::from_millis(120);
+
 /// How one replica is quiet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Quiet {
@@ -63,6 +71,8 @@ pub(crate) struct Quiescence {
     /// timer off: it has heard nothing from the leader for a while, so a running timer would
     /// start an election at once, before the leader (woken too, or about to be) heartbeats.
     grace: Duration,
+    /// Notified after every AppendEntries this replica accepted (see [`hear_from_leader`]).
+    heard: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -86,6 +96,7 @@ impl Quiescence {
                 quiescing: false,
             }),
             grace,
+            heard: tokio::sync::Notify::new(),
         }
     }
 
@@ -96,6 +107,19 @@ impl Quiescence {
 
     pub(crate) fn quiet(&self) -> Option<Quiet> {
         self.lock().quiet
+    }
+
+    /// The leader this replica follows quietly, if it does.
+    pub(crate) fn followed_quietly(&self) -> Option<NodeId> {
+        match self.quiet() {
+            Some(Quiet::Follower { leader, .. }) => Some(leader),
+            _ => None,
+        }
+    }
+
+    /// An AppendEntries was accepted: openraft renewed the replica's leader lease.
+    pub(crate) fn heard_from_a_leader(&self) {
+        self.heard.notify_waiters();
     }
 
     /// Whether a probe may count this replica as a quiet leader: quiet, or asking its members.
@@ -490,6 +514,22 @@ async fn probe_leader(
         }
     }
     heard_now.then_some((leader, now))
+}
+
+/// Before a follower that was quiet answers a vote asked by another node than its `leader`:
+/// asks the leader to wake and waits, at most [`HEAR_FROM_LEADER_MAX`] or the shortest
+/// election timeout, for its next AppendEntries. A quiet follower's leader lease has long run
+/// out, so without this it would grant the vote to a node merely cut off from a live leader
+/// and help it unseat that leader, which an awake follower (its lease renewed by heartbeats)
+/// refuses. A dead leader costs the candidate only this wait.
+pub(crate) async fn hear_from_leader(hosted: &HostedGroup, group: GroupId, leader: NodeId) {
+    let wait = hosted.quiescence.grace.min(HEAR_FROM_LEADER_MAX);
+    let heard = hosted.quiescence.heard.notified();
+    tokio::pin!(heard);
+    heard.as_mut().enable();
+    let transport = Arc::clone(&hosted.transport);
+    tokio::spawn(async move { call(&transport, leader, group, RpcBody::Wake, wait).await });
+    let _ = tokio::time::timeout(wait, heard).await;
 }
 
 /// Asks the other members of `group` to wake their replicas: a replica that just (re)started

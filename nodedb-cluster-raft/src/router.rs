@@ -11,7 +11,7 @@ use crate::wire::{
     self, RaftReply, RaftRpc, ReplyBody, RpcBody, RpcFailure, SnapshotHeader, WIRE_VERSION,
 };
 use nodedb_cluster_core::{GroupId, NodeId};
-use nodedb_cluster_transport::{BoxFuture, Bytes, Handler, HandlerError, InboundStream};
+use nodedb_cluster_transport::{BoxFuture, Bytes, Handler, HandlerError, InboundStream, Transport};
 use openraft::storage::Snapshot;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,8 @@ pub struct HostedGroup {
     pub changes: Arc<tokio::sync::Mutex<()>>,
     /// Whether the replica's timers run (see `quiesce`).
     pub quiescence: Arc<Quiescence>,
+    /// To reach the group's leader on the replica's behalf (see `quiesce::hear_from_leader`).
+    pub transport: Arc<dyn Transport>,
 }
 
 /// Serves Raft traffic for every group in a [`GroupTable`].
@@ -118,6 +120,15 @@ impl RaftRouter {
         let Some(hosted) = self.table.get(rpc.group) else {
             return ReplyBody::Failed(RpcFailure::UnknownGroup(rpc.group));
         };
+        // A vote asked of a quiet follower by another node than its leader: the follower's
+        // lease ran out only because the leader went quiet, so it first hears from the leader.
+        let quiet_leader = match &rpc.body {
+            RpcBody::Vote(_) | RpcBody::PreVote(_) => hosted
+                .quiescence
+                .followed_quietly()
+                .filter(|leader| *leader != from),
+            _ => None,
+        };
         match &rpc.body {
             RpcBody::Quiesce(request) => {
                 return ReplyBody::Quiesced(quiesce::follow_quietly(&hosted, from, request));
@@ -137,10 +148,16 @@ impl RaftRouter {
                 reason: error.to_string(),
             })
         };
+        if let Some(leader) = quiet_leader {
+            quiesce::hear_from_leader(&hosted, rpc.group, leader).await;
+        }
         let raft = &hosted.raft;
         match rpc.body {
             RpcBody::AppendEntries(request) => match raft.append_entries(request).await {
-                Ok(response) => ReplyBody::AppendEntries(response),
+                Ok(response) => {
+                    hosted.quiescence.heard_from_a_leader();
+                    ReplyBody::AppendEntries(response)
+                }
                 Err(error) => stopped(&error),
             },
             RpcBody::Vote(request) => match raft.vote(request).await {

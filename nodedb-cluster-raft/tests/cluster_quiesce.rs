@@ -1,6 +1,6 @@
 //! Quiescence of idle groups over the in-memory transport: idle groups stop their timers on
-//! every replica, any use wakes them, and a quiet group still fails over when its leader
-//! crashes or is cut off.
+//! every replica, any use wakes them, a quiet group still fails over when its leader crashes
+//! or is cut off, and a follower cut off from a live quiet leader cannot unseat it.
 
 mod common;
 
@@ -204,5 +204,43 @@ async fn a_restarted_follower_does_not_unseat_the_leaders_of_quiet_groups() {
             "{group}: the restart of {follower} caused an election"
         );
     }
+    cluster.shutdown().await;
+}
+
+/// A follower cut off from its quiet leader (and only from it) wakes and campaigns; the other
+/// follower, which still reaches the leader, must not help it unseat a leader that is alive:
+/// its lease would have renewed had the group been awake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_a_live_quiet_leader_cannot_unseat_it() {
+    let cluster = quiet_cluster(36).await;
+    let group = GROUPS[2];
+    let leader = cluster.wait_leader(group).await;
+    let term = cluster.status(leader, group).expect("status").term;
+    let followers: Vec<NodeId> = VOTERS
+        .iter()
+        .copied()
+        .filter(|node| *node != leader)
+        .collect();
+    let cut_off = followers[0];
+
+    cluster.network.partition(&[cut_off], &[leader]);
+    // Long enough for the cut-off follower to find its leader silent, wake and campaign
+    // several times (test timings: elections within 150-300 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = cluster.status(leader, group).expect("status");
+    assert_eq!(
+        (status.leader, status.term),
+        (Some(leader), term),
+        "{cut_off}, cut off from the live leader {leader} only, unseated it"
+    );
+    let other = cluster.status(followers[1], group).expect("status");
+    assert_eq!(
+        other.leader,
+        Some(leader),
+        "the other follower left the leader"
+    );
+
+    cluster.network.heal();
+    cluster.wait_converged(group).await;
     cluster.shutdown().await;
 }
