@@ -26,6 +26,9 @@ pub const LOG_COMMIT_SECONDS: &str = "nodedb_cluster_raft_log_commit_duration_se
 pub const QUIET_REPLICAS: &str = "nodedb_cluster_raft_quiet_replicas";
 /// Quiet groups woken on this node because their leader's node stopped answering probes.
 pub const SILENT_LEADER_WAKES: &str = "nodedb_cluster_raft_silent_leader_wakes_total";
+/// Votes a quiet follower held until it heard from its leader, by `outcome` (`heard`, or
+/// `timeout`: the leader did not answer in time and the vote was answered anyway).
+pub const QUIET_VOTE_HOLDS: &str = "nodedb_cluster_raft_quiet_vote_holds_total";
 
 /// How a snapshot send ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +62,10 @@ pub fn describe() {
     metrics::describe_counter!(
         SILENT_LEADER_WAKES,
         "quiet groups woken because their leader's node stopped answering"
+    );
+    metrics::describe_counter!(
+        QUIET_VOTE_HOLDS,
+        "votes a quiet follower held until it heard from its leader, by outcome"
     );
 }
 
@@ -101,6 +108,12 @@ pub(crate) fn quiet_replicas(leaders: usize, followers: usize) {
 /// `groups` quiet groups woken because their leader's node went silent.
 pub(crate) fn silent_leader_wakes(groups: usize) {
     metrics::counter!(SILENT_LEADER_WAKES).increment(groups as u64);
+}
+
+/// A quiet follower held a vote until its leader's AppendEntries (`heard`) or gave up.
+pub(crate) fn quiet_vote_held(heard: bool) {
+    let outcome = if heard { "heard" } else { "timeout" };
+    metrics::counter!(QUIET_VOTE_HOLDS, "outcome" => outcome).increment(1);
 }
 
 fn group_label(group: GroupId) -> String {

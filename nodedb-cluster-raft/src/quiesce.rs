@@ -529,7 +529,8 @@ pub(crate) async fn hear_from_leader(hosted: &HostedGroup, group: GroupId, leade
     heard.as_mut().enable();
     let transport = Arc::clone(&hosted.transport);
     tokio::spawn(async move { call(&transport, leader, group, RpcBody::Wake, wait).await });
-    let _ = tokio::time::timeout(wait, heard).await;
+    let heard = tokio::time::timeout(wait, heard).await.is_ok();
+    crate::metrics::quiet_vote_held(heard);
 }
 
 /// Asks the other members of `group` to wake their replicas: a replica that just (re)started
