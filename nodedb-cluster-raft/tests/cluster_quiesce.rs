@@ -31,10 +31,7 @@ async fn quiet_cluster(seed: u64) -> TestCluster {
 /// Waits until every replica of `group` on `nodes` reports itself quiesced.
 async fn wait_quiet(cluster: &TestCluster, group: GroupId, nodes: &[NodeId]) {
     wait_for(&format!("{group} quiet on {nodes:?}"), WAIT, || {
-        nodes
-            .iter()
-            .all(|node| cluster.status(*node, group).is_some_and(|s| s.quiesced))
-            .then_some(())
+        cluster.quiesced(nodes, &[group]).then_some(())
     })
     .await;
 }

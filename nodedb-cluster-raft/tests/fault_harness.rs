@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::TestCluster;
+use common::{TestCluster, wait_for};
 use nodedb_cluster_core::linearizability::{self, HistoryRecorder, OpKind, Outcome};
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_raft::kv::{KvAnswer, KvCommand, KvQuery, KvResponse};
@@ -122,12 +122,14 @@ async fn run_seed(seed: u64) {
     for step in &schedule {
         if step.quiet {
             hush.begin().await;
-            assert!(
-                wait_all_quiet(&cluster, &groups).await,
-                "seed {seed}: the groups did not quiesce within {QUIET_WAIT:?} of the clients \
-                 going silent, before {:?}",
-                step.fault
-            );
+            // The clients are silent and the step before has healed: only a group that
+            // never settles stays awake.
+            let live: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+            let what = format!("seed {seed}: every replica quiet before {:?}", step.fault);
+            wait_for(&what, QUIET_WAIT, || {
+                cluster.quiesced(&live, &groups).then_some(())
+            })
+            .await;
             println!("seed {seed}: quiet before {:?}", step.fault);
         }
         if let Fault::Kill { node, survivors } = step.fault {
@@ -228,29 +230,6 @@ impl Hush {
 
     fn leave(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Whether every live replica of `groups` quiesced within [`QUIET_WAIT`]: the clients are
-/// silent and every fault of the step before has healed, so only a group that never settles
-/// stays awake.
-async fn wait_all_quiet(cluster: &TestCluster, groups: &[GroupId]) -> bool {
-    let deadline = Instant::now() + QUIET_WAIT;
-    loop {
-        let quiet = cluster.nodes.keys().all(|node| {
-            groups.iter().all(|group| {
-                cluster
-                    .status(*node, *group)
-                    .is_some_and(|status| status.quiesced)
-            })
-        });
-        if quiet {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

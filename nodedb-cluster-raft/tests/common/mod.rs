@@ -143,6 +143,15 @@ impl TestCluster {
         self.nodes.get(&node)?.multi.status(group)
     }
 
+    /// Whether every replica of `groups` on `nodes` reports itself quiesced.
+    pub fn quiesced(&self, nodes: &[NodeId], groups: &[GroupId]) -> bool {
+        nodes.iter().all(|node| {
+            groups
+                .iter()
+                .all(|group| self.status(*node, *group).is_some_and(|s| s.quiesced))
+        })
+    }
+
     /// Waits until a live node is leader of `group` and every other live member agrees.
     pub async fn wait_leader(&self, group: GroupId) -> NodeId {
         self.wait_leader_among(group, &self.nodes.keys().copied().collect::<Vec<_>>())
