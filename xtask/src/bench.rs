@@ -70,10 +70,7 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
     args.validate()?;
     // Before anything is built: a missing etcd is told at once.
     let etcd = args.vs_etcd.then(bench_etcd::find_etcd).transpose()?;
-    let binary = match &args.node_binary {
-        Some(path) => path.clone(),
-        None => build::build_node(!args.debug)?,
-    };
+    let binary = build::node_binary(args.node_binary.as_deref(), !args.debug)?;
     let (result, run) = on_cluster(
         "cluster",
         BenchCluster {

@@ -32,10 +32,7 @@ const MOVES_AT: f64 = 0.38;
 pub fn run(args: &TestClusterArgs) -> Result<bool> {
     args.validate()?;
     let seed = args.seed.unwrap_or_else(random_seed);
-    let binary = match &args.node_binary {
-        Some(path) => path.clone(),
-        None => build::build_node(args.release)?,
-    };
+    let binary = build::node_binary(args.node_binary.as_deref(), args.release)?;
     let work_dir = work_dir("test-cluster", seed)?;
     eprintln!("test-cluster: seed {seed}, work dir {}", work_dir.display());
     eprintln!("(replay with: cargo xtask test-cluster --seed {seed} ...)");

@@ -66,10 +66,7 @@ pub fn main(args: &ChaosArgs) -> ExitCode {
 fn run(args: &ChaosArgs) -> Result<bool> {
     args.validate()?;
     let seed = args.seed.unwrap_or_else(random_seed);
-    let binary = match &args.node_binary {
-        Some(path) => path.clone(),
-        None => build::build_node(args.release)?,
-    };
+    let binary = build::node_binary(args.node_binary.as_deref(), args.release)?;
     let work_dir = work_dir("chaos", seed)?;
     eprintln!("chaos: seed {seed}, work dir {}", work_dir.display());
     eprintln!(

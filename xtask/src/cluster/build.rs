@@ -39,6 +39,16 @@ pub fn target_dir() -> Result<PathBuf> {
         .context("cargo metadata names no target_directory")
 }
 
+/// The node binary to run: `given` (a relative path taken from the current directory, as the
+/// nodes run in their own directories), else a fresh build.
+pub fn node_binary(given: Option<&Path>, release: bool) -> Result<PathBuf> {
+    match given {
+        Some(path) => std::path::absolute(path)
+            .with_context(|| format!("resolving node binary {}", path.display())),
+        None => build_node(release),
+    }
+}
+
 /// Builds the node binary and returns its path. Cargo's diagnostics go to our stderr.
 pub fn build_node(release: bool) -> Result<PathBuf> {
     let mut command = Command::new(cargo());
