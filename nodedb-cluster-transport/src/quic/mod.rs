@@ -9,6 +9,7 @@ mod by_addr;
 pub mod metrics;
 mod pool;
 mod server;
+mod socket;
 mod stream;
 mod udp_faults;
 
@@ -178,17 +179,20 @@ impl QuicTransport {
     ) -> Result<Arc<QuicTransport>, BindError> {
         let runtime_handle =
             tokio::runtime::Handle::try_current().map_err(|_| BindError::NoRuntime)?;
+        let socket_error = |error: std::io::Error| BindError::Socket {
+            addr: config.listen_addr,
+            reason: error.to_string(),
+        };
+        let socket::BoundSocket {
+            socket,
+            udp_payload_probed_max,
+        } = socket::bind(config.listen_addr).map_err(socket_error)?;
         let QuinnConfigs {
             server: server_config,
             client: client_config,
             addr_client: addr_client_config,
             secure,
-        } = quinn_configs(&config)?;
-        let socket_error = |error: std::io::Error| BindError::Socket {
-            addr: config.listen_addr,
-            reason: error.to_string(),
-        };
-        let socket = std::net::UdpSocket::bind(config.listen_addr).map_err(socket_error)?;
+        } = quinn_configs(&config, udp_payload_probed_max)?;
         let restart_secret = restart_secret(&config);
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config.reset_key(Arc::new(ring::hmac::Key::new(
@@ -480,7 +484,10 @@ struct QuinnConfigs {
 }
 
 /// The quinn server and client configs for `config`.
-fn quinn_configs(config: &QuicConfig) -> Result<QuinnConfigs, BindError> {
+fn quinn_configs(
+    config: &QuicConfig,
+    udp_payload_probed_max: u16,
+) -> Result<QuinnConfigs, BindError> {
     let (server_tls, client_tls, addr_client_tls, secure) = match &config.tls {
         TlsMode::Secure(material) => {
             let named = material.node_id()?;
@@ -512,7 +519,7 @@ fn quinn_configs(config: &QuicConfig) -> Result<QuinnConfigs, BindError> {
             )
         }
     };
-    let transport_config = Arc::new(transport_config(&config.timings)?);
+    let transport_config = Arc::new(transport_config(&config.timings, udp_payload_probed_max)?);
     let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
@@ -534,10 +541,10 @@ fn quinn_configs(config: &QuicConfig) -> Result<QuinnConfigs, BindError> {
     })
 }
 
-/// Largest UDP payload MTU discovery tries: jumbo frames (9000) less the IPv6 and UDP headers.
-const UDP_PAYLOAD_PROBED_MAX: u16 = 8952;
-
-fn transport_config(timings: &QuicTimings) -> Result<quinn::TransportConfig, BindError> {
+fn transport_config(
+    timings: &QuicTimings,
+    udp_payload_probed_max: u16,
+) -> Result<quinn::TransportConfig, BindError> {
     let idle = quinn::IdleTimeout::try_from(Duration::from_millis(timings.idle_timeout_ms))
         .map_err(|error| BindError::Timing(format!("idle_timeout_ms: {error}")))?;
     if timings.keep_alive_ms.saturating_mul(2) > timings.idle_timeout_ms {
@@ -550,11 +557,10 @@ fn transport_config(timings: &QuicTimings) -> Result<quinn::TransportConfig, Bin
     config.keep_alive_interval(Some(Duration::from_millis(timings.keep_alive_ms)));
     config.max_concurrent_bidi_streams(quinn::VarInt::from_u32(CONCURRENT_STREAMS_MAX));
     config.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    // Probe past Ethernet's MTU: on paths that carry larger datagrams (loopback, jumbo frames)
-    // fewer packets mean fewer syscalls, seals and acks per byte; elsewhere the probes fail
+    // Probe past Ethernet's MTU (see `socket`); where the path carries less, the probes fail
     // and the size stays where it was.
     let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
-    mtu_discovery.upper_bound(UDP_PAYLOAD_PROBED_MAX);
+    mtu_discovery.upper_bound(udp_payload_probed_max);
     config.mtu_discovery_config(Some(mtu_discovery));
     Ok(config)
 }
