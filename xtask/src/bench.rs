@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -402,7 +402,7 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
         "bench": "cluster",
         "op": args.op.name(),
         "unix_time": unix_time,
-        "profile": profile(args),
+        "profile": profile(args.node_binary.as_deref(), args.debug),
         "nodes": args.nodes,
         "groups": args.groups,
         "clients": args.clients,
@@ -477,8 +477,9 @@ fn error_lines(summary: &Value) -> String {
         .collect()
 }
 
-fn profile(args: &BenchClusterArgs) -> &'static str {
-    match (&args.node_binary, args.debug) {
+/// The build a benchmark measured, as its JSON names it.
+pub fn profile(node_binary: Option<&Path>, debug: bool) -> &'static str {
+    match (node_binary, debug) {
         (Some(_), _) => "prebuilt binary",
         (None, true) => "dev",
         (None, false) => "release",

@@ -13,6 +13,7 @@ use clap::Args;
 use nodedb_cluster_core::{VShardId, vshard_for_key};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +38,10 @@ pub struct BenchMigrationArgs {
     /// Use the debug profile instead of release (numbers are then meaningless).
     #[arg(long)]
     pub debug: bool,
+    /// Run this node binary instead of building `nodedb-cluster` (so that two builds can be
+    /// measured side by side).
+    #[arg(long)]
+    pub node_binary: Option<PathBuf>,
 }
 
 /// One measured move.
@@ -56,7 +61,7 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
         bail!("--value-bytes must be in 1024..=1048576");
     }
     let cluster = BenchCluster {
-        binary: build::build_node(!args.debug)?,
+        binary: build::node_binary(args.node_binary.as_deref(), !args.debug)?,
         nodes: 3,
         groups: GROUPS,
         debug: args.debug,
@@ -225,7 +230,7 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
     let mean_rate = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
     json!({
         "benchmark": "migration",
-        "profile": if args.debug { "debug" } else { "release" },
+        "profile": crate::bench::profile(args.node_binary.as_deref(), args.debug),
         "vshard_mb": args.mb,
         "value_bytes": args.value_bytes,
         "moves": samples.len(),
