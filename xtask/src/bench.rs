@@ -102,7 +102,16 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
     let path = bench_dir.join(format!("cluster-{stamp}.json"));
     let text = serde_json::to_string_pretty(&summary)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    if !args.keep {
+    if args.keep {
+        eprintln!("nodes' directories kept in {}", work_dir.display());
+    } else if result.errors > 0 {
+        // Failed operations in a healthy cluster are worth a look: the node logs stay.
+        eprintln!(
+            "{} operations failed: nodes' directories (logs) kept in {}",
+            result.errors,
+            work_dir.display()
+        );
+    } else {
         std::fs::remove_dir_all(&work_dir)
             .with_context(|| format!("removing {}", work_dir.display()))?;
     }

@@ -88,7 +88,7 @@ pub struct BenchClusterArgs {
     /// The measured operation; reads read keys written before the warm-up.
     #[arg(long, value_enum, default_value_t = BenchOp::Put)]
     pub op: BenchOp,
-    /// Keep the work directory afterwards.
+    /// Keep the work directory afterwards (a run with failed operations keeps it anyway).
     #[arg(long)]
     pub keep: bool,
     /// Use the debug profile instead of release (numbers are then meaningless; for trying
