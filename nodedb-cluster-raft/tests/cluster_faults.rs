@@ -316,3 +316,45 @@ async fn a_leader_killed_mid_batch_loses_no_acknowledged_write() {
     );
     cluster.shutdown().await;
 }
+
+/// A data group's committed id reaches the disk lazily; a read without a barrier must still
+/// never be undone by a crash: the replica restarted alone (no leader to catch up from) answers
+/// at least what it answered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_without_barrier_is_not_undone_by_a_crash() {
+    let mut cluster = TestCluster::new(3, 17).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let leader = cluster.wait_leader(group).await;
+    let follower = VOTERS
+        .into_iter()
+        .find(|node| *node != leader)
+        .expect("a follower");
+    for round in 0..5 {
+        let value = format!("v{round}");
+        cluster.put(group, "k", &value).await;
+        let started = std::time::Instant::now();
+        while cluster.local_get(follower, group, "k").await.as_deref() != Some(value.as_str()) {
+            assert!(
+                started.elapsed() < WAIT,
+                "round {round}: the follower never applied"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // Every queued log write of every node is lost, as under kill -9.
+        for node in VOTERS {
+            cluster.crash_node(node).await;
+        }
+        cluster.restart_node(follower).await;
+        assert_eq!(
+            cluster.local_get(follower, group, "k").await.as_deref(),
+            Some(value.as_str()),
+            "round {round}: the restarted follower went back"
+        );
+        for node in VOTERS.into_iter().filter(|node| *node != follower) {
+            cluster.restart_node(node).await;
+        }
+        cluster.wait_leader(group).await;
+    }
+    cluster.shutdown().await;
+}
