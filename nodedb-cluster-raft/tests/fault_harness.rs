@@ -5,7 +5,10 @@
 //! until the groups quiesce (heartbeats and election timers stopped), so that the fault hits
 //! quiet groups: a quiet leader killed or cut off must still be replaced. After healing: every
 //! key's history must be linearizable (with final reads, so no acknowledged write is lost) and
-//! every group's replicas must report equal state hashes.
+//! every group's replicas must report equal state hashes. Beside the clients, a ticker puts
+//! increasing numbers into one more key per group and reads them back without a barrier from
+//! random nodes: a replica's answer may lag, but must never go back, not even across a kill
+//! and restart of its node.
 //!
 //! The seed is printed; `NODEDB_RAFT_SEED=<n>` replays one. The fault plan and every client's
 //! choice of operations derive from the seed; thread interleavings come from the real runtime.
@@ -35,6 +38,11 @@ const CLIENT_PAUSE_MS_MAX: u64 = 60;
 const FAULT_STEPS: usize = 8;
 /// Most queued log writes a killed node keeps (a partly written last batch).
 const KILL_SURVIVORS_MAX: usize = 4;
+/// Rounds of the ticker at most, and its pause between two rounds.
+const TICKS_MAX: u64 = 2_000;
+const TICK_PAUSE_MS_MAX: u64 = 20;
+/// Mixed into the seed for the ticker's own choices.
+const TICKER_SEED: u64 = 0x7469_636b;
 /// NotLeader redirects one client operation follows before giving up (definitely failed).
 const REDIRECTS_MAX: usize = 20;
 const DEFAULT_SEEDS: [u64; 3] = [101, 202, 303];
@@ -119,6 +127,17 @@ async fn run_seed(seed: u64) {
         }));
     }
 
+    let ticks = Arc::new(TickReads::default());
+    let ticker = {
+        let (nodes, stop, hush, ticks) = (
+            Arc::clone(&cluster.live),
+            Arc::clone(&stop),
+            Arc::clone(&hush),
+            Arc::clone(&ticks),
+        );
+        tokio::spawn(async move { run_ticker(seed, nodes, stop, hush, ticks).await })
+    };
+
     for step in &schedule {
         if step.quiet {
             hush.begin().await;
@@ -133,6 +152,13 @@ async fn run_seed(seed: u64) {
             println!("seed {seed}: quiet before {:?}", step.fault);
         }
         if let Fault::Kill { node, survivors } = step.fault {
+            // What the victim answers just before the kill, it must answer after the restart.
+            let victim = cluster.live.read().expect("live nodes").get(&node).cloned();
+            if let Some(multi) = victim {
+                for group in &groups {
+                    ticks.read(&multi, node, *group).await;
+                }
+            }
             cluster.kill_node(node, survivors).await;
         }
         apply_fault(&cluster, &step.fault);
@@ -145,6 +171,13 @@ async fn run_seed(seed: u64) {
         cluster.network.set_fault_plan(FaultPlan::none());
         if let Fault::Kill { node, .. } = step.fault {
             cluster.restart_node(node).await;
+            // Read at once, before the leader's next message brings the replica up to date.
+            let restarted = cluster.live.read().expect("live nodes").get(&node).cloned();
+            if let Some(multi) = restarted {
+                for group in &groups {
+                    ticks.read(&multi, node, *group).await;
+                }
+            }
         }
     }
     hush.end();
@@ -152,6 +185,10 @@ async fn run_seed(seed: u64) {
     for client in clients {
         client.await.expect("client task");
     }
+    ticker.await.expect("ticker task");
+    let ticks_read = ticks
+        .checked()
+        .unwrap_or_else(|went_back| panic!("seed {seed}: {went_back}"));
 
     let mut final_reads = Vec::new();
     for group in &groups {
@@ -184,7 +221,7 @@ async fn run_seed(seed: u64) {
         .filter(|operation| operation.outcome == Outcome::Failed)
         .count();
     println!(
-        "seed {seed}: {} operations ({unknown} unknown, {failed} failed), {} keys checked, {} ignored",
+        "seed {seed}: {} operations ({unknown} unknown, {failed} failed), {} keys checked, {} ignored; {ticks_read} reads without a barrier never went back",
         history.len(),
         report.keys_checked,
         report.ops_ignored
@@ -340,6 +377,103 @@ async fn run_client(
                 .expect("valid outcome");
         }
     }
+}
+
+/// Puts 1, 2, 3, ... into each group's tick key (one writer: the values apply in that order)
+/// and, after each round, reads a tick key without a barrier from a random live node.
+async fn run_ticker(
+    seed: u64,
+    nodes: LiveNodes,
+    stop: Arc<AtomicBool>,
+    hush: Arc<Hush>,
+    ticks: Arc<TickReads>,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed.wrapping_mul(37).wrapping_add(TICKER_SEED));
+    for tick in 1..=TICKS_MAX {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        for group in (1..=GROUPS).map(GroupId) {
+            let put = KvCommand::Put {
+                key: tick_key(group).into_bytes(),
+                value: tick.to_string().into_bytes(),
+            };
+            hush.enter().await;
+            let live = nodes.read().expect("live nodes").clone();
+            // Any outcome will do: a later tick is proposed only after this one ended.
+            let _outcome = common::propose_any(&live, group, put).await;
+            hush.leave();
+        }
+        let group = GroupId(rng.random_range(1..=GROUPS));
+        let node = NodeId(rng.random_range(1..=NODES));
+        hush.enter().await;
+        let live = nodes.read().expect("live nodes").get(&node).cloned();
+        if let Some(multi) = live {
+            ticks.read(&multi, node, group).await;
+        }
+        hush.leave();
+        let pause = Duration::from_millis(rng.random_range(0..=TICK_PAUSE_MS_MAX));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The tick each node's replica of each group answered last to a read without a barrier,
+/// and the first answer that went back from it.
+#[derive(Default)]
+struct TickReads {
+    seen: Mutex<BTreeMap<(NodeId, GroupId), u64>>,
+    reads: AtomicU64,
+    went_back: Mutex<Option<String>>,
+}
+
+impl TickReads {
+    /// Reads `group`'s tick key from `node`'s replica without a barrier (a failed read is
+    /// skipped) and checks it against that replica's earlier answers.
+    async fn read(&self, multi: &MultiRaft, node: NodeId, group: GroupId) {
+        let Ok(answer) = multi
+            .query(group, &tick_query(group), ReadConsistency::Local)
+            .await
+        else {
+            return;
+        };
+        let tick = match KvAnswer::decode(&answer) {
+            Some(KvAnswer::Value(None)) => 0,
+            Some(KvAnswer::Value(Some(bytes))) => String::from_utf8(bytes)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .expect("a tick value"),
+            other => panic!("unexpected answer {other:?}"),
+        };
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let mut seen = self.seen.lock().expect("tick reads");
+        let before = seen.entry((node, group)).or_default();
+        if tick < *before {
+            let mut went_back = self.went_back.lock().expect("tick reads");
+            went_back.get_or_insert_with(|| {
+                format!("{node}'s replica of {group} answered tick {tick} after {before}")
+            });
+        }
+        *before = (*before).max(tick);
+    }
+
+    /// How many reads were checked, or the first that went back.
+    fn checked(&self) -> Result<u64, String> {
+        match self.went_back.lock().expect("tick reads").clone() {
+            Some(went_back) => Err(went_back),
+            None => Ok(self.reads.load(Ordering::SeqCst)),
+        }
+    }
+}
+
+fn tick_key(group: GroupId) -> String {
+    format!("g{}-tick", group.0)
+}
+
+fn tick_query(group: GroupId) -> Vec<u8> {
+    KvQuery::Get {
+        key: tick_key(group).into_bytes(),
+    }
+    .encode()
 }
 
 /// Runs one client operation, following leader hints; maps the result to what the client knows.
