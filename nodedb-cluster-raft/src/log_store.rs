@@ -135,20 +135,10 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             .map_err(storage)
     }
 
-    /// openraft applies entries once this returns. The metadata group waits until the id is
-    /// durable: everything that follows its applied state (replica hosting, the catalog) may
-    /// then rely on a restart never going back. A data group's id is written lazily, with the
-    /// next transaction, which takes a transaction off every commit; a restart may then come
-    /// back to an older applied index, so reads of a replica's applied state without a read
-    /// barrier first wait for the id with [`LogDb::sync_meta`] (`MultiRaft::query`).
+    /// Durable on return, and openraft applies only after it: see ARCHITECTURE.md (raft,
+    /// `log_db/`) for why a lazy write here loses linearizability after a full restart.
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         let bytes = wire::encode_log_id(&committed);
-        if !self.group.is_metadata() {
-            self.db
-                .put_meta_lazy(self.group, MetaKey::Committed, bytes)
-                .await;
-            return Ok(());
-        }
         self.db
             .put_meta(self.group, MetaKey::Committed, bytes)
             .await

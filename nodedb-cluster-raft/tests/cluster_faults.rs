@@ -317,9 +317,9 @@ async fn a_leader_killed_mid_batch_loses_no_acknowledged_write() {
     cluster.shutdown().await;
 }
 
-/// A data group's committed id reaches the disk lazily; a read without a barrier must still
-/// never be undone by a crash: the replica restarted alone (no leader to catch up from) answers
-/// at least what it answered before.
+/// A read without a barrier is never undone by a crash: the replica restarted alone (no
+/// leader to catch up from) answers at least what it answered before, because the committed
+/// id is durable before the entries it covers apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_without_barrier_is_not_undone_by_a_crash() {
     let mut cluster = TestCluster::new(3, 17).await;

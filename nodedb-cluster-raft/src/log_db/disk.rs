@@ -270,7 +270,6 @@ impl Tables<'_> {
                     .retain_in((group, 0)..=(group, u8::MAX), |_, _| false)?;
                 self.purged.remove(group)?;
             }
-            Op::Sync => {}
         }
         Ok(())
     }

@@ -12,22 +12,11 @@ use super::MetaKey;
 /// group's overlay (reads replay it until it is committed).
 #[derive(Debug)]
 pub(crate) enum Op {
-    Append {
-        entries: Vec<(u64, Vec<u8>)>,
-    },
-    TruncateFrom {
-        index: u64,
-    },
-    PurgeThrough {
-        index: u64,
-    },
-    PutMeta {
-        key: MetaKey,
-        value: Vec<u8>,
-    },
+    Append { entries: Vec<(u64, Vec<u8>)> },
+    TruncateFrom { index: u64 },
+    PurgeThrough { index: u64 },
+    PutMeta { key: MetaKey, value: Vec<u8> },
     RemoveGroup,
-    /// Changes nothing: queued so that its completion says everything queued before is durable.
-    Sync,
 }
 
 impl Op {
@@ -159,7 +148,6 @@ impl GroupState {
                 self.purged_through = None;
                 self.meta_tags.clear();
             }
-            Op::Sync => {}
         }
     }
 
@@ -175,7 +163,7 @@ impl GroupState {
                         start = entries.first().map(|(index, _)| *index);
                     }
                 }
-                Op::PutMeta { .. } | Op::Sync => {}
+                Op::PutMeta { .. } => {}
                 _ => return None,
             }
         }
@@ -221,16 +209,9 @@ pub(crate) fn replay_entries(
                 committed.retain(|present, _| present > index);
             }
             Op::RemoveGroup => committed.clear(),
-            Op::PutMeta { .. } | Op::Sync => {}
+            Op::PutMeta { .. } => {}
         }
     }
-}
-
-/// Whether a write of meta `key` is pending (queued or being committed).
-pub(crate) fn meta_write_pending(pending: &VecDeque<Arc<Op>>, key: MetaKey) -> bool {
-    pending
-        .iter()
-        .any(|op| matches!(op.as_ref(), Op::PutMeta { key: k, .. } if *k == key))
 }
 
 /// The newest pending decision about meta `key`: `Some(Some(v))` set, `Some(None)` removed with
