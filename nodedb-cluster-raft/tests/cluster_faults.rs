@@ -1,6 +1,6 @@
 //! Faults over the in-memory transport: leader crash, minority partition, a lagging follower
-//! that needs a snapshot, a restart of every node from its files, and a leader killed with
-//! log writes in flight.
+//! that needs a snapshot, a restart of every node from its files, a leader killed with log
+//! writes in flight, and a read without a barrier that a crash must not undo.
 
 mod common;
 
