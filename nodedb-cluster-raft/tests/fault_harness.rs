@@ -153,12 +153,7 @@ async fn run_seed(seed: u64) {
         }
         if let Fault::Kill { node, survivors } = step.fault {
             // What the victim answers just before the kill, it must answer after the restart.
-            let victim = cluster.live.read().expect("live nodes").get(&node).cloned();
-            if let Some(multi) = victim {
-                for group in &groups {
-                    ticks.read(&multi, node, *group).await;
-                }
-            }
+            ticks.read_every_group(&cluster.live, node).await;
             cluster.kill_node(node, survivors).await;
         }
         apply_fault(&cluster, &step.fault);
@@ -172,12 +167,7 @@ async fn run_seed(seed: u64) {
         if let Fault::Kill { node, .. } = step.fault {
             cluster.restart_node(node).await;
             // Read at once, before the leader's next message brings the replica up to date.
-            let restarted = cluster.live.read().expect("live nodes").get(&node).cloned();
-            if let Some(multi) = restarted {
-                for group in &groups {
-                    ticks.read(&multi, node, *group).await;
-                }
-            }
+            ticks.read_every_group(&cluster.live, node).await;
         }
     }
     hush.end();
@@ -454,6 +444,16 @@ impl TickReads {
             });
         }
         *before = (*before).max(tick);
+    }
+
+    /// [`TickReads::read`] of every group's tick key on `node`, when it is live.
+    async fn read_every_group(&self, nodes: &LiveNodes, node: NodeId) {
+        let live = nodes.read().expect("live nodes").get(&node).cloned();
+        if let Some(multi) = live {
+            for group in (1..=GROUPS).map(GroupId) {
+                self.read(&multi, node, group).await;
+            }
+        }
     }
 
     /// How many reads were checked, or the first that went back.
