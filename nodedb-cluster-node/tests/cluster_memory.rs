@@ -1,5 +1,5 @@
 //! Whole nodes in one process over the in-memory network: bootstrap, join, restart, failure
-//! detection and return (damped), and the KV store served through any node.
+//! detection and return (damped), the KV store served through any node, and vShard moves.
 
 mod memory_cluster;
 
@@ -728,5 +728,50 @@ async fn a_host_engine_is_replicated_moved_and_restored_through_the_library_api(
         }
     })
     .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vshard_larger_than_one_export_page_moves_whole() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(23);
+    let cluster = start(&network, config(1, &[], data.path())).await;
+    let service = NodeService::new(cluster.clone());
+
+    // 40 values of 256 KiB in one vShard: 10 MiB, more than one page of its export.
+    let vshard = vshard_for_key(b"large-0");
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("large-{i}"))
+        .filter(|key| vshard_for_key(key.as_bytes()) == vshard)
+        .take(40)
+        .collect();
+    let value = |i: usize| vec![i as u8; 256 * 1024];
+    for (i, key) in keys.iter().enumerate() {
+        service.kv_put(key.clone(), value(i)).await.unwrap();
+    }
+
+    let owner = cluster.vshards().owner(vshard).unwrap();
+    let to = GroupId(owner.0 % NUM_GROUPS + 1);
+    let started = service.move_vshard(vshard, to).await.unwrap();
+    eventually("the move to finish", || async {
+        cluster.vshards().owner(vshard) == Ok(to)
+    })
+    .await;
+    let moved = service.migrations().await.unwrap();
+    let moved = moved.iter().find(|m| m.id == started.id).unwrap();
+    assert!(
+        moved.bytes_copied >= 40 * 256 * 1024,
+        "copied only {} bytes",
+        moved.bytes_copied
+    );
+    for (i, key) in keys.iter().enumerate() {
+        let read = service
+            .kv_get(key.clone(), ReadConsistency::Linearizable)
+            .await
+            .unwrap();
+        assert!(read == Some(value(i)), "{key} did not arrive whole");
+    }
+    let after = service.kv_put(keys[0].clone(), value(0)).await.unwrap();
+    assert_eq!(after.group, to.0);
     cluster.shutdown().await;
 }

@@ -77,8 +77,9 @@ pub(super) fn new_copy(fence_index: u64) -> CopyId {
 
 /// Replaces the target's data with copy `copy` of the source's current data: the export is
 /// paged out of the source's leader and each part replicated in the target as one log entry
-/// (`Import`, then `ImportMore`), paced when `paced`. Returns the export's standing, or `None`
-/// when the target already serves the vShard as `adopted` (an earlier attempt finished).
+/// (`Import`, then `ImportMore`), paced when `paced`. The next page travels while the parts of
+/// the last one are imported. Returns the export's standing, or `None` when the target already
+/// serves the vShard as `adopted` (an earlier attempt finished).
 pub(super) async fn copy_vshard(
     context: &MigrationContext,
     migration: &Migration,
@@ -87,62 +88,104 @@ pub(super) async fn copy_vshard(
     paced: bool,
 ) -> Result<Option<EarlyCopy>, String> {
     let export: u64 = rand::random();
-    let mut standing: Option<EarlyCopy> = None;
-    let mut next_part = 0;
+    let mut page = read_page(context, migration, export, 0).await?;
+    let standing = EarlyCopy {
+        copy,
+        applied: page.applied.0,
+        serving: page.serving,
+    };
     loop {
-        let page: VShardExportPage = read(
-            context,
-            migration.from,
-            MigrationStep::Export {
-                vshard: migration.vshard,
-                export,
-                first_part: next_part,
-            },
-        )
-        .await?;
-        if standing.is_some_and(|standing| standing.applied != page.applied.0) {
+        if page.applied.0 != standing.applied {
             return Err(format!("export {export} changed between its pages"));
         }
-        let received = page.parts.len() as u32;
-        let mut parts = page.parts.into_iter();
-        if next_part == 0 {
-            let first = parts.next().unwrap_or_default();
-            let bytes = first.len();
-            pace(context, paced, bytes).await;
-            let step = VShardStep::Import(copy);
-            let outcome = replicate(context, migration, migration.to, step, first).await?;
-            if !outcome.applied {
-                if adopted == Some(outcome.claim) {
-                    return Ok(None);
-                }
-                return Err(refused(migration, migration.to, step, outcome.claim));
+        let next_part = page.first_part + (page.parts.len() as u32).max(1);
+        let more_pages = next_part < page.parts_total;
+        let prefetch = async {
+            match more_pages {
+                true => Some(read_page(context, migration, export, next_part).await),
+                false => None,
             }
-            record_copy(context, migration.id, bytes as u64);
-            standing = Some(EarlyCopy {
-                copy,
-                applied: page.applied.0,
-                serving: page.serving,
-            });
+        };
+        let import = import_page(context, migration, copy, paced, page);
+        let (imported, next_page) = tokio::join!(import, prefetch);
+        match imported? {
+            ImportedPage::Done => {}
+            ImportedPage::AlreadyAdopted(claim) if adopted == Some(claim) => return Ok(None),
+            ImportedPage::AlreadyAdopted(claim) => {
+                return Err(refused(
+                    migration,
+                    migration.to,
+                    VShardStep::Import(copy),
+                    claim,
+                ));
+            }
         }
-        // The parts after the first may apply in any order: each adds disjoint keys. Several
-        // in flight at once share the target's log commits.
-        let step = VShardStep::ImportMore(copy);
-        let more = parts.map(|part| async move {
-            let bytes = part.len();
-            pace(context, paced, bytes).await;
-            claim(context, migration, migration.to, step, part).await?;
-            record_copy(context, migration.id, bytes as u64);
-            Ok::<(), String>(())
-        });
-        let mut more = futures::stream::iter(more).buffer_unordered(IMPORT_PARTS_IN_FLIGHT);
-        while let Some(result) = more.next().await {
-            result?;
-        }
-        next_part = page.first_part + received.max(1);
-        if next_part >= page.parts_total {
-            return Ok(standing);
+        match next_page {
+            Some(next_page) => page = next_page?,
+            None => return Ok(Some(standing)),
         }
     }
+}
+
+/// How the import of one page of an export ended.
+enum ImportedPage {
+    Done,
+    /// The target refused the first part: it holds the vShard with this claim.
+    AlreadyAdopted(VShardClaim),
+}
+
+/// Replicates the parts of `page` in the target: the first part of the export as `Import`
+/// (which starts the copy), every other one as `ImportMore`, several at a time.
+async fn import_page(
+    context: &MigrationContext,
+    migration: &Migration,
+    copy: CopyId,
+    paced: bool,
+    page: VShardExportPage,
+) -> Result<ImportedPage, String> {
+    let mut parts = page.parts.into_iter();
+    if page.first_part == 0 {
+        let first = parts.next().unwrap_or_default();
+        let bytes = first.len();
+        pace(context, paced, bytes).await;
+        let step = VShardStep::Import(copy);
+        let outcome = replicate(context, migration, migration.to, step, first).await?;
+        if !outcome.applied {
+            return Ok(ImportedPage::AlreadyAdopted(outcome.claim));
+        }
+        record_copy(context, migration.id, bytes as u64);
+    }
+    // The parts after the first may apply in any order: each adds disjoint keys. Several in
+    // flight at once share the target's log commits.
+    let step = VShardStep::ImportMore(copy);
+    let more = parts.map(|part| async move {
+        let bytes = part.len();
+        pace(context, paced, bytes).await;
+        claim(context, migration, migration.to, step, part).await?;
+        record_copy(context, migration.id, bytes as u64);
+        Ok::<(), String>(())
+    });
+    let mut more = futures::stream::iter(more).buffer_unordered(IMPORT_PARTS_IN_FLIGHT);
+    while let Some(result) = more.next().await {
+        result?;
+    }
+    Ok(ImportedPage::Done)
+}
+
+/// Parts of export `export` of the migrating vShard from the source's leader, from
+/// `first_part` on (the export is made when it is 0).
+async fn read_page(
+    context: &MigrationContext,
+    migration: &Migration,
+    export: u64,
+    first_part: u32,
+) -> Result<VShardExportPage, String> {
+    let step = MigrationStep::Export {
+        vshard: migration.vshard,
+        export,
+        first_part,
+    };
+    read(context, migration.from, step).await
 }
 
 /// Turns the target's `early` copy into the final copy of the source at `fence_index` by
