@@ -14,7 +14,7 @@ use std::ops::{Bound, RangeBounds};
 /// Bytes of entries one AppendEntries carries (past one entry): openraft asks for up to
 /// `max_payload_entries` at a time, which for large entries (vShard imports, big values) made
 /// RPCs of tens of MiB that missed their deadline and were sent again in full.
-const REPLICATION_BYTES_MAX: usize = 1024 * 1024;
+pub(crate) const REPLICATION_BYTES_MAX: usize = 1024 * 1024;
 
 /// The log of one group replica. Cheap to clone: every clone reads the same file.
 #[derive(Clone)]

@@ -131,8 +131,9 @@ pub struct Applied {
 }
 
 /// Target size of one part of a vShard export: each part travels as one log entry, which must
-/// replicate well within a heartbeat interval.
-pub const VSHARD_PART_BYTES: usize = 256 * 1024;
+/// replicate well within a heartbeat interval. As large as what replication sends in one
+/// AppendEntries, so that a copy takes as few entries, RPCs and log commits as it can.
+pub const VSHARD_PART_BYTES: usize = crate::log_store::REPLICATION_BYTES_MAX;
 
 /// The result of a replicated migration step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
