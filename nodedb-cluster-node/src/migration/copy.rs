@@ -101,9 +101,10 @@ pub(super) async fn copy_vshard(
         let next_part = page.first_part + (page.parts.len() as u32).max(1);
         let more_pages = next_part < page.parts_total;
         let prefetch = async {
-            match more_pages {
-                true => Some(read_page(context, migration, export, next_part).await),
-                false => None,
+            if more_pages {
+                Some(read_page(context, migration, export, next_part).await)
+            } else {
+                None
             }
         };
         let import = import_page(context, migration, copy, paced, page);
