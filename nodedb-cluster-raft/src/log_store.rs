@@ -98,8 +98,17 @@ impl RaftLogReader<TypeConfig> for GroupLog {
         self.decode_entries(stored)
     }
 
+    /// The replica's vote, or, for a replica created again on this node, the vote its removed
+    /// predecessor held (see [`MetaKey::RemovedVote`]).
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        match self.db.meta(self.group, MetaKey::Vote).map_err(storage)? {
+        let vote = match self.db.meta(self.group, MetaKey::Vote).map_err(storage)? {
+            Some(vote) => Some(vote),
+            None => self
+                .db
+                .meta(self.group, MetaKey::RemovedVote)
+                .map_err(storage)?,
+        };
+        match vote {
             None => Ok(None),
             Some(bytes) => Ok(Some(
                 wire::decode_vote(&bytes).map_err(|error| corrupt(self.group, error))?,

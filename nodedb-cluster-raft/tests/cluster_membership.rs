@@ -5,7 +5,7 @@ mod common;
 
 use common::{TestCluster, WAIT, propose_any, wait_for};
 use nodedb_cluster_core::{GroupId, NodeId};
-use nodedb_cluster_raft::kv::{KvCommand, KvResponse};
+use nodedb_cluster_raft::kv::{KvCommand, KvResponse, KvStateMachine};
 use nodedb_cluster_raft::{MembershipError, MultiRaft};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -75,12 +75,32 @@ async fn membership_changes_while_writing_lose_nothing() {
     assert!(status.learners.is_empty());
     assert!(!status.joint);
 
-    cluster.nodes[&NodeId(1)]
-        .multi
+    let old_replica = &cluster.nodes[&NodeId(1)].multi;
+    let term_before = old_replica.status(group).expect("old replica").term;
+    old_replica
         .remove_group(group)
         .await
         .expect("remove the old replica");
-    assert!(cluster.nodes[&NodeId(1)].multi.status(group).is_none());
+    assert!(old_replica.status(group).is_none());
+    // A replica created on the node again starts from the vote of the removed one, so that it
+    // takes nothing from leaders of terms that node already voted past.
+    old_replica
+        .open_group(group, Box::new(KvStateMachine::new()))
+        .await
+        .expect("create the replica again");
+    wait_for(
+        "the replica created again to take its predecessor's term",
+        WAIT,
+        || {
+            let term = old_replica.status(group)?.term;
+            (term >= term_before).then_some(())
+        },
+    )
+    .await;
+    old_replica
+        .remove_group(group)
+        .await
+        .expect("remove it again");
     cluster.wait_converged(group).await;
     for key in acknowledged.keys().step_by(7) {
         for node in members {

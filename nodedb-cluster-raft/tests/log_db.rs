@@ -179,6 +179,16 @@ mod log_db {
         assert_eq!(db.groups().unwrap(), vec![GroupId(0), G1]);
         assert_eq!(db.entries(G2, 0..1000).unwrap(), vec![]);
         assert_eq!(db.meta(G2, MetaKey::Vote).unwrap(), None);
+        // The vote stays behind for a replica created here again, also after a second removal.
+        assert_eq!(
+            db.meta(G2, MetaKey::RemovedVote).unwrap(),
+            Some(b"v".to_vec())
+        );
+        db.remove_group(G2).await.unwrap();
+        assert_eq!(
+            db.meta(G2, MetaKey::RemovedVote).unwrap(),
+            Some(b"v".to_vec())
+        );
         assert_eq!(db.last_index(G2).unwrap(), None);
         // A removed group starts afresh at any index.
         db.append_durable(G2, entries(7..9)).await.unwrap();

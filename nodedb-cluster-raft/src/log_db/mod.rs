@@ -40,6 +40,11 @@ pub enum MetaKey {
     LastPurged,
     Applied,
     Membership,
+    /// The vote of a removed replica, kept so that a replica of the group created on this node
+    /// again starts from it: a blank vote would take appends (and give votes) to leaders of
+    /// terms this node already voted past, and a deposed leader could count it in a quorum.
+    /// Does not make the group stored (a restart does not reopen it).
+    RemovedVote,
 }
 
 impl MetaKey {
@@ -51,6 +56,7 @@ impl MetaKey {
             MetaKey::LastPurged => 3,
             MetaKey::Applied => 4,
             MetaKey::Membership => 5,
+            MetaKey::RemovedVote => 6,
         }
     }
 
@@ -62,6 +68,7 @@ impl MetaKey {
             MetaKey::LastPurged,
             MetaKey::Applied,
             MetaKey::Membership,
+            MetaKey::RemovedVote,
         ]
         .into_iter()
         .find(|key| key.tag() == tag)
@@ -263,9 +270,15 @@ impl LogDb {
         self.enqueue_async(group, Op::PutMeta { key, value }).await
     }
 
-    /// Deletes every entry, meta value and purge mark of `group`; durable on return.
+    /// Deletes every entry, meta value and purge mark of `group`, in the same transaction
+    /// keeping its last vote as [`MetaKey::RemovedVote`]; durable on return.
     pub async fn remove_group(&self, group: GroupId) -> Result<(), LogDbError> {
-        self.enqueue_async(group, Op::RemoveGroup).await
+        let kept_vote = match self.meta(group, MetaKey::Vote)? {
+            Some(vote) => Some(vote),
+            None => self.meta(group, MetaKey::RemovedVote)?,
+        };
+        self.enqueue_async(group, Op::RemoveGroup { kept_vote })
+            .await
     }
 
     /// The latest queued value of meta `key`.

@@ -12,11 +12,23 @@ use super::MetaKey;
 /// group's overlay (reads replay it until it is committed).
 #[derive(Debug)]
 pub(crate) enum Op {
-    Append { entries: Vec<(u64, Vec<u8>)> },
-    TruncateFrom { index: u64 },
-    PurgeThrough { index: u64 },
-    PutMeta { key: MetaKey, value: Vec<u8> },
-    RemoveGroup,
+    Append {
+        entries: Vec<(u64, Vec<u8>)>,
+    },
+    TruncateFrom {
+        index: u64,
+    },
+    PurgeThrough {
+        index: u64,
+    },
+    PutMeta {
+        key: MetaKey,
+        value: Vec<u8>,
+    },
+    /// Everything of the group goes; `kept_vote` stays as [`MetaKey::RemovedVote`].
+    RemoveGroup {
+        kept_vote: Option<Vec<u8>>,
+    },
 }
 
 impl Op {
@@ -65,9 +77,13 @@ impl GroupState {
         }
     }
 
-    /// Whether the group has any entry, meta value or purge mark (what `groups()` lists).
+    /// Whether the group has any entry, meta value or purge mark (what `groups()` lists); the
+    /// vote kept from a removed replica alone does not count.
     pub(crate) fn is_listed(&self) -> bool {
-        self.first.is_some() || !self.meta_tags.is_empty() || self.purged_through.is_some()
+        let removed_vote = MetaKey::RemovedVote.tag();
+        self.first.is_some()
+            || self.meta_tags.iter().any(|tag| *tag != removed_vote)
+            || self.purged_through.is_some()
     }
 
     /// Whether the entry can be dropped from the map without losing anything.
@@ -141,12 +157,15 @@ impl GroupState {
             Op::PutMeta { key, .. } => {
                 self.meta_tags.insert(key.tag());
             }
-            Op::RemoveGroup => {
+            Op::RemoveGroup { kept_vote } => {
                 self.first = None;
                 self.last = None;
                 self.next_expected = None;
                 self.purged_through = None;
                 self.meta_tags.clear();
+                if kept_vote.is_some() {
+                    self.meta_tags.insert(MetaKey::RemovedVote.tag());
+                }
             }
         }
     }
@@ -208,7 +227,7 @@ pub(crate) fn replay_entries(
             Op::PurgeThrough { index } => {
                 committed.retain(|present, _| present > index);
             }
-            Op::RemoveGroup => committed.clear(),
+            Op::RemoveGroup { .. } => committed.clear(),
             Op::PutMeta { .. } => {}
         }
     }
@@ -220,7 +239,12 @@ pub(crate) fn pending_meta(pending: &VecDeque<Arc<Op>>, key: MetaKey) -> Option<
     for op in pending.iter().rev() {
         match op.as_ref() {
             Op::PutMeta { key: k, value } if *k == key => return Some(Some(value.clone())),
-            Op::RemoveGroup => return Some(None),
+            Op::RemoveGroup { kept_vote } => {
+                return Some(match key {
+                    MetaKey::RemovedVote => kept_vote.clone(),
+                    _ => None,
+                });
+            }
             _ => {}
         }
     }
@@ -262,8 +286,19 @@ mod tests {
         );
         assert!(state.append_violation(&[(9, vec![])]).is_some());
         assert!(state.append_violation(&[(10, vec![])]).is_none());
-        state.apply(&Op::RemoveGroup);
+        state.apply(&Op::RemoveGroup { kept_vote: None });
         assert!(state.is_vacant());
+        state.apply(&Op::PutMeta {
+            key: MetaKey::Vote,
+            value: vec![1],
+        });
+        state.apply(&Op::RemoveGroup {
+            kept_vote: Some(vec![1]),
+        });
+        assert!(
+            !state.is_listed(),
+            "a kept vote alone is not a stored group"
+        );
     }
 
     #[test]
