@@ -99,20 +99,25 @@ impl RaftLogReader<TypeConfig> for GroupLog {
     }
 
     /// The replica's vote, or, for a replica created again on this node, the vote its removed
-    /// predecessor held (see [`MetaKey::RemovedVote`]).
+    /// predecessor held (see [`MetaKey::RemovedVote`]), as not committed: a replica that has no
+    /// log and no membership must never restore itself as the leader it once was.
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        let vote = match self.db.meta(self.group, MetaKey::Vote).map_err(storage)? {
-            Some(vote) => Some(vote),
-            None => self
-                .db
-                .meta(self.group, MetaKey::RemovedVote)
-                .map_err(storage)?,
-        };
-        match vote {
+        let decode =
+            |bytes: Vec<u8>| wire::decode_vote(&bytes).map_err(|error| corrupt(self.group, error));
+        if let Some(bytes) = self.db.meta(self.group, MetaKey::Vote).map_err(storage)? {
+            return decode(bytes).map(Some);
+        }
+        match self
+            .db
+            .meta(self.group, MetaKey::RemovedVote)
+            .map_err(storage)?
+        {
             None => Ok(None),
-            Some(bytes) => Ok(Some(
-                wire::decode_vote(&bytes).map_err(|error| corrupt(self.group, error))?,
-            )),
+            Some(bytes) => {
+                let mut vote = decode(bytes)?;
+                vote.committed = false;
+                Ok(Some(vote))
+            }
         }
     }
 }

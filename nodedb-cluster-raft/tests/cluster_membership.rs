@@ -83,7 +83,7 @@ async fn membership_changes_while_writing_lose_nothing() {
         .expect("remove the old replica");
     assert!(old_replica.status(group).is_none());
     // A replica created on the node again starts from the vote of the removed one, so that it
-    // takes nothing from leaders of terms that node already voted past.
+    // takes nothing from leaders of terms that node already voted past, and never leads.
     old_replica
         .open_group(group, Box::new(KvStateMachine::new()))
         .await
@@ -92,8 +92,8 @@ async fn membership_changes_while_writing_lose_nothing() {
         "the replica created again to take its predecessor's term",
         WAIT,
         || {
-            let term = old_replica.status(group)?.term;
-            (term >= term_before).then_some(())
+            let status = old_replica.status(group)?;
+            (status.term >= term_before && status.leader != Some(NodeId(1))).then_some(())
         },
     )
     .await;
