@@ -102,23 +102,15 @@ impl RaftLogReader<TypeConfig> for GroupLog {
     /// predecessor held (see [`MetaKey::RemovedVote`]), as not committed: a replica that has no
     /// log and no membership must never restore itself as the leader it once was.
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        let decode =
-            |bytes: Vec<u8>| wire::decode_vote(&bytes).map_err(|error| corrupt(self.group, error));
-        if let Some(bytes) = self.db.meta(self.group, MetaKey::Vote).map_err(storage)? {
-            return decode(bytes).map(Some);
+        let Some(stored) = self.db.vote(self.group).map_err(storage)? else {
+            return Ok(None);
+        };
+        let mut vote =
+            wire::decode_vote(&stored.bytes).map_err(|error| corrupt(self.group, error))?;
+        if stored.kept_from_removed {
+            vote.committed = false;
         }
-        match self
-            .db
-            .meta(self.group, MetaKey::RemovedVote)
-            .map_err(storage)?
-        {
-            None => Ok(None),
-            Some(bytes) => {
-                let mut vote = decode(bytes)?;
-                vote.committed = false;
-                Ok(Some(vote))
-            }
-        }
+        Ok(Some(vote))
     }
 }
 

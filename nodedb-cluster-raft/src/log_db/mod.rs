@@ -75,6 +75,14 @@ impl MetaKey {
     }
 }
 
+/// A stored vote, see [`LogDb::vote`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredVote {
+    pub bytes: Vec<u8>,
+    /// Kept from a removed replica of the group, not written by the current one.
+    pub kept_from_removed: bool,
+}
+
 /// Bounds of the write path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogDbOptions {
@@ -273,12 +281,25 @@ impl LogDb {
     /// Deletes every entry, meta value and purge mark of `group`, in the same transaction
     /// keeping its last vote as [`MetaKey::RemovedVote`]; durable on return.
     pub async fn remove_group(&self, group: GroupId) -> Result<(), LogDbError> {
-        let kept_vote = match self.meta(group, MetaKey::Vote)? {
-            Some(vote) => Some(vote),
-            None => self.meta(group, MetaKey::RemovedVote)?,
-        };
+        let kept_vote = self.vote(group)?.map(|vote| vote.bytes);
         self.enqueue_async(group, Op::RemoveGroup { kept_vote })
             .await
+    }
+
+    /// The vote a replica of `group` on this node starts from: its own, or else the one kept
+    /// from a removed replica of the group ([`MetaKey::RemovedVote`]).
+    pub fn vote(&self, group: GroupId) -> Result<Option<StoredVote>, LogDbError> {
+        if let Some(bytes) = self.meta(group, MetaKey::Vote)? {
+            return Ok(Some(StoredVote {
+                bytes,
+                kept_from_removed: false,
+            }));
+        }
+        let kept = self.meta(group, MetaKey::RemovedVote)?;
+        Ok(kept.map(|bytes| StoredVote {
+            bytes,
+            kept_from_removed: true,
+        }))
     }
 
     /// The latest queued value of meta `key`.
