@@ -65,5 +65,5 @@ pub use placement::{
     PlacementStep, ReportedSizes, SizeThresholds, VShardMove, plan, plan_size_moves,
     plan_vshard_moves,
 };
-pub use routing::{GroupMembers, RoutingError, RoutingTable, vshard_for_key};
+pub use routing::{GroupMembers, RoutingError, RoutingTable, keys_in_vshard, vshard_for_key};
 pub use topology::{AddrError, NodeInfo, NodeState, PeerAddr, Topology, TopologyError};

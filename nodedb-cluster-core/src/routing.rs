@@ -27,6 +27,14 @@ pub fn vshard_for_key(key: &[u8]) -> VShardId {
     VShardId(reduced as u16)
 }
 
+/// The keys `"{prefix}0"`, `"{prefix}1"`, ... that belong to `vshard`, in that order: for
+/// tools and tests that need several keys of one vShard.
+pub fn keys_in_vshard(prefix: &str, vshard: VShardId) -> impl Iterator<Item = String> + '_ {
+    (0u64..)
+        .map(move |n| format!("{prefix}{n}"))
+        .filter(move |key| vshard_for_key(key.as_bytes()) == vshard)
+}
+
 /// The replicas of one Raft group.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupMembers {
@@ -365,6 +373,23 @@ impl TryFrom<RoutingTableRecord> for RoutingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_in_vshard_are_the_prefixed_keys_of_that_vshard_in_order() {
+        let vshard = vshard_for_key(b"k0");
+        let keys: Vec<String> = keys_in_vshard("k", vshard).take(5).collect();
+        assert_eq!(keys[0], "k0");
+        let numbers: Vec<u64> = keys.iter().map(|key| key[1..].parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]));
+        for n in 0..=numbers[4] {
+            let key = format!("k{n}");
+            assert_eq!(
+                keys.contains(&key),
+                vshard_for_key(key.as_bytes()) == vshard,
+                "{key}"
+            );
+        }
+    }
 
     /// Pinned forever: a change here re-routes stored keys. Mirrored in docs/design.md.
     #[test]

@@ -4,7 +4,7 @@
 mod memory_cluster;
 
 use memory_cluster::{NUM_GROUPS, config, eventually, start, start_three};
-use nodedb_cluster_core::{GroupId, NodeId, NodeState, VShardId, vshard_for_key};
+use nodedb_cluster_core::{GroupId, NodeId, NodeState, VShardId, keys_in_vshard, vshard_for_key};
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig};
 use nodedb_cluster_node::engine::EngineFactory;
 use nodedb_cluster_node::node_service::NodeService;
@@ -740,11 +740,7 @@ async fn a_vshard_larger_than_one_export_page_moves_whole() {
 
     // 40 values of 256 KiB in one vShard: 10 MiB, more than one page of its export.
     let vshard = vshard_for_key(b"large-0");
-    let keys: Vec<String> = (0..)
-        .map(|i| format!("large-{i}"))
-        .filter(|key| vshard_for_key(key.as_bytes()) == vshard)
-        .take(40)
-        .collect();
+    let keys: Vec<String> = keys_in_vshard("large-", vshard).take(40).collect();
     let value = |i: usize| vec![i as u8; 256 * 1024];
     for (i, key) in keys.iter().enumerate() {
         service.kv_put(key.clone(), value(i)).await.unwrap();

@@ -9,7 +9,7 @@ mod memory_cluster;
 use memory_cluster::{
     NUM_GROUPS, WAIT, config, eventually, fully_replicated, start, start_three_with,
 };
-use nodedb_cluster_core::{GroupId, MigrationPhase, VShardId, vshard_for_key};
+use nodedb_cluster_core::{GroupId, MigrationPhase, VShardId, keys_in_vshard, vshard_for_key};
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig};
 use nodedb_cluster_node::migration::MigrationSettings;
 use nodedb_cluster_node::node_service::NodeService;
@@ -233,11 +233,7 @@ async fn a_move_copies_no_faster_than_the_configured_bandwidth() {
     let node = start(&network, single).await;
     let vshard = vshard_for_key(b"paced-0");
     let service = NodeService::new(node.clone());
-    let keys: Vec<String> = (0u64..)
-        .map(|index| format!("paced-{index}"))
-        .filter(|key| vshard_for_key(key.as_bytes()) == vshard)
-        .take(VALUES)
-        .collect();
+    let keys: Vec<String> = keys_in_vshard("paced-", vshard).take(VALUES).collect();
     for key in &keys {
         let value = key.bytes().cycle().take(VALUE_BYTES).collect();
         service.kv_put(key.clone(), value).await.unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::TestCluster;
-use nodedb_cluster_core::{GroupId, MigrationId, NodeId, vshard_for_key};
+use nodedb_cluster_core::{GroupId, MigrationId, NodeId, keys_in_vshard, vshard_for_key};
 use nodedb_cluster_raft::kv::{KvCommand, KvQuery};
 use nodedb_cluster_raft::{
     CopyId, MultiRaft, ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep,
@@ -114,11 +114,7 @@ async fn changes_after_an_export_turn_an_early_copy_into_the_final_one() {
     cluster.create_group(source, &VOTERS).await;
     cluster.create_group(target, &VOTERS).await;
     let moving = vshard_for_key(b"key-0");
-    let keys: Vec<String> = (0..)
-        .map(|i| format!("key-{i}"))
-        .filter(|key| vshard_for_key(key.as_bytes()) == moving)
-        .take(6)
-        .collect();
+    let keys: Vec<String> = keys_in_vshard("key-", moving).take(6).collect();
     let write = |command: KvCommand| {
         on_leader(&cluster, source, move |multi| {
             let command = command.encode();

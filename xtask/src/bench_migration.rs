@@ -10,7 +10,7 @@ use crate::bench::{BenchCluster, on_cluster};
 use crate::cluster::build;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use nodedb_cluster_core::{VShardId, vshard_for_key};
+use nodedb_cluster_core::{VShardId, keys_in_vshard, vshard_for_key};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -192,9 +192,7 @@ fn move_once(
 
 /// `count` distinct keys that all hash to `vshard`.
 fn keys_in(vshard: VShardId, count: u64) -> Vec<String> {
-    (0u64..)
-        .map(|i| format!("m{i}"))
-        .filter(|key| vshard_for_key(key.as_bytes()) == vshard)
+    keys_in_vshard("m", vshard)
         .take(count.max(1) as usize)
         .collect()
 }
