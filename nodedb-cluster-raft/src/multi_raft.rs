@@ -242,8 +242,11 @@ impl MultiRaft {
 
     /// Starts a replica of `group`. With `initial_members` (node -> address) the group is
     /// initialized, but only if it never was: a replica that already has a vote or a log is
-    /// started as it is. Call on exactly one node of a new group; the others use
-    /// [`MultiRaft::open_group`] and learn the membership from the leader.
+    /// started as it is. Either initialize a new group on one node with itself as the only
+    /// member and add the others as learners, then voters (what nodes do), or call this with
+    /// the same members on every initial member: a replica votes only while its own log
+    /// names it a voter, so an initial member opened empty would never vote. Replicas added
+    /// later use [`MultiRaft::open_group`] and learn the membership from the leader.
     pub async fn create_group(
         &self,
         group: GroupId,
@@ -659,8 +662,11 @@ impl MultiRaft {
         request: AppRequest,
     ) -> Result<(LogIndex, AppResponse), ProposeError> {
         let hosted = self.propose_target(group)?;
-        hosted.quiescence.touch(&hosted.raft);
-        match self.with_deadline(hosted.raft.client_write(request)).await {
+        let write = async {
+            hosted.quiescence.touch_for_write(&hosted.raft).await;
+            hosted.raft.client_write(request).await
+        };
+        match self.with_deadline(write).await {
             None => Err(ProposeError::Timeout { group }),
             Some(Err(error)) => Err(interrupted(error::propose_error(group, error))),
             Some(Ok(response)) => Ok((LogIndex(response.log_id.index), response.data)),
@@ -682,8 +688,11 @@ impl MultiRaft {
     {
         let hosted = self.membership_target(group)?;
         let _one_change_at_a_time = hosted.changes.lock().await;
-        hosted.quiescence.touch(&hosted.raft);
-        match self.with_deadline(change(hosted.raft.clone())).await {
+        let write = async {
+            hosted.quiescence.touch_for_write(&hosted.raft).await;
+            change(hosted.raft.clone()).await
+        };
+        match self.with_deadline(write).await {
             None => Err(MembershipError::Timeout { group }),
             Some(Err(error)) => Err(error::membership_error(group, error)),
             Some(Ok(_)) => Ok(()),

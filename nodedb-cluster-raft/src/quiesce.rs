@@ -142,6 +142,30 @@ impl Quiescence {
         }
     }
 
+    /// [`Quiescence::touch`] before a write (a proposal or a membership change). A leader
+    /// whose timers were stopped let its quorum lease lapse, and openraft refuses writes (as
+    /// "not the leader", with no leader to name) until a heartbeat round is acknowledged
+    /// again: so a woken leader heartbeats at once and waits for that round. The caller
+    /// bounds the wait with its own deadline.
+    pub(crate) async fn touch_for_write(&self, raft: &Raft<MachineAdapter>) {
+        if !(self.record_use() && leads(raft)) {
+            return;
+        }
+        let acked_before = raft.metrics().borrow_watched().last_quorum_acked;
+        self.resume(raft);
+        if raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
+        let renewed = |metrics: &RaftMetrics| {
+            metrics.state != ServerState::Leader || metrics.last_quorum_acked != acked_before
+        };
+        // An error means the replica stopped; the write that follows reports it.
+        let _ = raft
+            .wait(None)
+            .metrics(renewed, "a quorum to ack a heartbeat")
+            .await;
+    }
+
     /// Records a use by a peer that is not the leader (a vote request) or the leader's answer
     /// that it no longer holds the group quiet: a leader's timers restart at once, a
     /// follower's after the grace period, so that the leader can heartbeat first.

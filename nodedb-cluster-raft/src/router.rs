@@ -6,12 +6,14 @@ use crate::quiesce::{self, Quiescence};
 use crate::replica::SharedMachine;
 use crate::sm_adapter::MachineAdapter;
 use crate::snapshot::{self, SNAPSHOT_FILE_BYTES_MAX, SnapshotFile};
-use crate::types::{Raft, node_id};
+use crate::types::{Raft, TypeConfig, node_id};
 use crate::wire::{
     self, RaftReply, RaftRpc, ReplyBody, RpcBody, RpcFailure, SnapshotHeader, WIRE_VERSION,
 };
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_transport::{BoxFuture, Bytes, Handler, HandlerError, InboundStream, Transport};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::raft::VoteResponse;
 use openraft::storage::Snapshot;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -152,6 +154,13 @@ impl RaftRouter {
             quiesce::hear_from_leader(&hosted, rpc.group, leader).await;
         }
         let raft = &hosted.raft;
+        if matches!(rpc.body, RpcBody::Vote(_) | RpcBody::PreVote(_))
+            && let Some(refusal) = refuse_vote_unless_voter(raft)
+        {
+            tracing::debug!(group = %rpc.group, candidate = %from,
+                "vote refused: this replica's log does not name it a voter");
+            return ReplyBody::Vote(refusal);
+        }
         match rpc.body {
             RpcBody::AppendEntries(request) => match raft.append_entries(request).await {
                 Ok(response) => {
@@ -253,6 +262,29 @@ impl Handler for RaftRouter {
             })))
         })
     }
+}
+
+/// A refusal (carrying the replica's current vote) unless the replica's own log or snapshot
+/// names it a voter of its group; only then is a vote request considered.
+///
+/// A node id is not unique over time: a replica removed from a node and created there again
+/// starts with an empty log, yet a member that missed the removal still counts the node as a
+/// voter of its old configuration. Were the empty replica to grant that member's vote (an
+/// empty log is trivially "not more up to date"), the two could be a majority of the old
+/// configuration and elect a leader with a stale log, which then overwrites entries the
+/// current members committed. A replica learns that it is a voter from the entry that made it
+/// one, replicated to it by a current leader; the members of a new group all start from the
+/// initial membership (see `MultiRaft::create_group`).
+fn refuse_vote_unless_voter(raft: &Raft<MachineAdapter>) -> Option<VoteResponse<TypeConfig>> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow_watched();
+    let me = metrics.id;
+    let voter = metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|voter| voter == me);
+    (!voter).then(|| VoteResponse::new(metrics.vote, None, false))
 }
 
 /// The node a Raft message says it comes from: the leader or candidate named in its vote.

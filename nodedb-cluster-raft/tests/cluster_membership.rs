@@ -6,7 +6,7 @@ mod common;
 use common::{TestCluster, WAIT, propose_any, wait_for};
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_raft::kv::{KvCommand, KvResponse, KvStateMachine};
-use nodedb_cluster_raft::{MembershipError, MultiRaft};
+use nodedb_cluster_raft::{MembershipError, MultiRaft, RaftTimings, Role};
 use std::collections::BTreeMap;
 use std::future::Future;
 
@@ -163,4 +163,97 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("membership change did not go through: {last:?}");
+}
+
+/// A replica removed from a node and created there again has an empty log. A member that was
+/// cut off while the node was removed still holds the old configuration, which counts the
+/// node as a voter: the empty replica must not help it to a quorum, or it would lead with a
+/// stale log and overwrite what the current members committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_created_again_does_not_elect_a_member_that_missed_its_removal() {
+    let timings = RaftTimings {
+        quiesce_after_ms: 0,
+        ..RaftTimings::for_tests()
+    };
+    let mut cluster = TestCluster::with_timings(4, 23, timings).await;
+    let group = GroupId(1);
+    cluster
+        .create_group(group, &[NodeId(1), NodeId(2), NodeId(3)])
+        .await;
+    let handles = cluster.handles();
+    if cluster.wait_leader(group).await != NodeId(2) {
+        on_leader(&handles, group, |multi| async move {
+            multi.transfer_leader(group, NodeId(2)).await
+        })
+        .await;
+    }
+    cluster
+        .wait_leader_among(group, &[NodeId(1), NodeId(2), NodeId(3)])
+        .await;
+    cluster.put(group, "before", "1").await;
+    cluster.wait_converged(group).await;
+
+    // Node 3 misses everything from here on: node 4 joins, node 1 is removed.
+    cluster.network.isolate(NodeId(3));
+    cluster.nodes[&NodeId(4)]
+        .multi
+        .open_group(group, Box::new(KvStateMachine::new()))
+        .await
+        .expect("open on the new node");
+    on_leader(&handles, group, |multi| async move {
+        multi
+            .add_learner(group, NodeId(4), common::address(NodeId(4)))
+            .await
+    })
+    .await;
+    on_leader(&handles, group, |multi| async move {
+        multi.promote(group, NodeId(4)).await
+    })
+    .await;
+    on_leader(&handles, group, |multi| async move {
+        multi.remove_replica(group, NodeId(1)).await
+    })
+    .await;
+    cluster.put(group, "after", "2").await;
+    let node_1 = &cluster.nodes[&NodeId(1)].multi;
+    node_1
+        .remove_group(group)
+        .await
+        .expect("remove node 1's replica");
+    node_1
+        .open_group(group, Box::new(KvStateMachine::new()))
+        .await
+        .expect("create node 1's replica again");
+
+    // Node 3 now reaches only node 1: together they are a majority of node 3's old view.
+    cluster.network.heal();
+    cluster
+        .network
+        .partition(&[NodeId(1), NodeId(3)], &[NodeId(2), NodeId(4)]);
+    let node_3 = cluster.nodes[&NodeId(3)].multi.clone();
+    let stale_write = KvCommand::Put {
+        key: b"stale".to_vec(),
+        value: b"3".to_vec(),
+    }
+    .encode();
+    // Many election timeouts: node 3 campaigns again and again.
+    for _ in 0..30 {
+        let role = node_3.status(group).expect("node 3's replica").role;
+        assert_ne!(role, Role::Leader, "node 3 was elected with a stale log");
+        if let Ok(applied) = node_3.propose(group, stale_write.clone()).await {
+            panic!(
+                "node 3 committed a write at {:?} with a stale log",
+                applied.index
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    cluster.network.heal();
+    let members = [NodeId(2), NodeId(3), NodeId(4)];
+    cluster.wait_leader_among(group, &members).await;
+    assert_eq!(cluster.get(group, "before").await.as_deref(), Some("1"));
+    assert_eq!(cluster.get(group, "after").await.as_deref(), Some("2"));
+    assert_eq!(cluster.get(group, "stale").await, None);
+    cluster.shutdown().await;
 }

@@ -6,6 +6,7 @@ mod common;
 
 use common::{CLIENT_ATTEMPTS_MAX, TestCluster, WAIT, wait_for};
 use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_raft::kv::KvCommand;
 use std::time::Duration;
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
@@ -79,7 +80,20 @@ async fn a_write_or_a_read_wakes_a_quiet_group_without_an_election() {
     let leader = cluster.wait_leader(group).await;
     let term = cluster.status(leader, group).expect("status").term;
 
-    cluster.put(group, "k", "v2").await;
+    // Asked once, on the leader, after the quiet leader's quorum lease lapsed (it lasts one
+    // maximal election timeout): the write waits for the lease to be renewed instead of
+    // being refused as "not the leader".
+    let lease = Duration::from_millis(cluster.timings.election_timeout_ms_max);
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let put = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"v2".to_vec(),
+    };
+    cluster.nodes[&leader]
+        .multi
+        .propose(group, put.encode())
+        .await
+        .expect("a write to the quiet leader");
     assert!(
         awake_anywhere(&cluster, group),
         "a write leaves the group awake"

@@ -8,7 +8,8 @@ use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_raft::kv::{KvAnswer, KvCommand, KvQuery, KvResponse, KvStateMachine};
 use nodedb_cluster_raft::log_db::LogDb;
 use nodedb_cluster_raft::{
-    Applied, GroupStatus, MultiRaft, ProposeError, RaftTimings, ReadConsistency, Role,
+    Applied, GroupStatus, MembershipError, MultiRaft, ProposeError, RaftTimings, ReadConsistency,
+    Role,
 };
 use nodedb_cluster_transport::{MemoryNetwork, MemoryTransport, Transport};
 use std::collections::{BTreeMap, BTreeSet};
@@ -124,19 +125,37 @@ impl TestCluster {
         self.start_node(node).await;
     }
 
-    /// Creates `group` with `voters`: initialized on the first voter, opened on the others.
+    /// Creates `group` with `voters` as a node creates a group: initialized on the first
+    /// voter alone, then every other voter is added as a learner and all are made voters.
+    /// The first voter leads when this returns.
     pub async fn create_group(&mut self, group: GroupId, voters: &[NodeId]) {
-        let members: BTreeMap<NodeId, String> =
-            voters.iter().map(|node| (*node, address(*node))).collect();
-        for (position, node) in voters.iter().enumerate() {
-            let multi = &self.nodes[node].multi;
-            let initial = (position == 0).then(|| members.clone());
-            multi
-                .create_group(group, Box::new(KvStateMachine::new()), initial)
-                .await
-                .expect("create group");
-        }
+        let (first, others) = voters.split_first().expect("a voter");
+        let only_first = BTreeMap::from([(*first, address(*first))]);
+        let leader = self.nodes[first].multi.clone();
+        leader
+            .create_group(group, Box::new(KvStateMachine::new()), Some(only_first))
+            .await
+            .expect("create group");
         self.groups.insert(group);
+        if others.is_empty() {
+            return;
+        }
+        for node in others {
+            self.nodes[node]
+                .multi
+                .open_group(group, Box::new(KvStateMachine::new()))
+                .await
+                .expect("open group");
+        }
+        wait_for(&format!("{first} to lead {group}"), WAIT, || {
+            leader.is_leader(group).then_some(())
+        })
+        .await;
+        for node in others {
+            until_not_in_progress(|| leader.add_learner(group, *node, address(*node))).await;
+        }
+        until_not_in_progress(|| leader.change_voters(group, voters.iter().copied().collect()))
+            .await;
     }
 
     pub fn status(&self, node: NodeId, group: GroupId) -> Option<GroupStatus> {
@@ -283,6 +302,23 @@ impl TestCluster {
             }
         }
     }
+}
+
+/// Runs a membership change until it is not refused for a change still committing (a new
+/// leader's first entry commits its membership); panics on any other failure.
+async fn until_not_in_progress<F, Fut>(change: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), MembershipError>>,
+{
+    for _ in 0..CLIENT_ATTEMPTS_MAX {
+        match change().await {
+            Ok(()) => return,
+            Err(MembershipError::InProgress { .. }) => tokio::time::sleep(POLL).await,
+            Err(error) => panic!("membership change failed: {error}"),
+        }
+    }
+    panic!("a membership change stayed in progress");
 }
 
 /// Proposes `command` on `nodes`, starting anywhere and following NotLeader hints; bounded by
