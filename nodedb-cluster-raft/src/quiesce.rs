@@ -151,8 +151,17 @@ impl Quiescence {
         if !(self.record_use() && leads(raft)) {
             return;
         }
-        let acked_before = raft.metrics().borrow_watched().last_quorum_acked;
+        let (acked_before, sole_voter) = {
+            let metrics = raft.metrics();
+            let metrics = metrics.borrow_watched();
+            let voters = metrics.membership_config.membership().voter_ids().count();
+            (metrics.last_quorum_acked, voters == 1)
+        };
         self.resume(raft);
+        if sole_voter {
+            // A leader that is its own quorum holds its lease without heartbeats.
+            return;
+        }
         if raft.trigger().heartbeat().await.is_err() {
             return;
         }

@@ -255,3 +255,26 @@ async fn a_follower_cut_off_from_a_live_quiet_leader_cannot_unseat_it() {
     cluster.wait_converged(group).await;
     cluster.shutdown().await;
 }
+
+/// A leader that is its group's only voter needs no heartbeat round to write after a quiet
+/// spell (it is its own quorum): the write goes through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_single_voter_group_takes_a_write_at_once() {
+    let mut cluster = TestCluster::new(1, 37).await;
+    let group = GROUPS[0];
+    let only = [NodeId(1)];
+    cluster.create_group(group, &only).await;
+    cluster.put(group, "k", "v1").await;
+    wait_quiet(&cluster, group, &only).await;
+    let put = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"v2".to_vec(),
+    };
+    cluster.nodes[&NodeId(1)]
+        .multi
+        .propose(group, put.encode())
+        .await
+        .expect("a write to the quiet single voter");
+    assert_eq!(cluster.get(group, "k").await.as_deref(), Some("v2"));
+    cluster.shutdown().await;
+}
