@@ -64,8 +64,8 @@ async fn main() -> anyhow::Result<()> {
         .map(|id| (NodeId(id), format!("127.0.0.1:{}", 9400 + id)))
         .collect();
     for group in (1..=groups).map(GroupId) {
-        for (multi, _) in &nodes {
-            let initial = Some(members.clone());
+        for (position, (multi, _)) in nodes.iter().enumerate() {
+            let initial = (position == 0).then(|| members.clone());
             multi
                 .create_group(group, Box::new(KvStateMachine::new()), initial)
                 .await?;

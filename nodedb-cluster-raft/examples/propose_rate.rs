@@ -62,8 +62,8 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let group_ids: Vec<GroupId> = (1..=groups).map(GroupId).collect();
     for &group in &group_ids {
-        for (multi, _) in &nodes {
-            let initial = Some(members.clone());
+        for (position, (multi, _)) in nodes.iter().enumerate() {
+            let initial = (position == 0).then(|| members.clone());
             multi
                 .create_group(group, Box::new(KvStateMachine::new()), initial)
                 .await?;

@@ -242,11 +242,8 @@ impl MultiRaft {
 
     /// Starts a replica of `group`. With `initial_members` (node -> address) the group is
     /// initialized, but only if it never was: a replica that already has a vote or a log is
-    /// started as it is. Either initialize a new group on one node with itself as the only
-    /// member and add the others as learners, then voters (what nodes do), or call this with
-    /// the same members on every initial member: a replica votes only while its own log
-    /// names it a voter, so an initial member opened empty would never vote. Replicas added
-    /// later use [`MultiRaft::open_group`] and learn the membership from the leader.
+    /// started as it is. Call on exactly one node of a new group; the others use
+    /// [`MultiRaft::open_group`] and learn the membership from the leader.
     pub async fn create_group(
         &self,
         group: GroupId,
@@ -566,6 +563,11 @@ impl MultiRaft {
         }
         let storage = |reason: String| GroupError::Storage { group, reason };
         let snapshot_dir = self.group_dir(group).join("snapshots");
+        let forgotten_through = self
+            .inner
+            .log_db
+            .removed_last_index(group)
+            .map_err(|error| storage(error.to_string()))?;
         let machine = SharedMachine::new(machine);
         let adapter = MachineAdapter::open(group, machine.clone(), snapshot_dir.clone())
             .await
@@ -583,6 +585,7 @@ impl MultiRaft {
         .map_err(|fatal| storage(fatal.to_string()))?;
         let hosted = HostedGroup {
             raft: raft.clone(),
+            forgotten_through,
             snapshot_dir,
             machine,
             changes: Arc::new(tokio::sync::Mutex::new(())),

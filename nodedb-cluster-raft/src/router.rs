@@ -31,6 +31,9 @@ pub struct GroupTable {
 #[derive(Clone)]
 pub struct HostedGroup {
     pub raft: Raft<MachineAdapter>,
+    /// The highest log index a replica of the group removed from this node held, when one
+    /// was (see [`refuse_vote_while_behind`]).
+    pub forgotten_through: Option<u64>,
     pub snapshot_dir: PathBuf,
     /// The engine, for local queries.
     pub machine: SharedMachine,
@@ -154,11 +157,12 @@ impl RaftRouter {
             quiesce::hear_from_leader(&hosted, rpc.group, leader).await;
         }
         let raft = &hosted.raft;
-        if matches!(rpc.body, RpcBody::Vote(_) | RpcBody::PreVote(_))
-            && let Some(refusal) = refuse_vote_unless_voter(raft)
+        if let Some(forgotten_through) = hosted.forgotten_through
+            && matches!(rpc.body, RpcBody::Vote(_) | RpcBody::PreVote(_))
+            && let Some(refusal) = refuse_vote_while_behind(raft, forgotten_through)
         {
-            tracing::debug!(group = %rpc.group, candidate = %from,
-                "vote refused: this replica's log does not name it a voter");
+            tracing::debug!(group = %rpc.group, candidate = %from, forgotten_through,
+                "vote refused: this replica's log is behind the one removed from this node");
             return ReplyBody::Vote(refusal);
         }
         match rpc.body {
@@ -264,27 +268,30 @@ impl Handler for RaftRouter {
     }
 }
 
-/// A refusal (carrying the replica's current vote) unless the replica's own log or snapshot
-/// names it a voter of its group; only then is a vote request considered.
+/// For a replica created on a node that removed a replica of the same group before, which
+/// held the log up to `forgotten_through`: a refusal (carrying the replica's current vote)
+/// while its own log (or snapshot) ends below that index; only then is a vote request
+/// considered.
 ///
-/// A node id is not unique over time: a replica removed from a node and created there again
-/// starts with an empty log, yet a member that missed the removal still counts the node as a
-/// voter of its old configuration. Were the empty replica to grant that member's vote (an
-/// empty log is trivially "not more up to date"), the two could be a majority of the old
-/// configuration and elect a leader with a stale log, which then overwrites entries the
-/// current members committed. A replica learns that it is a voter from the entry that made it
-/// one, replicated to it by a current leader; the members of a new group all start from the
-/// initial membership (see `MultiRaft::create_group`).
-fn refuse_vote_unless_voter(raft: &Raft<MachineAdapter>) -> Option<VoteResponse<TypeConfig>> {
+/// Raft ids are node ids, so they are reused. The removed replica's acknowledgements helped
+/// commit entries and are gone with its log, yet a member that missed the removal still
+/// counts the node as a voter of its old configuration. Were the empty replica to grant that
+/// member's vote (an empty log is never "more up to date"), the two could be a majority of
+/// the old configuration and elect a leader with a stale log, which then overwrites entries
+/// the current members committed. Once the replica's log, received from a current leader,
+/// reaches the removed one's last index, it again holds every committed entry its
+/// predecessor acknowledged, and Raft's vote rule protects them as before. Membership is not
+/// the test: catching up, the replica passes through old configurations that still list it.
+fn refuse_vote_while_behind(
+    raft: &Raft<MachineAdapter>,
+    forgotten_through: u64,
+) -> Option<VoteResponse<TypeConfig>> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow_watched();
-    let me = metrics.id;
-    let voter = metrics
-        .membership_config
-        .membership()
-        .voter_ids()
-        .any(|voter| voter == me);
-    (!voter).then(|| VoteResponse::new(metrics.vote, None, false))
+    let behind = metrics
+        .last_log_index
+        .is_none_or(|last| last < forgotten_through);
+    behind.then(|| VoteResponse::new(metrics.vote, None, false))
 }
 
 /// The node a Raft message says it comes from: the leader or candidate named in its vote.

@@ -13,6 +13,31 @@ use std::sync::Arc;
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 
+/// A group initialized on one member with all three, the others opened empty: replicas that
+/// are the first of their group on their node vote from an empty log, as Raft says (only a
+/// replica created again after a removal waits until its log names it a voter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_initialized_on_one_member_elects_with_the_others_empty() {
+    let cluster = TestCluster::new(3, 2).await;
+    let group = GroupId(1);
+    let members: BTreeMap<NodeId, String> = VOTERS
+        .iter()
+        .map(|node| (*node, common::address(*node)))
+        .collect();
+    for node in VOTERS {
+        let initial = (node == NodeId(1)).then(|| members.clone());
+        cluster.nodes[&node]
+            .multi
+            .create_group(group, Box::new(KvStateMachine::new()), initial)
+            .await
+            .expect("create group");
+    }
+    assert_eq!(cluster.wait_leader(group).await, NodeId(1));
+    cluster.put(group, "alpha", "1").await;
+    cluster.wait_converged(group).await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_group_elects_commits_and_reads_back() {
     let mut cluster = TestCluster::new(3, 1).await;

@@ -184,16 +184,30 @@ mod log_db {
             db.meta(G2, MetaKey::RemovedVote).unwrap(),
             Some(b"v".to_vec())
         );
+        // So does the highest index it held: its acknowledgements up to there are forgotten.
+        assert_eq!(db.removed_last_index(G2).unwrap(), Some(103));
         db.remove_group(G2).await.unwrap();
         assert_eq!(
             db.meta(G2, MetaKey::RemovedVote).unwrap(),
             Some(b"v".to_vec())
         );
+        assert_eq!(db.removed_last_index(G2).unwrap(), Some(103));
         assert_eq!(db.last_index(G2).unwrap(), None);
         // A removed group starts afresh at any index.
         db.append_durable(G2, entries(7..9)).await.unwrap();
         assert_eq!(db.entries(G2, 0..1000).unwrap(), entries(7..9));
         assert_eq!(db.entries(G1, 0..1000).unwrap(), entries(1..4));
+        // The highest index over every removed replica is kept.
+        db.remove_group(G2).await.unwrap();
+        assert_eq!(db.removed_last_index(G2).unwrap(), Some(103));
+        db.append_durable(G2, entries(200..202)).await.unwrap();
+        db.remove_group(G2).await.unwrap();
+        assert_eq!(db.removed_last_index(G2).unwrap(), Some(201));
+        assert_eq!(db.groups().unwrap(), vec![GroupId(0), G1]);
+        db.shutdown();
+        let db = open(&dir);
+        assert_eq!(db.removed_last_index(G2).unwrap(), Some(201));
+        assert_eq!(db.groups().unwrap(), vec![GroupId(0), G1]);
     }
 
     #[tokio::test]

@@ -263,16 +263,16 @@ impl Tables<'_> {
                 self.meta
                     .insert((group, key.tag()), self.buffer.as_slice())?;
             }
-            Op::RemoveGroup { kept_vote } => {
+            Op::RemoveGroup { kept } => {
                 self.log
                     .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
                 self.meta
                     .retain_in((group, 0)..=(group, u8::MAX), |_, _| false)?;
                 self.purged.remove(group)?;
-                if let Some(vote) = kept_vote {
-                    record::encode_into(vote, &mut self.buffer);
-                    let key = (group, MetaKey::RemovedVote.tag());
-                    self.meta.insert(key, self.buffer.as_slice())?;
+                for (key, value) in kept {
+                    record::encode_into(value, &mut self.buffer);
+                    self.meta
+                        .insert((group, key.tag()), self.buffer.as_slice())?;
                 }
             }
         }

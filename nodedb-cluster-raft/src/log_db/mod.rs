@@ -45,6 +45,11 @@ pub enum MetaKey {
     /// terms this node already voted past, and a deposed leader could count it in a quorum.
     /// Does not make the group stored (a restart does not reopen it).
     RemovedVote,
+    /// The highest log index a removed replica held (u64, little-endian; the highest over
+    /// every replica removed here). Its acknowledgements up to there are forgotten, so a
+    /// replica created here again votes only once its own log reaches that far. Kept and
+    /// ignored by `groups()` like [`MetaKey::RemovedVote`].
+    RemovedLastIndex,
 }
 
 impl MetaKey {
@@ -57,7 +62,14 @@ impl MetaKey {
             MetaKey::Applied => 4,
             MetaKey::Membership => 5,
             MetaKey::RemovedVote => 6,
+            MetaKey::RemovedLastIndex => 7,
         }
+    }
+
+    /// Whether the value outlives the removal of the group's replica (and alone does not make
+    /// the group stored).
+    pub fn kept_on_removal(self) -> bool {
+        matches!(self, MetaKey::RemovedVote | MetaKey::RemovedLastIndex)
     }
 
     /// The key for a stored tag; `None` for a tag this build does not know.
@@ -69,6 +81,7 @@ impl MetaKey {
             MetaKey::Applied,
             MetaKey::Membership,
             MetaKey::RemovedVote,
+            MetaKey::RemovedLastIndex,
         ]
         .into_iter()
         .find(|key| key.tag() == tag)
@@ -279,11 +292,44 @@ impl LogDb {
     }
 
     /// Deletes every entry, meta value and purge mark of `group`, in the same transaction
-    /// keeping its last vote as [`MetaKey::RemovedVote`]; durable on return.
+    /// keeping its last vote as [`MetaKey::RemovedVote`] and the highest index it held as
+    /// [`MetaKey::RemovedLastIndex`]; durable on return.
     pub async fn remove_group(&self, group: GroupId) -> Result<(), LogDbError> {
-        let kept_vote = self.vote(group)?.map(|vote| vote.bytes);
-        self.enqueue_async(group, Op::RemoveGroup { kept_vote })
-            .await
+        let mut kept = Vec::new();
+        if let Some(vote) = self.vote(group)? {
+            kept.push((MetaKey::RemovedVote, vote.bytes));
+        }
+        let held = {
+            let state = self.shared().lock();
+            state.check_open()?;
+            let group = state.groups.get(&group);
+            group.and_then(|g| g.last.max(g.purged_through))
+        };
+        let last_index = held.max(self.removed_last_index(group)?);
+        if let Some(index) = last_index {
+            kept.push((MetaKey::RemovedLastIndex, index.to_le_bytes().to_vec()));
+        }
+        self.enqueue_async(group, Op::RemoveGroup { kept }).await
+    }
+
+    /// The highest log index held by a replica of `group` this node removed, if it removed
+    /// one ([`MetaKey::RemovedLastIndex`]).
+    pub fn removed_last_index(&self, group: GroupId) -> Result<Option<u64>, LogDbError> {
+        let Some(bytes) = self.meta(group, MetaKey::RemovedLastIndex)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| LogDbError::CorruptMeta {
+                group,
+                key: MetaKey::RemovedLastIndex,
+                reason: CorruptReason::WrongLength {
+                    len: bytes.len() as u64,
+                    expected: 8,
+                },
+            })?;
+        Ok(Some(u64::from_le_bytes(bytes)))
     }
 
     /// The vote a replica of `group` on this node starts from: its own, or else the one kept

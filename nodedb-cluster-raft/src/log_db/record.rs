@@ -17,6 +17,8 @@ pub enum CorruptReason {
     UnsupportedVersion { found: u8, supported: u8 },
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     ChecksumMismatch { stored: u32, computed: u32 },
+    #[error("value is {len} bytes, not the {expected} its key holds")]
+    WrongLength { len: u64, expected: u64 },
 }
 
 /// Writes header + payload into `out` (cleared first), reusing its allocation.

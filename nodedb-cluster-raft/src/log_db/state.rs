@@ -25,9 +25,10 @@ pub(crate) enum Op {
         key: MetaKey,
         value: Vec<u8>,
     },
-    /// Everything of the group goes; `kept_vote` stays as [`MetaKey::RemovedVote`].
+    /// Everything of the group goes but the `kept` values (keys that are
+    /// [`MetaKey::kept_on_removal`]).
     RemoveGroup {
-        kept_vote: Option<Vec<u8>>,
+        kept: Vec<(MetaKey, Vec<u8>)>,
     },
 }
 
@@ -80,9 +81,9 @@ impl GroupState {
     /// Whether the group has any entry, meta value or purge mark (what `groups()` lists); the
     /// vote kept from a removed replica alone does not count.
     pub(crate) fn is_listed(&self) -> bool {
-        let removed_vote = MetaKey::RemovedVote.tag();
+        let kept = |tag: u8| MetaKey::from_tag(tag).is_some_and(MetaKey::kept_on_removal);
         self.first.is_some()
-            || self.meta_tags.iter().any(|tag| *tag != removed_vote)
+            || self.meta_tags.iter().any(|tag| !kept(*tag))
             || self.purged_through.is_some()
     }
 
@@ -157,15 +158,13 @@ impl GroupState {
             Op::PutMeta { key, .. } => {
                 self.meta_tags.insert(key.tag());
             }
-            Op::RemoveGroup { kept_vote } => {
+            Op::RemoveGroup { kept } => {
                 self.first = None;
                 self.last = None;
                 self.next_expected = None;
                 self.purged_through = None;
                 self.meta_tags.clear();
-                if kept_vote.is_some() {
-                    self.meta_tags.insert(MetaKey::RemovedVote.tag());
-                }
+                self.meta_tags.extend(kept.iter().map(|(key, _)| key.tag()));
             }
         }
     }
@@ -239,11 +238,9 @@ pub(crate) fn pending_meta(pending: &VecDeque<Arc<Op>>, key: MetaKey) -> Option<
     for op in pending.iter().rev() {
         match op.as_ref() {
             Op::PutMeta { key: k, value } if *k == key => return Some(Some(value.clone())),
-            Op::RemoveGroup { kept_vote } => {
-                return Some(match key {
-                    MetaKey::RemovedVote => kept_vote.clone(),
-                    _ => None,
-                });
+            Op::RemoveGroup { kept } => {
+                let value = kept.iter().find(|(k, _)| *k == key);
+                return Some(value.map(|(_, value)| value.clone()));
             }
             _ => {}
         }
@@ -286,18 +283,21 @@ mod tests {
         );
         assert!(state.append_violation(&[(9, vec![])]).is_some());
         assert!(state.append_violation(&[(10, vec![])]).is_none());
-        state.apply(&Op::RemoveGroup { kept_vote: None });
+        state.apply(&Op::RemoveGroup { kept: Vec::new() });
         assert!(state.is_vacant());
         state.apply(&Op::PutMeta {
             key: MetaKey::Vote,
             value: vec![1],
         });
         state.apply(&Op::RemoveGroup {
-            kept_vote: Some(vec![1]),
+            kept: vec![
+                (MetaKey::RemovedVote, vec![1]),
+                (MetaKey::RemovedLastIndex, 9u64.to_le_bytes().to_vec()),
+            ],
         });
         assert!(
             !state.is_listed(),
-            "a kept vote alone is not a stored group"
+            "values kept from a removed replica alone are not a stored group"
         );
     }
 
