@@ -666,7 +666,10 @@ impl MultiRaft {
     ) -> Result<(LogIndex, AppResponse), ProposeError> {
         let hosted = self.propose_target(group)?;
         let write = async {
-            hosted.quiescence.touch_for_write(&hosted.raft).await;
+            hosted
+                .quiescence
+                .touch_for_write(&hosted.raft, self.lease_patience())
+                .await;
             hosted.raft.client_write(request).await
         };
         match self.with_deadline(write).await {
@@ -692,7 +695,10 @@ impl MultiRaft {
         let hosted = self.membership_target(group)?;
         let _one_change_at_a_time = hosted.changes.lock().await;
         let write = async {
-            hosted.quiescence.touch_for_write(&hosted.raft).await;
+            hosted
+                .quiescence
+                .touch_for_write(&hosted.raft, self.lease_patience())
+                .await;
             change(hosted.raft.clone()).await
         };
         match self.with_deadline(write).await {
@@ -700,6 +706,12 @@ impl MultiRaft {
             Some(Err(error)) => Err(error::membership_error(group, error)),
             Some(Ok(_)) => Ok(()),
         }
+    }
+
+    /// How long a write waits for a woken leader to renew its quorum lease: one longest
+    /// election timeout, after which the followers would have elected another leader.
+    fn lease_patience(&self) -> Duration {
+        Duration::from_millis(self.inner.timings.election_timeout_ms_max)
     }
 
     async fn with_deadline<T>(&self, future: impl Future<Output = T>) -> Option<T> {

@@ -145,9 +145,10 @@ impl Quiescence {
     /// [`Quiescence::touch`] before a write (a proposal or a membership change). A leader
     /// whose timers were stopped let its quorum lease lapse, and openraft refuses writes (as
     /// "not the leader", with no leader to name) until a heartbeat round is acknowledged
-    /// again: so a woken leader heartbeats at once and waits for that round. The caller
-    /// bounds the wait with its own deadline.
-    pub(crate) async fn touch_for_write(&self, raft: &Raft<MachineAdapter>) {
+    /// again: so a woken leader heartbeats at once and waits for that round, at most
+    /// `patience`. After that the write is tried anyway: cut off from its quorum, the
+    /// leader refuses it, a definite failure rather than a timeout of unknown outcome.
+    pub(crate) async fn touch_for_write(&self, raft: &Raft<MachineAdapter>, patience: Duration) {
         if !(self.record_use() && leads(raft)) {
             return;
         }
@@ -168,9 +169,10 @@ impl Quiescence {
         let renewed = |metrics: &RaftMetrics| {
             metrics.state != ServerState::Leader || metrics.last_quorum_acked != acked_before
         };
-        // An error means the replica stopped; the write that follows reports it.
+        // An error is a lapse of patience or a stopped replica; the write that follows
+        // reports either.
         let _ = raft
-            .wait(None)
+            .wait(Some(patience))
             .metrics(renewed, "a quorum to ack a heartbeat")
             .await;
     }

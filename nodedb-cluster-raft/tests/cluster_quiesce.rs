@@ -6,6 +6,7 @@ mod common;
 
 use common::{CLIENT_ATTEMPTS_MAX, TestCluster, WAIT, wait_for};
 use nodedb_cluster_core::{GroupId, NodeId};
+use nodedb_cluster_raft::ProposeError;
 use nodedb_cluster_raft::kv::KvCommand;
 use std::time::Duration;
 
@@ -276,5 +277,32 @@ async fn a_quiet_single_voter_group_takes_a_write_at_once() {
         .await
         .expect("a write to the quiet single voter");
     assert_eq!(cluster.get(group, "k").await.as_deref(), Some("v2"));
+    cluster.shutdown().await;
+}
+
+/// A quiet leader cut off from every follower cannot renew its lease: a write to it fails as
+/// "not the leader" (definitely not written), not as a timeout of unknown outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_quiet_leader_cut_off_fails_definitely() {
+    let cluster = quiet_cluster(38).await;
+    let group = GROUPS[1];
+    let leader = cluster.wait_leader(group).await;
+    let lease = Duration::from_millis(cluster.timings.election_timeout_ms_max);
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    cluster.network.isolate(leader);
+    let put = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: b"cut off".to_vec(),
+    };
+    let refused = cluster.nodes[&leader]
+        .multi
+        .propose(group, put.encode())
+        .await;
+    assert!(
+        matches!(refused, Err(ProposeError::NotLeader { .. })),
+        "{refused:?}"
+    );
+    cluster.network.heal();
+    assert_eq!(cluster.get(group, "k").await.as_deref(), Some("v1"));
     cluster.shutdown().await;
 }
