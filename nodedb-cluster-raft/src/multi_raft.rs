@@ -8,6 +8,7 @@ use crate::log_db::LogDb;
 use crate::log_store::GroupLog;
 use crate::network::NetworkFactory;
 use crate::quiesce::{self, QuiesceTimings, Quiescence};
+use crate::reincarnation;
 use crate::replica::SharedMachine;
 use crate::router::{GroupTable, HostedGroup, RaftRouter};
 use crate::sm_adapter::MachineAdapter;
@@ -574,15 +575,16 @@ impl MultiRaft {
             .map_err(|error| storage(error.to_string()))?;
         let log = GroupLog::new(group, self.inner.log_db.clone());
         let network = NetworkFactory::new(group, Arc::clone(&self.inner.transport));
-        let raft = Raft::new(
-            raft_id(self.inner.node),
-            Arc::clone(&self.inner.config),
-            network,
-            log,
-            adapter,
-        )
-        .await
-        .map_err(|fatal| storage(fatal.to_string()))?;
+        let config = match forgotten_through {
+            Some(_) => Arc::new(reincarnation::held_config(&self.inner.config)),
+            None => Arc::clone(&self.inner.config),
+        };
+        let raft = Raft::new(raft_id(self.inner.node), config, network, log, adapter)
+            .await
+            .map_err(|fatal| storage(fatal.to_string()))?;
+        if let Some(forgotten_through) = forgotten_through {
+            reincarnation::release_when_caught_up(group, &raft, forgotten_through);
+        }
         let hosted = HostedGroup {
             raft: raft.clone(),
             forgotten_through,

@@ -3,17 +3,16 @@
 //! gets a typed [`RpcFailure`] answer, never a panic.
 
 use crate::quiesce::{self, Quiescence};
+use crate::reincarnation;
 use crate::replica::SharedMachine;
 use crate::sm_adapter::MachineAdapter;
 use crate::snapshot::{self, SNAPSHOT_FILE_BYTES_MAX, SnapshotFile};
-use crate::types::{Raft, TypeConfig, node_id};
+use crate::types::{Raft, node_id};
 use crate::wire::{
     self, RaftReply, RaftRpc, ReplyBody, RpcBody, RpcFailure, SnapshotHeader, WIRE_VERSION,
 };
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_transport::{BoxFuture, Bytes, Handler, HandlerError, InboundStream, Transport};
-use openraft::async_runtime::watch::WatchReceiver;
-use openraft::raft::VoteResponse;
 use openraft::storage::Snapshot;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +31,7 @@ pub struct GroupTable {
 pub struct HostedGroup {
     pub raft: Raft<MachineAdapter>,
     /// The highest log index a replica of the group removed from this node held, when one
-    /// was (see [`refuse_vote_while_behind`]).
+    /// was (see `reincarnation`).
     pub forgotten_through: Option<u64>,
     pub snapshot_dir: PathBuf,
     /// The engine, for local queries.
@@ -159,7 +158,7 @@ impl RaftRouter {
         let raft = &hosted.raft;
         if let Some(forgotten_through) = hosted.forgotten_through
             && matches!(rpc.body, RpcBody::Vote(_) | RpcBody::PreVote(_))
-            && let Some(refusal) = refuse_vote_while_behind(raft, forgotten_through)
+            && let Some(refusal) = reincarnation::refuse_vote_while_behind(raft, forgotten_through)
         {
             tracing::debug!(group = %rpc.group, candidate = %from, forgotten_through,
                 "vote refused: this replica's log is behind the one removed from this node");
@@ -266,32 +265,6 @@ impl Handler for RaftRouter {
             })))
         })
     }
-}
-
-/// For a replica created on a node that removed a replica of the same group before, which
-/// held the log up to `forgotten_through`: a refusal (carrying the replica's current vote)
-/// while its own log (or snapshot) ends below that index; only then is a vote request
-/// considered.
-///
-/// Raft ids are node ids, so they are reused. The removed replica's acknowledgements helped
-/// commit entries and are gone with its log, yet a member that missed the removal still
-/// counts the node as a voter of its old configuration. Were the empty replica to grant that
-/// member's vote (an empty log is never "more up to date"), the two could be a majority of
-/// the old configuration and elect a leader with a stale log, which then overwrites entries
-/// the current members committed. Once the replica's log, received from a current leader,
-/// reaches the removed one's last index, it again holds every committed entry its
-/// predecessor acknowledged, and Raft's vote rule protects them as before. Membership is not
-/// the test: catching up, the replica passes through old configurations that still list it.
-fn refuse_vote_while_behind(
-    raft: &Raft<MachineAdapter>,
-    forgotten_through: u64,
-) -> Option<VoteResponse<TypeConfig>> {
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow_watched();
-    let behind = metrics
-        .last_log_index
-        .is_none_or(|last| last < forgotten_through);
-    behind.then(|| VoteResponse::new(metrics.vote, None, false))
 }
 
 /// The node a Raft message says it comes from: the leader or candidate named in its vote.

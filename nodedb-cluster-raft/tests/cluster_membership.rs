@@ -257,3 +257,74 @@ async fn a_replica_created_again_does_not_elect_a_member_that_missed_its_removal
     assert_eq!(cluster.get(group, "stale").await, None);
     cluster.shutdown().await;
 }
+
+/// The node that created a group is its only voter in the group's first configuration. A
+/// replica created on it again after a removal replays the log from the start; holding just
+/// that first configuration it is a quorum of one, and it must not elect itself leader of a
+/// phantom group (which took acknowledged writes in a real cluster). The replica here is
+/// given the group's first two entries, as a leader's first batch would, and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_created_again_does_not_lead_an_old_configuration_alone() {
+    let timings = RaftTimings {
+        quiesce_after_ms: 0,
+        ..RaftTimings::for_tests()
+    };
+    let mut cluster = TestCluster::with_timings(3, 24, timings).await;
+    let group = GroupId(1);
+    let voters = [NodeId(1), NodeId(2), NodeId(3)];
+    cluster.create_group(group, &voters).await;
+    let handles = cluster.handles();
+    on_leader(&handles, group, |multi| async move {
+        multi.transfer_leader(group, NodeId(2)).await
+    })
+    .await;
+    cluster
+        .wait_leader_among(group, &[NodeId(2), NodeId(3)])
+        .await;
+    cluster.put(group, "k", "1").await;
+    on_leader(&handles, group, |multi| async move {
+        multi.remove_replica(group, NodeId(1)).await
+    })
+    .await;
+    let node_1 = &cluster.nodes[&NodeId(1)];
+    node_1
+        .multi
+        .remove_group(group)
+        .await
+        .expect("remove node 1's replica");
+    let first_entries = cluster.nodes[&NodeId(2)]
+        .log
+        .entries(group, 0..2)
+        .expect("the group's first entries");
+    node_1
+        .log
+        .append_durable(group, first_entries)
+        .await
+        .expect("give them to node 1");
+    node_1
+        .multi
+        .open_group(group, Box::new(KvStateMachine::new()))
+        .await
+        .expect("create node 1's replica again");
+
+    let write = KvCommand::Put {
+        key: b"phantom".to_vec(),
+        value: b"1".to_vec(),
+    }
+    .encode();
+    // Many ticks and election timeouts: a quorum of one elects itself at the first tick.
+    for _ in 0..10 {
+        let status = node_1.multi.status(group).expect("node 1's replica");
+        assert_ne!(
+            status.role,
+            Role::Leader,
+            "node 1 leads the group's first configuration alone"
+        );
+        if let Ok(applied) = node_1.multi.propose(group, write.clone()).await {
+            panic!("node 1 committed a write at {:?} alone", applied.index);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.get(group, "k").await.as_deref(), Some("1"));
+    cluster.shutdown().await;
+}
