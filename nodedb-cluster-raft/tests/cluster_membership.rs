@@ -52,14 +52,7 @@ async fn membership_changes_while_writing_lose_nothing() {
         (learner.lag < 5).then_some(())
     })
     .await;
-    on_leader(&handles, group, |multi| async move {
-        multi.promote(group, NodeId(4)).await
-    })
-    .await;
-    on_leader(&handles, group, |multi| async move {
-        multi.remove_replica(group, NodeId(1)).await
-    })
-    .await;
+    promote_then_remove(&handles, group, NodeId(4), NodeId(1)).await;
 
     let acknowledged = writer.await.expect("writer task");
     assert_eq!(
@@ -134,6 +127,23 @@ async fn write_keys(nodes: BTreeMap<NodeId, MultiRaft>, group: GroupId) -> BTree
     acknowledged
 }
 
+/// Makes the learner `promoted` a voter of `group`, then removes `removed` from it.
+async fn promote_then_remove(
+    nodes: &BTreeMap<NodeId, MultiRaft>,
+    group: GroupId,
+    promoted: NodeId,
+    removed: NodeId,
+) {
+    on_leader(nodes, group, |multi| async move {
+        multi.promote(group, promoted).await
+    })
+    .await;
+    on_leader(nodes, group, |multi| async move {
+        multi.remove_replica(group, removed).await
+    })
+    .await;
+}
+
 /// Runs one membership step on whichever node leads `group`, retrying while leadership moves
 /// or a previous change is still committing.
 async fn on_leader<F, Fut>(nodes: &BTreeMap<NodeId, MultiRaft>, group: GroupId, step: F)
@@ -206,14 +216,7 @@ async fn a_replica_created_again_does_not_elect_a_member_that_missed_its_removal
             .await
     })
     .await;
-    on_leader(&handles, group, |multi| async move {
-        multi.promote(group, NodeId(4)).await
-    })
-    .await;
-    on_leader(&handles, group, |multi| async move {
-        multi.remove_replica(group, NodeId(1)).await
-    })
-    .await;
+    promote_then_remove(&handles, group, NodeId(4), NodeId(1)).await;
     cluster.put(group, "after", "2").await;
     let node_1 = &cluster.nodes[&NodeId(1)].multi;
     node_1
