@@ -137,9 +137,17 @@ impl Quiescence {
     /// [`RpcBody::Wake`]): a quiet leader restarts its timers; a follower stays quiet, since
     /// it only answers "not the leader" and nothing would renew its election timer.
     pub(crate) fn touch(&self, raft: &Raft<MachineAdapter>) {
-        if self.record_use() && leads(raft) {
+        self.wake_stopped_leader(raft);
+    }
+
+    /// Records a use; when the replica's timers were stopped and it leads, restarts them and
+    /// says so.
+    fn wake_stopped_leader(&self, raft: &Raft<MachineAdapter>) -> bool {
+        let woken = self.record_use() && leads(raft);
+        if woken {
             self.resume(raft);
         }
+        woken
     }
 
     /// [`Quiescence::touch`] before a write (a proposal or a membership change). A leader
@@ -149,7 +157,7 @@ impl Quiescence {
     /// `patience`. After that the write is tried anyway: cut off from its quorum, the
     /// leader refuses it, a definite failure rather than a timeout of unknown outcome.
     pub(crate) async fn touch_for_write(&self, raft: &Raft<MachineAdapter>, patience: Duration) {
-        if !(self.record_use() && leads(raft)) {
+        if !self.wake_stopped_leader(raft) {
             return;
         }
         let (acked_before, sole_voter) = {
@@ -158,7 +166,6 @@ impl Quiescence {
             let voters = metrics.membership_config.membership().voter_ids().count();
             (metrics.last_quorum_acked, voters == 1)
         };
-        self.resume(raft);
         if sole_voter {
             // A leader that is its own quorum holds its lease without heartbeats.
             return;

@@ -127,6 +127,15 @@ async fn write_keys(nodes: BTreeMap<NodeId, MultiRaft>, group: GroupId) -> BTree
     acknowledged
 }
 
+/// Test timings with quiescence off: the replicas in these tests must campaign when their
+/// election timers run out, which a quiet replica never does.
+fn never_quiet() -> RaftTimings {
+    RaftTimings {
+        quiesce_after_ms: 0,
+        ..RaftTimings::for_tests()
+    }
+}
+
 /// Makes the learner `promoted` a voter of `group`, then removes `removed` from it.
 async fn promote_then_remove(
     nodes: &BTreeMap<NodeId, MultiRaft>,
@@ -181,11 +190,7 @@ where
 /// stale log and overwrite what the current members committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_created_again_does_not_elect_a_member_that_missed_its_removal() {
-    let timings = RaftTimings {
-        quiesce_after_ms: 0,
-        ..RaftTimings::for_tests()
-    };
-    let mut cluster = TestCluster::with_timings(4, 23, timings).await;
+    let mut cluster = TestCluster::with_timings(4, 23, never_quiet()).await;
     let group = GroupId(1);
     cluster
         .create_group(group, &[NodeId(1), NodeId(2), NodeId(3)])
@@ -268,11 +273,7 @@ async fn a_replica_created_again_does_not_elect_a_member_that_missed_its_removal
 /// given the group's first two entries, as a leader's first batch would, and nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_created_again_does_not_lead_an_old_configuration_alone() {
-    let timings = RaftTimings {
-        quiesce_after_ms: 0,
-        ..RaftTimings::for_tests()
-    };
-    let mut cluster = TestCluster::with_timings(3, 24, timings).await;
+    let mut cluster = TestCluster::with_timings(3, 24, never_quiet()).await;
     let group = GroupId(1);
     let voters = [NodeId(1), NodeId(2), NodeId(3)];
     cluster.create_group(group, &voters).await;

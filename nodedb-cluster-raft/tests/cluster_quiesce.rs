@@ -6,8 +6,8 @@ mod common;
 
 use common::{CLIENT_ATTEMPTS_MAX, TestCluster, WAIT, wait_for};
 use nodedb_cluster_core::{GroupId, NodeId};
-use nodedb_cluster_raft::ProposeError;
 use nodedb_cluster_raft::kv::KvCommand;
+use nodedb_cluster_raft::{Applied, ProposeError};
 use std::time::Duration;
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
@@ -36,6 +36,30 @@ async fn wait_quiet(cluster: &TestCluster, group: GroupId, nodes: &[NodeId]) {
         cluster.quiesced(nodes, &[group]).then_some(())
     })
     .await;
+}
+
+/// Waits until a quiet leader's quorum lease has lapsed (it lasts one longest election
+/// timeout).
+async fn let_the_lease_lapse(cluster: &TestCluster) {
+    let lease = Duration::from_millis(cluster.timings.election_timeout_ms_max);
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+}
+
+/// Puts `value` under key `k` of `group` with one proposal on `node`, never retried.
+async fn put_once(
+    cluster: &TestCluster,
+    node: NodeId,
+    group: GroupId,
+    value: &str,
+) -> Result<Applied, ProposeError> {
+    let put = KvCommand::Put {
+        key: b"k".to_vec(),
+        value: value.as_bytes().to_vec(),
+    };
+    cluster.nodes[&node]
+        .multi
+        .propose(group, put.encode())
+        .await
 }
 
 fn awake_anywhere(cluster: &TestCluster, group: GroupId) -> bool {
@@ -84,15 +108,8 @@ async fn a_write_or_a_read_wakes_a_quiet_group_without_an_election() {
     // Asked once, on the leader, after the quiet leader's quorum lease lapsed (it lasts one
     // maximal election timeout): the write waits for the lease to be renewed instead of
     // being refused as "not the leader".
-    let lease = Duration::from_millis(cluster.timings.election_timeout_ms_max);
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
-    let put = KvCommand::Put {
-        key: b"k".to_vec(),
-        value: b"v2".to_vec(),
-    };
-    cluster.nodes[&leader]
-        .multi
-        .propose(group, put.encode())
+    let_the_lease_lapse(&cluster).await;
+    put_once(&cluster, leader, group, "v2")
         .await
         .expect("a write to the quiet leader");
     assert!(
@@ -267,13 +284,7 @@ async fn a_quiet_single_voter_group_takes_a_write_at_once() {
     cluster.create_group(group, &only).await;
     cluster.put(group, "k", "v1").await;
     wait_quiet(&cluster, group, &only).await;
-    let put = KvCommand::Put {
-        key: b"k".to_vec(),
-        value: b"v2".to_vec(),
-    };
-    cluster.nodes[&NodeId(1)]
-        .multi
-        .propose(group, put.encode())
+    put_once(&cluster, NodeId(1), group, "v2")
         .await
         .expect("a write to the quiet single voter");
     assert_eq!(cluster.get(group, "k").await.as_deref(), Some("v2"));
@@ -287,17 +298,9 @@ async fn a_write_to_a_quiet_leader_cut_off_fails_definitely() {
     let cluster = quiet_cluster(38).await;
     let group = GROUPS[1];
     let leader = cluster.wait_leader(group).await;
-    let lease = Duration::from_millis(cluster.timings.election_timeout_ms_max);
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let_the_lease_lapse(&cluster).await;
     cluster.network.isolate(leader);
-    let put = KvCommand::Put {
-        key: b"k".to_vec(),
-        value: b"cut off".to_vec(),
-    };
-    let refused = cluster.nodes[&leader]
-        .multi
-        .propose(group, put.encode())
-        .await;
+    let refused = put_once(&cluster, leader, group, "cut off").await;
     assert!(
         matches!(refused, Err(ProposeError::NotLeader { .. })),
         "{refused:?}"
