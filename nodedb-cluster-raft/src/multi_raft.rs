@@ -107,6 +107,12 @@ impl RaftTimings {
             // on the "reverted" log instead of replicating into the new, empty one. Logs never
             // revert otherwise: every append is fsynced before it is acknowledged.
             allow_log_reversion: Some(true),
+            // A leader's entry commits on its followers' acknowledgements while its own append
+            // may still be queued. Killed then and restored as leader of its old term at
+            // restart, it would give its next entry that lost entry's term and index, and the
+            // followers would keep theirs: two commands at one position. A restarted replica
+            // always starts as a follower; leading again takes an election and a new term.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config

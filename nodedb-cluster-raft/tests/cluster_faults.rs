@@ -1,16 +1,18 @@
 //! Faults over the in-memory transport: leader crash, minority partition, a lagging follower
 //! that needs a snapshot, a restart of every node from its files, a leader killed with log
-//! writes in flight, and a read without a barrier that a crash must not undo.
+//! writes in flight, a read without a barrier that a crash must not undo, and a leader
+//! restarted at once after losing an entry its followers committed.
 
 mod common;
 
 use common::{TestCluster, WAIT, wait_for};
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_raft::kv::{KvCommand, KvStateMachine};
-use nodedb_cluster_raft::{ProposeError, Role};
+use nodedb_cluster_raft::{ProposeError, RaftTimings, Role};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 
@@ -355,6 +357,100 @@ async fn a_read_without_barrier_is_not_undone_by_a_crash() {
             cluster.restart_node(node).await;
         }
         cluster.wait_leader(group).await;
+    }
+    cluster.shutdown().await;
+}
+
+/// A leader's entry commits on its followers' acknowledgements even while its own append still
+/// waits in its log's queue. Killed then and restarted before anyone campaigns, the leader must
+/// not go on in its old term: its log lacks that committed entry, and its next entry would take
+/// the same term and index, which the followers would take for the entry they hold (two
+/// replicas applying different commands at one position).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_at_once_does_not_reuse_the_position_of_an_entry_it_lost() {
+    // Long elections: the followers must not campaign while the leader is down.
+    let timings = RaftTimings {
+        election_timeout_ms_min: 3_000,
+        election_timeout_ms_max: 4_000,
+        quiesce_after_ms: 0,
+        ..RaftTimings::for_tests()
+    };
+    let mut cluster = TestCluster::with_timings(3, 26, timings).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let leader = cluster.wait_leader(group).await;
+    cluster.put(group, "before", "1").await;
+    cluster.wait_converged(group).await;
+    let follower = *VOTERS
+        .iter()
+        .find(|node| **node != leader)
+        .expect("a follower");
+    let committed_before = cluster
+        .status(follower, group)
+        .expect("status")
+        .commit_index;
+
+    // Hold the leader's log writer in a completion callback of a write to a scratch group:
+    // what the leader appends from now on waits in its queue, while the followers write it.
+    // The scratch group's removal is queued first, and is the one queued write the kill keeps.
+    let scratch = GroupId(99);
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let log = cluster.nodes[&leader].log.clone();
+    log.append(
+        scratch,
+        vec![(1, b"hold".to_vec())],
+        Box::new(move |_| {
+            let _ = held_tx.send(());
+            let _ = release_rx.recv_timeout(WAIT);
+        }),
+    );
+    held_rx.recv_timeout(WAIT).expect("the writer is held");
+    let scratch_removed = tokio::spawn(async move { log.remove_group(scratch).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let leader_multi = cluster.nodes[&leader].multi.clone();
+    let lost = tokio::spawn(async move {
+        let put = KvCommand::Put {
+            key: b"lost".to_vec(),
+            value: b"2".to_vec(),
+        };
+        leader_multi.propose(group, put.encode()).await
+    });
+    wait_for("the followers to commit the entry", WAIT, || {
+        let committed = cluster.status(follower, group)?.commit_index;
+        (committed > committed_before).then_some(())
+    })
+    .await;
+
+    // Kill the leader (its queued writes are lost), release the writer so that the kill can
+    // finish, and restart the leader at once.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = release_tx.send(());
+    });
+    cluster.kill_node(leader, 1).await;
+    release.join().expect("release thread");
+    scratch_removed
+        .await
+        .expect("scratch removal task")
+        .expect("the scratch group is removed");
+    assert!(
+        lost.await.expect("proposal task").is_err(),
+        "the held proposal was acknowledged"
+    );
+    cluster.restart_node(leader).await;
+    // The restarted leader is a follower now: the group waits for an election.
+    cluster.wait_leader(group).await;
+    cluster.put(group, "after", "3").await;
+    cluster.wait_converged(group).await;
+    assert_eq!(cluster.get(group, "lost").await.as_deref(), Some("2"));
+    assert_eq!(cluster.get(group, "after").await.as_deref(), Some("3"));
+    for node in VOTERS {
+        assert_eq!(
+            cluster.local_get(node, group, "lost").await.as_deref(),
+            Some("2"),
+            "the committed entry is missing on {node}"
+        );
     }
     cluster.shutdown().await;
 }
