@@ -1,6 +1,8 @@
-//! Deterministic-schedule fault harness: N nodes, M groups, a seeded plan of partitions,
-//! isolations, lossy periods and node kills (as kill -9: queued log writes lost, or a prefix of
-//! them written) with restarts on the in-memory network, and concurrent put/get/delete/CAS
+//! Deterministic-schedule fault harness: N nodes, M groups of three replicas, a seeded plan of
+//! partitions, isolations, lossy periods, node kills (as kill -9: queued log writes lost, or a
+//! prefix of them written) with restarts, and membership churn (a voter replaced by the node
+//! without a replica, while another voter is cut off: see `churn.rs`) on the in-memory network,
+//! and concurrent put/get/delete/CAS
 //! clients recorded into core's linearizability checker. Some steps first hush the clients
 //! until the groups quiesce (heartbeats and election timers stopped), so that the fault hits
 //! quiet groups: a quiet leader killed or cut off must still be replaced. After healing: every
@@ -8,11 +10,13 @@
 //! every group's replicas must report equal state hashes. Beside the clients, a ticker puts
 //! increasing numbers into one more key per group and reads them back without a barrier from
 //! random nodes: a replica's answer may lag, but must never go back, not even across a kill
-//! and restart of its node.
+//! and restart of its node (a replica created again on a node after a removal is a new one).
 //!
 //! The seed is printed; `NODEDB_RAFT_SEED=<n>` replays one. The fault plan and every client's
 //! choice of operations derive from the seed; thread interleavings come from the real runtime.
 
+#[path = "fault_harness/churn.rs"]
+mod churn;
 mod common;
 
 use common::{TestCluster, wait_for};
@@ -23,12 +27,14 @@ use nodedb_cluster_raft::{MultiRaft, ProposeError, RaftTimings, ReadConsistency}
 use nodedb_cluster_transport::FaultPlan;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-const NODES: u64 = 3;
+const NODES: u64 = 4;
+/// Replicas of every group; the node left out is the one churn brings in.
+const VOTERS: u64 = 3;
 const GROUPS: u32 = 2;
 const KEYS_PER_GROUP: u32 = 3;
 const CLIENTS: u64 = 4;
@@ -72,6 +78,13 @@ enum Fault {
         node: NodeId,
         survivors: usize,
     },
+    /// The voter of `group` ranked `out_rank` among its current voters is replaced by the node
+    /// without a replica, while the one ranked `cut_rank` among the others is isolated.
+    Churn {
+        group: GroupId,
+        out_rank: usize,
+        cut_rank: Option<usize>,
+    },
 }
 
 /// One step of the plan: a fault for a while, hitting quiesced groups when `quiet`.
@@ -101,11 +114,13 @@ async fn run_seed(seed: u64) {
         ..RaftTimings::for_tests()
     };
     let mut cluster = TestCluster::with_timings(NODES, seed, timings).await;
-    let voters: Vec<NodeId> = (1..=NODES).map(NodeId).collect();
     let groups: Vec<GroupId> = (1..=GROUPS).map(GroupId).collect();
+    let mut placement = BTreeMap::new();
     for group in &groups {
+        let voters = initial_voters(*group);
         cluster.create_group(*group, &voters).await;
         cluster.wait_leader(*group).await;
+        placement.insert(*group, voters.into_iter().collect::<BTreeSet<NodeId>>());
     }
     let mut rng = SmallRng::seed_from_u64(seed);
     let schedule: Vec<Step> = (0..FAULT_STEPS).map(|_| next_step(&mut rng)).collect();
@@ -143,10 +158,15 @@ async fn run_seed(seed: u64) {
             hush.begin().await;
             // The clients are silent and the step before has healed: only a group that
             // never settles stays awake.
-            let live: Vec<NodeId> = cluster.nodes.keys().copied().collect();
             let what = format!("seed {seed}: every replica quiet before {:?}", step.fault);
             wait_for(&what, QUIET_WAIT, || {
-                cluster.quiesced(&live, &groups).then_some(())
+                placement
+                    .iter()
+                    .all(|(group, members)| {
+                        let members: Vec<NodeId> = members.iter().copied().collect();
+                        cluster.quiesced(&members, &[*group])
+                    })
+                    .then_some(())
             })
             .await;
             println!("seed {seed}: quiet before {:?}", step.fault);
@@ -156,7 +176,18 @@ async fn run_seed(seed: u64) {
             ticks.read_every_group(&cluster.live, node).await;
             cluster.kill_node(node, survivors).await;
         }
-        apply_fault(&cluster, &step.fault);
+        apply_fault(&cluster, &placement, &step.fault);
+        if let Fault::Churn {
+            group, out_rank, ..
+        } = step.fault
+        {
+            let (out, spare) = churned(&placement[&group], out_rank);
+            // The new replica answers from its own, empty start.
+            ticks.forget(spare, group);
+            churn::replace_voter(&cluster, seed, group, out, spare).await;
+            placement.entry(group).or_default().remove(&out);
+            placement.entry(group).or_default().insert(spare);
+        }
         if step.quiet {
             tokio::time::sleep(QUIET_FAULT_HOLD).await;
             hush.end();
@@ -271,13 +302,20 @@ fn next_step(rng: &mut SmallRng) -> Step {
 
 fn next_fault(rng: &mut SmallRng) -> (Fault, Duration) {
     let node = NodeId(rng.random_range(1..=NODES));
-    let fault = match rng.random_range(0..5) {
+    let fault = match rng.random_range(0..6) {
         0 => Fault::Calm,
         1 => Fault::Isolate(node),
         2 => Fault::Partition { minority: node },
         3 => Fault::Kill {
             node,
             survivors: rng.random_range(0..=KILL_SURVIVORS_MAX),
+        },
+        4 => Fault::Churn {
+            group: GroupId(rng.random_range(1..=GROUPS)),
+            out_rank: rng.random_range(0..VOTERS as usize),
+            cut_rank: rng
+                .random_bool(0.5)
+                .then(|| rng.random_range(0..VOTERS as usize - 1)),
         },
         _ => Fault::Lossy {
             drop_percent: rng.random_range(1..=15),
@@ -287,9 +325,45 @@ fn next_fault(rng: &mut SmallRng) -> (Fault, Duration) {
     (fault, Duration::from_millis(rng.random_range(200..=600)))
 }
 
-fn apply_fault(cluster: &TestCluster, fault: &Fault) {
+/// Groups are placed on consecutive nodes, so that each has a different node without a
+/// replica: group 1 on nodes 1, 2, 3, group 2 on nodes 2, 3, 4, ...
+fn initial_voters(group: GroupId) -> Vec<NodeId> {
+    (0..VOTERS)
+        .map(|rank| NodeId((u64::from(group.0) - 1 + rank) % NODES + 1))
+        .collect()
+}
+
+/// The voter a churn step replaces (by its rank among `members`) and the node that replaces
+/// it (the lowest-numbered node without a replica).
+fn churned(members: &BTreeSet<NodeId>, out_rank: usize) -> (NodeId, NodeId) {
+    let out = *members.iter().nth(out_rank).expect("a voter of that rank");
+    let spare = (1..=NODES)
+        .map(NodeId)
+        .find(|node| !members.contains(node))
+        .expect("a node without a replica");
+    (out, spare)
+}
+
+fn apply_fault(
+    cluster: &TestCluster,
+    placement: &BTreeMap<GroupId, BTreeSet<NodeId>>,
+    fault: &Fault,
+) {
     match fault {
         Fault::Calm | Fault::Kill { .. } => {}
+        Fault::Churn {
+            group,
+            out_rank,
+            cut_rank,
+        } => {
+            let members = &placement[group];
+            let (out, _) = churned(members, *out_rank);
+            let cut =
+                cut_rank.and_then(|rank| members.iter().filter(|node| **node != out).nth(rank));
+            if let Some(cut) = cut {
+                cluster.network.isolate(*cut);
+            }
+        }
         Fault::Isolate(node) => cluster.network.isolate(*node),
         Fault::Partition { minority } => {
             let majority: Vec<NodeId> = (1..=NODES)
@@ -446,6 +520,12 @@ impl TickReads {
         *before = (*before).max(tick);
     }
 
+    /// Forgets what `node`'s replica of `group` answered: a replica created there again
+    /// starts empty and catches up, a new replica with no past to go back from.
+    fn forget(&self, node: NodeId, group: GroupId) {
+        self.seen.lock().expect("tick reads").remove(&(node, group));
+    }
+
     /// [`TickReads::read`] of every group's tick key on `node`, when it is live.
     async fn read_every_group(&self, nodes: &LiveNodes, node: NodeId) {
         let live = nodes.read().expect("live nodes").get(&node).cloned();
@@ -528,6 +608,11 @@ async fn execute(nodes: &LiveNodes, group: GroupId, key: &[u8], kind: &OpKind) -
             Ok(outcome) => return outcome,
             Err(ProposeError::NotLeader { leader_hint, .. }) => {
                 target = leader_hint.unwrap_or(NodeId(target.0 % NODES + 1));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Not a member (any more, or yet): nothing was done there.
+            Err(ProposeError::UnknownGroup { .. }) => {
+                target = NodeId(target.0 % NODES + 1);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             // Nothing was changed: the read could not be confirmed.
