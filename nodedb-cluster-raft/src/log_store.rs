@@ -141,8 +141,9 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             .map_err(storage)
     }
 
-    /// Durable on return, and openraft applies only after it: see ARCHITECTURE.md (raft,
-    /// `log_db/`) for why a lazy write here loses linearizability after a full restart.
+    /// Durable on return, and openraft applies only after it: a restarted replica replays to
+    /// it, so a read without a barrier never goes back across a crash, and it is queued behind
+    /// this replica's own append of what it covers (see ARCHITECTURE.md, raft, `log_db/`).
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         let bytes = wire::encode_log_id(&committed);
         self.db

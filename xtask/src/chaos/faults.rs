@@ -254,6 +254,20 @@ pub fn apply(cluster: &Cluster, state: &RunState, fault: &Fault) -> Result<Optio
                 undo: Undo::Restart(node),
             }))
         }
+        Fault::Crash(target) => {
+            let Some(node) = resolve_target(cluster, *target) else {
+                return Ok(None);
+            };
+            if !cluster.kill(node) {
+                eprintln!("  crash of node {node} left out: it is not running");
+                return Ok(None);
+            }
+            nemesis::restart(cluster, node)?;
+            Ok(Some(Applied {
+                description: format!("kill -9 node {node} ({target}) and restart it at once"),
+                undo: Undo::Nothing,
+            }))
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub const DUPLICATE_PERCENT_MIN: u32 = 1;
 pub const DUPLICATE_PERCENT_MAX: u32 = 10;
 /// Most nodes restarted with the UDP fault layer in one round (each costs a restart each way).
 pub const DELAYED_NODES_MAX: usize = 3;
+/// Share of kills whose node restarts at once rather than at the end of the round.
+pub const CRASH_PROBABILITY: f64 = 0.5;
 
 /// One stage of the run: which faults its rounds draw from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +91,9 @@ pub enum Fault {
     Partition(Split),
     /// SIGKILL, restart from the data dir at the end of the round.
     Kill(Target),
+    /// SIGKILL and restart from the data dir at once, as a supervisor would: a leader is back
+    /// before its followers' election timeouts end, with whatever its last write lost.
+    Crash(Target),
     /// SIGSTOP, SIGCONT at the end of the round.
     Pause(Target),
     /// Each of `nodes` drops `percent` % of the packets from its peers, at random.
@@ -280,9 +285,10 @@ fn spare_victim(fault: &mut Fault, victim: u64, nodes: &[u64]) {
         }
     };
     match fault {
-        Fault::Kill(target) | Fault::Pause(target) | Fault::Partition(Split::Isolate(target)) => {
-            retarget(target)
-        }
+        Fault::Kill(target)
+        | Fault::Crash(target)
+        | Fault::Pause(target)
+        | Fault::Partition(Split::Isolate(target)) => retarget(target),
         _ => {}
     }
     debug_assert!(nodes.contains(&victim));
@@ -299,7 +305,14 @@ fn plan_faults(
 ) -> Vec<Fault> {
     match nemesis {
         Nemesis::Partition => vec![Fault::Partition(plan_split(rng, nodes, groups))],
-        Nemesis::Kill => vec![Fault::Kill(plan_target(rng, nodes, groups))],
+        Nemesis::Kill => {
+            let target = plan_target(rng, nodes, groups);
+            if rng.random_bool(CRASH_PROBABILITY) {
+                vec![Fault::Crash(target)]
+            } else {
+                vec![Fault::Kill(target)]
+            }
+        }
         Nemesis::Pause => vec![Fault::Pause(plan_target(rng, nodes, groups))],
         Nemesis::Lossy => {
             let lossy = Fault::Lossy {
@@ -410,6 +423,7 @@ impl fmt::Display for Fault {
             }) => write!(f, "partition {left:?} | {right:?} bridged by node {bridge}"),
             Fault::Partition(Split::Isolate(target)) => write!(f, "isolate {target}"),
             Fault::Kill(target) => write!(f, "kill -9 {target}"),
+            Fault::Crash(target) => write!(f, "kill -9 {target} and restart it at once"),
             Fault::Pause(target) => write!(f, "pause {target}"),
             Fault::Lossy { nodes, percent } => write!(f, "lose {percent}% into nodes {nodes:?}"),
             Fault::Slow { nodes, rate_kbit } => {
@@ -519,6 +533,7 @@ mod tests {
                         }
                         Fault::Partition(Split::Isolate(target))
                         | Fault::Kill(target)
+                        | Fault::Crash(target)
                         | Fault::Pause(target) => check_target(target),
                         Fault::Lossy {
                             nodes: lossy,
@@ -604,7 +619,9 @@ mod tests {
                     // Every round has a fault besides its churn, never aimed at the victim by id.
                     assert!(round.faults.len() > churn, "seed {seed}: {round}");
                     for fault in &round.faults {
-                        if let Fault::Kill(target) | Fault::Pause(target) = fault {
+                        if let Fault::Kill(target) | Fault::Crash(target) | Fault::Pause(target) =
+                            fault
+                        {
                             assert_ne!(*target, Target::Node(victim), "seed {seed}");
                         }
                         assert!(!matches!(fault, Fault::Delay { .. }), "seed {seed}");
