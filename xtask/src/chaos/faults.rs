@@ -242,26 +242,18 @@ pub fn apply(cluster: &Cluster, state: &RunState, fault: &Fault) -> Result<Optio
             }))
         }
         Fault::Kill(target) => {
-            let Some(node) = resolve_target(cluster, *target) else {
+            let Some(node) = kill_target(cluster, *target) else {
                 return Ok(None);
             };
-            if !cluster.kill(node) {
-                eprintln!("  kill of node {node} left out: it is not running");
-                return Ok(None);
-            }
             Ok(Some(Applied {
                 description: format!("kill -9 node {node} ({target})"),
                 undo: Undo::Restart(node),
             }))
         }
         Fault::Crash(target) => {
-            let Some(node) = resolve_target(cluster, *target) else {
+            let Some(node) = kill_target(cluster, *target) else {
                 return Ok(None);
             };
-            if !cluster.kill(node) {
-                eprintln!("  crash of node {node} left out: it is not running");
-                return Ok(None);
-            }
             nemesis::restart(cluster, node)?;
             Ok(Some(Applied {
                 description: format!("kill -9 node {node} ({target}) and restart it at once"),
@@ -269,6 +261,17 @@ pub fn apply(cluster: &Cluster, state: &RunState, fault: &Fault) -> Result<Optio
             }))
         }
     }
+}
+
+/// SIGKILLs the node `target` names; `None` (said on stderr) when it names none or that node
+/// is not running.
+fn kill_target(cluster: &Cluster, target: Target) -> Option<u64> {
+    let node = resolve_target(cluster, target)?;
+    if !cluster.kill(node) {
+        eprintln!("  kill of node {node} left out: it is not running");
+        return None;
+    }
+    Some(node)
 }
 
 /// Switches `applied` off.
