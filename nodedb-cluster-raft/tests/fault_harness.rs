@@ -1,9 +1,9 @@
 //! Deterministic-schedule fault harness: N nodes, M groups of three replicas, a seeded plan of
 //! partitions, isolations, lossy periods, node kills (as kill -9: queued log writes lost, or a
 //! prefix of them written) with restarts, and membership churn (a voter replaced by the node
-//! without a replica, while another voter is cut off: see `churn.rs`) on the in-memory network,
-//! and concurrent put/get/delete/CAS
-//! clients recorded into core's linearizability checker. Some steps first hush the clients
+//! without a replica, while another voter is isolated or killed: see `churn.rs`) on the
+//! in-memory network, and concurrent put/get/delete/CAS clients recorded into core's
+//! linearizability checker. Some steps first hush the clients
 //! until the groups quiesce (heartbeats and election timers stopped), so that the fault hits
 //! quiet groups: a quiet leader killed or cut off must still be replaced. After healing: every
 //! key's history must be linearizable (with final reads, so no acknowledged write is lost) and
@@ -79,11 +79,21 @@ enum Fault {
         survivors: usize,
     },
     /// The voter of `group` ranked `out_rank` among its current voters is replaced by the node
-    /// without a replica, while the one ranked `cut_rank` among the others is isolated.
+    /// without a replica, while the one ranked `cut_rank` among the others is cut off.
     Churn {
         group: GroupId,
         out_rank: usize,
-        cut_rank: Option<usize>,
+        cut: Option<(usize, Cut)>,
+    },
+}
+
+/// How a churn step cuts a voter off.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    Isolate,
+    /// Killed as [`Fault::Kill`] and restarted at the end of the step.
+    Kill {
+        survivors: usize,
     },
 }
 
@@ -171,7 +181,8 @@ async fn run_seed(seed: u64) {
             .await;
             println!("seed {seed}: quiet before {:?}", step.fault);
         }
-        if let Fault::Kill { node, survivors } = step.fault {
+        let killed = killed_node(&placement, &step.fault);
+        if let Some((node, survivors)) = killed {
             // What the victim answers just before the kill, it must answer after the restart.
             ticks.read_every_group(&cluster.live, node).await;
             cluster.kill_node(node, survivors).await;
@@ -195,7 +206,7 @@ async fn run_seed(seed: u64) {
         tokio::time::sleep(step.duration).await;
         cluster.network.heal();
         cluster.network.set_fault_plan(FaultPlan::none());
-        if let Fault::Kill { node, .. } = step.fault {
+        if let Some((node, _)) = killed {
             cluster.restart_node(node).await;
             // Read at once, before the leader's next message brings the replica up to date.
             ticks.read_every_group(&cluster.live, node).await;
@@ -313,9 +324,16 @@ fn next_fault(rng: &mut SmallRng) -> (Fault, Duration) {
         4 => Fault::Churn {
             group: GroupId(rng.random_range(1..=GROUPS)),
             out_rank: rng.random_range(0..VOTERS as usize),
-            cut_rank: rng
-                .random_bool(0.5)
-                .then(|| rng.random_range(0..VOTERS as usize - 1)),
+            cut: match rng.random_range(0..3) {
+                0 => None,
+                1 => Some((rng.random_range(0..VOTERS as usize - 1), Cut::Isolate)),
+                _ => Some((
+                    rng.random_range(0..VOTERS as usize - 1),
+                    Cut::Kill {
+                        survivors: rng.random_range(0..=KILL_SURVIVORS_MAX),
+                    },
+                )),
+            },
         },
         _ => Fault::Lossy {
             drop_percent: rng.random_range(1..=15),
@@ -344,6 +362,33 @@ fn churned(members: &BTreeSet<NodeId>, out_rank: usize) -> (NodeId, NodeId) {
     (out, spare)
 }
 
+/// The voter a churn step cuts off: ranked `cut_rank` among the voters it keeps.
+fn churn_cut(members: &BTreeSet<NodeId>, out_rank: usize, cut_rank: usize) -> NodeId {
+    let (out, _) = churned(members, out_rank);
+    *members
+        .iter()
+        .filter(|node| **node != out)
+        .nth(cut_rank)
+        .expect("a voter of that rank")
+}
+
+/// The node a step kills (restarted at the end of the step), with how many of its queued log
+/// writes survive.
+fn killed_node(
+    placement: &BTreeMap<GroupId, BTreeSet<NodeId>>,
+    fault: &Fault,
+) -> Option<(NodeId, usize)> {
+    match fault {
+        Fault::Kill { node, survivors } => Some((*node, *survivors)),
+        Fault::Churn {
+            group,
+            out_rank,
+            cut: Some((rank, Cut::Kill { survivors })),
+        } => Some((churn_cut(&placement[group], *out_rank, *rank), *survivors)),
+        _ => None,
+    }
+}
+
 fn apply_fault(
     cluster: &TestCluster,
     placement: &BTreeMap<GroupId, BTreeSet<NodeId>>,
@@ -354,16 +399,11 @@ fn apply_fault(
         Fault::Churn {
             group,
             out_rank,
-            cut_rank,
-        } => {
-            let members = &placement[group];
-            let (out, _) = churned(members, *out_rank);
-            let cut =
-                cut_rank.and_then(|rank| members.iter().filter(|node| **node != out).nth(rank));
-            if let Some(cut) = cut {
-                cluster.network.isolate(*cut);
-            }
-        }
+            cut: Some((rank, Cut::Isolate)),
+        } => cluster
+            .network
+            .isolate(churn_cut(&placement[group], *out_rank, *rank)),
+        Fault::Churn { .. } => {}
         Fault::Isolate(node) => cluster.network.isolate(*node),
         Fault::Partition { minority } => {
             let majority: Vec<NodeId> = (1..=NODES)
