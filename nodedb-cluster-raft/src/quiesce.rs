@@ -135,14 +135,9 @@ impl Quiescence {
 
     /// Records a use on this node (a proposal, read, membership change, transfer, or a peer's
     /// [`RpcBody::Wake`]): a quiet leader restarts its timers; a follower stays quiet, since
-    /// it only answers "not the leader" and nothing would renew its election timer.
-    pub(crate) fn touch(&self, raft: &Raft<MachineAdapter>) {
-        self.wake_stopped_leader(raft);
-    }
-
-    /// Records a use; when the replica's timers were stopped and it leads, restarts them and
-    /// says so.
-    fn wake_stopped_leader(&self, raft: &Raft<MachineAdapter>) -> bool {
+    /// it only answers "not the leader" and nothing would renew its election timer. Says
+    /// whether it woke a leader.
+    pub(crate) fn touch(&self, raft: &Raft<MachineAdapter>) -> bool {
         let woken = self.record_use() && leads(raft);
         if woken {
             self.resume(raft);
@@ -157,7 +152,7 @@ impl Quiescence {
     /// `patience`. After that the write is tried anyway: cut off from its quorum, the
     /// leader refuses it, a definite failure rather than a timeout of unknown outcome.
     pub(crate) async fn touch_for_write(&self, raft: &Raft<MachineAdapter>, patience: Duration) {
-        if !self.wake_stopped_leader(raft) {
+        if !self.touch(raft) {
             return;
         }
         let (acked_before, sole_voter) = {

@@ -15,7 +15,7 @@ const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 
 /// A group initialized on one member with all three, the others opened empty: replicas that
 /// are the first of their group on their node vote from an empty log, as Raft says (only a
-/// replica created again after a removal waits until its log names it a voter).
+/// replica created again after a removal waits until its log reaches the removed one's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_initialized_on_one_member_elects_with_the_others_empty() {
     let cluster = TestCluster::new(3, 2).await;

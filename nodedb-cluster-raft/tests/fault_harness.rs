@@ -181,23 +181,25 @@ async fn run_seed(seed: u64) {
             .await;
             println!("seed {seed}: quiet before {:?}", step.fault);
         }
-        let killed = killed_node(&placement, &step.fault);
+        let churning = Churning::resolve(&placement, &step.fault);
+        let killed = killed_node(&step.fault, churning.as_ref());
         if let Some((node, survivors)) = killed {
             // What the victim answers just before the kill, it must answer after the restart.
             ticks.read_every_group(&cluster.live, node).await;
             cluster.kill_node(node, survivors).await;
         }
-        apply_fault(&cluster, &placement, &step.fault);
-        if let Fault::Churn {
-            group, out_rank, ..
-        } = step.fault
-        {
-            let (out, spare) = churned(&placement[&group], out_rank);
+        apply_fault(&cluster, &step.fault);
+        if let Some(churning) = churning {
+            if let Some((node, Cut::Isolate)) = churning.cut {
+                cluster.network.isolate(node);
+            }
             // The new replica answers from its own, empty start.
-            ticks.forget(spare, group);
-            churn::replace_voter(&cluster, seed, group, out, spare).await;
-            placement.entry(group).or_default().remove(&out);
-            placement.entry(group).or_default().insert(spare);
+            ticks.forget(churning.spare, churning.group);
+            churn::replace_voter(&cluster, seed, churning.group, churning.out, churning.spare)
+                .await;
+            let members = placement.get_mut(&churning.group).expect("a placed group");
+            members.remove(&churning.out);
+            members.insert(churning.spare);
         }
         if step.quiet {
             tokio::time::sleep(QUIET_FAULT_HOLD).await;
@@ -351,59 +353,64 @@ fn initial_voters(group: GroupId) -> Vec<NodeId> {
         .collect()
 }
 
-/// The voter a churn step replaces (by its rank among `members`) and the node that replaces
-/// it (the lowest-numbered node without a replica).
-fn churned(members: &BTreeSet<NodeId>, out_rank: usize) -> (NodeId, NodeId) {
-    let out = *members.iter().nth(out_rank).expect("a voter of that rank");
-    let spare = (1..=NODES)
-        .map(NodeId)
-        .find(|node| !members.contains(node))
-        .expect("a node without a replica");
-    (out, spare)
+/// A churn step resolved against the current placement: which voter goes, which node comes
+/// in (the lowest-numbered node without a replica), and which other voter is cut off how.
+struct Churning {
+    group: GroupId,
+    out: NodeId,
+    spare: NodeId,
+    cut: Option<(NodeId, Cut)>,
 }
 
-/// The voter a churn step cuts off: ranked `cut_rank` among the voters it keeps.
-fn churn_cut(members: &BTreeSet<NodeId>, out_rank: usize, cut_rank: usize) -> NodeId {
-    let (out, _) = churned(members, out_rank);
-    *members
-        .iter()
-        .filter(|node| **node != out)
-        .nth(cut_rank)
-        .expect("a voter of that rank")
+impl Churning {
+    fn resolve(placement: &BTreeMap<GroupId, BTreeSet<NodeId>>, fault: &Fault) -> Option<Self> {
+        let Fault::Churn {
+            group,
+            out_rank,
+            cut,
+        } = fault
+        else {
+            return None;
+        };
+        let members = &placement[group];
+        let out = *members.iter().nth(*out_rank).expect("a voter of that rank");
+        let spare = (1..=NODES)
+            .map(NodeId)
+            .find(|node| !members.contains(node))
+            .expect("a node without a replica");
+        let cut = cut.map(|(rank, how)| {
+            let mut kept = members.iter().filter(|node| **node != out);
+            (*kept.nth(rank).expect("a voter of that rank"), how)
+        });
+        Some(Churning {
+            group: *group,
+            out,
+            spare,
+            cut,
+        })
+    }
 }
 
 /// The node a step kills (restarted at the end of the step), with how many of its queued log
 /// writes survive.
-fn killed_node(
-    placement: &BTreeMap<GroupId, BTreeSet<NodeId>>,
-    fault: &Fault,
-) -> Option<(NodeId, usize)> {
-    match fault {
-        Fault::Kill { node, survivors } => Some((*node, *survivors)),
-        Fault::Churn {
-            group,
-            out_rank,
-            cut: Some((rank, Cut::Kill { survivors })),
-        } => Some((churn_cut(&placement[group], *out_rank, *rank), *survivors)),
+fn killed_node(fault: &Fault, churning: Option<&Churning>) -> Option<(NodeId, usize)> {
+    match (fault, churning) {
+        (Fault::Kill { node, survivors }, _) => Some((*node, *survivors)),
+        (
+            _,
+            Some(Churning {
+                cut: Some((node, Cut::Kill { survivors })),
+                ..
+            }),
+        ) => Some((*node, *survivors)),
         _ => None,
     }
 }
 
-fn apply_fault(
-    cluster: &TestCluster,
-    placement: &BTreeMap<GroupId, BTreeSet<NodeId>>,
-    fault: &Fault,
-) {
+/// Switches on a step's network fault (kills and churn are carried out in the step loop).
+fn apply_fault(cluster: &TestCluster, fault: &Fault) {
     match fault {
-        Fault::Calm | Fault::Kill { .. } => {}
-        Fault::Churn {
-            group,
-            out_rank,
-            cut: Some((rank, Cut::Isolate)),
-        } => cluster
-            .network
-            .isolate(churn_cut(&placement[group], *out_rank, *rank)),
-        Fault::Churn { .. } => {}
+        Fault::Calm | Fault::Kill { .. } | Fault::Churn { .. } => {}
         Fault::Isolate(node) => cluster.network.isolate(*node),
         Fault::Partition { minority } => {
             let majority: Vec<NodeId> = (1..=NODES)
