@@ -141,11 +141,20 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             .map_err(storage)
     }
 
-    /// Durable on return, and openraft applies only after it: a restarted replica replays to
-    /// it, so a read without a barrier never goes back across a crash, and it is queued behind
-    /// this replica's own append of what it covers (see ARCHITECTURE.md, raft, `log_db/`).
+    /// openraft applies entries once this returns. The metadata group waits until the id is
+    /// durable: everything that follows its applied state (replica hosting, the catalog) may
+    /// then rely on a restart never going back. A data group's id is written lazily, with the
+    /// next transaction, which takes a transaction off every commit; a restart may then come
+    /// back to an older applied index, so reads of a replica's applied state without a read
+    /// barrier first wait for the id with [`LogDb::sync_meta`] (`MultiRaft::query`).
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         let bytes = wire::encode_log_id(&committed);
+        if !self.group.is_metadata() {
+            self.db
+                .put_meta_lazy(self.group, MetaKey::Committed, bytes)
+                .await;
+            return Ok(());
+        }
         self.db
             .put_meta(self.group, MetaKey::Committed, bytes)
             .await

@@ -4,7 +4,7 @@
 
 use crate::claims::{VShardClaim, VShardStep};
 use crate::error::{self, GroupError, MembershipError, ProposeError};
-use crate::log_db::LogDb;
+use crate::log_db::{LogDb, MetaKey};
 use crate::log_store::GroupLog;
 use crate::network::NetworkFactory;
 use crate::quiesce::{self, QuiesceTimings, Quiescence};
@@ -350,14 +350,18 @@ impl MultiRaft {
             self.read_barrier(group).await?;
         }
         let hosted = self.propose_target(group)?;
-        let replica = hosted.machine.lock();
-        if !replica.claim(vshard).serves() {
-            return Err(ProposeError::Moved { group, vshard });
-        }
-        replica
-            .engine
-            .query(query)
-            .map_err(|error| error::query_error(group, error))
+        let answer = {
+            let replica = hosted.machine.lock();
+            if !replica.claim(vshard).serves() {
+                return Err(ProposeError::Moved { group, vshard });
+            }
+            replica
+                .engine
+                .query(query)
+                .map_err(|error| error::query_error(group, error))?
+        };
+        self.survives_restart(group, consistency).await?;
+        Ok(answer)
     }
 
     /// Replicates one step of `migration` on `vshard` through `group` (the payload is the
@@ -423,7 +427,33 @@ impl MultiRaft {
         }
         let hosted = self.propose_target(group)?;
         let answer = hosted.machine.lock().engine.query(query);
-        answer.map_err(|error| error::query_error(group, error))
+        let answer = answer.map_err(|error| error::query_error(group, error))?;
+        self.survives_restart(group, consistency).await?;
+        Ok(answer)
+    }
+
+    /// Returns once an answer just read from `group`'s applied state cannot be undone by a
+    /// restart of this node. A data group's committed id is written lazily (`GroupLog`), and a
+    /// replica restarts at its durable committed id: a read without a barrier waits until the
+    /// id covering what it saw is durable. A linearizable read needs no wait: a restarted
+    /// replica leads only after an election (leader restore is off), and a leader serves reads
+    /// only once it applied an entry of its own term, which is past everything committed before.
+    async fn survives_restart(
+        &self,
+        group: GroupId,
+        consistency: ReadConsistency,
+    ) -> Result<(), ProposeError> {
+        if consistency == ReadConsistency::Linearizable {
+            return Ok(());
+        }
+        self.inner
+            .log_db
+            .sync_meta(group, MetaKey::Committed)
+            .await
+            .map_err(|error| ProposeError::Storage {
+                group,
+                reason: error.to_string(),
+            })
     }
 
     /// The local replica's state hash (compare across replicas at equal applied indexes).

@@ -319,9 +319,9 @@ async fn a_leader_killed_mid_batch_loses_no_acknowledged_write() {
     cluster.shutdown().await;
 }
 
-/// A read without a barrier is never undone by a crash: the replica restarted alone (no
-/// leader to catch up from) answers at least what it answered before, because the committed
-/// id is durable before the entries it covers apply.
+/// A data group's committed id reaches the disk lazily; a read without a barrier must still
+/// never be undone by a crash: the replica restarted alone (no leader to catch up from) answers
+/// at least what it answered before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_without_barrier_is_not_undone_by_a_crash() {
     let mut cluster = TestCluster::new(3, 17).await;
@@ -434,10 +434,9 @@ async fn a_leader_restarted_at_once_does_not_reuse_the_position_of_an_entry_it_l
         .await
         .expect("scratch removal task")
         .expect("the scratch group is removed");
-    assert!(
-        lost.await.expect("proposal task").is_err(),
-        "the held proposal was acknowledged"
-    );
+    // The followers committed the entry: the leader may have applied and acknowledged it
+    // before the kill (a data group applies before its own append is durable) or not.
+    let _acknowledged_or_not = lost.await.expect("proposal task");
     cluster.restart_node(leader).await;
     // The restarted leader is a follower now: the group waits for an election.
     cluster.wait_leader(group).await;

@@ -153,6 +153,73 @@ mod log_db {
         assert_eq!(db.groups().unwrap(), vec![G1, G2]);
     }
 
+    /// A lazy meta write is readable at once, waits for a transaction of its own no longer than
+    /// its delay, rides along with an eager write, and `sync_meta` makes it durable on demand.
+    #[tokio::test]
+    async fn lazy_meta_writes_ride_along_and_sync_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogDbOptions {
+            lazy_write_delay_max: Duration::from_secs(3600),
+            ..LogDbOptions::default()
+        };
+        let path = dir.path().join("raft.redb");
+        let db = LogDb::open_with(&path, options).unwrap();
+        db.put_meta_lazy(G1, MetaKey::Committed, b"c1".to_vec())
+            .await;
+        assert_eq!(
+            db.meta(G1, MetaKey::Committed).unwrap(),
+            Some(b"c1".to_vec())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(db.stats().batches_committed, 0, "a lazy write alone waits");
+        db.append_durable(G1, entries(1..2)).await.unwrap();
+        assert_eq!(db.stats().operations_committed, 2, "it rode along");
+        db.sync_meta(G1, MetaKey::Committed).await.unwrap();
+        assert_eq!(db.stats().batches_committed, 1, "nothing was pending");
+
+        db.put_meta_lazy(G1, MetaKey::Committed, b"c2".to_vec())
+            .await;
+        db.put_meta_lazy(G2, MetaKey::Committed, b"other".to_vec())
+            .await;
+        db.sync_meta(G1, MetaKey::Committed).await.unwrap();
+        // Lost from the queue now: only what was queued after the sync (nothing of G1).
+        db.put_meta_lazy(G1, MetaKey::Committed, b"c3".to_vec())
+            .await;
+        db.crash(0);
+        let db = LogDb::open_with(&path, options).unwrap();
+        assert_eq!(
+            db.meta(G1, MetaKey::Committed).unwrap(),
+            Some(b"c2".to_vec())
+        );
+        assert_eq!(
+            db.meta(G2, MetaKey::Committed).unwrap(),
+            Some(b"other".to_vec())
+        );
+        db.shutdown();
+
+        let quick = LogDbOptions {
+            lazy_write_delay_max: Duration::from_millis(5),
+            ..LogDbOptions::default()
+        };
+        let db = LogDb::open_with(&path, quick).unwrap();
+        db.put_meta_lazy(G1, MetaKey::Committed, b"c4".to_vec())
+            .await;
+        let started = std::time::Instant::now();
+        while db.stats().batches_committed == 0 {
+            assert!(
+                started.elapsed() < WAIT_MAX,
+                "the lazy write was never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        db.crash(0);
+        let db = LogDb::open(&path).unwrap();
+        assert_eq!(
+            db.meta(G1, MetaKey::Committed).unwrap(),
+            Some(b"c4".to_vec())
+        );
+    }
+
     #[test]
     fn meta_tags_round_trip() {
         for tag in 0..=u8::MAX {

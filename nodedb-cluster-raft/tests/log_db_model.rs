@@ -1,6 +1,6 @@
 //! Property test of the Raft log file against a `BTreeMap` model: random appends (waited on or
-//! only queued), truncates, purges, meta writes, group removals and reopens over a few groups;
-//! after every step every read of the file must equal the model.
+//! only queued), truncates, purges, meta writes (durable or lazy), group removals and reopens
+//! over a few groups; after every step every read of the file must equal the model.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -30,10 +30,12 @@ enum Step {
         group: u32,
         offset: u8,
     },
+    /// `lazy` = put_meta_lazy (then sometimes sync_meta), else put_meta.
     PutMeta {
         group: u32,
         key: usize,
         value: u8,
+        lazy: bool,
     },
     Remove {
         group: u32,
@@ -48,8 +50,8 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(group, count, wait)| Step::Append { group, count, wait }),
         2 => (group.clone(), any::<u8>()).prop_map(|(group, offset)| Step::Truncate { group, offset }),
         2 => (group.clone(), 0..8u8).prop_map(|(group, offset)| Step::Purge { group, offset }),
-        2 => (group.clone(), 0..KEYS.len(), any::<u8>())
-            .prop_map(|(group, key, value)| Step::PutMeta { group, key, value }),
+        2 => (group.clone(), 0..KEYS.len(), any::<u8>(), any::<bool>())
+            .prop_map(|(group, key, value, lazy)| Step::PutMeta { group, key, value, lazy }),
         1 => group.prop_map(|group| Step::Remove { group }),
         1 => Just(Step::Reopen),
     ]
@@ -155,10 +157,24 @@ async fn run(db: &mut LogDb, model: &mut Model, path: &Path, step: &Step) {
             model.purged.insert(group, purged);
             db.purge_through(GroupId(group), index).await.unwrap();
         }
-        Step::PutMeta { group, key, value } => {
+        Step::PutMeta {
+            group,
+            key,
+            value,
+            lazy,
+        } => {
             let bytes = vec![value; usize::from(value % 7)];
             model.meta.insert((group, KEYS[key]), bytes.clone());
-            db.put_meta(GroupId(group), KEYS[key], bytes).await.unwrap();
+            let (id, key) = (GroupId(group), KEYS[key]);
+            match lazy {
+                true => {
+                    db.put_meta_lazy(id, key, bytes).await;
+                    if value % 2 == 0 {
+                        db.sync_meta(id, key).await.unwrap();
+                    }
+                }
+                false => db.put_meta(id, key, bytes).await.unwrap(),
+            }
         }
         Step::Remove { group } => {
             model.log.remove(&group);

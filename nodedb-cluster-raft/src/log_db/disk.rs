@@ -275,6 +275,7 @@ impl Tables<'_> {
                         .insert((group, key.tag()), self.buffer.as_slice())?;
                 }
             }
+            Op::Sync => {}
         }
         Ok(())
     }

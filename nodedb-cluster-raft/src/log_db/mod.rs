@@ -19,6 +19,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
 
 use nodedb_cluster_core::GroupId;
 use redb::{Database, ReadableDatabase};
@@ -108,6 +109,9 @@ pub struct LogDbOptions {
     /// redb quick repair: every commit also saves the allocator state and uses a two-phase
     /// commit (two fsyncs), so that reopening after a crash need not walk the whole file.
     pub quick_repair: bool,
+    /// Longest a lazy write ([`LogDb::put_meta_lazy`]) waits for a transaction when nothing
+    /// else is queued; it rides along with the next write otherwise.
+    pub lazy_write_delay_max: Duration,
 }
 
 impl Default for LogDbOptions {
@@ -117,6 +121,7 @@ impl Default for LogDbOptions {
             batch_ops_max: 1024,
             batch_bytes_max: 16 * 1024 * 1024,
             quick_repair: false,
+            lazy_write_delay_max: Duration::from_millis(10),
         }
     }
 }
@@ -258,7 +263,7 @@ impl LogDb {
         entries: Vec<(u64, Vec<u8>)>,
         done: AppendDone,
     ) {
-        self.enqueue_when_room(group, Op::Append { entries }, done)
+        self.enqueue_when_room(group, Op::Append { entries }, Write::Eager, done)
             .await;
     }
 
@@ -289,6 +294,33 @@ impl LogDb {
         value: Vec<u8>,
     ) -> Result<(), LogDbError> {
         self.enqueue_async(group, Op::PutMeta { key, value }).await
+    }
+
+    /// Stores a meta value lazily: readable on return, durable with the next transaction, which
+    /// this write does not start by itself before `lazy_write_delay_max`. For values that may
+    /// lag on disk as long as [`LogDb::sync_meta`] is called before anything relies on them.
+    pub async fn put_meta_lazy(&self, group: GroupId, key: MetaKey, value: Vec<u8>) {
+        let op = Op::PutMeta { key, value };
+        self.enqueue_when_room(group, op, Write::Lazy, Box::new(|_| {}))
+            .await;
+    }
+
+    /// Returns once every queued write of meta `key` of `group` is durable (at once when none
+    /// is pending).
+    pub async fn sync_meta(&self, group: GroupId, key: MetaKey) -> Result<(), LogDbError> {
+        let pending = {
+            let state = self.shared().lock();
+            state.check_open()?;
+            state
+                .groups
+                .get(&group)
+                .is_some_and(|g| state::meta_write_pending(&g.pending, key))
+        };
+        match pending {
+            // The writer commits in queue order: once `Sync` is durable, so is what was before.
+            true => self.enqueue_async(group, Op::Sync).await,
+            false => Ok(()),
+        }
     }
 
     /// Deletes every entry, meta value and purge mark of `group`, in the same transaction
@@ -510,7 +542,7 @@ impl LogDb {
         };
         let mut state = shared.lock();
         loop {
-            match state.admit(queue_len_max, group, op, done) {
+            match state.admit(queue_len_max, group, op, Write::Eager, done) {
                 Admit::Queued => {
                     drop(state);
                     shared.work.notify_one();
@@ -541,21 +573,22 @@ impl LogDb {
         let done: AppendDone = Box::new(move |result| {
             let _receiver_gone = sender.send(result);
         });
-        self.enqueue_when_room(group, op, done).await;
+        self.enqueue_when_room(group, op, Write::Eager, done).await;
         receiver.await.unwrap_or(Err(LogDbError::Closed))
     }
 
     /// Queues `op`, awaiting room without blocking the thread. A refusal goes to `done`.
-    async fn enqueue_when_room(&self, group: GroupId, op: Op, done: AppendDone) {
+    async fn enqueue_when_room(&self, group: GroupId, op: Op, write: Write, done: AppendDone) {
         let shared = self.shared();
         let mut op = Arc::new(op);
         let mut done = done;
         loop {
             let mut room = pin!(shared.room_async.notified());
             room.as_mut().enable();
-            let admitted = shared
-                .lock()
-                .admit(shared.options.write_queue_len_max, group, op, done);
+            let admitted =
+                shared
+                    .lock()
+                    .admit(shared.options.write_queue_len_max, group, op, write, done);
             match admitted {
                 Admit::Queued => {
                     shared.work.notify_one();
@@ -653,7 +686,17 @@ struct State {
 struct Queued {
     group: GroupId,
     op: Arc<Op>,
+    write: Write,
     done: AppendDone,
+}
+
+/// Whether a queued operation starts a transaction by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    /// Committed as soon as the writer is free.
+    Eager,
+    /// Committed with the next eager operation, or after `lazy_write_delay_max`.
+    Lazy,
 }
 
 enum Admit {
@@ -688,6 +731,7 @@ impl State {
         queue_len_max: usize,
         group: GroupId,
         op: Arc<Op>,
+        write: Write,
         done: AppendDone,
     ) -> Admit {
         if let Err(error) = self.check_open() {
@@ -704,7 +748,12 @@ impl State {
         }
         group_state.apply(&op);
         group_state.pending.push_back(Arc::clone(&op));
-        self.queue.push_back(Queued { group, op, done });
+        self.queue.push_back(Queued {
+            group,
+            op,
+            write,
+            done,
+        });
         Admit::Queued
     }
 }

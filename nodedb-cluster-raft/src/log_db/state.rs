@@ -30,6 +30,8 @@ pub(crate) enum Op {
     RemoveGroup {
         kept: Vec<(MetaKey, Vec<u8>)>,
     },
+    /// Changes nothing: queued so that its completion says everything queued before is durable.
+    Sync,
 }
 
 impl Op {
@@ -166,6 +168,7 @@ impl GroupState {
                 self.meta_tags.clear();
                 self.meta_tags.extend(kept.iter().map(|(key, _)| key.tag()));
             }
+            Op::Sync => {}
         }
     }
 
@@ -181,7 +184,7 @@ impl GroupState {
                         start = entries.first().map(|(index, _)| *index);
                     }
                 }
-                Op::PutMeta { .. } => {}
+                Op::PutMeta { .. } | Op::Sync => {}
                 _ => return None,
             }
         }
@@ -227,9 +230,16 @@ pub(crate) fn replay_entries(
                 committed.retain(|present, _| present > index);
             }
             Op::RemoveGroup { .. } => committed.clear(),
-            Op::PutMeta { .. } => {}
+            Op::PutMeta { .. } | Op::Sync => {}
         }
     }
+}
+
+/// Whether a write of meta `key` is pending (queued or being committed).
+pub(crate) fn meta_write_pending(pending: &VecDeque<Arc<Op>>, key: MetaKey) -> bool {
+    pending
+        .iter()
+        .any(|op| matches!(op.as_ref(), Op::PutMeta { key: k, .. } if *k == key))
 }
 
 /// The newest pending decision about meta `key`: `Some(Some(v))` set, `Some(None)` removed with

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use redb::Database;
 
-use super::{LogDbError, Queued, Shared, disk};
+use super::{LogDbError, Queued, Shared, Write, disk};
 
 /// Runs until shutdown has been requested and the queue is empty.
 pub(super) fn run(shared: &Shared, db: &Database) {
@@ -46,14 +46,32 @@ pub(super) fn run(shared: &Shared, db: &Database) {
 }
 
 /// Waits for work and takes the next batch off the queue; `None` once shut down and drained.
+/// Lazy operations alone wait up to `lazy_write_delay_max` for an eager one to ride along with.
 fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
     let options = shared.options;
     let mut state = shared.lock();
-    while state.queue.is_empty() && !state.closing {
+    let mut lazy_since: Option<Instant> = None;
+    while !state.closing && !state.queue.iter().any(|q| q.write == Write::Eager) {
+        if state.queue.is_empty() {
+            lazy_since = None;
+            state = shared
+                .work
+                .wait(state)
+                .expect("raft log state lock poisoned");
+            continue;
+        }
+        let waited = lazy_since.get_or_insert_with(Instant::now).elapsed();
+        let Some(left) = options.lazy_write_delay_max.checked_sub(waited) else {
+            break;
+        };
+        if left.is_zero() {
+            break;
+        }
         state = shared
             .work
-            .wait(state)
-            .expect("raft log state lock poisoned");
+            .wait_timeout(state, left)
+            .expect("raft log state lock poisoned")
+            .0;
     }
     if state.queue.is_empty() {
         return None;
