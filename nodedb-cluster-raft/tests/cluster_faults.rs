@@ -1,13 +1,15 @@
 //! Faults over the in-memory transport: leader crash, minority partition, a lagging follower
 //! that needs a snapshot, a restart of every node from its files, a leader killed with log
 //! writes in flight, a read without a barrier that a crash must not undo, and a leader
-//! restarted at once after losing an entry its followers committed.
+//! restarted at once after losing an entry its followers committed, and a leader killed with
+//! a snapshot past the end of its durable log.
 
 mod common;
 
 use common::{TestCluster, WAIT, wait_for};
 use nodedb_cluster_core::{GroupId, NodeId};
 use nodedb_cluster_raft::kv::{KvCommand, KvStateMachine};
+use nodedb_cluster_raft::log_db::LogDbError;
 use nodedb_cluster_raft::{ProposeError, RaftTimings, Role};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -390,24 +392,9 @@ async fn a_leader_restarted_at_once_does_not_reuse_the_position_of_an_entry_it_l
         .expect("status")
         .commit_index;
 
-    // Hold the leader's log writer in a completion callback of a write to a scratch group:
-    // what the leader appends from now on waits in its queue, while the followers write it.
-    // The scratch group's removal is queued first, and is the one queued write the kill keeps.
-    let scratch = GroupId(99);
-    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let log = cluster.nodes[&leader].log.clone();
-    log.append(
-        scratch,
-        vec![(1, b"hold".to_vec())],
-        Box::new(move |_| {
-            let _ = held_tx.send(());
-            let _ = release_rx.recv_timeout(WAIT);
-        }),
-    );
-    held_rx.recv_timeout(WAIT).expect("the writer is held");
-    let scratch_removed = tokio::spawn(async move { log.remove_group(scratch).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Hold the leader's log writer: what the leader appends from now on waits in its queue,
+    // while the followers write it.
+    let held = HeldWriter::hold(&cluster, leader).await;
     let leader_multi = cluster.nodes[&leader].multi.clone();
     let lost = tokio::spawn(async move {
         let put = KvCommand::Put {
@@ -422,18 +409,8 @@ async fn a_leader_restarted_at_once_does_not_reuse_the_position_of_an_entry_it_l
     })
     .await;
 
-    // Kill the leader (its queued writes are lost), release the writer so that the kill can
-    // finish, and restart the leader at once.
-    let release = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        let _ = release_tx.send(());
-    });
-    cluster.kill_node(leader, 1).await;
-    release.join().expect("release thread");
-    scratch_removed
-        .await
-        .expect("scratch removal task")
-        .expect("the scratch group is removed");
+    // Kill the leader (its queued writes are lost) and restart it at once.
+    held.kill(&mut cluster, leader).await;
     // The followers committed the entry: the leader may have applied and acknowledged it
     // before the kill (a data group applies before its own append is durable) or not.
     let _acknowledged_or_not = lost.await.expect("proposal task");
@@ -452,4 +429,133 @@ async fn a_leader_restarted_at_once_does_not_reuse_the_position_of_an_entry_it_l
         );
     }
     cluster.shutdown().await;
+}
+
+/// A data group applies what its followers committed before its own append of it is durable,
+/// and may build a snapshot of it. Killed then, the replica restarts with a snapshot past the
+/// end of its durable log: it must take the snapshot as the start of its log and catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_with_a_snapshot_past_its_durable_log_restarts_from_the_snapshot() {
+    let timings = RaftTimings {
+        quiesce_after_ms: 0,
+        snapshot_logs_since_last: 100,
+        // No purge behind the snapshot: it would wait for the held writer.
+        logs_to_keep_after_snapshot: 1000,
+        ..RaftTimings::for_tests()
+    };
+    let mut cluster = TestCluster::with_timings(3, 27, timings).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let leader = cluster.wait_leader(group).await;
+    cluster.put(group, "before", "1").await;
+    let durable_last = cluster
+        .status(leader, group)
+        .expect("status")
+        .last_log_index
+        .expect("a log");
+
+    // Hold the leader's log writer: from now on the leader's appends wait in its queue, and
+    // the kill loses them.
+    let held = HeldWriter::hold(&cluster, leader).await;
+    let writes = cluster.timings.snapshot_logs_since_last + 20;
+    let leader_multi = cluster.nodes[&leader].multi.clone();
+    for i in 0..writes {
+        let put = KvCommand::Put {
+            key: format!("key-{i}").into_bytes(),
+            value: format!("value-{i}").into_bytes(),
+        };
+        leader_multi
+            .propose(group, put.encode())
+            .await
+            .unwrap_or_else(|error| {
+                panic!("put {i}: {error:?}, {:?}", cluster.status(leader, group))
+            });
+    }
+    let snapshot = wait_for("the leader to snapshot what it applied", WAIT, || {
+        let status = cluster.status(leader, group)?;
+        status
+            .snapshot_index
+            .filter(|index| index.0 > durable_last.0)
+    })
+    .await;
+
+    held.kill(&mut cluster, leader).await;
+    cluster.restart_node(leader).await;
+    wait_for(
+        "the restarted replica to start from its snapshot",
+        WAIT,
+        || {
+            let status = cluster.status(leader, group)?;
+            // Its log lost everything after `durable_last`: it starts past the snapshot's end,
+            // purged through it (no purge behind a snapshot happens otherwise here).
+            (status.snapshot_index >= Some(snapshot)
+                && status.applied_index >= Some(snapshot)
+                && status.purged_index >= Some(snapshot))
+            .then_some(())
+        },
+    )
+    .await;
+    cluster.wait_leader(group).await;
+    cluster.put(group, "after", "2").await;
+    cluster.wait_converged(group).await;
+    for i in [0, writes - 1] {
+        assert_eq!(
+            cluster.local_get(leader, group, &format!("key-{i}")).await,
+            Some(format!("value-{i}")),
+            "key-{i} on the restarted replica"
+        );
+    }
+    assert_eq!(
+        cluster.local_get(leader, group, "after").await.as_deref(),
+        Some("2")
+    );
+    cluster.shutdown().await;
+}
+
+/// A node's log writer held inside the completion callback of a scratch group's write, with
+/// the scratch group's removal queued behind it: the node's later log writes wait in its queue.
+struct HeldWriter {
+    release: std::sync::mpsc::Sender<()>,
+    scratch_removed: tokio::task::JoinHandle<Result<(), LogDbError>>,
+}
+
+impl HeldWriter {
+    async fn hold(cluster: &TestCluster, node: NodeId) -> HeldWriter {
+        let scratch = GroupId(99);
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let log = cluster.nodes[&node].log.clone();
+        log.append(
+            scratch,
+            vec![(1, b"hold".to_vec())],
+            Box::new(move |_| {
+                let _ = held_tx.send(());
+                let _ = release_rx.recv_timeout(WAIT);
+            }),
+        );
+        held_rx.recv_timeout(WAIT).expect("the writer is held");
+        let scratch_removed = tokio::spawn(async move { log.remove_group(scratch).await });
+        // Let the removal reach the queue before anything else does.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        HeldWriter {
+            release,
+            scratch_removed,
+        }
+    }
+
+    /// Kills `node` as kill -9 would: of its queued writes only the scratch group's removal
+    /// survives. The writer is released meanwhile, so that the kill can finish.
+    async fn kill(self, cluster: &mut TestCluster, node: NodeId) {
+        let release = self.release;
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = release.send(());
+        });
+        cluster.kill_node(node, 1).await;
+        releaser.join().expect("release thread");
+        self.scratch_removed
+            .await
+            .expect("scratch removal task")
+            .expect("the scratch group is removed");
+    }
 }
