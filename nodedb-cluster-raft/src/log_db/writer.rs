@@ -50,20 +50,19 @@ pub(super) fn run(shared: &Shared, db: &Database) {
 fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
     let options = shared.options;
     let mut state = shared.lock();
-    let mut lazy_since: Option<Instant> = None;
+    let mut lazy_deadline: Option<Instant> = None;
     while !state.closing && !state.queue.iter().any(|q| q.write == Write::Eager) {
         if state.queue.is_empty() {
-            lazy_since = None;
+            lazy_deadline = None;
             state = shared
                 .work
                 .wait(state)
                 .expect("raft log state lock poisoned");
             continue;
         }
-        let waited = lazy_since.get_or_insert_with(Instant::now).elapsed();
-        let Some(left) = options.lazy_write_delay_max.checked_sub(waited) else {
-            break;
-        };
+        let deadline =
+            *lazy_deadline.get_or_insert_with(|| Instant::now() + options.lazy_write_delay_max);
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
