@@ -3,7 +3,9 @@
 //! groups (second argument, default 1) whose leaders are spread over the nodes; each client
 //! puts `PROPOSALS` keys through its group's leader. Every acknowledged put is fsynced on a
 //! quorum. To put the latency beside what the disk costs, it first times one fsync of a small
-//! write and one durable append to a fresh log file (a redb transaction) on the same disk.
+//! write and one durable append to a fresh log file (a redb transaction) on the same disk, each
+//! alone and three at once (the second of three to finish is what a quorum of three replicas
+//! sharing the disk waits for).
 //!
 //! `cargo run --release -p nodedb-cluster-raft --example propose_rate -- 64 8`
 //! (`RUST_LOG=openraft=debug` shows openraft's trace.)
@@ -38,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
         "clients and groups must be >= 1"
     );
     let root = tempfile::tempdir()?;
-    let (fsync, durable_append) = disk_costs(root.path()).await?;
+    let disk = disk_costs(root.path()).await?;
 
     let network = MemoryNetwork::new(9);
     let mut nodes = Vec::new();
@@ -106,15 +108,19 @@ async fn main() -> anyhow::Result<()> {
     let p50 = percentile(&latencies, 0.5);
     println!(
         "{clients} clients over {groups} groups x {PROPOSALS} puts of 100 bytes: {:.0} proposals/s, \
-         latency p50 {:.2} ms p99 {:.2} ms; disk: fsync p50 {:.3} ms, durable log append p50 {:.3} ms \
-         (commit p50 = {:.1}x fsync, {:.1}x durable append)",
+         latency p50 {:.2} ms p99 {:.2} ms; disk p50: fsync {:.3} ms (second of three at once {:.3} ms), \
+         durable log append {:.3} ms (second of three at once {:.3} ms); commit p50 = {:.1}x fsync, \
+         {:.1}x durable append, {:.1}x the second of three appends",
         latencies.len() as f64 / seconds,
         millis(p50),
         millis(percentile(&latencies, 0.99)),
-        millis(fsync),
-        millis(durable_append),
-        p50.as_secs_f64() / fsync.as_secs_f64(),
-        p50.as_secs_f64() / durable_append.as_secs_f64(),
+        millis(disk.fsync),
+        millis(disk.fsync_quorum),
+        millis(disk.append),
+        millis(disk.append_quorum),
+        p50.as_secs_f64() / disk.fsync.as_secs_f64(),
+        p50.as_secs_f64() / disk.append.as_secs_f64(),
+        p50.as_secs_f64() / disk.append_quorum.as_secs_f64(),
     );
     for (multi, log) in nodes {
         multi.shutdown().await;
@@ -150,28 +156,104 @@ async fn spread_leader(
     anyhow::bail!("{group}: no leader elected")
 }
 
-/// Median cost of one fsync of a small write, and of one durable append to a fresh log file.
-async fn disk_costs(dir: &Path) -> anyhow::Result<(Duration, Duration)> {
-    let mut file = std::fs::File::create(dir.join("fsync-probe"))?;
-    let mut fsyncs = Vec::with_capacity(DISK_SAMPLES);
-    for _ in 0..DISK_SAMPLES {
-        file.write_all(&[7; 128])?;
-        let started = Instant::now();
-        file.sync_data()?;
-        fsyncs.push(started.elapsed());
-    }
-    let log = LogDb::open(&dir.join("append-probe.redb"))?;
+/// What the disk costs, as medians: one fsync of a small write and one durable append to a
+/// fresh log file (a redb transaction), each alone and as the second to finish of three issued
+/// at once, which is what a quorum of three replicas sharing this disk waits for.
+struct DiskCosts {
+    fsync: Duration,
+    fsync_quorum: Duration,
+    append: Duration,
+    append_quorum: Duration,
+}
+
+async fn disk_costs(dir: &Path) -> anyhow::Result<DiskCosts> {
+    let fsync_files = (0..NODES)
+        .map(|replica| std::fs::File::create(dir.join(format!("fsync-probe-{replica}"))))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let fsync = median(
+        (0..DISK_SAMPLES)
+            .map(|_| timed_fsync(&fsync_files[0]))
+            .collect(),
+    )?;
+    let fsync_quorum = median(
+        (0..DISK_SAMPLES)
+            .map(|_| fsync_quorum(&fsync_files))
+            .collect(),
+    )?;
+    let solo = LogDb::open(&dir.join("append-probe.redb"))?;
+    let trio = (0..NODES)
+        .map(|replica| LogDb::open(&dir.join(format!("append-probe-{replica}.redb"))))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut appends = Vec::with_capacity(DISK_SAMPLES);
+    let mut quorums = Vec::with_capacity(DISK_SAMPLES);
     for index in 1..=DISK_SAMPLES as u64 {
-        let started = Instant::now();
-        log.append_durable(GroupId(1), vec![(index, vec![7; 128])])
-            .await?;
-        appends.push(started.elapsed());
+        appends.push(timed_append(&solo, index).await);
+        let at_once = futures::future::join_all(trio.iter().map(|log| timed_append(log, index)));
+        quorums.push(
+            at_once
+                .await
+                .into_iter()
+                .collect::<anyhow::Result<_>>()
+                .map(second_to_finish),
+        );
     }
-    log.shutdown();
-    fsyncs.sort();
-    appends.sort();
-    Ok((percentile(&fsyncs, 0.5), percentile(&appends, 0.5)))
+    for log in trio.into_iter().chain([solo]) {
+        log.shutdown();
+    }
+    Ok(DiskCosts {
+        fsync,
+        fsync_quorum,
+        append: median(appends)?,
+        append_quorum: median(quorums)?,
+    })
+}
+
+fn timed_fsync(file: &std::fs::File) -> anyhow::Result<Duration> {
+    let mut file = file;
+    file.write_all(&[7; 128])?;
+    let started = Instant::now();
+    file.sync_data()?;
+    Ok(started.elapsed())
+}
+
+/// Three small writes and fsyncs, one per file on its own thread, released at once.
+fn fsync_quorum(files: &[std::fs::File]) -> anyhow::Result<Duration> {
+    let start = std::sync::Barrier::new(files.len());
+    let finished = std::thread::scope(|scope| {
+        let threads: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    timed_fsync(file)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().expect("fsync probe thread"))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(second_to_finish(finished))
+}
+
+async fn timed_append(log: &LogDb, index: u64) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    log.append_durable(GroupId(1), vec![(index, vec![7; 128])])
+        .await?;
+    Ok(started.elapsed())
+}
+
+fn second_to_finish(mut durations: Vec<Duration>) -> Duration {
+    durations.sort();
+    durations[1]
+}
+
+fn median(samples: Vec<anyhow::Result<Duration>>) -> anyhow::Result<Duration> {
+    let mut durations = samples.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    durations.sort();
+    Ok(percentile(&durations, 0.5))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -114,6 +114,12 @@ impl RaftLogReader<TypeConfig> for GroupLog {
     }
 }
 
+/// Whether `group`'s committed id is written lazily (see `save_committed`): every group's but
+/// the metadata group's.
+pub fn committed_id_is_lazy(group: GroupId) -> bool {
+    !group.is_metadata()
+}
+
 impl RaftLogStorage<TypeConfig> for GroupLog {
     type LogReader = GroupLog;
 
@@ -149,7 +155,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     /// barrier first wait for the id with [`LogDb::sync_meta`] (`MultiRaft::query`).
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         let bytes = wire::encode_log_id(&committed);
-        if !self.group.is_metadata() {
+        if committed_id_is_lazy(self.group) {
             self.db
                 .put_meta_lazy(self.group, MetaKey::Committed, bytes)
                 .await;

@@ -5,7 +5,7 @@
 use crate::claims::{VShardClaim, VShardStep};
 use crate::error::{self, GroupError, MembershipError, ProposeError};
 use crate::log_db::{LogDb, MetaKey};
-use crate::log_store::GroupLog;
+use crate::log_store::{GroupLog, committed_id_is_lazy};
 use crate::network::NetworkFactory;
 use crate::quiesce::{self, QuiesceTimings, Quiescence};
 use crate::reincarnation;
@@ -443,7 +443,7 @@ impl MultiRaft {
         group: GroupId,
         consistency: ReadConsistency,
     ) -> Result<(), ProposeError> {
-        if consistency == ReadConsistency::Linearizable {
+        if consistency == ReadConsistency::Linearizable || !committed_id_is_lazy(group) {
             return Ok(());
         }
         self.inner
