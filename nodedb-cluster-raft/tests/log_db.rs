@@ -104,10 +104,10 @@ mod log_db {
         {
             let db = open(&dir);
             db.append_durable(G1, entries(1..11)).await.unwrap();
-            db.purge_through(G1, 4).await.unwrap();
+            db.purge_through(G1, 4).await;
             assert_eq!(db.first_index(G1).unwrap(), Some(5));
             assert_eq!(db.entries(G1, 0..100).unwrap(), entries(5..11));
-            db.purge_through(G1, 20).await.unwrap();
+            db.purge_through(G1, 20).await;
             assert_eq!(db.first_index(G1).unwrap(), None);
             assert_eq!(db.last_index(G1).unwrap(), None);
             assert_eq!(db.groups().unwrap(), vec![G1]);
@@ -118,6 +118,30 @@ mod log_db {
         // The purge mark survives: the next append must continue after it.
         db.append_durable(G1, entries(21..23)).await.unwrap();
         assert_eq!(db.entries(G1, 0..100).unwrap(), entries(21..23));
+    }
+
+    /// A purge is lazy: a crash before the next transaction undoes it whole, leaving every
+    /// entry readable; one that rode along with a durable append stays.
+    #[tokio::test]
+    async fn a_purge_is_undone_whole_by_a_crash_before_the_next_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let options = LogDbOptions {
+            lazy_write_delay_max: Duration::from_secs(3600),
+            ..LogDbOptions::default()
+        };
+        let db = LogDb::open_with(&path, options).unwrap();
+        db.append_durable(G1, entries(1..11)).await.unwrap();
+        db.purge_through(G1, 4).await;
+        assert_eq!(db.first_index(G1).unwrap(), Some(5), "readable at once");
+        db.crash(0);
+        let db = LogDb::open_with(&path, options).unwrap();
+        assert_eq!(db.entries(G1, 0..100).unwrap(), entries(1..11));
+        db.purge_through(G1, 4).await;
+        db.append_durable(G1, entries(11..12)).await.unwrap();
+        db.crash(0);
+        let db = LogDb::open_with(&path, options).unwrap();
+        assert_eq!(db.entries(G1, 0..100).unwrap(), entries(5..12));
     }
 
     #[tokio::test]
@@ -284,7 +308,7 @@ mod log_db {
             let db = open(&dir);
             db.append_durable(G1, entries(1..6)).await.unwrap();
             db.append_durable(G2, entries(50..60)).await.unwrap();
-            db.purge_through(G2, 52).await.unwrap();
+            db.purge_through(G2, 52).await;
             db.put_meta(G1, MetaKey::Vote, b"term-3".to_vec())
                 .await
                 .unwrap();

@@ -155,7 +155,7 @@ async fn run(db: &mut LogDb, model: &mut Model, path: &Path, step: &Step) {
             model.next.insert(group, next);
             let purged = model.purged.get(&group).copied().unwrap_or(0).max(index);
             model.purged.insert(group, purged);
-            db.purge_through(GroupId(group), index).await.unwrap();
+            db.purge_through(GroupId(group), index).await;
         }
         Step::PutMeta {
             group,

@@ -281,9 +281,13 @@ impl LogDb {
         self.enqueue_async(group, Op::TruncateFrom { index }).await
     }
 
-    /// Deletes entries with index <= `index`; durable on return.
-    pub async fn purge_through(&self, group: GroupId, index: u64) -> Result<(), LogDbError> {
-        self.enqueue_async(group, Op::PurgeThrough { index }).await
+    /// Deletes entries with index <= `index` lazily: unreadable on return, durable with the next
+    /// transaction, as [`LogDb::put_meta_lazy`]. For a purge that a crash may undo: one behind
+    /// a durable snapshot only leaves entries the snapshot covers.
+    pub async fn purge_through(&self, group: GroupId, index: u64) {
+        let op = Op::PurgeThrough { index };
+        self.enqueue_when_room(group, op, Write::Lazy, Box::new(|_| {}))
+            .await;
     }
 
     /// Stores a meta value; durable on return (a vote must be, before it is answered).
