@@ -439,7 +439,8 @@ async fn a_leader_killed_with_a_snapshot_past_its_durable_log_restarts_from_the_
     let timings = RaftTimings {
         quiesce_after_ms: 0,
         snapshot_logs_since_last: 100,
-        // No purge behind the snapshot: it would wait for the held writer.
+        // No purge behind the snapshot: a purge seen after the restart is then openraft's
+        // cleanup of the log that ends before the snapshot.
         logs_to_keep_after_snapshot: 1000,
         ..RaftTimings::for_tests()
     };
