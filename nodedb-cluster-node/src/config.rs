@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub num_groups: u32,
     #[serde(default = "default_replication_factor")]
     pub replication_factor: u32,
+    /// Absent means no material: refused by validation with a message saying what to set.
+    #[serde(default)]
     pub tls: TlsConfig,
     #[serde(default)]
     pub raft: RaftConfig,
@@ -460,6 +462,17 @@ mod tests {
         let nested = MINIMAL.replace("insecure = true", "insecure = true\nkey_file = \"k\"");
         let error = NodeConfig::parse(&nested).unwrap_err().to_string();
         assert!(error.contains("key_file"), "{error}");
+    }
+
+    #[test]
+    fn without_tls_material_the_node_is_told_how_to_make_it() {
+        let without_table = "node_id = 1\ndata_dir = \"d\"";
+        let error = NodeConfig::parse(without_table).unwrap_err().to_string();
+        assert!(
+            error.contains("tls") && error.contains("certs init"),
+            "{error}"
+        );
+        assert!(error.contains("insecure = true"), "{error}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use nodedb_cluster_raft::RaftTimings;
 use nodedb_cluster_transport::quic::{QuicConfig, QuicTimings, QuicTransport, UdpFaults};
 use nodedb_cluster_transport::tls::{TlsMaterial, TlsMode};
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 /// Deadline of a proposal or linearizable read inside the node.
@@ -136,12 +137,14 @@ pub fn cluster_config(config: &NodeConfig) -> Result<ClusterConfig> {
     })
 }
 
-/// Installs the log subscriber: `RUST_LOG` wins over the config's filter.
+/// Installs the log subscriber: `RUST_LOG` wins over the config's filter. Colours only on a
+/// terminal, so that log files and collectors get plain text.
 pub fn init_logging(config: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if config.json {
         builder.json().init();

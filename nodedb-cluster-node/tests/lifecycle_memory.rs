@@ -50,6 +50,13 @@ fn metadata_leader(cluster: &Cluster) -> Option<NodeId> {
 }
 
 /// Writes `key` through `writer` and reads it back through `reader`.
+/// Voters and learners of the metadata group as `cluster`'s replica sees them, outside a joint
+/// configuration.
+fn metadata_members(cluster: &Cluster) -> Option<(usize, usize)> {
+    let status = cluster.raft().status(METADATA_GROUP)?;
+    (!status.joint).then_some((status.voters.len(), status.learners.len()))
+}
+
 async fn write_and_read(writer: &Cluster, reader: &Cluster, key: &str) {
     let writer = NodeService::new(writer.clone());
     eventually("a write to be acknowledged", || {
@@ -113,6 +120,12 @@ async fn five_nodes_started_at_once_form_one_cluster() {
             .all(|cluster| cluster.raft().groups().contains(&METADATA_GROUP))
     })
     .await;
+    eventually("five metadata voters", || async {
+        nodes
+            .iter()
+            .all(|cluster| metadata_members(cluster) == Some((5, 0)))
+    })
+    .await;
     write_and_read(&nodes[4], &nodes[0], "five").await;
     for cluster in &nodes {
         cluster.shutdown().await;
@@ -164,6 +177,14 @@ async fn a_join_sent_to_a_follower_reaches_the_metadata_leader() {
                 .state
                 .routing()
                 .is_some_and(|routing| !routing.groups_holding_node(NodeId(4)).is_empty())
+    })
+    .await;
+    // Four nodes: three metadata voters, and the fourth node follows as a learner.
+    eventually("three metadata voters and one learner", || async {
+        nodes
+            .iter()
+            .chain([&fourth])
+            .all(|cluster| metadata_members(cluster) == Some((3, 1)))
     })
     .await;
     write_and_read(&nodes[0], &fourth, "via-follower").await;

@@ -1,14 +1,17 @@
 //! Five `nodedb-cluster start` processes on loopback (QUIC with mutual TLS from a fresh CA, HTTP
-//! admin API), started at once: they form one cluster with every group at three voters. Then
-//! every process is killed with SIGKILL and all are restarted from their data dirs: the same
-//! cluster comes back, and every acknowledged write is read through every node.
+//! admin API), started at once: they form one cluster with every group at three voters. One
+//! process is killed with SIGKILL, misses writes, and is restarted from its data dir: it comes
+//! back as the same member (no join, no bootstrap) and its replicas catch up. Then every process
+//! is killed with SIGKILL and all are restarted from their data dirs: the same cluster comes
+//! back, and every acknowledged write is read through every node. Last, SIGTERM stops one node
+//! cleanly (exit 0) while the others keep serving.
 
 use nodedb_cluster_core::NodeId;
 use nodedb_cluster_transport::tls;
 use serde_json::Value;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const NODES: u64 = 5;
@@ -107,35 +110,67 @@ node_down_timeout_ms = 30000
         }
     }
 
-    /// Starts every node at once (appending to its log file).
+    /// Starts every node at once.
     fn start_all(&mut self) {
-        for node in &mut self.nodes {
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&node.log)
-                .unwrap();
-            let process = Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
-                .arg("start")
-                .arg("--config")
-                .arg(&node.config)
-                .env("RUST_LOG", "info,openraft=warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            node.process = Some(process);
+        for id in 1..=NODES {
+            self.start(id);
         }
+    }
+
+    /// Starts one node, appending to its log file.
+    fn start(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let process = Command::new(env!("CARGO_BIN_EXE_nodedb-cluster"))
+            .arg("start")
+            .arg("--config")
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        node.process = Some(process);
     }
 
     /// SIGKILL of every node: nothing is flushed or handed over.
     fn kill_all(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut process) = node.process.take() {
-                let _ = process.kill();
-                let _ = process.wait();
+        for id in 1..=NODES {
+            self.kill(id);
+        }
+    }
+
+    /// SIGKILL of one node.
+    fn kill(&mut self, id: u64) {
+        if let Some(mut process) = self.nodes[(id - 1) as usize].process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// SIGTERM of one node; its exit status, waited for up to [`WAIT`].
+    fn terminate(&mut self, id: u64) -> ExitStatus {
+        let mut process = self.nodes[(id - 1) as usize].process.take().unwrap();
+        let sent = Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM node {id}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = process.try_wait().unwrap() {
+                return status;
             }
+            if Instant::now() >= deadline {
+                let _ = process.kill();
+                panic!("node {id} still running {WAIT:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -227,6 +262,11 @@ node_down_timeout_ms = 30000
     fn get(&self, id: u64, key: &str) -> Option<(u16, Vec<u8>)> {
         self.request(id, "GET", &format!("/v1/kv/{key}"), b"")
     }
+
+    /// A read of node `id`'s own replica when it holds the key's group.
+    fn get_stale(&self, id: u64, key: &str) -> Option<(u16, Vec<u8>)> {
+        self.request(id, "GET", &format!("/v1/kv/{key}?consistency=stale"), b"")
+    }
 }
 
 impl Drop for Processes {
@@ -242,7 +282,7 @@ fn log_tail(path: &Path) -> String {
 }
 
 #[test]
-fn five_processes_started_at_once_form_one_cluster_and_all_survive_kill_9() {
+fn five_processes_form_one_cluster_one_restarts_alone_and_all_survive_kill_9() {
     let mut cluster = Processes::prepare();
     cluster.start_all();
     cluster.wait_until("one cluster of five with three voters per group", |c| {
@@ -262,13 +302,49 @@ fn five_processes_started_at_once_form_one_cluster_and_all_survive_kill_9() {
         });
     }
 
+    // One node killed for less than the down timeout: the others keep acknowledging writes,
+    // among them writes to groups it holds replicas of.
+    const RESTARTED: u64 = 2;
+    cluster.kill(RESTARTED);
+    let missed: Vec<(String, String)> = (0..20)
+        .map(|n| (format!("missed-{n}"), format!("value-{n}")))
+        .collect();
+    let writers: Vec<u64> = (1..=NODES).filter(|id| *id != RESTARTED).collect();
+    for (n, (key, value)) in missed.iter().enumerate() {
+        let writer = writers[n % writers.len()];
+        cluster.wait_until(
+            &format!("{key} acknowledged without node {RESTARTED}"),
+            |c| c.put(writer, key, value),
+        );
+    }
+    cluster.start(RESTARTED);
+    cluster.wait_until("the killed node back in the same cluster", |c| {
+        c.one_healthy_cluster().as_ref() == Some(&cluster_id)
+    });
+    let log = std::fs::read_to_string(&cluster.nodes[(RESTARTED - 1) as usize].log).unwrap();
+    assert_eq!(log.matches("restarting from the data dir").count(), 1);
+    assert_eq!(
+        log.matches("joined seed=").count(),
+        1,
+        "joined again:\n{log}"
+    );
+    assert!(!log.contains("bootstrapping a new cluster"));
+    // Stale reads answer from the node's own replica where it holds the key's group: the
+    // writes it missed arrive there.
+    for (key, value) in &missed {
+        cluster.wait_until(&format!("{key} on node {RESTARTED}"), |c| {
+            c.get_stale(RESTARTED, key)
+                .is_some_and(|(status, body)| status == 200 && body == value.as_bytes())
+        });
+    }
+
     cluster.kill_all();
     cluster.start_all();
     cluster.wait_until("the same cluster back with every group replicated", |c| {
         c.one_healthy_cluster().as_ref() == Some(&cluster_id)
     });
     for id in 1..=NODES {
-        for (key, value) in &keys {
+        for (key, value) in keys.iter().chain(&missed) {
             cluster.wait_until(&format!("{key} read through node {id}"), |c| {
                 match c.get(id, key) {
                     Some((200, body)) => {
@@ -282,4 +358,15 @@ fn five_processes_started_at_once_form_one_cluster_and_all_survive_kill_9() {
         }
     }
     cluster.wait_until("a write after the restart", |c| c.put(3, "after", "v"));
+
+    // SIGTERM: the node hands its leaderships over, stops and exits 0; the others go on.
+    let status = cluster.terminate(1);
+    assert!(status.success(), "node 1 after SIGTERM: {status}");
+    let log = std::fs::read_to_string(&cluster.nodes[0].log).unwrap();
+    let stopping = log.rfind("shutting down");
+    assert!(
+        stopping.is_some() && log.rfind(": stopped") > stopping,
+        "{log}"
+    );
+    cluster.wait_until("a write after node 1 stopped", |c| c.put(3, "last", "v"));
 }
