@@ -28,7 +28,7 @@ pub const READ_KEYS: u32 = 2_000;
 const FILL_ATTEMPTS: u32 = 5;
 const FILL_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Clock ticks per second of the times in `/proc/<pid>/stat`: Linux's `USER_HZ`.
-const USER_HZ: f64 = 100.0;
+pub const USER_HZ: f64 = 100.0;
 /// Unmeasured time before the measurement starts.
 pub const WARM_UP: Duration = Duration::from_secs(2);
 /// Largest latency the histogram records; slower requests time out first.
@@ -328,7 +328,7 @@ fn fill_keys(
 }
 
 /// CPU time used so far by every node process and by this process.
-fn cpu_ticks(pids: &BTreeMap<u64, u32>) -> Result<CpuTicks> {
+pub fn cpu_ticks(pids: &BTreeMap<u64, u32>) -> Result<CpuTicks> {
     let process_ticks = |process: String| {
         let path = format!("/proc/{process}/stat");
         let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -354,7 +354,7 @@ pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
 
 impl CpuTicks {
     /// The time used since `earlier`.
-    fn since(&self, earlier: &CpuTicks) -> CpuTicks {
+    pub fn since(&self, earlier: &CpuTicks) -> CpuTicks {
         CpuTicks {
             nodes: self
                 .nodes
@@ -366,6 +366,11 @@ impl CpuTicks {
                 .collect(),
             load_generator: self.load_generator.saturating_sub(earlier.load_generator),
         }
+    }
+
+    /// The nodes' time together, in seconds.
+    pub fn nodes_seconds(&self) -> f64 {
+        self.nodes.values().sum::<u64>() as f64 / USER_HZ
     }
 }
 

@@ -3,10 +3,11 @@
 //! client keeps writing to it. Reports each move's duration, the copy rate (the vShard is
 //! copied once before the fence; after it only the writes made during the copy travel) and the
 //! write pause the node measured from the fence to the routing switch, with the writer's
-//! slowest write as a cross-check.
+//! slowest write as a cross-check, and the CPU the three nodes used per copied megabyte (the
+//! writer's load included: on a machine whose cores the nodes share, the copy is CPU-bound).
 
 use crate::api::{Api, MigrationView, Reply};
-use crate::bench::{BenchCluster, on_cluster};
+use crate::bench::{BenchCluster, BenchNodes, cpu_ticks, on_cluster};
 use crate::cluster::build;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,6 +52,8 @@ struct MoveSample {
     bytes_copied: u64,
     pause: Option<Duration>,
     slowest_write: Duration,
+    /// CPU seconds of all nodes together during the move.
+    node_cpu_seconds: f64,
 }
 
 pub fn run(args: &BenchMigrationArgs) -> Result<()> {
@@ -66,9 +69,7 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
         groups: GROUPS,
         debug: args.debug,
     };
-    let (samples, run) = on_cluster("migration", cluster, |nodes| {
-        measure(&nodes.admin_addrs, args)
-    })?;
+    let (samples, run) = on_cluster("migration", cluster, |nodes| measure(nodes, args))?;
     let summary = summary_json(args, &samples);
     println!("{}", serde_json::to_string_pretty(&summary)?);
     let path = run.bench_dir.join(format!("migration-{}.json", run.stamp));
@@ -79,7 +80,8 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
     Ok(())
 }
 
-fn measure(nodes: &[SocketAddr], args: &BenchMigrationArgs) -> Result<Vec<MoveSample>> {
+fn measure(bench: &BenchNodes, args: &BenchMigrationArgs) -> Result<Vec<MoveSample>> {
+    let nodes = &bench.admin_addrs[..];
     let api = Api::new(REQUEST_TIMEOUT);
     let vshard = vshard_for_key(b"bench-migration");
     let keys = keys_in(
@@ -100,12 +102,15 @@ fn measure(nodes: &[SocketAddr], args: &BenchMigrationArgs) -> Result<Vec<MoveSa
     let stop = AtomicBool::new(false);
     // The slowest write since the move began, and when it began.
     let slowest = Mutex::new((Duration::ZERO, Instant::now()));
+    let writes = AtomicU64::new(0);
     std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let api = Api::new(REQUEST_TIMEOUT);
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let _ = api.put(nodes[1], &writer_key, b"tick");
+                if let Reply::Ok(_) = api.put(nodes[1], &writer_key, b"tick") {
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
                 let took = started.elapsed();
                 let mut slowest = slowest.lock().unwrap_or_else(|p| p.into_inner());
                 if took > slowest.0 {
@@ -119,11 +124,17 @@ fn measure(nodes: &[SocketAddr], args: &BenchMigrationArgs) -> Result<Vec<MoveSa
             let to = owner % GROUPS + 1;
             let began = Instant::now();
             *slowest.lock().unwrap_or_else(|p| p.into_inner()) = (Duration::ZERO, began);
-            match move_once(&api, nodes, vshard, to) {
-                Ok((took, view)) => {
+            let writes_before = writes.load(Ordering::Relaxed);
+            let cpu_before = cpu_ticks(&bench.pids);
+            let moved = move_once(&api, nodes, vshard, to)
+                .and_then(|moved| Ok((moved, cpu_ticks(&bench.pids)?.since(&cpu_before?))));
+            match moved {
+                Ok(((took, view), node_cpu)) => {
+                    let node_cpu_seconds = node_cpu.nodes_seconds();
+                    let writes = writes.load(Ordering::Relaxed) - writes_before;
                     let (slowest_write, at) = *slowest.lock().unwrap_or_else(|p| p.into_inner());
                     eprintln!(
-                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?} (began {:?} into the move)",
+                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?} (began {:?} into the move), {writes} writes, nodes' CPU {node_cpu_seconds:.2} s",
                         view.write_pause_ms,
                         at.saturating_duration_since(began)
                     );
@@ -132,6 +143,7 @@ fn measure(nodes: &[SocketAddr], args: &BenchMigrationArgs) -> Result<Vec<MoveSa
                         bytes_copied: view.bytes_copied,
                         pause: view.write_pause_ms.map(Duration::from_millis),
                         slowest_write,
+                        node_cpu_seconds,
                     });
                     owner = to;
                 }
@@ -226,6 +238,11 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
         .map(|sample| sample.bytes_copied as f64 / (1 << 20) as f64 / sample.took.as_secs_f64())
         .collect();
     let mean_rate = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    let copied_mb: f64 = samples
+        .iter()
+        .map(|sample| sample.bytes_copied as f64 / (1 << 20) as f64)
+        .sum();
+    let node_cpu_seconds: f64 = samples.iter().map(|sample| sample.node_cpu_seconds).sum();
     json!({
         "benchmark": "migration",
         "profile": crate::bench::profile(args.node_binary.as_deref(), args.debug),
@@ -234,6 +251,7 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
         "moves": samples.len(),
         "move_ms_p50": percentile(&took, 0.5),
         "copy_mb_per_s_mean": mean_rate,
+        "node_cpu_ms_per_copied_mb": (copied_mb > 0.0).then(|| node_cpu_seconds * 1000.0 / copied_mb),
         "write_pause_ms_p50": percentile(&pauses, 0.5),
         "write_pause_ms_p99": percentile(&pauses, 0.99),
         "slowest_write_ms_p50": percentile(&slowest, 0.5),
