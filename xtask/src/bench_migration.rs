@@ -125,6 +125,7 @@ fn measure(bench: &BenchNodes, args: &BenchMigrationArgs) -> Result<Vec<MoveSamp
             let began = Instant::now();
             *slowest.lock().unwrap_or_else(|p| p.into_inner()) = (Duration::ZERO, began);
             let writes_before = writes.load(Ordering::Relaxed);
+            let leaders = leaders_of(&api, nodes[0], [0, owner, to]);
             let cpu_before = cpu_ticks(&bench.pids);
             let moved = move_once(&api, nodes, vshard, to)
                 .and_then(|moved| Ok((moved, cpu_ticks(&bench.pids)?.since(&cpu_before?))));
@@ -134,7 +135,7 @@ fn measure(bench: &BenchNodes, args: &BenchMigrationArgs) -> Result<Vec<MoveSamp
                     let writes = writes.load(Ordering::Relaxed) - writes_before;
                     let (slowest_write, at) = *slowest.lock().unwrap_or_else(|p| p.into_inner());
                     eprintln!(
-                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?} (began {:?} into the move), {writes} writes, nodes' CPU {node_cpu_seconds:.2} s",
+                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?} (began {:?} into the move), {writes} writes, nodes' CPU {node_cpu_seconds:.2} s, leaders (driver, source, target) {leaders}",
                         view.write_pause_ms,
                         at.saturating_duration_since(began)
                     );
@@ -200,6 +201,19 @@ fn move_once(
         std::thread::sleep(POLL_INTERVAL);
     }
     bail!("move {} did not finish within {MOVE_WAIT:?}", begun.id)
+}
+
+/// The leaders of `groups` as `node` sees them, e.g. `[1, 3, 1]` (`?` where unknown): the
+/// driver is the metadata group's leader, and where it leads neither data group the copy
+/// crosses one more QUIC hop.
+fn leaders_of(api: &Api, node: SocketAddr, groups: [u32; 3]) -> String {
+    let view = api.cluster(node).ok();
+    let leader = |group: u32| {
+        view.as_ref()
+            .and_then(|view| view.groups.iter().find(|g| g.id == group)?.leader)
+            .map_or("?".to_string(), |leader| leader.to_string())
+    };
+    format!("[{}]", groups.map(leader).join(", "))
 }
 
 /// `count` distinct keys that all hash to `vshard`.
