@@ -46,11 +46,16 @@ pub struct ClientResult {
     pub first_error: Option<String>,
 }
 
-/// User plus system CPU time, in clock ticks, of every node process and of this one.
+/// User plus system CPU time, in clock ticks, of every node process and of this one, and the
+/// bytes the node processes wrote to files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CpuTicks {
+pub struct Usage {
     pub nodes: BTreeMap<u64, u64>,
     pub load_generator: u64,
+    /// Bytes handed to `write(2)` and its kin by the node processes together (`wchar` of
+    /// `/proc/<pid>/io`): their log and catalog files and log output. Sockets are sent to with
+    /// `sendmsg`, which does not count.
+    pub nodes_bytes_written: u64,
 }
 
 /// The merged measurement.
@@ -62,7 +67,7 @@ pub struct BenchResult {
     /// Distinct first errors of the clients, at most [`ERROR_EXAMPLES_MAX`].
     pub error_examples: Vec<String>,
     /// Used during the measured time.
-    pub cpu: CpuTicks,
+    pub usage: Usage,
 }
 
 /// Runs the benchmark and writes its JSON; returns the path of the JSON file.
@@ -241,7 +246,7 @@ pub fn run_clients(
     let never = AtomicBool::new(false);
     let measure_from = Instant::now() + WARM_UP;
     let measured = Duration::from_secs(args.seconds);
-    let (results, cpu) = std::thread::scope(|scope| {
+    let (results, usage) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..u64::from(args.clients))
             .map(|number| {
                 let (stop, client) = (&stop, &client);
@@ -249,9 +254,9 @@ pub fn run_clients(
             })
             .collect();
         crate::nemesis::sleep_until(measure_from, &never);
-        let cpu_before = cpu_ticks(pids);
+        let before = usage(pids);
         crate::nemesis::sleep_until(measure_from + measured, &never);
-        let cpu_after = cpu_ticks(pids);
+        let after = usage(pids);
         stop.store(true, Ordering::Relaxed);
         let results = handles
             .into_iter()
@@ -261,9 +266,9 @@ pub fn run_clients(
                     .map_err(|_| anyhow!("a bench client panicked"))
             })
             .collect::<Result<Vec<ClientResult>>>()?;
-        anyhow::Ok((results, cpu_after?.since(&cpu_before?)))
+        anyhow::Ok((results, after?.since(&before?)))
     })?;
-    merge(results, measured, cpu)
+    merge(results, measured, usage)
 }
 
 /// Writes keys `0..READ_KEYS` from `args.clients` threads, with a progress line every second.
@@ -327,20 +332,38 @@ fn fill_keys(
     Ok(())
 }
 
-/// CPU time used so far by every node process and by this process.
-pub fn cpu_ticks(pids: &BTreeMap<u64, u32>) -> Result<CpuTicks> {
+/// CPU time used so far by every node process and by this process, and bytes the nodes wrote.
+pub fn usage(pids: &BTreeMap<u64, u32>) -> Result<Usage> {
     let process_ticks = |process: String| {
         let path = format!("/proc/{process}/stat");
         let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         stat_cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}: {stat}"))
     };
-    Ok(CpuTicks {
+    let bytes_written = |pid: u32| {
+        let path = format!("/proc/{pid}/io");
+        let io = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        io_bytes_written(&io).with_context(|| format!("no wchar in {path}: {io}"))
+    };
+    Ok(Usage {
         nodes: pids
             .iter()
             .map(|(id, pid)| Ok((*id, process_ticks(pid.to_string())?)))
             .collect::<Result<_>>()?,
         load_generator: process_ticks("self".to_string())?,
+        nodes_bytes_written: pids
+            .values()
+            .map(|pid| bytes_written(*pid))
+            .sum::<Result<u64>>()?,
     })
+}
+
+/// The `wchar` line of a `/proc/<pid>/io` text.
+pub fn io_bytes_written(io: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// User plus system time (fields 14 and 15) of a `/proc/<pid>/stat` text, in clock ticks.
@@ -352,10 +375,10 @@ pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(ticks()? + ticks()?)
 }
 
-impl CpuTicks {
+impl Usage {
     /// The time used since `earlier`.
-    pub fn since(&self, earlier: &CpuTicks) -> CpuTicks {
-        CpuTicks {
+    pub fn since(&self, earlier: &Usage) -> Usage {
+        Usage {
             nodes: self
                 .nodes
                 .iter()
@@ -365,6 +388,9 @@ impl CpuTicks {
                 })
                 .collect(),
             load_generator: self.load_generator.saturating_sub(earlier.load_generator),
+            nodes_bytes_written: self
+                .nodes_bytes_written
+                .saturating_sub(earlier.nodes_bytes_written),
         }
     }
 
@@ -375,7 +401,7 @@ impl CpuTicks {
 }
 
 /// Adds up the clients' histograms and errors.
-pub fn merge(results: Vec<ClientResult>, measured: Duration, cpu: CpuTicks) -> Result<BenchResult> {
+pub fn merge(results: Vec<ClientResult>, measured: Duration, usage: Usage) -> Result<BenchResult> {
     let mut latencies_us = new_histogram();
     let mut errors = 0;
     let mut error_examples: Vec<String> = Vec::new();
@@ -396,7 +422,7 @@ pub fn merge(results: Vec<ClientResult>, measured: Duration, cpu: CpuTicks) -> R
         latencies_us,
         errors,
         error_examples,
-        cpu,
+        usage,
     })
 }
 
@@ -406,8 +432,14 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
     let ops = histogram.len();
     let seconds = result.measured.as_secs_f64().max(0.001);
     let cpu_seconds = |ticks: u64| ticks as f64 / USER_HZ;
+    let written = result.usage.nodes_bytes_written;
+    // What the nodes wrote to files for each byte of value put: the replication factor times
+    // the log's own write amplification.
+    let value_bytes_put = (ops * u64::from(args.value_bytes)) as f64;
+    let written_per_value_byte = (args.op == BenchOp::Put && value_bytes_put > 0.0)
+        .then(|| written as f64 / value_bytes_put);
     let cpu_per_node: serde_json::Map<String, Value> = result
-        .cpu
+        .usage
         .nodes
         .iter()
         .map(|(id, ticks)| (id.to_string(), json!(cpu_seconds(*ticks))))
@@ -428,7 +460,9 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
         "ops_per_second": ops as f64 / seconds,
         "cores": std::thread::available_parallelism().map_or(1, usize::from),
         "cpu_seconds_per_node": cpu_per_node,
-        "load_generator_cpu_seconds": cpu_seconds(result.cpu.load_generator),
+        "load_generator_cpu_seconds": cpu_seconds(result.usage.load_generator),
+        "nodes_bytes_written": written,
+        "nodes_bytes_written_per_value_byte": written_per_value_byte,
         "latency_us": summary_latency(histogram),
     })
 }
@@ -477,7 +511,19 @@ pub fn render(summary: &Value) -> String {
         summary["cores"],
         cpu_per_node.join("  "),
         seconds(&summary["load_generator_cpu_seconds"]),
-    ) + &error_lines(summary)
+    ) + &written_line(summary)
+        + &error_lines(summary)
+}
+
+/// What the nodes wrote to files, after a newline.
+fn written_line(summary: &Value) -> String {
+    let megabytes = summary["nodes_bytes_written"].as_f64().unwrap_or(0.0) / 1e6;
+    match summary["nodes_bytes_written_per_value_byte"].as_f64() {
+        Some(per_byte) => format!(
+            "\nnodes wrote {megabytes:.1} MB to files, {per_byte:.2} bytes per value byte put"
+        ),
+        None => format!("\nnodes wrote {megabytes:.1} MB to files"),
+    }
 }
 
 /// The run's example errors, one line each, after a newline; nothing without errors.
@@ -596,7 +642,7 @@ mod tests {
         let result = merge(
             vec![client(&first, 1), client(&second, 2)],
             Duration::from_secs(10),
-            CpuTicks::default(),
+            Usage::default(),
         )
         .unwrap();
         let summary = summary_json(&args(), &result, 1);
@@ -615,9 +661,10 @@ mod tests {
 
     #[test]
     fn the_summary_reads_in_milliseconds_and_cpu_seconds() {
-        let cpu = CpuTicks {
+        let cpu = Usage {
             nodes: BTreeMap::from([(1, 451), (2, 320), (3, 7)]),
             load_generator: 612,
+            nodes_bytes_written: 5_000_000,
         };
         let result = merge(
             vec![client(&[1000, 2000, 3000], 0)],
@@ -641,6 +688,34 @@ mod tests {
             text.contains("node 1 4.51  node 2 3.20  node 3 0.07  load generator 6.12"),
             "{text}"
         );
+        assert!(text.ends_with("\nnodes wrote 5.0 MB to files"), "{text}");
+        assert!(summary["nodes_bytes_written_per_value_byte"].is_null());
+    }
+
+    #[test]
+    fn puts_say_what_the_nodes_wrote_per_value_byte() {
+        let puts = [1000, 2000, 3000, 4000];
+        let value_bytes = u64::from(args().value_bytes);
+        let usage = Usage {
+            nodes_bytes_written: 3 * puts.len() as u64 * value_bytes + puts.len() as u64 * 64,
+            ..Usage::default()
+        };
+        let result = merge(vec![client(&puts, 0)], Duration::from_secs(1), usage).unwrap();
+        let summary = summary_json(&args(), &result, 1);
+        let per_byte = summary["nodes_bytes_written_per_value_byte"]
+            .as_f64()
+            .unwrap();
+        assert!((3.0..3.3).contains(&per_byte), "{per_byte}");
+        assert!(render(&summary).contains(" bytes per value byte put"));
+    }
+
+    #[test]
+    fn bytes_written_are_read_from_the_wchar_line() {
+        let io = "rchar: 69805\nwchar: 392573668\nsyscr: 12\nwrite_bytes: 400130048\n";
+        assert_eq!(io_bytes_written(io), Some(392_573_668));
+        assert_eq!(io_bytes_written("rchar: 1\n"), None);
+        let own = std::fs::read_to_string("/proc/self/io").unwrap();
+        assert!(io_bytes_written(&own).is_some(), "{own}");
     }
 
     #[test]

@@ -197,7 +197,8 @@ pub fn comparison_json(ours: &Value, etcd: &BenchResult, etcd_version: &str) -> 
             "errors": etcd.errors,
             "error_examples": etcd.error_examples,
             "latency_us": latency,
-            "cpu_seconds_per_member": etcd.cpu.nodes.iter()
+            "bytes_written_by_members": etcd.usage.nodes_bytes_written,
+            "cpu_seconds_per_member": etcd.usage.nodes.iter()
                 .map(|(id, ticks)| (id.to_string(), json!(*ticks as f64 / 100.0)))
                 .collect::<serde_json::Map<String, Value>>(),
         },

@@ -3,11 +3,12 @@
 //! client keeps writing to it. Reports each move's duration, the copy rate (the vShard is
 //! copied once before the fence; after it only the writes made during the copy travel) and the
 //! write pause the node measured from the fence to the routing switch, with the writer's
-//! slowest write as a cross-check, and the CPU the three nodes used per copied megabyte (the
-//! writer's load included: on a machine whose cores the nodes share, the copy is CPU-bound).
+//! slowest write as a cross-check, and the CPU the three nodes used and the bytes they wrote to
+//! files per copied megabyte (the writer's load included: on a machine whose cores the nodes
+//! share, the copy is CPU-bound).
 
 use crate::api::{Api, MigrationView, Reply};
-use crate::bench::{BenchCluster, BenchNodes, cpu_ticks, on_cluster};
+use crate::bench::{BenchCluster, BenchNodes, on_cluster, usage};
 use crate::cluster::build;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
@@ -54,6 +55,8 @@ struct MoveSample {
     slowest_write: Duration,
     /// CPU seconds of all nodes together during the move.
     node_cpu_seconds: f64,
+    /// Bytes the nodes wrote to files during the move.
+    nodes_bytes_written: u64,
 }
 
 pub fn run(args: &BenchMigrationArgs) -> Result<()> {
@@ -126,18 +129,20 @@ fn measure(bench: &BenchNodes, args: &BenchMigrationArgs) -> Result<Vec<MoveSamp
             *slowest.lock().unwrap_or_else(|p| p.into_inner()) = (Duration::ZERO, began);
             let writes_before = writes.load(Ordering::Relaxed);
             let leaders = leaders_of(&api, nodes[0], [0, owner, to]);
-            let cpu_before = cpu_ticks(&bench.pids);
+            let before = usage(&bench.pids);
             let moved = move_once(&api, nodes, vshard, to)
-                .and_then(|moved| Ok((moved, cpu_ticks(&bench.pids)?.since(&cpu_before?))));
+                .and_then(|moved| Ok((moved, usage(&bench.pids)?.since(&before?))));
             match moved {
-                Ok(((took, view), node_cpu)) => {
-                    let node_cpu_seconds = node_cpu.nodes_seconds();
+                Ok(((took, view), used)) => {
+                    let node_cpu_seconds = used.nodes_seconds();
+                    let nodes_bytes_written = used.nodes_bytes_written;
                     let writes = writes.load(Ordering::Relaxed) - writes_before;
                     let (slowest_write, at) = *slowest.lock().unwrap_or_else(|p| p.into_inner());
                     eprintln!(
-                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?} (began {:?} into the move), {writes} writes, nodes' CPU {node_cpu_seconds:.2} s, leaders (driver, source, target) {leaders}",
+                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?} (began {:?} into the move), {writes} writes, nodes' CPU {node_cpu_seconds:.2} s, nodes wrote {:.0} MB, leaders (driver, source, target) {leaders}",
                         view.write_pause_ms,
-                        at.saturating_duration_since(began)
+                        at.saturating_duration_since(began),
+                        nodes_bytes_written as f64 / 1e6,
                     );
                     samples.push(MoveSample {
                         took,
@@ -145,6 +150,7 @@ fn measure(bench: &BenchNodes, args: &BenchMigrationArgs) -> Result<Vec<MoveSamp
                         pause: view.write_pause_ms.map(Duration::from_millis),
                         slowest_write,
                         node_cpu_seconds,
+                        nodes_bytes_written,
                     });
                     owner = to;
                 }
@@ -257,6 +263,10 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
         .map(|sample| sample.bytes_copied as f64 / (1 << 20) as f64)
         .sum();
     let node_cpu_seconds: f64 = samples.iter().map(|sample| sample.node_cpu_seconds).sum();
+    let written: u64 = samples
+        .iter()
+        .map(|sample| sample.nodes_bytes_written)
+        .sum();
     json!({
         "benchmark": "migration",
         "profile": crate::bench::profile(args.node_binary.as_deref(), args.debug),
@@ -266,6 +276,8 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
         "move_ms_p50": percentile(&took, 0.5),
         "copy_mb_per_s_mean": mean_rate,
         "node_cpu_ms_per_copied_mb": (copied_mb > 0.0).then(|| node_cpu_seconds * 1000.0 / copied_mb),
+        "nodes_bytes_written_per_copied_byte": (copied_mb > 0.0)
+            .then(|| written as f64 / (copied_mb * (1 << 20) as f64)),
         "write_pause_ms_p50": percentile(&pauses, 0.5),
         "write_pause_ms_p99": percentile(&pauses, 0.99),
         "slowest_write_ms_p50": percentile(&slowest, 0.5),
