@@ -28,7 +28,7 @@ pub const READ_KEYS: u32 = 2_000;
 const FILL_ATTEMPTS: u32 = 5;
 const FILL_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Clock ticks per second of the times in `/proc/<pid>/stat`: Linux's `USER_HZ`.
-pub const USER_HZ: f64 = 100.0;
+const USER_HZ: f64 = 100.0;
 /// Unmeasured time before the measurement starts.
 pub const WARM_UP: Duration = Duration::from_secs(2);
 /// Largest latency the histogram records; slower requests time out first.
@@ -50,6 +50,7 @@ pub struct ClientResult {
 /// bytes the node processes wrote to files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// CPU ticks by node id.
     pub nodes: BTreeMap<u64, u64>,
     pub load_generator: u64,
     /// Bytes handed to `write(2)` and its kin by the node processes together (`wchar` of
@@ -358,7 +359,7 @@ pub fn usage(pids: &BTreeMap<u64, u32>) -> Result<Usage> {
 }
 
 /// The `wchar` line of a `/proc/<pid>/io` text.
-pub fn io_bytes_written(io: &str) -> Option<u64> {
+fn io_bytes_written(io: &str) -> Option<u64> {
     io.lines()
         .find_map(|line| line.strip_prefix("wchar:"))?
         .trim()
@@ -376,7 +377,7 @@ pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 impl Usage {
-    /// The time used since `earlier`.
+    /// What was used since `earlier`.
     pub fn since(&self, earlier: &Usage) -> Usage {
         Usage {
             nodes: self
