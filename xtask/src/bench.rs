@@ -87,11 +87,16 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
         },
         |nodes| measure(nodes, args),
     )?;
-    let (bench_dir, work_dir, stamp) = (run.bench_dir, run.work_dir, run.stamp);
+    let BenchRun {
+        bench_dir,
+        work_dir,
+        stamp,
+        id,
+    } = run;
     let mut summary = summary_json(args, &result, stamp);
     println!("{}", render(&summary));
     if let Some(etcd) = &etcd {
-        let etcd_dir = bench_dir.join(format!("etcd-{stamp}"));
+        let etcd_dir = bench_dir.join(format!("etcd-{id}"));
         eprintln!("the same puts against etcd ({} members) ...", args.nodes);
         let etcd_result = bench_etcd::measure(etcd, args, &etcd_dir)?;
         let comparison =
@@ -105,7 +110,7 @@ pub fn run(args: &BenchClusterArgs) -> Result<PathBuf> {
                 .with_context(|| format!("removing {}", etcd_dir.display()))?;
         }
     }
-    let path = bench_dir.join(format!("cluster-{stamp}.json"));
+    let path = bench_dir.join(format!("cluster-{id}.json"));
     let text = serde_json::to_string_pretty(&summary)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     if args.keep {
@@ -140,9 +145,13 @@ pub struct BenchCluster {
 pub struct BenchRun {
     /// `<target>/bench`, where the JSON results go.
     pub bench_dir: PathBuf,
-    /// The nodes' directories, `<bench_dir>/<name>-<stamp>`.
+    /// The nodes' directories, `<bench_dir>/<name>-<id>`.
     pub work_dir: PathBuf,
+    /// When the run began, in Unix seconds.
     pub stamp: u64,
+    /// `<stamp>-<process id>`: names this run's files, so that runs begun in the same second
+    /// (tests run side by side) never share or remove each other's.
+    pub id: String,
 }
 
 /// The launched nodes, as a measurement sees them.
@@ -162,8 +171,9 @@ pub fn on_cluster<T>(
     measure: impl FnOnce(&BenchNodes) -> Result<T>,
 ) -> Result<(T, BenchRun)> {
     let stamp = unix_seconds();
+    let id = format!("{stamp}-{}", std::process::id());
     let bench_dir = build::target_dir()?.join("bench");
-    let work_dir = bench_dir.join(format!("{name}-{stamp}"));
+    let work_dir = bench_dir.join(format!("{name}-{id}"));
     std::fs::create_dir_all(&work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     let processes = Processes::new();
@@ -199,6 +209,7 @@ pub fn on_cluster<T>(
         bench_dir,
         work_dir,
         stamp,
+        id,
     };
     Ok((result, run))
 }

@@ -75,7 +75,7 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
     let (samples, run) = on_cluster("migration", cluster, |nodes| measure(nodes, args))?;
     let summary = summary_json(args, &samples);
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    let path = run.bench_dir.join(format!("migration-{}.json", run.stamp));
+    let path = run.bench_dir.join(format!("migration-{}.json", run.id));
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
