@@ -410,6 +410,14 @@ impl Usage {
     pub fn nodes_seconds(&self) -> f64 {
         self.nodes.values().sum::<u64>() as f64 / USER_HZ
     }
+
+    /// Each node's time in seconds, as JSON keyed by node id.
+    pub fn seconds_per_node(&self) -> serde_json::Map<String, Value> {
+        self.nodes
+            .iter()
+            .map(|(id, ticks)| (id.to_string(), json!(*ticks as f64 / USER_HZ)))
+            .collect()
+    }
 }
 
 /// Adds up the clients' histograms and errors.
@@ -443,19 +451,12 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
     let histogram = &result.latencies_us;
     let ops = histogram.len();
     let seconds = result.measured.as_secs_f64().max(0.001);
-    let cpu_seconds = |ticks: u64| ticks as f64 / USER_HZ;
     let written = result.usage.nodes_bytes_written;
     // What the nodes wrote to files for each byte of value put: the replication factor times
     // the log's own write amplification.
     let value_bytes_put = (ops * u64::from(args.value_bytes)) as f64;
     let written_per_value_byte = (args.op == BenchOp::Put && value_bytes_put > 0.0)
         .then(|| written as f64 / value_bytes_put);
-    let cpu_per_node: serde_json::Map<String, Value> = result
-        .usage
-        .nodes
-        .iter()
-        .map(|(id, ticks)| (id.to_string(), json!(cpu_seconds(*ticks))))
-        .collect();
     json!({
         "bench": "cluster",
         "op": args.op.name(),
@@ -471,8 +472,8 @@ pub fn summary_json(args: &BenchClusterArgs, result: &BenchResult, unix_time: u6
         "error_examples": result.error_examples,
         "ops_per_second": ops as f64 / seconds,
         "cores": std::thread::available_parallelism().map_or(1, usize::from),
-        "cpu_seconds_per_node": cpu_per_node,
-        "load_generator_cpu_seconds": cpu_seconds(result.usage.load_generator),
+        "cpu_seconds_per_node": result.usage.seconds_per_node(),
+        "load_generator_cpu_seconds": result.usage.load_generator as f64 / USER_HZ,
         "nodes_bytes_written": written,
         "nodes_bytes_written_per_value_byte": written_per_value_byte,
         "latency_us": summary_latency(histogram),

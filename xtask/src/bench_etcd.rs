@@ -198,9 +198,7 @@ pub fn comparison_json(ours: &Value, etcd: &BenchResult, etcd_version: &str) -> 
             "error_examples": etcd.error_examples,
             "latency_us": latency,
             "bytes_written_by_members": etcd.usage.nodes_bytes_written,
-            "cpu_seconds_per_member": etcd.usage.nodes.iter()
-                .map(|(id, ticks)| (id.to_string(), json!(*ticks as f64 / 100.0)))
-                .collect::<serde_json::Map<String, Value>>(),
+            "cpu_seconds_per_member": etcd.usage.seconds_per_node(),
         },
         "ratio_to_etcd": {
             "ops_per_second": ratio(ours_rate, etcd_rate),

@@ -136,10 +136,10 @@ fn measure(bench: &BenchNodes, args: &BenchMigrationArgs) -> Result<Vec<MoveSamp
                 Ok(((took, view), used)) => {
                     let node_cpu_seconds = used.nodes_seconds();
                     let nodes_bytes_written = used.nodes_bytes_written;
-                    let writes = writes.load(Ordering::Relaxed) - writes_before;
+                    let acknowledged = writes.load(Ordering::Relaxed) - writes_before;
                     let (slowest_write, at) = *slowest.lock().unwrap_or_else(|p| p.into_inner());
                     eprintln!(
-                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?} (began {:?} into the move), {writes} writes, nodes' CPU {node_cpu_seconds:.2} s, nodes wrote {:.0} MB, leaders (driver, source, target) {leaders}",
+                        "move {round}: group {owner} -> {to} in {took:?}, pause {:?} ms, slowest write {slowest_write:?} (began {:?} into the move), {acknowledged} writes, nodes' CPU {node_cpu_seconds:.2} s, nodes wrote {:.0} MB, leaders (driver, source, target) {leaders}",
                         view.write_pause_ms,
                         at.saturating_duration_since(began),
                         nodes_bytes_written as f64 / 1e6,
@@ -258,10 +258,8 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
         .map(|sample| sample.bytes_copied as f64 / (1 << 20) as f64 / sample.took.as_secs_f64())
         .collect();
     let mean_rate = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
-    let copied_mb: f64 = samples
-        .iter()
-        .map(|sample| sample.bytes_copied as f64 / (1 << 20) as f64)
-        .sum();
+    let copied: u64 = samples.iter().map(|sample| sample.bytes_copied).sum();
+    let copied_mb = copied as f64 / (1 << 20) as f64;
     let node_cpu_seconds: f64 = samples.iter().map(|sample| sample.node_cpu_seconds).sum();
     let written: u64 = samples
         .iter()
@@ -276,8 +274,7 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
         "move_ms_p50": percentile(&took, 0.5),
         "copy_mb_per_s_mean": mean_rate,
         "node_cpu_ms_per_copied_mb": (copied_mb > 0.0).then(|| node_cpu_seconds * 1000.0 / copied_mb),
-        "nodes_bytes_written_per_copied_byte": (copied_mb > 0.0)
-            .then(|| written as f64 / (copied_mb * (1 << 20) as f64)),
+        "nodes_bytes_written_per_copied_byte": (copied > 0).then(|| written as f64 / copied as f64),
         "write_pause_ms_p50": percentile(&pauses, 0.5),
         "write_pause_ms_p99": percentile(&pauses, 0.99),
         "slowest_write_ms_p50": percentile(&slowest, 0.5),
