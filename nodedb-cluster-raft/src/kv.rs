@@ -82,6 +82,9 @@ pub struct KvStateMachine {
     entries: BTreeMap<Vec<u8>, Value>,
     /// Key and value bytes per vShard, following every change of `entries`; no zero counts.
     vshard_bytes: BTreeMap<VShardId, u64>,
+    /// The wrapping sum of [`entry_hash`] over `entries`, following every change, so that
+    /// the state hash costs nothing to ask for (it is asked under the replica's lock).
+    entry_hash_sum: u64,
 }
 
 type Value = Arc<[u8]>;
@@ -169,11 +172,19 @@ impl KvStateMachine {
     fn insert(&mut self, key: Vec<u8>, value: Value) {
         let vshard = vshard_for_key(&key);
         let added = (key.len() + value.len()) as u64;
+        let key_hash = crc32c::crc32c(&key);
+        self.entry_hash_sum = self
+            .entry_hash_sum
+            .wrapping_add(value_hash(key_hash, &value));
         let key_len = key.len();
-        let removed = self
-            .entries
-            .insert(key, value)
-            .map_or(0, |old| (key_len + old.len()) as u64);
+        let removed = match self.entries.insert(key, value) {
+            Some(old) => {
+                let old_hash = value_hash(key_hash, &old);
+                self.entry_hash_sum = self.entry_hash_sum.wrapping_sub(old_hash);
+                (key_len + old.len()) as u64
+            }
+            None => 0,
+        };
         let count = self.vshard_bytes.entry(vshard).or_default();
         *count = *count + added - removed;
     }
@@ -183,6 +194,13 @@ impl KvStateMachine {
         let Some(value) = self.entries.remove(key) else {
             return false;
         };
+        self.forget(key, &value);
+        true
+    }
+
+    /// Takes a removed entry out of the counts and the hash.
+    fn forget(&mut self, key: &[u8], value: &[u8]) {
+        self.entry_hash_sum = self.entry_hash_sum.wrapping_sub(entry_hash(key, value));
         let vshard = vshard_for_key(key);
         if let Some(count) = self.vshard_bytes.get_mut(&vshard) {
             *count -= (key.len() + value.len()) as u64;
@@ -190,7 +208,6 @@ impl KvStateMachine {
                 self.vshard_bytes.remove(&vshard);
             }
         }
-        true
     }
 
     fn apply_one(&mut self, command: &[u8]) -> KvResponse {
@@ -306,30 +323,46 @@ impl StateMachine for KvStateMachine {
     }
 
     fn drop_vshard(&mut self, vshard: VShardId) -> Result<(), StateMachineError> {
-        self.entries.retain(|key, _| vshard_for_key(key) != vshard);
+        let mut dropped_hash_sum = 0u64;
+        self.entries.retain(|key, value| {
+            let keep = vshard_for_key(key) != vshard;
+            if !keep {
+                dropped_hash_sum = dropped_hash_sum.wrapping_add(entry_hash(key, value));
+            }
+            keep
+        });
+        self.entry_hash_sum = self.entry_hash_sum.wrapping_sub(dropped_hash_sum);
         self.vshard_bytes.remove(&vshard);
         Ok(())
     }
 
     fn state_hash(&self) -> u64 {
-        // FNV-1a over length-prefixed keys and values in key order: deterministic everywhere.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |bytes: &[u8]| {
-            for byte in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
-                hash ^= u64::from(*byte);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        for (key, value) in &self.entries {
-            feed(key);
-            feed(value);
-        }
-        hash
+        mix(self.entry_hash_sum ^ mix(self.entries.len() as u64))
     }
 
     fn vshard_bytes(&self) -> BTreeMap<VShardId, u64> {
         self.vshard_bytes.clone()
     }
+}
+
+/// One entry's share of the state hash: CRC-32C of the key and of key and value together (the
+/// CPU computes both at memory speed), mixed. The state hash sums the shares, so it follows
+/// each change in the time of hashing that entry, in any order of changes.
+fn entry_hash(key: &[u8], value: &[u8]) -> u64 {
+    value_hash(crc32c::crc32c(key), value)
+}
+
+/// [`entry_hash`] from the key's CRC.
+fn value_hash(key_hash: u32, value: &[u8]) -> u64 {
+    let whole = crc32c::crc32c_append(key_hash, value);
+    mix(u64::from(key_hash) << 32 | u64::from(whole))
+}
+
+/// The splitmix64 finalizer: spreads every input bit over the whole word.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// A captured vShard, encoded part by part as it is read.
@@ -587,8 +620,64 @@ mod tests {
         counts
     }
 
+    /// The state hash computed from scratch.
+    fn hashed(machine: &KvStateMachine) -> u64 {
+        let sum = machine.entries.iter().fold(0u64, |sum, (key, value)| {
+            sum.wrapping_add(entry_hash(key, value))
+        });
+        mix(sum ^ mix(machine.entries.len() as u64))
+    }
+
     #[test]
-    fn vshard_bytes_follow_every_change() {
+    fn the_state_hash_is_the_same_whatever_the_order_of_changes() {
+        let puts = |order: &mut dyn Iterator<Item = u32>| {
+            let mut machine = KvStateMachine::new();
+            for i in order {
+                let key = format!("k{i}").into_bytes();
+                apply(
+                    &mut machine,
+                    KvCommand::Put {
+                        key,
+                        value: vec![i as u8; 3],
+                    },
+                );
+            }
+            machine
+        };
+        let forward = puts(&mut (0..50));
+        let backward = puts(&mut (0..50).rev());
+        assert_eq!(forward.state_hash(), backward.state_hash());
+        let mut changed = forward.clone();
+        let value = vec![9; 3];
+        apply(
+            &mut changed,
+            KvCommand::Put {
+                key: b"k7".to_vec(),
+                value,
+            },
+        );
+        assert_ne!(changed.state_hash(), forward.state_hash());
+        let mut moved = forward.clone();
+        apply(
+            &mut moved,
+            KvCommand::Delete {
+                key: b"k7".to_vec(),
+            },
+        );
+        let value = vec![7; 3];
+        apply(
+            &mut moved,
+            KvCommand::Put {
+                key: b"k7x".to_vec(),
+                value,
+            },
+        );
+        assert_ne!(moved.state_hash(), forward.state_hash());
+        assert_ne!(KvStateMachine::new().state_hash(), forward.state_hash());
+    }
+
+    #[test]
+    fn vshard_bytes_and_the_state_hash_follow_every_change() {
         let mut machine = KvStateMachine::new();
         for i in 0..300u32 {
             let key = format!("size-{i}").into_bytes();
@@ -611,14 +700,17 @@ mod tests {
             apply(&mut machine, KvCommand::Delete { key });
         }
         assert_eq!(machine.vshard_bytes(), counted(&machine));
+        assert_eq!(machine.state_hash(), hashed(&machine));
         assert!(machine.vshard_bytes().values().all(|bytes| *bytes > 0));
 
         let vshard = vshard_for_key(b"size-3");
         let exported = machine.export_vshard(vshard).unwrap();
         machine.drop_vshard(vshard).unwrap();
         assert!(!machine.vshard_bytes().contains_key(&vshard));
+        assert_eq!(machine.state_hash(), hashed(&machine));
         machine.import_vshard(vshard, &exported).unwrap();
         assert_eq!(machine.vshard_bytes(), counted(&machine));
+        assert_eq!(machine.state_hash(), hashed(&machine));
 
         let mut restored = KvStateMachine::new();
         apply(
@@ -632,6 +724,8 @@ mod tests {
             .restore(machine.snapshot().unwrap().as_mut())
             .unwrap();
         assert_eq!(restored.vshard_bytes(), machine.vshard_bytes());
+        assert_eq!(restored.state_hash(), hashed(&restored));
+        assert_eq!(restored.state_hash(), machine.state_hash());
     }
 
     #[test]

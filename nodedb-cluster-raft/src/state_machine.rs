@@ -110,7 +110,10 @@ pub trait StateMachine: Send + 'static {
     /// Removes every key of `vshard` (replicated through the log, applied in order).
     fn drop_vshard(&mut self, vshard: VShardId) -> Result<(), StateMachineError>;
 
-    /// A hash of the replicated state, equal across replicas at the same applied index.
+    /// A hash of the replicated state, equal across replicas at the same applied index. It is
+    /// asked for under the replica's lock (every `GET /v1/cluster` asks for each replica's),
+    /// so it should be cheap: kept up to date as entries apply rather than computed over the
+    /// whole state.
     fn state_hash(&self) -> u64;
 
     /// Bytes of data held per vShard (vShards holding none may be left out), kept up to date
