@@ -152,7 +152,13 @@ impl MetadataState {
     pub fn plan_placement(&self) -> Vec<PlacementStep> {
         match (self.routing(), self.replication_factor()) {
             (Some(routing), Some(replication_factor)) => {
-                plan(self.topology(), routing, replication_factor)
+                let moving: BTreeSet<GroupId> = self
+                    .migrations()
+                    .values()
+                    .filter(|migration| migration.is_active())
+                    .flat_map(|migration| [migration.from, migration.to])
+                    .collect();
+                plan_during_moves(self.topology(), routing, replication_factor, &moving)
             }
             _ => Vec::new(),
         }
@@ -198,7 +204,21 @@ pub fn plan(
     routing: &RoutingTable,
     replication_factor: u8,
 ) -> Vec<PlacementStep> {
+    plan_during_moves(topology, routing, replication_factor, &BTreeSet::new())
+}
+
+/// [`plan`] while vShards move between the `moving` groups: balancing leaves their
+/// leaderships where they are (the migration driver brings a move's two leaders to one node,
+/// so that its copy is read and written there). A leader that must hand over (its node
+/// drains, its replica goes) still does.
+pub fn plan_during_moves(
+    topology: &Topology,
+    routing: &RoutingTable,
+    replication_factor: u8,
+    moving: &BTreeSet<GroupId>,
+) -> Vec<PlacementStep> {
     let mut planner = Planner::new(topology, routing, usize::from(replication_factor.max(1)));
+    planner.moving = moving;
     planner.repair_metadata_group();
     let all_data_groups_steady = planner.repair_data_groups();
     // Balancing waits for repairs, and leaders wait for replica moves.
@@ -209,6 +229,8 @@ pub fn plan(
     steps.sort_by_key(|step| step.group());
     steps
 }
+
+static NOTHING_MOVING: BTreeSet<GroupId> = BTreeSet::new();
 
 /// Working state of one `plan` call: loads are updated as steps are chosen, so that later
 /// groups see the effect of earlier decisions in the same plan.
@@ -225,6 +247,8 @@ struct Planner<'a> {
     leader_load: BTreeMap<NodeId, i64>,
     steps: Vec<PlacementStep>,
     busy: BTreeSet<GroupId>,
+    /// Groups whose leadership balancing leaves alone.
+    moving: &'a BTreeSet<GroupId>,
 }
 
 impl<'a> Planner<'a> {
@@ -255,6 +279,7 @@ impl<'a> Planner<'a> {
             leader_load,
             steps: Vec::new(),
             busy: BTreeSet::new(),
+            moving: &NOTHING_MOVING,
         }
     }
 

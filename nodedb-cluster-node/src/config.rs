@@ -99,7 +99,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MigrationConfig {
-    /// Bytes per second that the copies before a move's fence may move from this node.
+    /// Bytes per second that the copies before the fences of the moves this node drives (as
+    /// the metadata leader) may move, together.
     pub bandwidth_bytes_per_s: u64,
     /// Migrations carried forward at the same time (automatic ones begin only below it).
     pub concurrent_max: usize,

@@ -5,7 +5,7 @@
 
 use nodedb_cluster_core::metadata::ClusterId;
 use nodedb_cluster_core::{GroupId, MigrationId, NodeId, NodeInfo, VShardId};
-use nodedb_cluster_raft::{MembershipError, ProposeError, VShardClaim, VShardStep};
+use nodedb_cluster_raft::{CopyId, MembershipError, ProposeError, VShardClaim, VShardStep};
 use serde::{Deserialize, Serialize};
 
 /// A request on the Control channel.
@@ -67,6 +67,8 @@ pub enum MigrationStep {
         vshard: VShardId,
         export: u64,
         first_part: u32,
+        /// Whole parts up to about this many bytes (at least one; the receiver caps it).
+        bytes_max: u64,
     },
     /// Replicate one step of `migration` on `vshard` (`data`: the export, for an import);
     /// answered with `Stepped`.
@@ -88,6 +90,22 @@ pub enum MigrationStep {
     /// Answer the bytes the receiver's replica holds per vShard, as `Answered`: a postcard
     /// `BTreeMap<VShardId, u64>` (automatic rebalancing compares groups by it).
     Sizes,
+    /// Copy one page of export `export` of `vshard` (from `first_part` on; part 0 makes the
+    /// export) from the leader of group `from` into this group as copy `copy` of `migration`:
+    /// the first part of the export is replicated as `Import`, every other one as
+    /// `ImportMore`. Served by this group's leader, so the export travels from the source's
+    /// leader straight to the target's, and not over the network at all when one node leads
+    /// both. Answered with `Answered`: a postcard `ImportedPage`.
+    ImportPage {
+        vshard: VShardId,
+        migration: MigrationId,
+        from: GroupId,
+        export: u64,
+        first_part: u32,
+        /// Whole parts up to about this many bytes (at least one; the receiver caps it).
+        bytes_max: u64,
+        copy: CopyId,
+    },
 }
 
 /// One membership step of one group.
@@ -252,6 +270,7 @@ impl std::fmt::Display for MigrationStep {
                 vshard,
                 export,
                 first_part,
+                ..
             } => write!(f, "export {export} of {vshard} from part {first_part}"),
             MigrationStep::Changes {
                 vshard,
@@ -259,6 +278,18 @@ impl std::fmt::Display for MigrationStep {
                 before,
             } => write!(f, "changes of {vshard} after {after} before {before}"),
             MigrationStep::Sizes => write!(f, "bytes per vShard"),
+            MigrationStep::ImportPage {
+                vshard,
+                migration,
+                from,
+                export,
+                first_part,
+                copy,
+                ..
+            } => write!(
+                f,
+                "import of export {export} of {vshard} from {from} (part {first_part} on) as {copy:?} in {migration}"
+            ),
             MigrationStep::Claim {
                 vshard,
                 migration,
@@ -329,6 +360,21 @@ mod tests {
                 change: MembershipChange::AddLearner {
                     node: NodeId(4),
                     addr: "127.0.0.1:1".to_string(),
+                },
+            },
+            ControlRequest::Migrate {
+                group: GroupId(2),
+                step: MigrationStep::ImportPage {
+                    vshard: VShardId(7),
+                    migration: MigrationId(3),
+                    from: GroupId(1),
+                    export: u64::MAX,
+                    first_part: 9,
+                    bytes_max: 1 << 20,
+                    copy: CopyId {
+                        fence_index: 0,
+                        nonce: 42,
+                    },
                 },
             },
         ];

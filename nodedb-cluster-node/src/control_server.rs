@@ -1,10 +1,11 @@
 //! Serves the Control channel: identifies this node, admits joining nodes when it leads the
 //! metadata group, and runs forwarded proposals, reads and membership changes on its local
-//! replicas (never forwarding again: one hop at most).
+//! replicas (never forwarding again: one hop at most; only a vShard import served by the
+//! target's leader reads the export from the source's leader, which serves it locally).
 
 use crate::cluster::CONTROL_RPC_TIMEOUT;
 use crate::control::{ControlError, ControlRequest, ControlResponse};
-use crate::group_client::{Operation, Served, serve_locally, with_routing_version};
+use crate::group_client::{GroupClient, Operation, Served, with_routing_version};
 use nodedb_cluster_core::{
     METADATA_GROUP, MetadataCommand, MetadataEvent, NodeId, NodeInfo, NodeState,
 };
@@ -23,6 +24,9 @@ pub struct ControlServer {
     metadata: watch::Receiver<AppliedMetadata>,
     /// The Control channel, to forward a join to the metadata leader.
     control: Arc<dyn Transport>,
+    /// Serves requests on this node's replicas; reaches other groups' leaders for the
+    /// requests that need them (a vShard import reads the source's export).
+    groups: GroupClient,
     /// When this node last answered an `Identify`: mostly the metadata leader's liveness
     /// ping, sent each round to every member not Decommissioned (read by
     /// [`crate::cluster::Cluster::wait_decommissioned`]).
@@ -37,11 +41,19 @@ impl ControlServer {
         control: Arc<dyn Transport>,
         identified: watch::Sender<Instant>,
     ) -> ControlServer {
+        let groups = GroupClient::new(
+            node,
+            raft.clone(),
+            control.clone(),
+            metadata.clone(),
+            CONTROL_RPC_TIMEOUT,
+        );
         ControlServer {
             node,
             raft,
             metadata,
             control,
+            groups,
             identified,
         }
     }
@@ -57,7 +69,9 @@ impl ControlServer {
             }
             ControlRequest::Join { node, forwarded } => return self.join(node, forwarded).await,
             ControlRequest::Propose { group, command } => {
-                serve_locally(&self.raft, self.node, group, Operation::Propose(command)).await
+                self.groups
+                    .serve_here(group, Operation::Propose(command))
+                    .await
             }
             ControlRequest::Query {
                 group,
@@ -68,11 +82,11 @@ impl ControlServer {
                     query,
                     linearizable,
                 };
-                serve_locally(&self.raft, self.node, group, operation).await
+                self.groups.serve_here(group, operation).await
             }
             ControlRequest::ChangeMembership { group, change } => {
                 let operation = Operation::ChangeMembership(change);
-                serve_locally(&self.raft, self.node, group, operation).await
+                self.groups.serve_here(group, operation).await
             }
             ControlRequest::ProposeVShard {
                 group,
@@ -80,7 +94,7 @@ impl ControlServer {
                 command,
             } => {
                 let operation = Operation::ProposeVShard { vshard, command };
-                serve_locally(&self.raft, self.node, group, operation).await
+                self.groups.serve_here(group, operation).await
             }
             ControlRequest::QueryVShard {
                 group,
@@ -93,11 +107,11 @@ impl ControlServer {
                     query,
                     linearizable,
                 };
-                serve_locally(&self.raft, self.node, group, operation).await
+                self.groups.serve_here(group, operation).await
             }
             ControlRequest::Migrate { group, step } => {
                 let operation = Operation::Migrate(step);
-                serve_locally(&self.raft, self.node, group, operation).await
+                self.groups.serve_here(group, operation).await
             }
         };
         let served = served.map_err(|error| with_routing_version(error, &self.metadata));
@@ -161,13 +175,10 @@ impl ControlServer {
         };
         node.state = NodeState::Joining;
         let command = encode_metadata_command(&MetadataCommand::AddNode { node: node.clone() });
-        let applied = match serve_locally(
-            &self.raft,
-            self.node,
-            METADATA_GROUP,
-            Operation::Propose(command),
-        )
-        .await
+        let applied = match self
+            .groups
+            .serve_here(METADATA_GROUP, Operation::Propose(command))
+            .await
         {
             Ok(Served::Proposed { response, .. }) => decode_metadata_outcome(&response),
             Ok(other) => return refused(ControlError::Invalid(format!("unexpected {other:?}"))),
@@ -195,9 +206,7 @@ impl ControlServer {
                 addr: node.addr.as_str().to_string(),
             };
             let operation = Operation::ChangeMembership(change);
-            if let Err(error) =
-                serve_locally(&self.raft, self.node, METADATA_GROUP, operation).await
-            {
+            if let Err(error) = self.groups.serve_here(METADATA_GROUP, operation).await {
                 return refused(error);
             }
         }

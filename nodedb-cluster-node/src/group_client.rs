@@ -12,11 +12,13 @@ use crate::control::{
     ControlError, ControlRequest, ControlResponse, MembershipChange, MigrationStep,
 };
 use crate::metrics;
+use crate::migration::{ImportPage, import_page};
 use crate::reconciler::CAUGHT_UP_LAG_MAX;
 use nodedb_cluster_core::{GroupId, METADATA_GROUP, MetadataCommand, NodeId, VShardId};
 use nodedb_cluster_raft::{
-    Applied, AppliedMetadata, LeaderChange, LogIndex, MetadataOutcome, MultiRaft, ReadConsistency,
-    StepOutcome, VSHARD_PART_BYTES, decode_metadata_outcome, encode_metadata_command,
+    Applied, AppliedMetadata, LeaderChange, LogIndex, MetadataOutcome, MultiRaft, ProposeError,
+    ReadConsistency, StepOutcome, VSHARD_PART_BYTES, decode_metadata_outcome,
+    encode_metadata_command,
 };
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
 use serde::Serialize;
@@ -27,7 +29,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 /// Most export bytes in one answer to [`MigrationStep::Export`] (whole parts; at least one).
-const EXPORT_PAGE_BYTES: usize = 8 * 1024 * 1024;
+pub const EXPORT_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+/// Deadline of one liveness ping.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// Attempts per operation before giving up with "unavailable".
 pub const FORWARD_ATTEMPTS_MAX: u32 = 8;
 /// First pause between attempts; doubles up to [`FORWARD_BACKOFF_MAX`].
@@ -284,7 +288,7 @@ impl GroupClient {
             };
             tried = Some(node);
             let result = if node == self.node {
-                serve_locally(&self.raft, self.node, group, operation.clone()).await
+                self.serve_here(group, operation.clone()).await
             } else {
                 let forwarded = self.forward_watched(node, group, &operation).await;
                 metrics::forwarded(group, &forwarded);
@@ -359,18 +363,30 @@ impl GroupClient {
     /// The replica to try first: this node when it hosts the group and either leads it or the
     /// read may be stale; otherwise the known leader.
     fn first_target(&self, group: GroupId, operation: &Operation) -> Option<NodeId> {
-        let status = self.raft.status(group);
-        if let Some(status) = &status {
-            if operation.is_stale_read() || status.leader == Some(self.node) {
-                return Some(self.node);
-            }
-            if status.leader.is_some() {
-                return status.leader;
-            }
+        if operation.is_stale_read() && self.raft.status(group).is_some() {
+            return Some(self.node);
+        }
+        self.leader(group)
+    }
+
+    /// The leader of `group` as far as this node knows: its own replica's view, else the
+    /// routing's leader hint.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        if let Some(leader) = self.raft.status(group).and_then(|status| status.leader) {
+            return Some(leader);
         }
         let metadata = self.metadata.borrow();
         let members = metadata.state.routing()?.members(group)?;
         members.leader_hint
+    }
+
+    /// Whether `node` answers a ping within [`PING_TIMEOUT`].
+    pub async fn answers(&self, node: NodeId) -> bool {
+        if node == self.node {
+            return true;
+        }
+        let ping = Bytes::from(ControlRequest::Identify.encode());
+        self.control.call(node, ping, PING_TIMEOUT).await.is_ok()
     }
 
     /// Some replica of `group` from the routing table, rotating with `attempt`.
@@ -501,111 +517,151 @@ impl GroupClient {
     }
 }
 
-/// Serves an operation on this node's replica without forwarding (the one hop of a forward).
-pub async fn serve_locally(
-    raft: &MultiRaft,
-    node: NodeId,
-    group: GroupId,
-    operation: Operation,
-) -> Result<Served, ControlError> {
-    let refused = |error| ControlError::from_propose(node, error);
-    let proposed = |applied: Applied| Served::Proposed {
-        index: applied.index.0,
-        response: applied.response,
-    };
-    match operation {
-        Operation::Propose(command) => raft
-            .propose(group, command)
-            .await
-            .map(proposed)
-            .map_err(refused),
-        Operation::ProposeVShard { vshard, command } => raft
-            .propose_vshard(group, vshard, command)
-            .await
-            .map(proposed)
-            .map_err(refused),
-        Operation::QueryVShard {
-            vshard,
-            query,
-            linearizable,
-        } => raft
-            .query_vshard(group, vshard, &query, consistency(linearizable))
-            .await
-            .map(Served::Answered)
-            .map_err(refused),
-        Operation::Migrate(step) => match step {
-            MigrationStep::Export {
-                vshard,
-                export,
-                first_part,
-            } => raft
-                .export_vshard_page(group, vshard, export, first_part, EXPORT_PAGE_BYTES)
+impl GroupClient {
+    /// Serves an operation on this node's replica without forwarding it (the one hop of a
+    /// forward). Only a vShard import reaches further: the target's leader reads the export
+    /// from the source's leader.
+    pub async fn serve_here(
+        &self,
+        group: GroupId,
+        operation: Operation,
+    ) -> Result<Served, ControlError> {
+        let (raft, node) = (&self.raft, self.node);
+        let refused = |error| ControlError::from_propose(node, error);
+        let proposed = |applied: Applied| Served::Proposed {
+            index: applied.index.0,
+            response: applied.response,
+        };
+        match operation {
+            Operation::Propose(command) => raft
+                .propose(group, command)
                 .await
-                .map(|page| Served::Answered(encode_answer(&page))),
-            MigrationStep::Changes {
+                .map(proposed)
+                .map_err(refused),
+            Operation::ProposeVShard { vshard, command } => raft
+                .propose_vshard(group, vshard, command)
+                .await
+                .map(proposed)
+                .map_err(refused),
+            Operation::QueryVShard {
                 vshard,
-                after,
-                before,
+                query,
+                linearizable,
             } => raft
-                .vshard_changes(
-                    group,
+                .query_vshard(group, vshard, &query, consistency(linearizable))
+                .await
+                .map(Served::Answered)
+                .map_err(refused),
+            Operation::Migrate(step) => match step {
+                MigrationStep::Export {
                     vshard,
-                    LogIndex(after),
-                    LogIndex(before),
-                    VSHARD_PART_BYTES,
-                )
-                .await
-                .map(|changes| Served::Answered(encode_answer(&changes))),
-            MigrationStep::Sizes => raft
-                .vshard_bytes(group)
-                .map(|bytes| Served::Answered(encode_answer(&bytes))),
-            MigrationStep::Claim {
-                vshard,
-                migration,
-                step,
-                data,
-            } => raft
-                .migration_step(group, vshard, migration, step, data)
-                .await
-                .map(Served::Stepped),
-        }
-        .map_err(refused),
-        Operation::Query {
-            query,
-            linearizable,
-        } => raft
-            .query(group, &query, consistency(linearizable))
-            .await
-            .map(Served::Answered)
-            .map_err(refused),
-        Operation::ChangeMembership(change) => {
-            let result = match change {
-                MembershipChange::AddLearner {
-                    node: learner,
-                    addr,
-                } => raft.add_learner(group, learner, addr).await,
-                MembershipChange::Promote { node: learner } => {
-                    if let Some(lag) = learner_lag(raft, group, learner)
-                        && lag > CAUGHT_UP_LAG_MAX
-                    {
-                        return Err(ControlError::NotCaughtUp {
-                            group,
-                            node: learner,
-                            lag,
-                        });
+                    export,
+                    first_part,
+                    bytes_max,
+                } => raft
+                    .export_vshard_page(group, vshard, export, first_part, page_bytes(bytes_max))
+                    .await
+                    .map(|page| Served::Answered(encode_answer(&page))),
+                MigrationStep::Changes {
+                    vshard,
+                    after,
+                    before,
+                } => raft
+                    .vshard_changes(
+                        group,
+                        vshard,
+                        LogIndex(after),
+                        LogIndex(before),
+                        VSHARD_PART_BYTES,
+                    )
+                    .await
+                    .map(|changes| Served::Answered(encode_answer(&changes))),
+                MigrationStep::Sizes => raft
+                    .vshard_bytes(group)
+                    .map(|bytes| Served::Answered(encode_answer(&bytes))),
+                MigrationStep::Claim {
+                    vshard,
+                    migration,
+                    step,
+                    data,
+                } => raft
+                    .migration_step(group, vshard, migration, step, data)
+                    .await
+                    .map(Served::Stepped),
+                MigrationStep::ImportPage {
+                    vshard,
+                    migration,
+                    from,
+                    export,
+                    first_part,
+                    bytes_max,
+                    copy,
+                } => {
+                    if !raft.is_leader(group) {
+                        let leader_hint = raft.status(group).and_then(|status| status.leader);
+                        return Err(refused(ProposeError::NotLeader { group, leader_hint }));
                     }
-                    raft.promote(group, learner).await
+                    let page = ImportPage {
+                        vshard,
+                        migration,
+                        from,
+                        to: group,
+                        export,
+                        first_part,
+                        bytes_max,
+                        copy,
+                    };
+                    // Boxed: the import calls back into this client.
+                    return Box::pin(import_page(self, page))
+                        .await
+                        .map(|imported| Served::Answered(encode_answer(&imported)));
                 }
-                MembershipChange::Remove { node: member } => {
-                    raft.remove_replica(group, member).await
-                }
-                MembershipChange::TransferLeader { to } => raft.transfer_leader(group, to).await,
-            };
-            result
-                .map(|()| Served::MembershipChanged)
-                .map_err(|error| ControlError::from_membership(node, error))
+            }
+            .map_err(refused),
+            Operation::Query {
+                query,
+                linearizable,
+            } => raft
+                .query(group, &query, consistency(linearizable))
+                .await
+                .map(Served::Answered)
+                .map_err(refused),
+            Operation::ChangeMembership(change) => {
+                let result = match change {
+                    MembershipChange::AddLearner {
+                        node: learner,
+                        addr,
+                    } => raft.add_learner(group, learner, addr).await,
+                    MembershipChange::Promote { node: learner } => {
+                        if let Some(lag) = learner_lag(raft, group, learner)
+                            && lag > CAUGHT_UP_LAG_MAX
+                        {
+                            return Err(ControlError::NotCaughtUp {
+                                group,
+                                node: learner,
+                                lag,
+                            });
+                        }
+                        raft.promote(group, learner).await
+                    }
+                    MembershipChange::Remove { node: member } => {
+                        raft.remove_replica(group, member).await
+                    }
+                    MembershipChange::TransferLeader { to } => {
+                        raft.transfer_leader(group, to).await
+                    }
+                };
+                result
+                    .map(|()| Served::MembershipChanged)
+                    .map_err(|error| ControlError::from_membership(node, error))
+            }
         }
     }
+}
+
+/// The bytes of one export page asked for, capped at [`EXPORT_PAGE_BYTES`].
+fn page_bytes(bytes_max: u64) -> usize {
+    bytes_max.min(EXPORT_PAGE_BYTES) as usize
 }
 
 /// The answer to a [`MigrationStep`] that reads (`VShardExportPage`, `VShardChanges`, the

@@ -10,7 +10,7 @@
 pub(crate) mod rebalance;
 
 use crate::control::{ControlError, ControlRequest, MembershipChange};
-use crate::group_client::GroupClient;
+use crate::group_client::{GroupClient, PING_TIMEOUT};
 use crate::migration::MigrationSettings;
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, PlacementStep,
@@ -28,8 +28,6 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest a round waits for one placement step; a slower step is left to finish (or not)
 /// on its own and is planned again from the recorded state.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Deadline of one liveness ping.
-const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// A Down node must answer pings this long, without a gap, before it is Active again.
 pub const RECOVERY_DAMPING: Duration = Duration::from_secs(3);
 /// Entries a learner may still miss and count as caught up.

@@ -256,7 +256,7 @@ async fn a_move_copies_no_faster_than_the_configured_bandwidth() {
     let bytes = (VALUES * VALUE_BYTES) as u64;
     println!("{bytes} bytes moved in {took:?} at {BANDWIDTH} bytes/s");
     assert_eq!(owner_of(&node, vshard), to);
-    // Every part but the last waits for its predecessor's share of the budget.
+    // The copy waits for the budget to pay for every page it moved.
     let least = Duration::from_secs_f64(0.75 * bytes as f64 / BANDWIDTH as f64);
     assert!(took >= least, "{bytes} bytes moved in {took:?}");
     node.shutdown().await;

@@ -44,6 +44,9 @@ pub struct BenchMigrationArgs {
     /// measured side by side).
     #[arg(long)]
     pub node_binary: Option<PathBuf>,
+    /// Keep the nodes' directories (data and logs) after the run.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// One measured move.
@@ -79,7 +82,11 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("writing {}", path.display()))?;
     println!("results: {}", path.display());
-    let _ = std::fs::remove_dir_all(&run.work_dir);
+    if args.keep {
+        eprintln!("nodes' directories kept in {}", run.work_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&run.work_dir);
+    }
     Ok(())
 }
 

@@ -107,7 +107,7 @@ impl Planner<'_> {
             let Some(members) = self.routing.members(group) else {
                 continue;
             };
-            if self.busy.contains(&group) {
+            if self.busy.contains(&group) || self.moving.contains(&group) {
                 continue;
             }
             let Some(leader) = members.leader_hint.filter(|l| self.is_active(*l)) else {

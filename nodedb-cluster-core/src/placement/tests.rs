@@ -319,3 +319,31 @@ fn nodes_joining_one_by_one_spread_replicas_with_few_moves() {
     let (min, max) = (load.values().min().unwrap(), load.values().max().unwrap());
     assert!(max - min <= 1, "{load:?}");
 }
+
+#[test]
+fn balancing_leaves_the_leaders_of_moving_groups_where_they_are() {
+    let topology = topology(&[
+        (1, NodeState::Active),
+        (2, NodeState::Active),
+        (3, NodeState::Active),
+    ]);
+    let mut routing = RoutingTable::new(2, NodeId(1)).unwrap();
+    for group in [METADATA_GROUP, GroupId(1), GroupId(2)] {
+        routing
+            .set_members(group, set(&[1, 2, 3]), set(&[]))
+            .unwrap();
+        routing.set_leader_hint(group, Some(NodeId(1))).unwrap();
+    }
+    let transfers = |moving: &[u32]| -> Vec<GroupId> {
+        let moving: BTreeSet<GroupId> = moving.iter().copied().map(GroupId).collect();
+        plan_during_moves(&topology, &routing, 3, &moving)
+            .into_iter()
+            .filter(|step| matches!(step, PlacementStep::TransferLeader { .. }))
+            .map(|step| step.group())
+            .collect()
+    };
+    // Node 1 leads both data groups, the others none: one leadership moves.
+    assert_eq!(transfers(&[]), vec![GroupId(1)]);
+    assert_eq!(transfers(&[1]), vec![GroupId(2)]);
+    assert_eq!(transfers(&[1, 2]), vec![]);
+}

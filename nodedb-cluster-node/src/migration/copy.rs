@@ -1,23 +1,28 @@
 //! Moving a vShard's data from the source group into the target group: the export paged out of
-//! the source's leader and imported part by part into the target's log (paced by the node's
-//! migration bandwidth before the fence), and the replay of the commands the source applied
-//! after the export, up to its fence.
+//! the source's leader by the target's leader and imported part by part into the target's log
+//! (the driver asks for each page, paced by its node's migration bandwidth before the fence),
+//! and the replay of the commands the source applied after the export, up to its fence.
 
-use super::{MigrationContext, claim, record_copy, refused, replicate};
-use crate::control::MigrationStep;
-use crate::group_client::{Served, decode_answer};
+use super::{MigrationContext, claim, record_copy, refused};
+use crate::control::{ControlError, MembershipChange, MigrationStep};
+use crate::group_client::{EXPORT_PAGE_BYTES, GroupClient, Served, decode_answer};
 use futures::StreamExt;
-use nodedb_cluster_core::{GroupId, Migration};
+use nodedb_cluster_core::{GroupId, Migration, MigrationId, VShardId};
 use nodedb_cluster_raft::{
-    CopyId, VShardChanges, VShardClaim, VShardExportPage, VShardStep, encode_replayed_commands,
+    CopyId, StepOutcome, VShardChanges, VShardClaim, VShardExportPage, VShardStep,
+    encode_replayed_commands,
 };
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Parts of one import replicated at the same time.
 const IMPORT_PARTS_IN_FLIGHT: usize = 8;
+/// Longest the driver waits for the target's leadership to reach the source leader's node.
+const LEADER_HANDOVER_WAIT: Duration = Duration::from_secs(1);
+const LEADER_HANDOVER_POLL: Duration = Duration::from_millis(10);
 
 /// The copy made while the source still served the vShard, remembered by the driver that made
 /// it until the fence: the changes after `applied` turn it into the final copy.
@@ -31,8 +36,8 @@ pub(super) struct EarlyCopy {
     pub serving: bool,
 }
 
-/// Paces migration copies on this node to a number of bytes per second (0: unpaced), so that a
-/// move does not starve the groups' own traffic.
+/// Paces the migration copies this node drives to a number of bytes per second (0: unpaced),
+/// so that a move does not starve the groups' own traffic.
 #[derive(Debug)]
 pub struct Bandwidth {
     bytes_per_second: u64,
@@ -47,22 +52,32 @@ impl Bandwidth {
         }
     }
 
-    /// Waits until `bytes` more fit in the budget.
-    async fn take(&self, bytes: usize) {
+    /// Counts `bytes` just moved against the budget and waits until the budget has paid for
+    /// them (after every byte counted before them).
+    async fn spend(&self, bytes: u64) {
         if self.bytes_per_second == 0 {
             return;
         }
         let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
-        let start = {
+        let paid = {
             let mut next_free = self
                 .next_free
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let start = (*next_free).max(Instant::now());
             *next_free = start + cost;
-            start
+            *next_free
         };
-        tokio::time::sleep_until(start).await;
+        tokio::time::sleep_until(paid).await;
+    }
+
+    /// The bytes of one page of a paced copy: an eighth of a second's budget, so that a copy
+    /// never runs far ahead of it.
+    fn page_bytes(&self) -> u64 {
+        match self.bytes_per_second {
+            0 => EXPORT_PAGE_BYTES,
+            rate => (rate / 8).clamp(1, EXPORT_PAGE_BYTES),
+        }
     }
 }
 
@@ -75,11 +90,49 @@ pub(super) fn new_copy(fence_index: u64) -> CopyId {
     }
 }
 
-/// Replaces the target's data with copy `copy` of the source's current data: the export is
-/// paged out of the source's leader and each part replicated in the target as one log entry
-/// (`Import`, then `ImportMore`), paced when `paced`. The next page travels while the parts of
-/// the last one are imported. Returns the export's standing, or `None` when the target already
-/// serves the vShard as `adopted` (an earlier attempt finished).
+/// Hands the target's leadership to the node that leads the source, when that node holds a
+/// voter of the target and answers a ping, and waits a little for the handover: the copy's
+/// pages are then read and replicated on one node, so the export crosses no network on its
+/// way into the target's log (only the target's own replication). Best effort: the copy works
+/// wherever the leaders are. While the move is in flight, leader balancing leaves both groups
+/// alone (`plan_during_moves`).
+pub(super) async fn bring_leaders_together(context: &MigrationContext, migration: &Migration) {
+    let (from, to) = (migration.from, migration.to);
+    let groups = &context.groups;
+    let Some(source_leader) = groups.leader(from) else {
+        return;
+    };
+    if groups.leader(to) == Some(source_leader) {
+        return;
+    }
+    let is_target_voter = context
+        .metadata
+        .borrow()
+        .state
+        .routing()
+        .and_then(|routing| routing.members(to))
+        .is_some_and(|members| members.voters.contains(&source_leader));
+    if !is_target_voter || !groups.answers(source_leader).await {
+        return;
+    }
+    let change = MembershipChange::TransferLeader { to: source_leader };
+    if let Err(error) = groups.change_membership(to, change).await {
+        tracing::debug!(%to, leader = %source_leader, %error, "migration: target leadership not handed over");
+        return;
+    }
+    let deadline = Instant::now() + LEADER_HANDOVER_WAIT;
+    while groups.leader(to) != Some(source_leader) && Instant::now() < deadline {
+        tokio::time::sleep(LEADER_HANDOVER_POLL).await;
+    }
+    let leader = groups.leader(to);
+    tracing::info!(%from, %to, ?leader, wanted = %source_leader, "migration: target leadership handed to the source's leader");
+}
+
+/// Replaces the target's data with copy `copy` of the source's current data, page by page:
+/// the target's leader reads each page of the export from the source's leader and replicates
+/// its parts (`MigrationStep::ImportPage`), paced when `paced`. Returns the export's standing,
+/// or `None` when the target already serves the vShard as `adopted` (an earlier attempt
+/// finished).
 pub(super) async fn copy_vshard(
     context: &MigrationContext,
     migration: &Migration,
@@ -88,105 +141,168 @@ pub(super) async fn copy_vshard(
     paced: bool,
 ) -> Result<Option<EarlyCopy>, String> {
     let export: u64 = rand::random();
-    let mut page = read_page(context, migration, export, 0).await?;
-    let standing = EarlyCopy {
-        copy,
-        applied: page.applied.0,
-        serving: page.serving,
+    let mut standing: Option<EarlyCopy> = None;
+    let mut first_part = 0;
+    let bytes_max = match paced {
+        true => context.bandwidth.page_bytes(),
+        false => EXPORT_PAGE_BYTES,
     };
     loop {
-        if page.applied.0 != standing.applied {
+        let step = MigrationStep::ImportPage {
+            vshard: migration.vshard,
+            migration: migration.id,
+            from: migration.from,
+            export,
+            first_part,
+            bytes_max,
+            copy,
+        };
+        let page: ImportedPage = read(context, migration.to, step).await?;
+        if let Some((step, claim)) = page.refused {
+            return match step {
+                VShardStep::Import(_) if adopted == Some(claim) => Ok(None),
+                _ => Err(refused(migration, migration.to, step, claim)),
+            };
+        }
+        let standing = *standing.get_or_insert(EarlyCopy {
+            copy,
+            applied: page.applied,
+            serving: page.serving,
+        });
+        if page.applied != standing.applied {
             return Err(format!("export {export} changed between its pages"));
         }
-        let next_part = page.first_part + (page.parts.len() as u32).max(1);
-        let more_pages = next_part < page.parts_total;
-        let prefetch = async {
-            if more_pages {
-                Some(read_page(context, migration, export, next_part).await)
-            } else {
-                None
-            }
-        };
-        let import = import_page(context, migration, copy, paced, page);
-        let (imported, next_page) = tokio::join!(import, prefetch);
-        match imported? {
-            ImportedPage::Done => {}
-            ImportedPage::AlreadyAdopted(claim) if adopted == Some(claim) => return Ok(None),
-            ImportedPage::AlreadyAdopted(claim) => {
-                return Err(refused(
-                    migration,
-                    migration.to,
-                    VShardStep::Import(copy),
-                    claim,
-                ));
-            }
+        record_copy(context, migration.id, page.bytes);
+        if paced {
+            context.bandwidth.spend(page.bytes).await;
         }
-        match next_page {
-            Some(next_page) => page = next_page?,
-            None => return Ok(Some(standing)),
+        if page.next_part >= page.parts_total {
+            return Ok(Some(standing));
         }
+        first_part = page.next_part;
     }
 }
 
-/// How the import of one page of an export ended.
-enum ImportedPage {
-    Done,
-    /// The target refused the first part: it holds the vShard with this claim.
-    AlreadyAdopted(VShardClaim),
+/// One page of an export for the target's leader to import: `MigrationStep::ImportPage`
+/// addressed to group `to`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ImportPage {
+    pub vshard: VShardId,
+    pub migration: MigrationId,
+    pub from: GroupId,
+    pub to: GroupId,
+    pub export: u64,
+    pub first_part: u32,
+    pub bytes_max: u64,
+    pub copy: CopyId,
 }
 
-/// Replicates the parts of `page` in the target: the first part of the export as `Import`
-/// (which starts the copy), every other one as `ImportMore`, several at a time.
-async fn import_page(
-    context: &MigrationContext,
-    migration: &Migration,
-    copy: CopyId,
-    paced: bool,
-    page: VShardExportPage,
-) -> Result<ImportedPage, String> {
-    let mut parts = page.parts.into_iter();
-    if page.first_part == 0 {
+/// What the target's leader did with one page of an export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ImportedPage {
+    /// The source's applied index when it made the export, and whether it served the vShard.
+    pub applied: u64,
+    pub serving: bool,
+    pub parts_total: u32,
+    /// The first part of the next page.
+    pub next_part: u32,
+    /// Bytes of the parts replicated.
+    pub bytes: u64,
+    /// The target refused this step: it holds the vShard with this claim.
+    pub refused: Option<(VShardStep, VShardClaim)>,
+}
+
+/// Serves [`MigrationStep::ImportPage`] on the target's leader: reads the page from the
+/// source's leader (this node's own replica when it leads the source too) and replicates its
+/// parts in the target, the export's first part (`Import`, which starts the copy) before the
+/// others, which may apply in any order (each adds disjoint keys) and go several at a time to
+/// share the target's log commits.
+pub(crate) async fn import_page(
+    groups: &GroupClient,
+    page: ImportPage,
+) -> Result<ImportedPage, ControlError> {
+    let ImportPage {
+        vshard,
+        migration,
+        from,
+        to,
+        export,
+        first_part,
+        bytes_max,
+        copy,
+    } = page;
+    let read = MigrationStep::Export {
+        vshard,
+        export,
+        first_part,
+        bytes_max,
+    };
+    let unavailable = |reason: String| ControlError::Unavailable {
+        node: groups.node(),
+        reason: format!("reading export {export} of {vshard} from {from}: {reason}"),
+    };
+    let exported: VShardExportPage = match groups.migrate(from, read).await {
+        Ok(Served::Answered(answer)) => decode_answer(&answer).map_err(unavailable)?,
+        Ok(other) => return Err(unavailable(format!("unexpected answer {other:?}"))),
+        Err(error) => return Err(unavailable(error.to_string())),
+    };
+    let mut imported = ImportedPage {
+        applied: exported.applied.0,
+        serving: exported.serving,
+        parts_total: exported.parts_total,
+        next_part: exported.first_part + (exported.parts.len() as u32).max(1),
+        bytes: 0,
+        refused: None,
+    };
+    let mut parts = exported.parts.into_iter();
+    if exported.first_part == 0 {
         let first = parts.next().unwrap_or_default();
-        let bytes = first.len();
-        pace(context, paced, bytes).await;
+        let bytes = first.len() as u64;
         let step = VShardStep::Import(copy);
-        let outcome = replicate(context, migration, migration.to, step, first).await?;
+        let outcome = import_part(groups, to, vshard, migration, step, first).await?;
         if !outcome.applied {
-            return Ok(ImportedPage::AlreadyAdopted(outcome.claim));
+            imported.refused = Some((step, outcome.claim));
+            return Ok(imported);
         }
-        record_copy(context, migration.id, bytes as u64);
+        imported.bytes += bytes;
     }
-    // The parts after the first may apply in any order: each adds disjoint keys. Several in
-    // flight at once share the target's log commits.
     let step = VShardStep::ImportMore(copy);
     let more = parts.map(|part| async move {
-        let bytes = part.len();
-        pace(context, paced, bytes).await;
-        claim(context, migration, migration.to, step, part).await?;
-        record_copy(context, migration.id, bytes as u64);
-        Ok::<(), String>(())
+        let bytes = part.len() as u64;
+        let outcome = import_part(groups, to, vshard, migration, step, part).await?;
+        Ok::<_, ControlError>((outcome, bytes))
     });
     let mut more = futures::stream::iter(more).buffer_unordered(IMPORT_PARTS_IN_FLIGHT);
     while let Some(result) = more.next().await {
-        result?;
+        let (outcome, bytes) = result?;
+        match outcome.applied {
+            true => imported.bytes += bytes,
+            false => imported.refused = Some((step, outcome.claim)),
+        }
     }
-    Ok(ImportedPage::Done)
+    Ok(imported)
 }
 
-/// Parts of export `export` of the migrating vShard from the source's leader, from
-/// `first_part` on (the export is made when it is 0).
-async fn read_page(
-    context: &MigrationContext,
-    migration: &Migration,
-    export: u64,
-    first_part: u32,
-) -> Result<VShardExportPage, String> {
-    let step = MigrationStep::Export {
-        vshard: migration.vshard,
-        export,
-        first_part,
+async fn import_part(
+    groups: &GroupClient,
+    to: GroupId,
+    vshard: VShardId,
+    migration: MigrationId,
+    step: VShardStep,
+    data: Vec<u8>,
+) -> Result<StepOutcome, ControlError> {
+    let claim = MigrationStep::Claim {
+        vshard,
+        migration,
+        step,
+        data,
     };
-    read(context, migration.from, step).await
+    match groups.migrate(to, claim).await? {
+        Served::Stepped(outcome) => Ok(outcome),
+        other => Err(ControlError::Invalid(format!(
+            "unexpected answer {other:?} to a part of {vshard}"
+        ))),
+    }
 }
 
 /// Turns the target's `early` copy into the final copy of the source at `fence_index` by
@@ -227,12 +343,6 @@ pub(super) async fn replay_changes(
         if last {
             return Ok(copy);
         }
-    }
-}
-
-async fn pace(context: &MigrationContext, paced: bool, bytes: usize) {
-    if paced {
-        context.bandwidth.take(bytes).await;
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - `Planned -> Copying`: recorded at once.
 //! - `Copying -> Fenced`: a copy of the vShard from the source group to the target while
-//!   writes continue, exported at a known applied index of the source, then a fence in the
+//!   writes continue, exported at a known applied index of the source (and made on one node:
+//!   the target's leadership is first handed to the source leader's node), then a fence in the
 //!   source group at a known log index; from there on the source refuses the vShard (`Moved`).
 //! - `Fenced -> Switched`: the target catches up by replaying the vShard's commands that the
 //!   source applied between the export and the fence (read from the source's log; a full
@@ -28,10 +29,11 @@
 mod copy;
 
 pub use copy::Bandwidth;
+pub(crate) use copy::{ImportPage, import_page};
 
 use crate::control::MigrationStep;
 use crate::group_client::{GroupClient, Served};
-use copy::{EarlyCopy, copy_vshard, new_copy, replay_changes};
+use copy::{EarlyCopy, bring_leaders_together, copy_vshard, new_copy, replay_changes};
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, Migration, MigrationId, MigrationPhase,
 };
@@ -65,8 +67,8 @@ const FINISHED: &str = "nodedb_cluster_migrations_finished_total";
 /// How vShards move, and when the metadata leader moves them by itself.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MigrationSettings {
-    /// Bytes per second that the copies before the fence may move from this node, together: a
-    /// move must not starve the groups' own traffic. (The copy after the fence is not paced:
+    /// Bytes per second that the copies before the fence of the moves this node drives may
+    /// move, together: a move must not starve the groups' own traffic. (The copy after the fence is not paced:
     /// writes to the vShard wait for it.)
     pub bandwidth_bytes_per_s: u64,
     /// Migrations carried forward at the same time; automatic rebalancing begins a move only
@@ -215,6 +217,7 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
             propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
         }
         MigrationPhase::Copying => {
+            bring_leaders_together(context, migration).await;
             let started = Instant::now();
             let early = copy_vshard(context, migration, new_copy(0), None, true).await?;
             let bytes = context.progress.track(id).progress.bytes_copied;
