@@ -52,9 +52,10 @@ impl Bandwidth {
         }
     }
 
-    /// Counts `bytes` just moved against the budget and waits until the budget has paid for
-    /// them (after every byte counted before them).
-    async fn spend(&self, bytes: u64) {
+    /// Counts `bytes` moved since `began` against the budget and waits until the budget has
+    /// paid for them (after every byte counted before them): not at all when moving them took
+    /// longer than the budget allows for them.
+    async fn spend(&self, bytes: u64, began: Instant) {
         if self.bytes_per_second == 0 {
             return;
         }
@@ -64,7 +65,7 @@ impl Bandwidth {
                 .next_free
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let start = (*next_free).max(Instant::now());
+            let start = (*next_free).max(began);
             *next_free = start + cost;
             *next_free
         };
@@ -157,6 +158,7 @@ pub(super) async fn copy_vshard(
             bytes_max,
             copy,
         };
+        let began = Instant::now();
         let page: ImportedPage = read(context, migration.to, step).await?;
         if let Some((step, claim)) = page.refused {
             return match step {
@@ -174,7 +176,7 @@ pub(super) async fn copy_vshard(
         }
         record_copy(context, migration.id, page.bytes);
         if paced {
-            context.bandwidth.spend(page.bytes).await;
+            context.bandwidth.spend(page.bytes, began).await;
         }
         if page.next_part >= page.parts_total {
             return Ok(Some(standing));
@@ -359,5 +361,38 @@ async fn read<T: DeserializeOwned>(
         }
         Ok(other) => Err(format!("unexpected answer {other:?} to {what}")),
         Err(error) => Err(format!("{what} from {group}: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_holds_a_copy_back_only_when_it_runs_ahead() {
+        let bandwidth = Bandwidth::new(MIB);
+        // Moving half a MiB took a second: the budget paid for it meanwhile.
+        let began = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        bandwidth.spend(MIB / 2, began).await;
+        assert_eq!(began.elapsed(), Duration::from_secs(1));
+        // Two MiB moved at once: they wait for their two seconds.
+        let began = Instant::now();
+        bandwidth.spend(2 * MIB, began).await;
+        assert_eq!(began.elapsed(), Duration::from_secs(2));
+        // Unpaced: never waits.
+        let began = Instant::now();
+        Bandwidth::new(0).spend(100 * MIB, began).await;
+        assert_eq!(began.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_paced_page_is_an_eighth_of_a_second_of_the_budget() {
+        assert_eq!(Bandwidth::new(8 * MIB).page_bytes(), MIB);
+        assert_eq!(Bandwidth::new(1024 * MIB).page_bytes(), EXPORT_PAGE_BYTES);
+        assert_eq!(Bandwidth::new(1).page_bytes(), 1);
+        assert_eq!(Bandwidth::new(0).page_bytes(), EXPORT_PAGE_BYTES);
     }
 }
