@@ -7,7 +7,7 @@ use super::{MigrationContext, claim, record_copy, refused};
 use crate::control::{ControlError, MembershipChange, MigrationStep};
 use crate::group_client::{EXPORT_PAGE_BYTES, GroupClient, Served, decode_answer};
 use futures::StreamExt;
-use nodedb_cluster_core::{GroupId, Migration, MigrationId, VShardId};
+use nodedb_cluster_core::{GroupId, Migration, MigrationId, NodeState, VShardId};
 use nodedb_cluster_raft::{
     CopyId, StepOutcome, VShardChanges, VShardClaim, VShardExportPage, VShardStep,
     encode_replayed_commands,
@@ -91,8 +91,8 @@ pub(super) fn new_copy(fence_index: u64) -> CopyId {
     }
 }
 
-/// Hands the target's leadership to the node that leads the source, when that node holds a
-/// voter of the target and answers a ping, and waits a little for the handover: the copy's
+/// Hands the target's leadership to the node that leads the source, when that node is Active,
+/// holds a voter of the target and answers a ping, and waits a little for the handover: the copy's
 /// pages are then read and replicated on one node, so the export crosses no network on its
 /// way into the target's log (only the target's own replication). Best effort: the copy works
 /// wherever the leaders are. While the move is in flight, leader balancing leaves both groups
@@ -106,14 +106,21 @@ pub(super) async fn bring_leaders_together(context: &MigrationContext, migration
     if groups.leader(to) == Some(source_leader) {
         return;
     }
-    let is_target_voter = context
-        .metadata
-        .borrow()
-        .state
-        .routing()
-        .and_then(|routing| routing.members(to))
-        .is_some_and(|members| members.voters.contains(&source_leader));
-    if !is_target_voter || !groups.answers(source_leader).await {
+    let fits = {
+        let metadata = context.metadata.borrow();
+        let state = &metadata.state;
+        // A Draining node would only hand the leadership on again.
+        let active = state
+            .topology()
+            .get(source_leader)
+            .is_some_and(|node| node.state == NodeState::Active);
+        let target_voter = state
+            .routing()
+            .and_then(|routing| routing.members(to))
+            .is_some_and(|members| members.voters.contains(&source_leader));
+        active && target_voter
+    };
+    if !fits || !groups.answers(source_leader).await {
         return;
     }
     let change = MembershipChange::TransferLeader { to: source_leader };
