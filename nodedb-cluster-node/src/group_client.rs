@@ -515,9 +515,7 @@ impl GroupClient {
             ))),
         }
     }
-}
 
-impl GroupClient {
     /// Serves an operation on this node's replica without forwarding it (the one hop of a
     /// forward). Only a vShard import reaches further: the target's leader reads the export
     /// from the source's leader.
