@@ -4,6 +4,9 @@
 //! linearizable per key (final reads included), every replica of a group has the same state,
 //! and every node holds the same routing.
 //!
+//! With four nodes, a vShard also moves to a group its source's leader holds no replica of,
+//! so that the target's leader reads the export over the network.
+//!
 //! Seeds: `NODEDB_MIGRATION_SEEDS=7,8,9 cargo test -p nodedb-cluster-node --test
 //! migration_memory -- --nocapture` replays or widens the run; each seed is printed.
 
@@ -12,7 +15,8 @@ mod memory_cluster;
 use memory_cluster::{NUM_GROUPS, config, eventually, fully_replicated, start, start_three};
 use nodedb_cluster_core::linearizability::{self, HistoryRecorder, OpKind, Outcome};
 use nodedb_cluster_core::{
-    GroupId, METADATA_GROUP, MigrationId, MigrationPhase, VShardId, vshard_for_key,
+    GroupId, METADATA_GROUP, MigrationId, MigrationPhase, NodeId, VShardId, keys_in_vshard,
+    vshard_for_key,
 };
 use nodedb_cluster_node::cluster::Cluster;
 use nodedb_cluster_node::node_service::NodeService;
@@ -181,6 +185,90 @@ async fn run_seed(seed: u64) {
     }
 }
 
+/// With four nodes each group lacks one, so a move may have a source leader that holds no
+/// replica of the target: the target's leadership cannot come to it, and the target's leader
+/// reads the export from the source's leader over the network. The data arrives whole all the
+/// same, and every replica ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vshard_moves_to_a_group_its_source_leader_is_not_in() {
+    const KEYS_MOVED: usize = 24;
+    const VALUE_BYTES: usize = 64 * 1024;
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(41);
+    let mut started = start_three(&network, data.path()).await.to_vec();
+    started.push(start(&network, config(4, &[1, 2, 3], data.path())).await);
+    let nodes: LiveNodes = Arc::new(RwLock::new(started));
+    let first = live(&nodes)[0].clone();
+    let deadline = Instant::now() + MIGRATION_WAIT;
+    let (from, to, source_leader) = loop {
+        if fully_replicated(&first)
+            && let Some(apart) = groups_apart(&first)
+        {
+            break apart;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no group led from outside another"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("moving from {from} (led by {source_leader}) to {to}, which it holds no replica of");
+
+    let vshard = first
+        .metadata()
+        .borrow()
+        .state
+        .routing()
+        .expect("routing")
+        .vshards_of(from)[0];
+    let keys: Vec<String> = keys_in_vshard("apart-", vshard).take(KEYS_MOVED).collect();
+    let value_of = |key: &str| -> Vec<u8> { key.bytes().cycle().take(VALUE_BYTES).collect() };
+    let service = NodeService::new(first.clone());
+    for key in &keys {
+        service.kv_put(key.clone(), value_of(key)).await.unwrap();
+    }
+    let id = begin_move(&nodes, vshard, to).await;
+    assert_eq!(wait_final(&nodes, id).await, MigrationPhase::Cleaned);
+    assert_eq!(owner_of(&first, vshard), to);
+    for cluster in live(&nodes) {
+        let service = NodeService::new(cluster.clone());
+        for key in &keys {
+            let value = read_until_served(&service, key).await;
+            assert_eq!(
+                value,
+                Some(value_of(key)),
+                "{key} through {}",
+                cluster.node()
+            );
+        }
+    }
+    eventually("equal replica states and routing on every node", || async {
+        replicas_agree(&live(&nodes))
+    })
+    .await;
+    for cluster in live(&nodes) {
+        cluster.shutdown().await;
+    }
+}
+
+/// Two data groups `(from, to)` and `from`'s leader, which holds no replica of `to`.
+fn groups_apart(cluster: &Cluster) -> Option<(GroupId, GroupId, NodeId)> {
+    let metadata = cluster.metadata();
+    let applied = metadata.borrow();
+    let routing = applied.state.routing()?;
+    routing.data_groups().find_map(|from| {
+        let leader = routing.members(from)?.leader_hint?;
+        routing
+            .data_groups()
+            .find(|to| {
+                routing
+                    .members(*to)
+                    .is_some_and(|members| !members.replicas().any(|node| node == leader))
+            })
+            .map(|to| (from, to, leader))
+    })
+}
+
 fn live(nodes: &LiveNodes) -> Vec<Cluster> {
     nodes.read().unwrap().clone()
 }
@@ -292,8 +380,8 @@ async fn read_until_served(service: &NodeService, key: &str) -> Option<Vec<u8>> 
     }
 }
 
-/// Every live node holds the same routing, and every hosted replica of a group has the same
-/// applied index and state hash.
+/// Every live node holds the same routing, and the replicas of every group on the nodes the
+/// routing makes its members (three) have the same applied index and state hash.
 fn replicas_agree(nodes: &[Cluster]) -> bool {
     let routings: Vec<_> = nodes
         .iter()
@@ -302,9 +390,16 @@ fn replicas_agree(nodes: &[Cluster]) -> bool {
     if routings.windows(2).any(|pair| pair[0] != pair[1]) {
         return false;
     }
+    let Some(Some(routing)) = routings.first() else {
+        return false;
+    };
     (1..=NUM_GROUPS).map(GroupId).all(|group| {
+        let Some(members) = routing.members(group) else {
+            return false;
+        };
         let states: Vec<_> = nodes
             .iter()
+            .filter(|cluster| members.contains(cluster.node()))
             .filter_map(|cluster| {
                 let status = cluster.raft().status(group)?;
                 let hash = cluster.raft().state_hash(group).ok()?;
