@@ -10,7 +10,11 @@ use nodedb_cluster_transport::Transport;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+
+/// How often the replicas are checked again while the metadata stays the same.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Follows the metadata until `stop` turns true.
 pub async fn run(
@@ -27,6 +31,8 @@ pub async fn run(
         reconcile_replicas(node, &engine, &raft, &applied).await;
         tokio::select! {
             changed = metadata.changed() => if changed.is_err() { return },
+            // A replica's own view changes without the metadata changing.
+            () = tokio::time::sleep(RECHECK_INTERVAL) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
@@ -75,9 +81,13 @@ async fn reconcile_replicas(
         }
     }
     for group in hosted.difference(&wanted) {
-        let still_member = raft
-            .status(*group)
-            .is_some_and(|status| status.voters.contains(&node) || status.learners.contains(&node));
+        // A replica whose own view still lists this node is kept (the routing may be behind
+        // the group's Raft membership), unless that view is a joint configuration leaving the
+        // node out: a removed voter cut off before the final configuration reached it, which
+        // nothing would ever tell more.
+        let still_member = raft.status(*group).is_some_and(|status| {
+            (status.voters.contains(&node) || status.learners.contains(&node)) && !status.leaving
+        });
         if still_member {
             continue;
         }

@@ -5,7 +5,8 @@
 //! and every node holds the same routing.
 //!
 //! With four nodes, a vShard also moves to a group its source's leader holds no replica of,
-//! so that the target's leader reads the export over the network.
+//! so that the target's leader reads the export over the network (and the replicas the
+//! reconciler moved to the fourth node are gone from the nodes they left).
 //!
 //! Seeds: `NODEDB_MIGRATION_SEEDS=7,8,9 cargo test -p nodedb-cluster-node --test
 //! migration_memory -- --nocapture` replays or widens the run; each seed is printed.
@@ -244,6 +245,20 @@ async fn a_vshard_moves_to_a_group_its_source_leader_is_not_in() {
     }
     eventually("equal replica states and routing on every node", || async {
         replicas_agree(&live(&nodes))
+    })
+    .await;
+    // The nodes the reconciler moved replicas off (for the fourth node) keep none of them.
+    eventually("no replica outside its group's members", || async {
+        live(&nodes).iter().all(|cluster| {
+            let routing = cluster.metadata().borrow().state.routing().cloned();
+            let routing = routing.expect("routing");
+            cluster.raft().groups().into_iter().all(|group| {
+                group == METADATA_GROUP
+                    || routing
+                        .members(group)
+                        .is_some_and(|members| members.contains(cluster.node()))
+            })
+        })
     })
     .await;
     for cluster in live(&nodes) {

@@ -33,6 +33,10 @@ pub struct GroupStatus {
     pub learners: Vec<NodeId>,
     /// The membership is a joint configuration (a change is half way).
     pub joint: bool,
+    /// The membership is a joint configuration whose new half leaves this replica out: the
+    /// group is removing it. A voter cut off before the final configuration reached it stays
+    /// in this state for good.
+    pub leaving: bool,
     /// Replication progress, only on the leader.
     pub followers: Vec<FollowerProgress>,
     /// The group is idle and this replica's heartbeats and election timer are stopped until
@@ -70,6 +74,7 @@ pub(crate) fn status_from_metrics(
         ServerState::Shutdown => Role::Shutdown,
     };
     let membership = metrics.membership_config.membership();
+    let configs = membership.get_joint_config();
     let voters: Vec<NodeId> = membership.voter_ids().map(node_id).collect();
     let learners: Vec<NodeId> = membership.learner_ids().map(node_id).collect();
     let last = metrics.last_log_index.unwrap_or(0);
@@ -105,7 +110,11 @@ pub(crate) fn status_from_metrics(
         purged_index: index(&metrics.purged),
         voters,
         learners,
-        joint: membership.get_joint_config().len() > 1,
+        joint: configs.len() > 1,
+        leaving: configs.len() > 1
+            && configs
+                .last()
+                .is_some_and(|final_voters| !final_voters.contains(&metrics.id)),
         followers,
         quiesced,
     }
