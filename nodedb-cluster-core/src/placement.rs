@@ -217,8 +217,8 @@ pub fn plan_during_moves(
     replication_factor: u8,
     moving: &BTreeSet<GroupId>,
 ) -> Vec<PlacementStep> {
-    let mut planner = Planner::new(topology, routing, usize::from(replication_factor.max(1)));
-    planner.moving = moving;
+    let replication_factor = usize::from(replication_factor.max(1));
+    let mut planner = Planner::new(topology, routing, replication_factor, moving);
     planner.repair_metadata_group();
     let all_data_groups_steady = planner.repair_data_groups();
     // Balancing waits for repairs, and leaders wait for replica moves.
@@ -229,8 +229,6 @@ pub fn plan_during_moves(
     steps.sort_by_key(|step| step.group());
     steps
 }
-
-static NOTHING_MOVING: BTreeSet<GroupId> = BTreeSet::new();
 
 /// Working state of one `plan` call: loads are updated as steps are chosen, so that later
 /// groups see the effect of earlier decisions in the same plan.
@@ -252,7 +250,12 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(topology: &'a Topology, routing: &'a RoutingTable, replication_factor: usize) -> Self {
+    fn new(
+        topology: &'a Topology,
+        routing: &'a RoutingTable,
+        replication_factor: usize,
+        moving: &'a BTreeSet<GroupId>,
+    ) -> Self {
         let active: BTreeSet<NodeId> = topology.ids_in(NodeState::Active).collect();
         let mut replica_load: BTreeMap<NodeId, i64> =
             active.iter().map(|node| (*node, 0)).collect();
@@ -279,7 +282,7 @@ impl<'a> Planner<'a> {
             leader_load,
             steps: Vec::new(),
             busy: BTreeSet::new(),
-            moving: &NOTHING_MOVING,
+            moving,
         }
     }
 
