@@ -713,7 +713,6 @@ impl Cluster {
             node: self.node(),
             raft: inner.raft.clone(),
             groups: inner.groups.clone(),
-            control: inner.mux.channel(Channel::Control),
             metadata: inner.metadata.clone(),
             down_timeout: inner.config.node_down_timeout,
             migration: inner.config.migration,

@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, watch};
 /// Most export bytes in one answer to [`MigrationStep::Export`] (whole parts; at least one).
 pub const EXPORT_PAGE_BYTES: u64 = 8 * 1024 * 1024;
 /// Deadline of one liveness ping.
-pub const PING_TIMEOUT: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// Attempts per operation before giving up with "unavailable".
 pub const FORWARD_ATTEMPTS_MAX: u32 = 8;
 /// First pause between attempts; doubles up to [`FORWARD_BACKOFF_MAX`].

@@ -9,16 +9,14 @@
 
 pub(crate) mod rebalance;
 
-use crate::control::{ControlError, ControlRequest, MembershipChange};
-use crate::group_client::{GroupClient, PING_TIMEOUT};
+use crate::control::{ControlError, MembershipChange};
+use crate::group_client::GroupClient;
 use crate::migration::MigrationSettings;
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, MetadataState, NodeId, NodeState, PlacementStep,
 };
 use nodedb_cluster_raft::{AppliedMetadata, MultiRaft};
-use nodedb_cluster_transport::{Bytes, Transport};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -43,7 +41,6 @@ pub struct ReconcilerContext {
     pub node: NodeId,
     pub raft: MultiRaft,
     pub groups: GroupClient,
-    pub control: Arc<dyn Transport>,
     pub metadata: watch::Receiver<AppliedMetadata>,
     /// A node silent this long is marked Down.
     pub down_timeout: Duration,
@@ -229,14 +226,11 @@ async fn ping_members(context: &ReconcilerContext, state: &MetadataState, livene
         .filter(|node| node.id != context.node && node.state != NodeState::Decommissioned)
         .map(|node| node.id)
         .collect();
-    let request = Bytes::from(ControlRequest::Identify.encode());
-    let pings = peers
-        .iter()
-        .map(|peer| context.control.call(*peer, request.clone(), PING_TIMEOUT));
+    let pings = peers.iter().map(|peer| context.groups.answers(*peer));
     let answers = futures::future::join_all(pings).await;
-    for (peer, answer) in peers.into_iter().zip(answers) {
+    for (peer, answered) in peers.into_iter().zip(answers) {
         liveness.last_seen.entry(peer).or_insert(now);
-        if answer.is_ok() {
+        if answered {
             liveness.last_seen.insert(peer, now);
             liveness.reachable_since.entry(peer).or_insert(now);
         } else {
