@@ -96,16 +96,22 @@ pub enum MigrationStep {
     /// `ImportMore`. Served by this group's leader, so the export travels from the source's
     /// leader straight to the target's, and not over the network at all when one node leads
     /// both. Answered with `Answered`: a postcard `ImportedPage`.
-    ImportPage {
-        vshard: VShardId,
-        migration: MigrationId,
-        from: GroupId,
-        export: u64,
-        first_part: u32,
-        /// Whole parts up to about this many bytes (at least one; the receiver caps it).
-        bytes_max: u64,
-        copy: CopyId,
-    },
+    ImportPage(ImportPage),
+}
+
+/// One page of an export for a target group's leader to copy in: the step
+/// [`MigrationStep::ImportPage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportPage {
+    pub vshard: VShardId,
+    pub migration: MigrationId,
+    /// The source group, whose leader holds the export.
+    pub from: GroupId,
+    pub export: u64,
+    pub first_part: u32,
+    /// Whole parts up to about this many bytes (at least one; the receiver caps it).
+    pub bytes_max: u64,
+    pub copy: CopyId,
 }
 
 /// One membership step of one group.
@@ -278,17 +284,10 @@ impl std::fmt::Display for MigrationStep {
                 before,
             } => write!(f, "changes of {vshard} after {after} before {before}"),
             MigrationStep::Sizes => write!(f, "bytes per vShard"),
-            MigrationStep::ImportPage {
-                vshard,
-                migration,
-                from,
-                export,
-                first_part,
-                copy,
-                ..
-            } => write!(
+            MigrationStep::ImportPage(page) => write!(
                 f,
-                "import of export {export} of {vshard} from {from} (part {first_part} on) as {copy:?} in {migration}"
+                "import of export {} of {} from {} (part {} on) as {:?} in {}",
+                page.export, page.vshard, page.from, page.first_part, page.copy, page.migration
             ),
             MigrationStep::Claim {
                 vshard,
@@ -364,7 +363,7 @@ mod tests {
             },
             ControlRequest::Migrate {
                 group: GroupId(2),
-                step: MigrationStep::ImportPage {
+                step: MigrationStep::ImportPage(ImportPage {
                     vshard: VShardId(7),
                     migration: MigrationId(3),
                     from: GroupId(1),
@@ -375,7 +374,7 @@ mod tests {
                         fence_index: 0,
                         nonce: 42,
                     },
-                },
+                }),
             },
         ];
         for request in requests {

@@ -12,12 +12,14 @@ use crate::control::{
     ControlError, ControlRequest, ControlResponse, MembershipChange, MigrationStep,
 };
 use crate::metrics;
-use crate::migration::{ImportPage, import_page};
+use crate::migration::import_page;
 use crate::reconciler::CAUGHT_UP_LAG_MAX;
-use nodedb_cluster_core::{GroupId, METADATA_GROUP, MetadataCommand, NodeId, VShardId};
+use nodedb_cluster_core::{
+    GroupId, METADATA_GROUP, MetadataCommand, MigrationId, NodeId, VShardId,
+};
 use nodedb_cluster_raft::{
     Applied, AppliedMetadata, LeaderChange, LogIndex, MetadataOutcome, MultiRaft, ProposeError,
-    ReadConsistency, StepOutcome, VSHARD_PART_BYTES, decode_metadata_outcome,
+    ReadConsistency, StepOutcome, VSHARD_PART_BYTES, VShardStep, decode_metadata_outcome,
     encode_metadata_command,
 };
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
@@ -223,6 +225,28 @@ impl GroupClient {
         step: MigrationStep,
     ) -> Result<Served, ControlError> {
         self.run(group, Operation::Migrate(step)).await
+    }
+
+    /// Replicates one step of `migration` on `vshard` (`data`: its payload) in `group` at its
+    /// leader.
+    pub async fn claim(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        migration: MigrationId,
+        step: VShardStep,
+        data: Vec<u8>,
+    ) -> Result<StepOutcome, ControlError> {
+        let claim = MigrationStep::Claim {
+            vshard,
+            migration,
+            step,
+            data,
+        };
+        match self.migrate(group, claim).await? {
+            Served::Stepped(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The bytes per vShard that a replica of `group` holds: the leader's, or another
@@ -586,31 +610,13 @@ impl GroupClient {
                     .migration_step(group, vshard, migration, step, data)
                     .await
                     .map(Served::Stepped),
-                MigrationStep::ImportPage {
-                    vshard,
-                    migration,
-                    from,
-                    export,
-                    first_part,
-                    bytes_max,
-                    copy,
-                } => {
+                MigrationStep::ImportPage(page) => {
                     if !raft.is_leader(group) {
                         let leader_hint = raft.status(group).and_then(|status| status.leader);
                         return Err(refused(ProposeError::NotLeader { group, leader_hint }));
                     }
-                    let page = ImportPage {
-                        vshard,
-                        migration,
-                        from,
-                        to: group,
-                        export,
-                        first_part,
-                        bytes_max,
-                        copy,
-                    };
                     // Boxed: the import calls back into this client.
-                    return Box::pin(import_page(self, page))
+                    return Box::pin(import_page(self, group, page))
                         .await
                         .map(|imported| Served::Answered(encode_answer(&imported)));
                 }

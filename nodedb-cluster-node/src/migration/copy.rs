@@ -4,13 +4,12 @@
 //! and the replay of the commands the source applied after the export, up to its fence.
 
 use super::{MigrationContext, claim, record_copy, refused};
-use crate::control::{ControlError, MembershipChange, MigrationStep};
+use crate::control::{ControlError, ImportPage, MembershipChange, MigrationStep};
 use crate::group_client::{EXPORT_PAGE_BYTES, GroupClient, Served, decode_answer};
 use futures::StreamExt;
-use nodedb_cluster_core::{GroupId, Migration, MigrationId, NodeState, VShardId};
+use nodedb_cluster_core::{GroupId, Migration, NodeState};
 use nodedb_cluster_raft::{
-    CopyId, StepOutcome, VShardChanges, VShardClaim, VShardExportPage, VShardStep,
-    encode_replayed_commands,
+    CopyId, VShardChanges, VShardClaim, VShardExportPage, VShardStep, encode_replayed_commands,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -156,7 +155,7 @@ pub(super) async fn copy_vshard(
         false => EXPORT_PAGE_BYTES,
     };
     loop {
-        let step = MigrationStep::ImportPage {
+        let step = MigrationStep::ImportPage(ImportPage {
             vshard: migration.vshard,
             migration: migration.id,
             from: migration.from,
@@ -164,7 +163,7 @@ pub(super) async fn copy_vshard(
             first_part,
             bytes_max,
             copy,
-        };
+        });
         let began = Instant::now();
         let page: ImportedPage = read(context, migration.to, step).await?;
         if let Some((step, claim)) = page.refused {
@@ -192,20 +191,6 @@ pub(super) async fn copy_vshard(
     }
 }
 
-/// One page of an export for the target's leader to import: `MigrationStep::ImportPage`
-/// addressed to group `to`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ImportPage {
-    pub vshard: VShardId,
-    pub migration: MigrationId,
-    pub from: GroupId,
-    pub to: GroupId,
-    pub export: u64,
-    pub first_part: u32,
-    pub bytes_max: u64,
-    pub copy: CopyId,
-}
-
 /// What the target's leader did with one page of an export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ImportedPage {
@@ -228,13 +213,13 @@ pub(crate) struct ImportedPage {
 /// share the target's log commits.
 pub(crate) async fn import_page(
     groups: &GroupClient,
+    to: GroupId,
     page: ImportPage,
 ) -> Result<ImportedPage, ControlError> {
     let ImportPage {
         vshard,
         migration,
         from,
-        to,
         export,
         first_part,
         bytes_max,
@@ -268,7 +253,7 @@ pub(crate) async fn import_page(
         let first = parts.next().unwrap_or_default();
         let bytes = first.len() as u64;
         let step = VShardStep::Import(copy);
-        let outcome = import_part(groups, to, vshard, migration, step, first).await?;
+        let outcome = groups.claim(to, vshard, migration, step, first).await?;
         if !outcome.applied {
             imported.refused = Some((step, outcome.claim));
             return Ok(imported);
@@ -278,7 +263,7 @@ pub(crate) async fn import_page(
     let step = VShardStep::ImportMore(copy);
     let more = parts.map(|part| async move {
         let bytes = part.len() as u64;
-        let outcome = import_part(groups, to, vshard, migration, step, part).await?;
+        let outcome = groups.claim(to, vshard, migration, step, part).await?;
         Ok::<_, ControlError>((outcome, bytes))
     });
     let mut more = futures::stream::iter(more).buffer_unordered(IMPORT_PARTS_IN_FLIGHT);
@@ -290,28 +275,6 @@ pub(crate) async fn import_page(
         }
     }
     Ok(imported)
-}
-
-async fn import_part(
-    groups: &GroupClient,
-    to: GroupId,
-    vshard: VShardId,
-    migration: MigrationId,
-    step: VShardStep,
-    data: Vec<u8>,
-) -> Result<StepOutcome, ControlError> {
-    let claim = MigrationStep::Claim {
-        vshard,
-        migration,
-        step,
-        data,
-    };
-    match groups.migrate(to, claim).await? {
-        Served::Stepped(outcome) => Ok(outcome),
-        other => Err(ControlError::Invalid(format!(
-            "unexpected answer {other:?} to a part of {vshard}"
-        ))),
-    }
 }
 
 /// Turns the target's `early` copy into the final copy of the source at `fence_index` by

@@ -29,10 +29,9 @@
 mod copy;
 
 pub use copy::Bandwidth;
-pub(crate) use copy::{ImportPage, import_page};
+pub(crate) use copy::import_page;
 
-use crate::control::MigrationStep;
-use crate::group_client::{GroupClient, Served};
+use crate::group_client::GroupClient;
 use copy::{EarlyCopy, bring_leaders_together, copy_vshard, new_copy, replay_changes};
 use nodedb_cluster_core::{
     GroupId, METADATA_GROUP, MetadataCommand, Migration, MigrationId, MigrationPhase,
@@ -379,18 +378,13 @@ async fn replicate(
     step: VShardStep,
     data: Vec<u8>,
 ) -> Result<StepOutcome, String> {
-    let request = MigrationStep::Claim {
-        vshard: migration.vshard,
-        migration: migration.id,
-        step,
-        data,
-    };
-    let what = request.to_string();
-    match context.groups.migrate(group, request).await {
-        Ok(Served::Stepped(outcome)) => Ok(outcome),
-        Ok(other) => Err(format!("unexpected answer {other:?} to {what}")),
-        Err(error) => Err(format!("{what} on {group}: {error}")),
-    }
+    let (vshard, id) = (migration.vshard, migration.id);
+    let what = format!("{step:?} of {vshard} in {id} ({} bytes)", data.len());
+    context
+        .groups
+        .claim(group, vshard, id, step, data)
+        .await
+        .map_err(|error| format!("{what} on {group}: {error}"))
 }
 
 fn record_copy(context: &MigrationContext, id: MigrationId, bytes: u64) {
