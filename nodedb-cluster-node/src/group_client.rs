@@ -404,7 +404,7 @@ impl GroupClient {
         members.leader_hint
     }
 
-    /// Whether `node` answers a ping within [`PING_TIMEOUT`].
+    /// Whether `node` answers a ping within `PING_TIMEOUT` (half a second).
     pub async fn answers(&self, node: NodeId) -> bool {
         if node == self.node {
             return true;
