@@ -714,4 +714,37 @@ mod log_db {
         assert!(reads > 0);
         assert_eq!(db.last_index(G1).unwrap(), Some(next - 1));
     }
+
+    /// The file takes about what large entries hold, not the power of two of pages redb gives
+    /// a leaf holding one large value: entries of 64 KiB and a little (a 64 KiB value with its
+    /// key and headers) took 128 KiB each before they were stored in pieces.
+    #[tokio::test]
+    async fn large_entries_take_about_their_size_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let sizes = [65_536 + 60, (1 << 20) + 40, 200_000];
+        let mut payload_bytes = 0;
+        let mut next = 1;
+        let db = LogDb::open(&path).unwrap();
+        for size in sizes {
+            let batch: Vec<(u64, Vec<u8>)> =
+                (next..next + 8).map(|i| (i, vec![i as u8; size])).collect();
+            payload_bytes += 8 * size as u64;
+            next += 8;
+            db.append_durable(G1, batch.clone()).await.unwrap();
+            assert_eq!(db.entries(G1, next - 8..next).unwrap(), batch);
+        }
+        db.shutdown();
+
+        let raw = redb::Database::open(&path).unwrap();
+        let stats = raw.begin_write().unwrap().stats().unwrap();
+        let file_bytes = stats.allocated_pages() * stats.page_size() as u64;
+        assert!(
+            file_bytes < payload_bytes + payload_bytes / 10,
+            "{file_bytes} bytes of pages for {payload_bytes} bytes of entries"
+        );
+        drop(raw);
+        let db = LogDb::open(&path).unwrap();
+        assert_eq!(db.entries(G1, 1..next).unwrap().len(), 24);
+    }
 }

@@ -11,14 +11,18 @@ use proptest::prelude::*;
 
 const GROUPS: u32 = 3;
 const KEYS: [MetaKey; 2] = [MetaKey::Vote, MetaKey::Committed];
+/// Entry lengths around where the file stores an entry in pieces (a page, less a little).
+const SIZES: [usize; 7] = [0, 0, 0, 4031, 4032, 70_000, (1 << 20) + 5000];
 
 #[derive(Clone, Debug)]
 enum Step {
     /// `count` entries at the next index; `wait` = append_durable, else fire-and-forget.
+    /// `size` picks a length from `SIZES` (0: only the entry's label).
     Append {
         group: u32,
         count: u8,
         wait: bool,
+        size: usize,
     },
     /// Truncate at `first + offset % (len + 1)`.
     Truncate {
@@ -46,8 +50,8 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     let group = 0..GROUPS;
     prop_oneof![
-        6 => (group.clone(), 1..6u8, any::<bool>())
-            .prop_map(|(group, count, wait)| Step::Append { group, count, wait }),
+        6 => (group.clone(), 1..6u8, any::<bool>(), 0..SIZES.len())
+            .prop_map(|(group, count, wait, size)| Step::Append { group, count, wait, size }),
         2 => (group.clone(), any::<u8>()).prop_map(|(group, offset)| Step::Truncate { group, offset }),
         2 => (group.clone(), 0..8u8).prop_map(|(group, offset)| Step::Purge { group, offset }),
         2 => (group.clone(), 0..KEYS.len(), any::<u8>(), any::<bool>())
@@ -110,10 +114,15 @@ fn open(path: &Path) -> LogDb {
 async fn run(db: &mut LogDb, model: &mut Model, path: &Path, step: &Step) {
     model.generation += 1;
     match *step {
-        Step::Append { group, count, wait } => {
+        Step::Append {
+            group,
+            count,
+            wait,
+            size,
+        } => {
             let start = model.next.get(&group).copied().unwrap_or(10);
             let entries: Vec<(u64, Vec<u8>)> = (start..start + u64::from(count))
-                .map(|i| (i, format!("{group}/{i}/{}", model.generation).into_bytes()))
+                .map(|i| (i, payload(group, i, model.generation, SIZES[size])))
                 .collect();
             model
                 .log
@@ -189,6 +198,15 @@ async fn run(db: &mut LogDb, model: &mut Model, path: &Path, step: &Step) {
             model.reopened();
         }
     }
+}
+
+/// The entry's label, then bytes that differ with it up to `len`.
+fn payload(group: u32, index: u64, generation: u64, len: usize) -> Vec<u8> {
+    let mut bytes = format!("{group}/{index}/{generation}").into_bytes();
+    let seed = bytes.iter().fold(0u8, |sum, byte| sum.wrapping_add(*byte));
+    let label = bytes.len();
+    bytes.extend((label..len).map(|at| seed.wrapping_add(at as u8)));
+    bytes
 }
 
 fn check(db: &LogDb, model: &Model, step: &Step) {

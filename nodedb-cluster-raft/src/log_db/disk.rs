@@ -10,13 +10,16 @@ use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
 };
 
-use super::record::{self, CorruptReason};
+use super::record::{self, CorruptReason, Decoded};
 use super::state::{GroupState, Op};
 use super::{LogDbError, MetaKey};
 
-/// `(group, index)` -> record (header + entry payload).
+/// `(group, index)` -> record (header + entry payload, or its tail when pieced).
 pub(crate) const LOG_TABLE: TableDefinition<'static, (u32, u64), &'static [u8]> =
     TableDefinition::new("raft_log");
+/// `(group, index, piece)` -> the pieces of a pieced record, in payload order from 0.
+pub(crate) const PIECES_TABLE: TableDefinition<'static, (u32, u64, u32), &'static [u8]> =
+    TableDefinition::new("raft_log_pieces");
 /// `(group, meta key tag)` -> record (header + value).
 pub(crate) const META_TABLE: TableDefinition<'static, (u32, u8), &'static [u8]> =
     TableDefinition::new("raft_meta");
@@ -28,8 +31,11 @@ pub(crate) const PURGED_TABLE: TableDefinition<'static, u32, u64> =
 pub(crate) const HEADER_TABLE: TableDefinition<'static, &'static str, u32> =
     TableDefinition::new("raft_log_header");
 
-/// File format written by this build; a file with a newer version is refused.
-pub const LOG_FORMAT_VERSION: u32 = 1;
+/// File format written by this build; a file with a newer version is refused. Version 2 added
+/// pieced records; a version 1 file is read as it is and marked version 2 at open, so that a
+/// build that cannot read pieces refuses it instead of calling its records corrupt.
+pub const LOG_FORMAT_VERSION: u32 = 2;
+const PIECELESS_FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &str = "format";
 
 /// Creates the tables and checks (or writes) the format version.
@@ -44,7 +50,7 @@ pub(crate) fn prepare(db: &Database) -> Result<(), LogDbError> {
             .get(FORMAT_KEY)
             .map_err(LogDbError::storage(context))?
             .map(|v| v.value());
-        if found.is_none() {
+        if found.is_none_or(|found| found == PIECELESS_FORMAT_VERSION) {
             header
                 .insert(FORMAT_KEY, LOG_FORMAT_VERSION)
                 .map_err(LogDbError::storage(context))?;
@@ -53,6 +59,7 @@ pub(crate) fn prepare(db: &Database) -> Result<(), LogDbError> {
     };
     if let Some(found) = found
         && found != LOG_FORMAT_VERSION
+        && found != PIECELESS_FORMAT_VERSION
     {
         return Err(LogDbError::UnsupportedFormat {
             found,
@@ -60,6 +67,8 @@ pub(crate) fn prepare(db: &Database) -> Result<(), LogDbError> {
         });
     }
     txn.open_table(LOG_TABLE)
+        .map_err(LogDbError::storage(context))?;
+    txn.open_table(PIECES_TABLE)
         .map_err(LogDbError::storage(context))?;
     txn.open_table(META_TABLE)
         .map_err(LogDbError::storage(context))?;
@@ -154,6 +163,9 @@ pub(crate) fn apply_batch<'a>(
             log: txn
                 .open_table(LOG_TABLE)
                 .map_err(LogDbError::storage(context))?,
+            pieces: txn
+                .open_table(PIECES_TABLE)
+                .map_err(LogDbError::storage(context))?,
             meta: txn
                 .open_table(META_TABLE)
                 .map_err(LogDbError::storage(context))?,
@@ -189,19 +201,39 @@ pub(crate) fn read_entries(
     let log = txn
         .open_table(LOG_TABLE)
         .map_err(LogDbError::storage(context))?;
+    let pieces = txn
+        .open_table(PIECES_TABLE)
+        .map_err(LogDbError::storage(context))?;
     let items = log
         .range((group.0, range.start)..(group.0, range.end))
         .map_err(LogDbError::storage(context))?;
     for item in items {
         let (key, value) = item.map_err(LogDbError::storage(context))?;
         let index = key.value().1;
-        let payload = record::decode(value.value()).map_err(|reason| LogDbError::Corrupt {
+        let corrupt = |reason| LogDbError::Corrupt {
             group,
             index,
             reason,
-        })?;
+        };
+        let payload = match record::decode(value.value(), true).map_err(corrupt)? {
+            Decoded::Whole(payload) => payload.to_vec(),
+            Decoded::Pieced {
+                crc,
+                pieces: count,
+                tail,
+            } => {
+                let stored = pieces
+                    .range((group.0, index, 0)..(group.0, index, count))
+                    .map_err(LogDbError::storage(context))?
+                    .map(|item| item.map(|(_, piece)| piece))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(LogDbError::storage(context))?;
+                let stored: Vec<&[u8]> = stored.iter().map(|piece| piece.value()).collect();
+                record::assemble(crc, count, tail, &stored).map_err(corrupt)?
+            }
+        };
         bytes += payload.len();
-        out.insert(index, payload.to_vec());
+        out.insert(index, payload);
         if bytes >= bytes_max {
             break;
         }
@@ -226,13 +258,16 @@ pub(crate) fn read_meta(
     else {
         return Ok(None);
     };
-    let payload = record::decode(value.value())
-        .map_err(|reason: CorruptReason| LogDbError::CorruptMeta { group, key, reason })?;
-    Ok(Some(payload.to_vec()))
+    let corrupt = |reason: CorruptReason| LogDbError::CorruptMeta { group, key, reason };
+    match record::decode(value.value(), false).map_err(corrupt)? {
+        Decoded::Whole(payload) => Ok(Some(payload.to_vec())),
+        Decoded::Pieced { .. } => unreachable!("decode refuses pieced meta records"),
+    }
 }
 
 struct Tables<'txn> {
     log: Table<'txn, (u32, u64), &'static [u8]>,
+    pieces: Table<'txn, (u32, u64, u32), &'static [u8]>,
     meta: Table<'txn, (u32, u8), &'static [u8]>,
     purged: Table<'txn, u32, u64>,
     buffer: Vec<u8>,
@@ -243,17 +278,22 @@ impl Tables<'_> {
         match op {
             Op::Append { entries } => {
                 for (index, payload) in entries {
-                    record::encode_into(payload, &mut self.buffer);
-                    self.log.insert((group, *index), self.buffer.as_slice())?;
+                    self.append(group, *index, payload)?;
                 }
             }
             Op::TruncateFrom { index } => {
                 self.log
                     .retain_in((group, *index)..=(group, u64::MAX), |_, _| false)?;
+                self.pieces
+                    .retain_in((group, *index, 0)..=(group, u64::MAX, u32::MAX), |_, _| {
+                        false
+                    })?;
             }
             Op::PurgeThrough { index } => {
                 self.log
                     .retain_in((group, 0)..=(group, *index), |_, _| false)?;
+                self.pieces
+                    .retain_in((group, 0, 0)..=(group, *index, u32::MAX), |_, _| false)?;
                 let old = self.purged.get(group)?.map(|v| v.value());
                 self.purged
                     .insert(group, old.map_or(*index, |old| old.max(*index)))?;
@@ -266,6 +306,8 @@ impl Tables<'_> {
             Op::RemoveGroup { kept } => {
                 self.log
                     .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
+                self.pieces
+                    .retain_in((group, 0, 0)..=(group, u64::MAX, u32::MAX), |_, _| false)?;
                 self.meta
                     .retain_in((group, 0)..=(group, u8::MAX), |_, _| false)?;
                 self.purged.remove(group)?;
@@ -277,6 +319,27 @@ impl Tables<'_> {
             }
             Op::Sync => {}
         }
+        Ok(())
+    }
+
+    /// Stores one entry, in pieces when it is larger than a page (see `record`). Pieces left
+    /// at this index by an earlier, longer entry are never read: a record reads exactly as
+    /// many as it names, and truncates and purges remove them.
+    fn append(&mut self, group: u32, index: u64, payload: &[u8]) -> Result<(), redb::Error> {
+        let mut pieces = 0u32;
+        let mut pieced_len = 0;
+        for len in record::piece_lens(payload.len()) {
+            let piece = &payload[pieced_len..pieced_len + len];
+            self.pieces.insert((group, index, pieces), piece)?;
+            pieces += 1;
+            pieced_len += len;
+        }
+        if pieces == 0 {
+            record::encode_into(payload, &mut self.buffer);
+        } else {
+            record::encode_pieced_into(payload, pieces, pieced_len, &mut self.buffer);
+        }
+        self.log.insert((group, index), self.buffer.as_slice())?;
         Ok(())
     }
 }
