@@ -152,7 +152,7 @@ fn sample_entries() -> Vec<Entry> {
             log_id(4, 2, 11),
             AppRequest {
                 kind: EntryKind::Command,
-                payload: vec![0, 3, b'k', b'e', b'y', 1, b'v'],
+                payload: vec![0, 3, b'k', b'e', b'y', 1, b'v'].into(),
             },
         ),
         Entry::new_normal(
@@ -161,7 +161,7 @@ fn sample_entries() -> Vec<Entry> {
                 kind: EntryKind::VShardCommand {
                     vshard: VShardId(300),
                 },
-                payload: vec![2, 1, b'k', 0, 1, b'v'],
+                payload: vec![2, 1, b'k', 0, 1, b'v'].into(),
             },
         ),
         Entry::new_membership(log_id(4, 2, 13), membership()),

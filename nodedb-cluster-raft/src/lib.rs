@@ -37,6 +37,7 @@ pub mod metrics;
 mod multi_raft;
 mod network;
 mod quiesce;
+mod recent_entries;
 mod reincarnation;
 mod replica;
 mod router;

@@ -1,8 +1,10 @@
 //! openraft's `RaftLogStorage` / `RaftLogReader` for one group over the node's shared
 //! [`LogDb`]: entries, vote, committed id and last purged id are stored as versioned postcard
-//! records (layouts pinned in `wire`).
+//! records (layouts pinned in `wire`). Entries appended and not applied yet are read back from
+//! memory ([`RecentEntries`]).
 
 use crate::log_db::{LogDb, LogDbError, MetaKey};
+use crate::recent_entries::RecentEntries;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 use crate::wire;
 use nodedb_cluster_core::GroupId;
@@ -10,22 +12,35 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Bytes of entries one AppendEntries carries (past one entry): openraft asks for up to
 /// `max_payload_entries` at a time, which for large entries (vShard imports, big values) made
 /// RPCs of tens of MiB that missed their deadline and were sent again in full.
 pub(crate) const REPLICATION_BYTES_MAX: usize = 1024 * 1024;
 
-/// The log of one group replica. Cheap to clone: every clone reads the same file.
+/// The log of one group replica. Cheap to clone: every clone reads the same file and the
+/// same recent entries.
 #[derive(Clone)]
 pub struct GroupLog {
     group: GroupId,
     db: LogDb,
+    recent: Arc<Mutex<RecentEntries>>,
 }
 
 impl GroupLog {
     pub fn new(group: GroupId, db: LogDb) -> GroupLog {
-        GroupLog { group, db }
+        GroupLog {
+            group,
+            db,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentEntries> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read_log_id(&self, key: MetaKey) -> io::Result<Option<LogId>> {
@@ -86,11 +101,23 @@ impl RaftLogReader<TypeConfig> for GroupLog {
             Bound::Excluded(end) => *end,
             Bound::Unbounded => u64::MAX,
         };
+        // openraft reads a range this way to apply it (and, rarely, for membership at startup):
+        // once applied, an entry is read again only for a lagging follower, from the file.
+        {
+            let mut recent = self.recent();
+            if let Some(entries) = recent.range(start, end) {
+                recent.forget_through(end - 1);
+                return Ok(entries);
+            }
+        }
         let stored = self.db.entries(self.group, start..end).map_err(storage)?;
         self.decode_entries(stored)
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        if let Some(entries) = self.recent().up_to(start, end, REPLICATION_BYTES_MAX) {
+            return Ok(entries);
+        }
         let stored = self
             .db
             .entries_up_to(self.group, start..end, REPLICATION_BYTES_MAX)
@@ -176,9 +203,10 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|entry| (entry.log_id.index, wire::encode_entry(&entry)))
+            .iter()
+            .map(|entry| (entry.log_id.index, wire::encode_entry(entry)))
             .collect();
         if encoded.is_empty() {
             callback.io_completed(Ok(()));
@@ -189,11 +217,13 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
             encoded,
             Box::new(move |result| callback.io_completed(result.map_err(storage))),
         );
+        self.recent().appended(&entries);
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |log_id| log_id.index.saturating_add(1));
+        self.recent().truncating(from);
         self.db
             .truncate_from(self.group, from)
             .await
@@ -207,6 +237,7 @@ impl RaftLogStorage<TypeConfig> for GroupLog {
     /// point that accounts for it.
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         let bytes = wire::encode_log_id(&Some(log_id));
+        self.recent().forget_through(log_id.index);
         self.db
             .put_meta_lazy(self.group, MetaKey::LastPurged, bytes)
             .await;

@@ -380,7 +380,15 @@ impl MultiRaft {
             migration,
             step,
         };
-        let (index, answer) = self.write(group, AppRequest { kind, payload }).await?;
+        let (index, answer) = self
+            .write(
+                group,
+                AppRequest {
+                    kind,
+                    payload: payload.into(),
+                },
+            )
+            .await?;
         match answer {
             AppResponse::Claim { applied, claim } => Ok(StepOutcome {
                 index,
@@ -686,7 +694,15 @@ impl MultiRaft {
         kind: EntryKind,
         payload: Vec<u8>,
     ) -> Result<Applied, ProposeError> {
-        let (index, answer) = self.write(group, AppRequest { kind, payload }).await?;
+        let (index, answer) = self
+            .write(
+                group,
+                AppRequest {
+                    kind,
+                    payload: payload.into(),
+                },
+            )
+            .await?;
         let response = match answer {
             AppResponse::Applied(bytes) => bytes,
             AppResponse::Done | AppResponse::Claim { .. } => Vec::new(),

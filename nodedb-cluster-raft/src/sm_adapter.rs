@@ -6,6 +6,7 @@ use crate::replica::SharedMachine;
 use crate::snapshot::{self, FileChunks, SnapshotFile};
 use crate::state_machine::{Committed, LogIndex, SnapshotChunks};
 use crate::types::{AppResponse, EntryKind, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use nodedb_cluster_core::GroupId;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -69,7 +70,7 @@ impl MachineAdapter {
         })
     }
 
-    fn apply_commands(&mut self, pending: &mut Vec<(LogId, Vec<u8>, Responder)>) -> io::Result<()> {
+    fn apply_commands(&mut self, pending: &mut Vec<(LogId, Bytes, Responder)>) -> io::Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -160,7 +161,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
     {
-        let mut pending: Vec<(LogId, Vec<u8>, Responder)> = Vec::new();
+        let mut pending: Vec<(LogId, Bytes, Responder)> = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let log_id = entry.log_id;

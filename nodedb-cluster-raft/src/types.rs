@@ -2,6 +2,7 @@
 //! Private to the crate: callers see `NodeId`/`GroupId` from core and plain bytes.
 
 use crate::claims::{VShardClaim, VShardStep};
+use bytes::Bytes;
 use nodedb_cluster_core::{MigrationId, NodeId, VShardId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -31,12 +32,14 @@ pub struct RaftNode {
 }
 
 /// One application entry of a group's log: a typed kind and opaque bytes. The kind is a real
-/// enum tag, never a marker byte inside the payload, so a payload can hold any bytes.
+/// enum tag, never a marker byte inside the payload, so a payload can hold any bytes. The
+/// payload is shared, so that an entry kept in memory after its append (`log_store`) is handed
+/// to replication and apply without copying it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppRequest {
     pub kind: EntryKind,
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+    #[serde(with = "crate::wire::shared_bytes")]
+    pub payload: Bytes,
 }
 
 /// Why an application entry is in the log. Variants are appended, never reordered (postcard

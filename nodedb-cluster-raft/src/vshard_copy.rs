@@ -289,7 +289,9 @@ fn vshard_command(
         return Ok(None);
     };
     match request.kind {
-        EntryKind::VShardCommand { vshard: of } if of == vshard => Ok(Some(request.payload)),
+        EntryKind::VShardCommand { vshard: of } if of == vshard => {
+            Ok(Some(Vec::from(request.payload)))
+        }
         EntryKind::Migration { vshard: of, .. } if of == vshard => Err(ProposeError::Query {
             group,
             reason: format!(

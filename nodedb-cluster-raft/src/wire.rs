@@ -152,6 +152,22 @@ pub mod byte_strings {
     }
 }
 
+/// Serde of one shared byte string, the same postcard bytes as `serde_bytes` gives a `Vec<u8>`.
+/// Use with `#[serde(with = "shared_bytes")]`.
+pub mod shared_bytes {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::ByteBuf;
+
+    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        Ok(Bytes::from(ByteBuf::deserialize(deserializer)?.into_vec()))
+    }
+}
+
 /// A log entry as stored in the log: `[RECORD_VERSION][postcard(Entry)]`.
 pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     encode_record(entry)
@@ -291,7 +307,7 @@ mod tests {
             log_id(2, 1, 7),
             AppRequest {
                 kind: EntryKind::Command,
-                payload: vec![0xab, 0xcd],
+                payload: vec![0xab, 0xcd].into(),
             },
         );
         let bytes = encode_entry(&entry);
@@ -304,7 +320,7 @@ mod tests {
                 kind: EntryKind::VShardCommand {
                     vshard: VShardId(300),
                 },
-                payload: vec![0xee],
+                payload: vec![0xee].into(),
             },
         );
         assert_eq!(hex(&encode_entry(&fenced_put)), "010201090101ac0201ee");
@@ -316,7 +332,7 @@ mod tests {
                     migration: MigrationId(5),
                     step: VShardStep::Fence,
                 },
-                payload: vec![],
+                payload: Default::default(),
             },
         );
         assert_eq!(hex(&encode_entry(&fence)), "0102010a0102ac02050200");
@@ -421,7 +437,7 @@ mod tests {
                 1 => EntryKind::VShardCommand { vshard },
                 tag => EntryKind::Migration { vshard, migration, step: steps[usize::from(tag - 2)] },
             };
-            let entry = Entry::new_normal(log_id(term, node, index), AppRequest { kind, payload });
+            let entry = Entry::new_normal(log_id(term, node, index), AppRequest { kind, payload: payload.into() });
             proptest::prop_assert_eq!(decode_entry(&encode_entry(&entry)).unwrap(), entry);
         }
 
