@@ -89,30 +89,20 @@ pub struct KvStateMachine {
 
 type Value = Arc<[u8]>;
 
-/// One key and its value (postcard writes it as the tuple of the two, byte strings in one go).
+/// One key and its value, borrowed from the map when written and from the bytes when read
+/// (postcard writes it as the tuple of the two, byte strings in one go), so that an import
+/// copies each value once, into the map.
 #[derive(Serialize, Deserialize)]
-struct KeyValue(
-    #[serde(with = "serde_bytes")] Vec<u8>,
-    #[serde(with = "serde_bytes")] Vec<u8>,
-);
-
-/// [`KeyValue`] as written, borrowing both.
-#[derive(Serialize)]
 struct KeyValueRef<'a>(
-    #[serde(with = "serde_bytes")] &'a [u8],
-    #[serde(with = "serde_bytes")] &'a [u8],
+    #[serde(with = "serde_bytes", borrow)] &'a [u8],
+    #[serde(with = "serde_bytes", borrow)] &'a [u8],
 );
 
+/// A vShard export or a snapshot: every key and value, keys ascending.
 #[derive(Serialize, Deserialize)]
-struct KvData {
-    version: u8,
-    entries: Vec<KeyValue>,
-}
-
-/// [`KvData`] as written: the same postcard encoding, borrowing keys and values.
-#[derive(Serialize)]
 struct KvDataRef<'a> {
     version: u8,
+    #[serde(borrow)]
     entries: Vec<KeyValueRef<'a>>,
 }
 
@@ -307,9 +297,9 @@ impl StateMachine for KvStateMachine {
 
     fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError> {
         let entries = decode_data(data)?;
-        if let Some(KeyValue(key, _)) = entries
+        if let Some(KeyValueRef(key, _)) = entries
             .iter()
-            .find(|KeyValue(key, _)| vshard_for_key(key) != vshard)
+            .find(|KeyValueRef(key, _)| vshard_for_key(key) != vshard)
         {
             return Err(StateMachineError::Corrupt(format!(
                 "key of {} in an export of {vshard}",
@@ -407,10 +397,10 @@ fn encode_data<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Value)>) -> V
     postcard::to_stdvec(&data).unwrap_or_else(|error| panic!("kv data encode: {error}"))
 }
 
-fn shared(entries: Vec<KeyValue>) -> impl Iterator<Item = (Vec<u8>, Value)> {
+fn shared<'a>(entries: Vec<KeyValueRef<'a>>) -> impl Iterator<Item = (Vec<u8>, Value)> + 'a {
     entries
         .into_iter()
-        .map(|KeyValue(key, value)| (key, Value::from(value)))
+        .map(|KeyValueRef(key, value)| (key.to_vec(), Value::from(value)))
 }
 
 /// A snapshot of the map as it was, encoded into chunks when first read.
@@ -432,7 +422,7 @@ impl SnapshotChunks for KvSnapshot {
     }
 }
 
-fn decode_data(bytes: &[u8]) -> Result<Vec<KeyValue>, StateMachineError> {
+fn decode_data(bytes: &[u8]) -> Result<Vec<KeyValueRef<'_>>, StateMachineError> {
     match bytes.first() {
         Some(&KV_FORMAT_VERSION) => {}
         Some(other) => {
@@ -442,7 +432,7 @@ fn decode_data(bytes: &[u8]) -> Result<Vec<KeyValue>, StateMachineError> {
         }
         None => return Err(StateMachineError::Corrupt("empty kv data".to_string())),
     }
-    let data: KvData =
+    let data: KvDataRef<'_> =
         decode_exact(bytes).map_err(|error| StateMachineError::Corrupt(error.to_string()))?;
     // Written from a sorted map: keys out of order or repeated are damage, and accepting them
     // would give replicas whose snapshots differ from the bytes they restored.
@@ -749,6 +739,6 @@ mod tests {
         let bytes = encode_data([(&key, &value)].into_iter());
         assert_eq!(bytes, vec![KV_FORMAT_VERSION, 1, 1, b'k', 2, b'v', b'v']);
         let decoded = decode_data(&bytes).unwrap();
-        assert_eq!((&decoded[0].0, &decoded[0].1), (&key, &b"vv".to_vec()));
+        assert_eq!((decoded[0].0, decoded[0].1), (&key[..], &b"vv"[..]));
     }
 }
