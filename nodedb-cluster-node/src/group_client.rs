@@ -39,8 +39,10 @@ pub const FORWARD_ATTEMPTS_MAX: u32 = 8;
 /// First pause between attempts; doubles up to [`FORWARD_BACKOFF_MAX`].
 const FORWARD_BACKOFF_FIRST: Duration = Duration::from_millis(25);
 const FORWARD_BACKOFF_MAX: Duration = Duration::from_millis(400);
-/// How long a forward still waits for the node it went to once another node leads the group:
-/// an old leader that is alive (a leadership transfer) answers within it, a dead one never.
+/// How long a forward still waits for the node it went to once another node leads the group,
+/// unless that node shows it is alive by answering a ping within it: a dead one never answers.
+/// A live old leader (a leadership transfer) answers a write only once the write is committed
+/// by the new leader or discarded, which under load takes longer than this.
 const REPLACED_LEADER_GRACE: Duration = Duration::from_millis(100);
 
 /// What an operation does once it has found its replica.
@@ -427,8 +429,10 @@ impl GroupClient {
     /// [`GroupClient::forward`] to `node`, given up [`REPLACED_LEADER_GRACE`] after the local
     /// replica of `group` (if any) sees another node lead: a read then answers `NotLeader` with
     /// the new leader as hint (nothing changed, so [`GroupClient::run`] tries there next), a
-    /// write answers `Timeout` (outcome unknown). Without a local replica there is nothing to
-    /// watch.
+    /// write answers `Timeout` (outcome unknown), unless `node` answered a ping within the
+    /// grace: a write then waits for its answer (the forward's own deadline still bounds it),
+    /// since an old leader alive after a transfer tells whether the write committed. Without a
+    /// local replica there is nothing to watch.
     async fn forward_watched(
         &self,
         node: NodeId,
@@ -458,8 +462,16 @@ impl GroupClient {
             let Some(leader) = leader else {
                 continue;
             };
-            if let Ok(result) = tokio::time::timeout(REPLACED_LEADER_GRACE, &mut call).await {
-                return result;
+            let alive = async {
+                match operation.is_read() {
+                    true => std::future::pending().await,
+                    false => self.answers(node).await,
+                }
+            };
+            tokio::select! {
+                result = &mut call => return result,
+                true = alive => return call.await,
+                () = tokio::time::sleep(REPLACED_LEADER_GRACE) => {}
             }
             tracing::debug!(%group, from = %node, to = %leader, "leader changed under a forward");
             return Err(match operation.is_read() {
