@@ -200,8 +200,9 @@ pub enum ControlError {
         vshard: VShardId,
         routing_version: u64,
     },
-    /// The replica stopped while the request was in flight: the outcome is unknown.
-    #[error("{group} stopped while serving the request (outcome unknown)")]
+    /// The replica lost track of the request in flight (it stopped, or dropped the entry under
+    /// a newer leader): the outcome is unknown.
+    #[error("{group} lost track of the request (outcome unknown)")]
     Interrupted { group: GroupId },
 }
 

@@ -38,9 +38,10 @@ pub enum ProposeError {
     /// applied; retry once the routing says where the vShard lives now.
     #[error("{vshard} is fenced in {group} (moved or moving)")]
     Moved { group: GroupId, vshard: VShardId },
-    /// The replica stopped while a proposal was in flight: it may or may not be applied
-    /// (outcome unknown).
-    #[error("replica of {group} stopped during the proposal (outcome unknown)")]
+    /// The replica lost track of a proposal in flight: it stopped, or dropped the entry from
+    /// its log under a newer leader (a truncate, or a snapshot that covers the entry). The
+    /// entry may or may not be applied (outcome unknown).
+    #[error("replica of {group} lost track of the proposal (outcome unknown)")]
     Interrupted { group: GroupId },
 }
 
@@ -95,12 +96,17 @@ pub(crate) fn propose_error(
     error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
 ) -> ProposeError {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward))
-        | RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             ProposeError::NotLeader {
                 group,
                 leader_hint: forward.leader_id.map(NodeId),
             }
+        }
+        // openraft says the same for an entry truncated (never committed) and for one purged
+        // under a snapshot from a newer leader, which may well have committed it: retrying
+        // could apply the write twice.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            ProposeError::Interrupted { group }
         }
         RaftError::APIError(other) => ProposeError::Storage {
             group,
