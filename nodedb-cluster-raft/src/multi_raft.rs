@@ -16,6 +16,7 @@ use crate::state_machine::{LogIndex, StateMachine};
 use crate::status::{GroupStatus, LeaderChange, status_from_metrics};
 use crate::types::{AppRequest, AppResponse, EntryKind, Raft, RaftNode, node_id, raft_id};
 use crate::vshard_copy::ExportCache;
+use bytes::Bytes;
 use nodedb_cluster_core::{GroupId, MigrationId, NodeId, VShardId};
 use nodedb_cluster_transport::{Handler, Transport};
 use openraft::async_runtime::watch::WatchReceiver;
@@ -380,15 +381,7 @@ impl MultiRaft {
             migration,
             step,
         };
-        let (index, answer) = self
-            .write(
-                group,
-                AppRequest {
-                    kind,
-                    payload: payload.into(),
-                },
-            )
-            .await?;
+        let (index, answer) = self.write(group, kind, payload.into()).await?;
         match answer {
             AppResponse::Claim { applied, claim } => Ok(StepOutcome {
                 index,
@@ -694,15 +687,7 @@ impl MultiRaft {
         kind: EntryKind,
         payload: Vec<u8>,
     ) -> Result<Applied, ProposeError> {
-        let (index, answer) = self
-            .write(
-                group,
-                AppRequest {
-                    kind,
-                    payload: payload.into(),
-                },
-            )
-            .await?;
+        let (index, answer) = self.write(group, kind, payload.into()).await?;
         let response = match answer {
             AppResponse::Applied(bytes) => bytes,
             AppResponse::Done | AppResponse::Claim { .. } => Vec::new(),
@@ -716,8 +701,10 @@ impl MultiRaft {
     async fn write(
         &self,
         group: GroupId,
-        request: AppRequest,
+        kind: EntryKind,
+        payload: Bytes,
     ) -> Result<(LogIndex, AppResponse), ProposeError> {
+        let request = AppRequest { kind, payload };
         let hosted = self.propose_target(group)?;
         let write = async {
             hosted
