@@ -26,6 +26,8 @@ enum Next {
     Promote,
     Remove,
     WaitJointEnds,
+    /// The leader's membership may not be committed yet.
+    WaitCommit,
     Done,
 }
 
@@ -48,6 +50,10 @@ fn next_step(status: &GroupStatus, out: NodeId, spare: NodeId) -> Next {
         }
     } else if member(out) {
         Next::Remove
+    } else if status.commit_index < status.last_log_index {
+        // A leader uses its last membership before it commits; elected without that entry,
+        // the next leader undoes it.
+        Next::WaitCommit
     } else {
         Next::Done
     }
@@ -94,8 +100,22 @@ pub async fn replace_voter(
             continue;
         };
         let result = match next_step(&status, out, spare) {
-            Next::Done => break,
-            Next::WaitCatchUp | Next::WaitJointEnds => Ok(()),
+            // A leader cut off from the others still reports the membership of its own, older
+            // term, which may well be the one this replacement aims at (the group had it before
+            // the replacement that undid it). Taken as done on its word, the old replica was
+            // deleted while the group still had it as a voter (seed 1014 of the soak: replicas
+            // that never converged). Only a leader that still reaches a quorum counts.
+            Next::Done => {
+                let confirmed = multi.read_barrier(group).await.is_ok()
+                    && multi
+                        .status(group)
+                        .is_some_and(|status| next_step(&status, out, spare) == Next::Done);
+                if confirmed {
+                    break;
+                }
+                Ok(())
+            }
+            Next::WaitCatchUp | Next::WaitJointEnds | Next::WaitCommit => Ok(()),
             Next::AddLearner => {
                 multi
                     .add_learner(group, spare, crate::common::address(spare))
