@@ -77,24 +77,21 @@ impl RecentEntries {
 
     /// The entries `start..end` when every one of them is kept.
     pub(crate) fn range(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
-        let first = self.entries.front()?.log_id.index;
-        let last = self.last_index()?;
-        if start >= end || start < first || end - 1 > last {
+        if start >= end {
             return None;
         }
-        let from = usize::try_from(start - first).ok()?;
-        let to = usize::try_from(end - first).ok()?;
+        let from = self.position(start)?;
+        let to = self.position(end - 1)? + 1;
         Some(self.entries.range(from..to).cloned().collect())
     }
 
     /// The entries from `start` on, before `end`, up to the one that brings their payloads to
     /// `bytes_max` (at least one), when the entry at `start` is kept.
     pub(crate) fn up_to(&self, start: u64, end: u64, bytes_max: usize) -> Option<Vec<Entry>> {
-        let first = self.entries.front()?.log_id.index;
-        if start >= end || start < first {
+        if start >= end {
             return None;
         }
-        let from = usize::try_from(start - first).ok()?;
+        let from = self.position(start)?;
         let mut bytes = 0;
         let mut out = Vec::new();
         for entry in self.entries.range(from..) {
@@ -104,7 +101,14 @@ impl RecentEntries {
             bytes += payload_bytes(entry);
             out.push(entry.clone());
         }
-        (!out.is_empty()).then_some(out)
+        Some(out)
+    }
+
+    /// Where the entry at `index` is kept, if it is.
+    fn position(&self, index: u64) -> Option<usize> {
+        let first = self.entries.front()?.log_id.index;
+        let position = usize::try_from(index.checked_sub(first)?).ok()?;
+        (position < self.entries.len()).then_some(position)
     }
 
     fn last_index(&self) -> Option<u64> {
