@@ -215,7 +215,7 @@ pub(crate) fn read_entries(
             index,
             reason,
         };
-        let payload = match record::decode(value.value(), true).map_err(corrupt)? {
+        let payload = match record::decode_entry(value.value()).map_err(corrupt)? {
             Decoded::Whole(payload) => payload.to_vec(),
             Decoded::Pieced {
                 crc,
@@ -258,11 +258,9 @@ pub(crate) fn read_meta(
     else {
         return Ok(None);
     };
-    let corrupt = |reason: CorruptReason| LogDbError::CorruptMeta { group, key, reason };
-    match record::decode(value.value(), false).map_err(corrupt)? {
-        Decoded::Whole(payload) => Ok(Some(payload.to_vec())),
-        Decoded::Pieced { .. } => unreachable!("decode refuses pieced meta records"),
-    }
+    let payload = record::decode_whole(value.value())
+        .map_err(|reason: CorruptReason| LogDbError::CorruptMeta { group, key, reason })?;
+    Ok(Some(payload.to_vec()))
 }
 
 struct Tables<'txn> {

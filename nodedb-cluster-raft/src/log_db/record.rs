@@ -109,40 +109,54 @@ pub(crate) enum Decoded<'a> {
     },
 }
 
-/// Reads a record's header: the payload of a whole record after checking its checksum, or what
-/// [`assemble`] needs for a pieced one. `pieced` says whether a pieced record may be here
-/// (meta values are never pieced).
-pub(crate) fn decode(record: &[u8], pieced: bool) -> Result<Decoded<'_>, CorruptReason> {
+/// Reads a log entry's record: the payload of a whole record after checking its checksum, or
+/// what [`assemble`] needs for a pieced one.
+pub(crate) fn decode_entry(record: &[u8]) -> Result<Decoded<'_>, CorruptReason> {
+    if record.first() != Some(&PIECED_RECORD_VERSION) {
+        return decode_whole(record)
+            .map(Decoded::Whole)
+            .map_err(|reason| match reason {
+                CorruptReason::UnsupportedVersion { found, .. } => {
+                    CorruptReason::UnsupportedVersion {
+                        found,
+                        supported: PIECED_RECORD_VERSION,
+                    }
+                }
+                other => other,
+            });
+    }
+    let (header, tail) =
+        record
+            .split_at_checked(PIECED_HEADER_LEN)
+            .ok_or(CorruptReason::TooShort {
+                len: record.len() as u64,
+            })?;
+    Ok(Decoded::Pieced {
+        crc: u32::from_le_bytes([header[1], header[2], header[3], header[4]]),
+        pieces: u32::from_le_bytes([header[5], header[6], header[7], header[8]]),
+        tail,
+    })
+}
+
+/// Returns the payload of a whole record (a meta value is never pieced) after checking its
+/// version and checksum.
+pub(crate) fn decode_whole(record: &[u8]) -> Result<&[u8], CorruptReason> {
     let too_short = || CorruptReason::TooShort {
         len: record.len() as u64,
     };
     let version = *record.first().ok_or_else(too_short)?;
-    let supported = if pieced {
-        PIECED_RECORD_VERSION
-    } else {
-        RECORD_VERSION
-    };
-    match version {
-        RECORD_VERSION => {
-            let (header, payload) = record
-                .split_at_checked(RECORD_HEADER_LEN)
-                .ok_or_else(too_short)?;
-            let stored = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
-            check(stored, crc32c::crc32c(payload))?;
-            Ok(Decoded::Whole(payload))
-        }
-        PIECED_RECORD_VERSION if pieced => {
-            let (header, tail) = record
-                .split_at_checked(PIECED_HEADER_LEN)
-                .ok_or_else(too_short)?;
-            Ok(Decoded::Pieced {
-                crc: u32::from_le_bytes([header[1], header[2], header[3], header[4]]),
-                pieces: u32::from_le_bytes([header[5], header[6], header[7], header[8]]),
-                tail,
-            })
-        }
-        found => Err(CorruptReason::UnsupportedVersion { found, supported }),
+    if version != RECORD_VERSION {
+        return Err(CorruptReason::UnsupportedVersion {
+            found: version,
+            supported: RECORD_VERSION,
+        });
     }
+    let (header, payload) = record
+        .split_at_checked(RECORD_HEADER_LEN)
+        .ok_or_else(too_short)?;
+    let stored = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
+    check(stored, crc32c::crc32c(payload))?;
+    Ok(payload)
 }
 
 /// The payload of a pieced record: its `pieces` pieces in order (as many as it names), then its
@@ -195,19 +209,19 @@ mod tests {
     fn round_trip_and_damage() {
         let mut out = Vec::new();
         encode_into(b"payload", &mut out);
-        assert_eq!(decode(&out, true), Ok(Decoded::Whole(&b"payload"[..])));
+        assert_eq!(decode_entry(&out), Ok(Decoded::Whole(&b"payload"[..])));
 
         let mut flipped = out.clone();
         flipped[7] ^= 0x01;
         assert!(matches!(
-            decode(&flipped, true),
+            decode_entry(&flipped),
             Err(CorruptReason::ChecksumMismatch { .. })
         ));
 
         let mut newer = out.clone();
         newer[0] = 3;
         assert_eq!(
-            decode(&newer, true),
+            decode_entry(&newer),
             Err(CorruptReason::UnsupportedVersion {
                 found: 3,
                 supported: 2
@@ -215,7 +229,7 @@ mod tests {
         );
         newer[0] = PIECED_RECORD_VERSION;
         assert_eq!(
-            decode(&newer, false),
+            decode_whole(&newer),
             Err(CorruptReason::UnsupportedVersion {
                 found: 2,
                 supported: 1
@@ -223,10 +237,10 @@ mod tests {
         );
 
         assert_eq!(
-            decode(&out[..3], true),
+            decode_entry(&out[..3]),
             Err(CorruptReason::TooShort { len: 3 })
         );
-        assert_eq!(decode(&[], true), Err(CorruptReason::TooShort { len: 0 }));
+        assert_eq!(decode_entry(&[]), Err(CorruptReason::TooShort { len: 0 }));
     }
 
     #[test]
@@ -245,8 +259,8 @@ mod tests {
         let pieced_len: usize = lens.iter().sum();
         let mut out = Vec::new();
         encode_pieced_into(&payload, 1, pieced_len, &mut out);
-        let Ok(Decoded::Pieced { crc, pieces, tail }) = decode(&out, true) else {
-            panic!("not a pieced record: {:?}", decode(&out, true));
+        let Ok(Decoded::Pieced { crc, pieces, tail }) = decode_entry(&out) else {
+            panic!("not a pieced record: {:?}", decode_entry(&out));
         };
         assert_eq!((pieces, tail), (1, &payload[pieced_len..]));
         let piece = &payload[..pieced_len];
@@ -265,7 +279,7 @@ mod tests {
             Err(CorruptReason::ChecksumMismatch { .. })
         ));
         assert_eq!(
-            decode(&out[..8], true),
+            decode_entry(&out[..8]),
             Err(CorruptReason::TooShort { len: 8 })
         );
     }
