@@ -595,7 +595,7 @@ impl GroupClient {
                 } => raft
                     .export_vshard_page(group, vshard, export, first_part, page_bytes(bytes_max))
                     .await
-                    .map(|page| Served::Answered(encode_answer(&page))),
+                    .map(|page| Served::Answered(encode_answer(page.as_ref()))),
                 MigrationStep::Changes {
                     vshard,
                     after,

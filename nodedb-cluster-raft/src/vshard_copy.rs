@@ -8,7 +8,7 @@ use crate::claims::VShardStep;
 use crate::error::{ProposeError, query_error};
 use crate::log_db::LogDb;
 use crate::multi_raft::{MultiRaft, VSHARD_PART_BYTES};
-use crate::state_machine::{LogIndex, StateMachineError};
+use crate::state_machine::{LogIndex, StateMachineError, VShardParts};
 use crate::types::{AppRequest, Entry, EntryKind};
 use crate::wire::{self, byte_strings, decode_exact};
 use nodedb_cluster_core::{GroupId, VShardId};
@@ -42,7 +42,8 @@ pub struct VShardExport {
 pub struct VShardExportPage {
     pub applied: LogIndex,
     pub serving: bool,
-    pub parts_total: u32,
+    /// Whether this page holds the export's last part.
+    pub last: bool,
     pub first_part: u32,
     #[serde(with = "byte_strings")]
     pub parts: Vec<Vec<u8>>,
@@ -56,23 +57,25 @@ pub struct VShardChanges {
     pub through: LogIndex,
 }
 
+type ExportKey = (GroupId, VShardId, u64);
+
 /// Exports being paged out of this node, by group, vShard and the caller's export id.
 #[derive(Default)]
-pub(crate) struct ExportCache(Mutex<HashMap<(GroupId, VShardId, u64), Kept>>);
+pub(crate) struct ExportCache(Mutex<HashMap<ExportKey, Kept>>);
 
 struct Kept {
-    export: Arc<VShardExport>,
+    export: Arc<Mutex<PagedExport>>,
     touched: Instant,
 }
 
 impl ExportCache {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(GroupId, VShardId, u64), Kept>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ExportKey, Kept>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn get(&self, key: (GroupId, VShardId, u64)) -> Option<Arc<VShardExport>> {
+    fn get(&self, key: ExportKey) -> Option<Arc<Mutex<PagedExport>>> {
         let mut kept = self.lock();
         kept.retain(|_, kept| kept.touched.elapsed() < EXPORT_KEPT_FOR);
         let entry = kept.get_mut(&key)?;
@@ -80,7 +83,7 @@ impl ExportCache {
         Some(entry.export.clone())
     }
 
-    fn put(&self, key: (GroupId, VShardId, u64), export: Arc<VShardExport>) {
+    fn put(&self, key: ExportKey, export: Arc<Mutex<PagedExport>>) {
         let mut kept = self.lock();
         while kept.len() >= EXPORTS_KEPT_MAX {
             let oldest = kept
@@ -96,39 +99,93 @@ impl ExportCache {
         kept.insert(key, Kept { export, touched });
     }
 
-    fn forget(&self, key: (GroupId, VShardId, u64)) {
+    fn forget(&self, key: ExportKey) {
         self.lock().remove(&key);
+    }
+}
+
+/// An export read page by page: the engine's captured state, encoded a part at a time as the
+/// pages are read, so that a node holds about one page of an export however large the vShard.
+struct PagedExport {
+    applied: LogIndex,
+    serving: bool,
+    parts: std::iter::Peekable<VShardParts>,
+    /// The number of the part `parts` yields next.
+    next_part: u32,
+    /// The page read last, read again when asked for again (its answer may have been lost).
+    last_page: Option<Arc<VShardExportPage>>,
+}
+
+impl PagedExport {
+    /// The page from `first_part` on: parts up to about `bytes_max` (at least one).
+    fn page(
+        &mut self,
+        first_part: u32,
+        bytes_max: usize,
+    ) -> Result<Arc<VShardExportPage>, PageError> {
+        if let Some(page) = self
+            .last_page
+            .as_ref()
+            .filter(|page| page.first_part == first_part)
+        {
+            return Ok(page.clone());
+        }
+        if first_part != self.next_part {
+            return Err(PageError::NotHeld);
+        }
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.parts.peek() {
+            let next_bytes = next.as_ref().map_or(0, Vec::len);
+            if !parts.is_empty() && bytes + next_bytes > bytes_max {
+                break;
+            }
+            let part = self.parts.next().expect("a part was peeked")?;
+            bytes += part.len();
+            parts.push(part);
+        }
+        self.next_part += parts.len() as u32;
+        let page = Arc::new(VShardExportPage {
+            applied: self.applied,
+            serving: self.serving,
+            last: self.parts.peek().is_none(),
+            first_part,
+            parts,
+        });
+        self.last_page = Some(page.clone());
+        Ok(page)
+    }
+}
+
+enum PageError {
+    /// The page asked for is neither the next one nor the last one read.
+    NotHeld,
+    Engine(StateMachineError),
+}
+
+impl From<StateMachineError> for PageError {
+    fn from(error: StateMachineError) -> Self {
+        PageError::Engine(error)
     }
 }
 
 impl MultiRaft {
     /// Exports the data of `vshard` from the leader's state after a read barrier, in parts of
     /// about [`VSHARD_PART_BYTES`], each small enough for one log entry (see
-    /// `StateMachine::export_vshard_parts`).
+    /// `StateMachine::export_vshard_parts`). The whole export is in memory at once: large
+    /// vShards are read with [`MultiRaft::export_vshard_page`].
     pub async fn export_vshard(
         &self,
         group: GroupId,
         vshard: VShardId,
     ) -> Result<VShardExport, ProposeError> {
-        self.read_barrier(group).await?;
-        let hosted = self.hosted(group)?;
-        let (applied, serving, parts) = {
-            let replica = hosted.machine.lock();
-            let parts = replica
-                .engine
-                .export_vshard_parts(vshard, VSHARD_PART_BYTES)
-                .map_err(|error| query_error(group, error))?;
-            (replica.applied(), replica.claim(vshard).serves(), parts)
-        };
-        // Encoding a large vShard takes a while: not under the replica's lock (applies wait
-        // for it) and not on a runtime worker.
-        let parts = tokio::task::spawn_blocking(move || parts.collect::<Result<Vec<_>, _>>())
-            .await
-            .map_err(|error| ProposeError::Query {
-                group,
-                reason: format!("exporting {vshard} stopped: {error}"),
-            })?
-            .map_err(|error| query_error(group, error))?;
+        let export = self.begin_export(group, vshard).await?;
+        let (applied, serving) = (export.applied, export.serving);
+        let parts = off_the_runtime(group, vshard, move || {
+            export.parts.collect::<Result<Vec<_>, _>>()
+        })
+        .await?
+        .map_err(|error| query_error(group, error))?;
         Ok(VShardExport {
             applied,
             serving,
@@ -138,9 +195,10 @@ impl MultiRaft {
 
     /// Parts of export `export` of `vshard`, from `first_part` on, up to about `bytes_max`
     /// (at least one part). The export is made when `first_part` is 0 and kept on this node
-    /// until its last part is read (or for a while), so that every page comes from one state.
-    /// A page of an export this node does not hold (its leader changed) is refused: the
-    /// caller starts a new export.
+    /// until its last part is read (or for a while), so that every page comes from one state;
+    /// each page is encoded when read. The next page or the page read last may be asked for;
+    /// any other page, or a page of an export this node does not hold (its leader changed),
+    /// is refused: the caller starts a new export.
     pub async fn export_vshard_page(
         &self,
         group: GroupId,
@@ -148,42 +206,58 @@ impl MultiRaft {
         export: u64,
         first_part: u32,
         bytes_max: usize,
-    ) -> Result<VShardExportPage, ProposeError> {
+    ) -> Result<Arc<VShardExportPage>, ProposeError> {
         let key = (group, vshard, export);
         let cache = self.exports();
-        let kept = match (first_part, cache.get(key)) {
-            (_, Some(kept)) => kept,
+        let held = match (first_part, cache.get(key)) {
+            (_, Some(held)) => held,
             (0, None) => {
-                let made = Arc::new(self.export_vshard(group, vshard).await?);
+                let made = Arc::new(Mutex::new(self.begin_export(group, vshard).await?));
                 cache.put(key, made.clone());
                 made
             }
-            (_, None) => {
-                return Err(ProposeError::Query {
-                    group,
-                    reason: format!("export {export} of {vshard} is not held here"),
-                });
+            (_, None) => return Err(not_held(group, vshard, export, first_part)),
+        };
+        let page = off_the_runtime(group, vshard, move || {
+            held.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .page(first_part, bytes_max)
+        })
+        .await?;
+        let page = match page {
+            Ok(page) => page,
+            Err(PageError::NotHeld) => return Err(not_held(group, vshard, export, first_part)),
+            Err(PageError::Engine(error)) => {
+                cache.forget(key);
+                return Err(query_error(group, error));
             }
         };
-        let parts_total = kept.parts.len() as u32;
-        let mut parts = Vec::new();
-        let mut bytes = 0;
-        for part in kept.parts.iter().skip(first_part as usize) {
-            if !parts.is_empty() && bytes + part.len() > bytes_max {
-                break;
-            }
-            bytes += part.len();
-            parts.push(part.clone());
-        }
-        if first_part as usize + parts.len() >= kept.parts.len() {
+        if page.last {
             cache.forget(key);
         }
-        Ok(VShardExportPage {
-            applied: kept.applied,
-            serving: kept.serving,
-            parts_total,
-            first_part,
-            parts,
+        Ok(page)
+    }
+
+    /// Captures the vShard's data on the leader after a read barrier; its parts are encoded
+    /// later, outside the replica's lock.
+    async fn begin_export(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> Result<PagedExport, ProposeError> {
+        self.read_barrier(group).await?;
+        let hosted = self.hosted(group)?;
+        let replica = hosted.machine.lock();
+        let parts = replica
+            .engine
+            .export_vshard_parts(vshard, VSHARD_PART_BYTES)
+            .map_err(|error| query_error(group, error))?;
+        Ok(PagedExport {
+            applied: replica.applied(),
+            serving: replica.claim(vshard).serves(),
+            parts: parts.peekable(),
+            next_part: 0,
+            last_page: None,
         })
     }
 
@@ -245,6 +319,28 @@ impl MultiRaft {
             commands,
             through: LogIndex(through),
         })
+    }
+}
+
+/// Runs `encode` on a blocking thread: encoding parts of a large vShard takes a while, and a
+/// runtime worker would stall the node's other tasks meanwhile.
+async fn off_the_runtime<T: Send + 'static>(
+    group: GroupId,
+    vshard: VShardId,
+    encode: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ProposeError> {
+    tokio::task::spawn_blocking(encode)
+        .await
+        .map_err(|error| ProposeError::Query {
+            group,
+            reason: format!("exporting {vshard} stopped: {error}"),
+        })
+}
+
+fn not_held(group: GroupId, vshard: VShardId, export: u64, first_part: u32) -> ProposeError {
+    ProposeError::Query {
+        group,
+        reason: format!("part {first_part} of export {export} of {vshard} is not held here"),
     }
 }
 

@@ -396,6 +396,78 @@ async fn a_fenced_vshard_refuses_commands_and_reads_until_released() {
     cluster.shutdown().await;
 }
 
+/// An export read page by page yields the parts of the whole export of the same state, each
+/// page encoded when read: the next page or the page read last may be asked for, any other
+/// page is refused, and the export is forgotten once its last page was read. Writes made while
+/// it is read do not reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_read_page_by_page_is_the_whole_export_of_one_state() {
+    let mut cluster = TestCluster::new(3, 47).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    let moving = vshard_for_key(b"paged-0");
+    let keys: Vec<String> = keys_in_vshard("paged-", moving).take(12).collect();
+    let leader = cluster.wait_leader(group).await;
+    let multi = cluster.nodes[&leader].multi.clone();
+    let put = |key: &str, byte: u8| {
+        KvCommand::Put {
+            key: key.as_bytes().to_vec(),
+            value: vec![byte; 300 * 1024],
+        }
+        .encode()
+    };
+    for key in &keys {
+        multi
+            .propose_vshard(group, moving, put(key, b'a'))
+            .await
+            .expect("write");
+    }
+    let whole = multi.export_vshard(group, moving).await.expect("export");
+    assert!(whole.parts.len() >= 3, "{} parts", whole.parts.len());
+
+    let export = 11;
+    let page = |first_part: u32| multi.export_vshard_page(group, moving, export, first_part, 1);
+    let mut read = Vec::new();
+    let first = page(0).await.expect("first page");
+    assert_eq!(
+        (first.applied, first.serving),
+        (whole.applied, whole.serving)
+    );
+    read.extend(first.parts.iter().cloned());
+    multi
+        .propose_vshard(group, moving, put(&keys[0], b'b'))
+        .await
+        .expect("a write while the export is read");
+    assert_eq!(
+        page(0).await.expect("the first page again"),
+        first,
+        "the page read last is read again"
+    );
+    assert!(
+        page(2).await.is_err(),
+        "a page ahead of the next is refused"
+    );
+    let mut next = first.first_part + first.parts.len() as u32;
+    let mut last = first.last;
+    while !last {
+        let page = page(next).await.expect("next page");
+        assert_eq!(page.first_part, next);
+        assert_eq!(
+            page.applied, whole.applied,
+            "every page comes from one state"
+        );
+        read.extend(page.parts.iter().cloned());
+        next += page.parts.len() as u32;
+        last = page.last;
+    }
+    assert_eq!(read, whole.parts);
+    assert!(
+        page(next - 1).await.is_err(),
+        "an export is forgotten once its last page was read"
+    );
+    cluster.shutdown().await;
+}
+
 /// Runs `operation` on the current leader of `group`, again on the new leader when leadership
 /// moved in between (a `NotLeader` answer applied nothing).
 async fn on_leader<T, F, Fut>(

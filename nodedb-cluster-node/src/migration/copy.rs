@@ -184,7 +184,7 @@ pub(super) async fn copy_vshard(
         if paced {
             context.bandwidth.spend(page.bytes, began).await;
         }
-        if page.next_part >= page.parts_total {
+        if page.last {
             return Ok(Some(standing));
         }
         first_part = page.next_part;
@@ -197,7 +197,8 @@ pub(crate) struct ImportedPage {
     /// The source's applied index when it made the export, and whether it served the vShard.
     pub applied: u64,
     pub serving: bool,
-    pub parts_total: u32,
+    /// Whether the page held the export's last part.
+    pub last: bool,
     /// The first part of the next page.
     pub next_part: u32,
     /// Bytes of the parts replicated.
@@ -243,7 +244,7 @@ pub(crate) async fn import_page(
     let mut imported = ImportedPage {
         applied: exported.applied.0,
         serving: exported.serving,
-        parts_total: exported.parts_total,
+        last: exported.last,
         next_part: exported.first_part + (exported.parts.len() as u32).max(1),
         bytes: 0,
         refused: None,
