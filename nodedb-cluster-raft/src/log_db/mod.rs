@@ -112,6 +112,8 @@ pub struct LogDbOptions {
     /// Longest a lazy write ([`LogDb::put_meta_lazy`]) waits for a transaction when nothing
     /// else is queued; it rides along with the next write otherwise.
     pub lazy_write_delay_max: Duration,
+    /// Bytes of pages redb keeps in memory, those just written included.
+    pub cache_bytes: usize,
 }
 
 impl Default for LogDbOptions {
@@ -122,6 +124,7 @@ impl Default for LogDbOptions {
             batch_bytes_max: 16 * 1024 * 1024,
             quick_repair: false,
             lazy_write_delay_max: Duration::from_millis(10),
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -203,10 +206,13 @@ impl LogDb {
             options.write_queue_len_max > 0 && options.batch_ops_max > 0,
             "log bounds must be positive: {options:?}"
         );
-        let db = Database::create(path).map_err(|error| LogDbError::Open {
-            path: path.to_path_buf(),
-            source: Arc::new(error.into()),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(path)
+            .map_err(|error| LogDbError::Open {
+                path: path.to_path_buf(),
+                source: Arc::new(error.into()),
+            })?;
         disk::prepare(&db)?;
         let groups = disk::load_groups(&db)?;
         let db = Arc::new(db);
