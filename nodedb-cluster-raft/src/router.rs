@@ -95,8 +95,10 @@ impl RaftRouter {
     }
 
     /// Serves one decoded-or-not RPC; always produces an answer.
-    pub async fn serve_rpc(&self, from: NodeId, request: &[u8]) -> ReplyBody {
-        let rpc: RaftRpc = match wire::decode(request) {
+    pub async fn serve_rpc(&self, from: NodeId, request: &Bytes) -> ReplyBody {
+        // Entries share the request's buffer: their payloads are neither copied nor compared
+        // byte by byte with it again.
+        let rpc: RaftRpc = match wire::decode_shared(request) {
             Ok(rpc) => rpc,
             Err(error) => {
                 tracing::warn!(%from, %error, "undecodable raft rpc");
@@ -393,7 +395,7 @@ mod tests {
             &[1, 0xff, 0xff, 0xff, 0xff, 0xff][..],
             &[9, 9][..],
         ] {
-            let answer = router.serve_rpc(from, junk).await;
+            let answer = router.serve_rpc(from, &Bytes::copy_from_slice(junk)).await;
             assert!(
                 matches!(answer, ReplyBody::Failed(RpcFailure::BadMessage(_))),
                 "{answer:?}"
@@ -404,7 +406,9 @@ mod tests {
             group: GroupId(9),
             body: RpcBody::Vote(VoteRequest::new(Vote::new(1, 7), None)),
         };
-        let answer = router.serve_rpc(from, &wire::encode(&vote)).await;
+        let answer = router
+            .serve_rpc(from, &Bytes::from(wire::encode(&vote)))
+            .await;
         assert!(matches!(
             answer,
             ReplyBody::Failed(RpcFailure::UnknownGroup(GroupId(9)))
@@ -426,7 +430,9 @@ mod tests {
             group: GroupId(9),
             body: RpcBody::Vote(VoteRequest::new(Vote::new(1_000, 1), None)),
         };
-        let answer = router.serve_rpc(NodeId(4), &wire::encode(&vote)).await;
+        let answer = router
+            .serve_rpc(NodeId(4), &Bytes::from(wire::encode(&vote)))
+            .await;
         assert!(
             matches!(&answer, ReplyBody::Failed(RpcFailure::BadMessage(reason)) if reason.contains("authenticated as")),
             "{answer:?}"

@@ -3,11 +3,13 @@
 //! All postcard; every message starts with a version byte. Golden-byte tests pin the layouts.
 
 use crate::types::{Entry, LogId, SnapshotMeta, TypeConfig, Vote};
+use bytes::Bytes;
 use nodedb_cluster_core::GroupId;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Version of the RPC envelope, its replies and the snapshot stream header.
@@ -152,19 +154,78 @@ pub mod byte_strings {
     }
 }
 
+/// Like [`decode`], but the shared byte strings of the value (`shared_bytes`, such as entry
+/// payloads) point into `bytes` instead of being copied out of it.
+pub fn decode_shared<T: DeserializeOwned + Serialize>(bytes: &Bytes) -> Result<T, DecodeError> {
+    let _decoding = shared_bytes::Decoding::of(bytes);
+    decode(bytes)
+}
+
 /// Serde of one shared byte string, the same postcard bytes as `serde_bytes` gives a `Vec<u8>`.
-/// Use with `#[serde(with = "shared_bytes")]`.
+/// Use with `#[serde(with = "shared_bytes")]`. Read by [`decode_shared`], the string shares
+/// the buffer it was read from; read otherwise, it is copied.
 pub mod shared_bytes {
     use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-    use serde_bytes::ByteBuf;
+    use serde::Serializer;
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::cell::RefCell;
+    use std::fmt;
+
+    thread_local! {
+        /// The buffer this thread is decoding with `decode_shared`.
+        static DECODING: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+    }
+
+    /// Marks `bytes` as the buffer being decoded on this thread until dropped.
+    pub(super) struct Decoding(Option<Bytes>);
+
+    impl Decoding {
+        pub(super) fn of(bytes: &Bytes) -> Decoding {
+            Decoding(DECODING.replace(Some(bytes.clone())))
+        }
+    }
+
+    impl Drop for Decoding {
+        fn drop(&mut self) {
+            DECODING.set(self.0.take());
+        }
+    }
 
     pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(bytes)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
-        Ok(Bytes::from(ByteBuf::deserialize(deserializer)?.into_vec()))
+        deserializer.deserialize_bytes(SharedBytes)
+    }
+
+    struct SharedBytes;
+
+    impl<'de> Visitor<'de> for SharedBytes {
+        type Value = Bytes;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a byte string")
+        }
+
+        fn visit_borrowed_bytes<E: Error>(self, read: &'de [u8]) -> Result<Bytes, E> {
+            let shared = DECODING.with_borrow(|buffer| {
+                let buffer = buffer.as_ref()?;
+                let within = buffer.as_ptr_range();
+                let read_range = read.as_ptr_range();
+                (within.start <= read_range.start && read_range.end <= within.end)
+                    .then(|| buffer.slice_ref(read))
+            });
+            Ok(shared.unwrap_or_else(|| Bytes::copy_from_slice(read)))
+        }
+
+        fn visit_bytes<E: Error>(self, read: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(read))
+        }
+
+        fn visit_byte_buf<E: Error>(self, read: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(read))
+        }
     }
 }
 
@@ -250,13 +311,16 @@ impl postcard::ser_flavors::Flavor for CompareFlavor<'_> {
     type Output = bool;
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        match self.rest.strip_prefix(data) {
-            Some(rest) => {
-                self.rest = rest;
-                Ok(())
-            }
-            None => Err(postcard::Error::SerializeBufferFull),
+        let Some((expected, rest)) = self.rest.split_at_checked(data.len()) else {
+            return Err(postcard::Error::SerializeBufferFull);
+        };
+        // A byte string read by `decode_shared` is written from the very bytes it was read
+        // from: equal without comparing them.
+        if expected.as_ptr() != data.as_ptr() && expected != data {
+            return Err(postcard::Error::SerializeBufferFull);
         }
+        self.rest = rest;
+        Ok(())
     }
 
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
@@ -299,6 +363,41 @@ mod tests {
         let bytes = encode(&Listed(list.clone()));
         assert_eq!(bytes, encode(&list));
         assert_eq!(decode_exact::<Listed>(&bytes), Ok(Listed(list)));
+    }
+
+    #[test]
+    fn a_shared_decode_points_into_the_buffer_and_stays_canonical() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Carrier {
+            version: u8,
+            #[serde(with = "shared_bytes")]
+            payload: Bytes,
+        }
+        let sent = Carrier {
+            version: WIRE_VERSION,
+            payload: Bytes::from(vec![7u8; 5000]),
+        };
+        let buffer = Bytes::from(encode(&sent));
+        let within = buffer.as_ptr_range();
+        let shared: Carrier = decode_shared(&buffer).unwrap();
+        assert_eq!(shared, sent);
+        assert!(
+            within.contains(&shared.payload.as_ptr()),
+            "shared, not copied"
+        );
+        let copied: Carrier = decode(&buffer).unwrap();
+        assert_eq!(copied, sent);
+        assert!(!within.contains(&copied.payload.as_ptr()), "copied outside");
+
+        // The same payload behind an overlong length (5000 in three bytes instead of two).
+        assert_eq!(buffer[1..3], [0x88, 0x27]);
+        let mut overlong = vec![WIRE_VERSION, 0x88, 0xa7, 0x00];
+        overlong.extend_from_slice(&buffer[3..]);
+        let refused = decode_shared::<Carrier>(&Bytes::from(overlong));
+        assert!(
+            matches!(refused, Err(DecodeError::Malformed(_))),
+            "{refused:?}"
+        );
     }
 
     #[test]
