@@ -369,6 +369,31 @@ pub fn usage(pids: &BTreeMap<u64, u32>) -> Result<Usage> {
     })
 }
 
+/// The largest resident memory any node process has had since it started (`VmHWM`), in bytes.
+pub fn nodes_peak_resident_bytes(pids: &BTreeMap<u64, u32>) -> Result<u64> {
+    pids.values()
+        .map(|pid| {
+            let path = format!("/proc/{pid}/status");
+            let status =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            peak_resident_bytes(&status).with_context(|| format!("no VmHWM in {path}"))
+        })
+        .try_fold(0, |peak, bytes| Ok(peak.max(bytes?)))
+}
+
+/// The `VmHWM` line of a `/proc/<pid>/status` text, in bytes.
+fn peak_resident_bytes(status: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// The `wchar` line of a `/proc/<pid>/io` text.
 fn io_bytes_written(io: &str) -> Option<u64> {
     io.lines()
@@ -620,6 +645,16 @@ fn unix_seconds() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peak_resident_memory_is_read_from_the_status_text() {
+        let status =
+            "Name:\tnodedb-cluster\nVmPeak:\t 2000000 kB\nVmHWM:\t  431000 kB\nVmRSS:\t 12 kB\n";
+        assert_eq!(peak_resident_bytes(status), Some(431_000 * 1024));
+        assert_eq!(peak_resident_bytes("VmRSS:\t 12 kB\n"), None);
+        let own = BTreeMap::from([(1, std::process::id())]);
+        assert!(nodes_peak_resident_bytes(&own).unwrap() > 0);
+    }
 
     fn args() -> BenchClusterArgs {
         BenchClusterArgs {

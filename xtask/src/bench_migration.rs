@@ -75,8 +75,18 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
         groups: GROUPS,
         debug: args.debug,
     };
-    let (samples, run) = on_cluster("migration", cluster, |nodes| measure(nodes, args))?;
-    let summary = summary_json(args, &samples);
+    let ((samples, peak_resident), run) = on_cluster("migration", cluster, |nodes| {
+        let samples = measure(nodes, args)?;
+        Ok((
+            samples,
+            crate::bench::nodes_peak_resident_bytes(&nodes.pids)?,
+        ))
+    })?;
+    eprintln!(
+        "largest node's peak memory {:.0} MB",
+        peak_resident as f64 / 1e6
+    );
+    let summary = summary_json(args, &samples, peak_resident);
     println!("{}", serde_json::to_string_pretty(&summary)?);
     let path = run.bench_dir.join(format!("migration-{}.json", run.id));
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
@@ -253,7 +263,7 @@ fn percentile(sorted: &[Duration], quantile: f64) -> Option<f64> {
     Some(sorted[index.min(last)].as_secs_f64() * 1000.0)
 }
 
-fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
+fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample], peak_resident: u64) -> Value {
     let mut pauses: Vec<Duration> = samples.iter().filter_map(|sample| sample.pause).collect();
     pauses.sort();
     let mut took: Vec<Duration> = samples.iter().map(|sample| sample.took).collect();
@@ -286,5 +296,6 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample]) -> Value {
         "write_pause_ms_p99": percentile(&pauses, 0.99),
         "slowest_write_ms_p50": percentile(&slowest, 0.5),
         "slowest_write_ms_max": percentile(&slowest, 1.0),
+        "node_peak_resident_mb_max": peak_resident as f64 / 1e6,
     })
 }
