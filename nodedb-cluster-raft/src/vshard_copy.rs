@@ -135,12 +135,10 @@ impl PagedExport {
         }
         let mut parts: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0;
-        while let Some(next) = self.parts.peek() {
-            let next_bytes = next.as_ref().map_or(0, Vec::len);
-            if !parts.is_empty() && bytes + next_bytes > bytes_max {
-                break;
-            }
-            let part = self.parts.next().expect("a part was peeked")?;
+        while let Some(part) = self.parts.next_if(|next| {
+            parts.is_empty() || bytes + next.as_ref().map_or(0, Vec::len) <= bytes_max
+        }) {
+            let part = part?;
             bytes += part.len();
             parts.push(part);
         }
