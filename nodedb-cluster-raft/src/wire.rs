@@ -119,9 +119,61 @@ pub enum DecodeError {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing our own in-memory types into a Vec cannot fail: no maps with non-string
-    // keys are rejected by postcard, and no IO is involved.
-    postcard::to_stdvec(value).unwrap_or_else(|error| panic!("postcard encode failed: {error}"))
+    encode_after(&[], value)
+}
+
+/// `prefix`, then the postcard encoding of `value`, in a vector sized once: a vector grown as
+/// the encoding goes moved a large message's bytes again at every doubling.
+pub(crate) fn encode_after<T: Serialize>(prefix: &[u8], value: &T) -> Vec<u8> {
+    // Serializing our own in-memory types cannot fail: no maps with non-string keys are
+    // rejected by postcard, and no IO is involved.
+    let failed = |error: postcard::Error| -> ! { panic!("postcard encode failed: {error}") };
+    let size = postcard::serialize_with_flavor(value, SizeFlavor(0)).unwrap_or_else(|e| failed(e));
+    let mut out = Vec::with_capacity(prefix.len() + size);
+    out.extend_from_slice(prefix);
+    postcard::serialize_with_flavor(value, VecFlavor(out)).unwrap_or_else(|e| failed(e))
+}
+
+/// A postcard output that only counts the bytes.
+struct SizeFlavor(usize);
+
+impl postcard::ser_flavors::Flavor for SizeFlavor {
+    type Output = usize;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0 += data.len();
+        Ok(())
+    }
+
+    fn try_push(&mut self, _data: u8) -> postcard::Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.0)
+    }
+}
+
+/// A postcard output appending to a vector sized beforehand.
+struct VecFlavor(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecFlavor {
+    type Output = Vec<u8>;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 pub fn decode<'a, T: Deserialize<'a> + Serialize>(bytes: &'a [u8]) -> Result<T, DecodeError> {
@@ -257,9 +309,7 @@ pub fn decode_log_id(bytes: &[u8]) -> Result<Option<LogId>, DecodeError> {
 }
 
 fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_VERSION];
-    out.extend_from_slice(&encode(value));
-    out
+    encode_after(&[RECORD_VERSION], value)
 }
 
 fn decode_record<T: for<'a> Deserialize<'a> + Serialize>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -398,6 +448,22 @@ mod tests {
             matches!(refused, Err(DecodeError::Malformed(_))),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn an_encoding_is_written_into_a_vector_sized_once() {
+        let entry = Entry::new_normal(
+            log_id(2, 1, 7),
+            AppRequest {
+                kind: EntryKind::Command,
+                payload: vec![0xab; 300_000].into(),
+            },
+        );
+        let record = encode_entry(&entry);
+        assert_eq!(record.capacity(), record.len());
+        assert_eq!(record[0], RECORD_VERSION);
+        assert_eq!(record[1..], postcard::to_stdvec(&entry).unwrap());
+        assert_eq!(decode_entry(&record).unwrap(), entry);
     }
 
     #[test]

@@ -440,8 +440,10 @@ impl StreamChecksum {
     }
 }
 
-/// How much a reader reserves at a time while a body arrives.
-const READ_RESERVE_BYTES_MAX: usize = 64 * 1024;
+/// How much a reader reserves at a time while a body arrives: a Raft message of 1 MiB of
+/// entries fits at once (growing by 64 KiB, its bytes were moved again at every doubling), and
+/// a peer announcing a larger body gets no more memory before it sends the bytes.
+const READ_RESERVE_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 fn frame_crc(header_prefix: &[u8], body: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(header_prefix), body)
