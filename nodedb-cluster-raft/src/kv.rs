@@ -394,7 +394,7 @@ fn encode_data<'a>(entries: impl Iterator<Item = (&'a Vec<u8>, &'a Value)>) -> V
             .map(|(key, value)| KeyValueRef(key, value))
             .collect(),
     };
-    crate::wire::encode_after(&[], &data)
+    crate::wire::encode(&data)
 }
 
 fn shared<'a>(entries: Vec<KeyValueRef<'a>>) -> impl Iterator<Item = (Vec<u8>, Value)> + 'a {

@@ -110,8 +110,6 @@ struct PagedExport {
     applied: LogIndex,
     serving: bool,
     parts: std::iter::Peekable<VShardParts>,
-    /// The number of the part `parts` yields next.
-    next_part: u32,
     /// The page read last, read again when asked for again (its answer may have been lost).
     last_page: Option<Arc<VShardExportPage>>,
 }
@@ -130,7 +128,11 @@ impl PagedExport {
         {
             return Ok(page.clone());
         }
-        if first_part != self.next_part {
+        let next_part = self
+            .last_page
+            .as_ref()
+            .map_or(0, |page| page.first_part + page.parts.len() as u32);
+        if first_part != next_part {
             return Err(PageError::NotHeld);
         }
         let mut parts: Vec<Vec<u8>> = Vec::new();
@@ -142,7 +144,6 @@ impl PagedExport {
             bytes += part.len();
             parts.push(part);
         }
-        self.next_part += parts.len() as u32;
         let page = Arc::new(VShardExportPage {
             applied: self.applied,
             serving: self.serving,
@@ -254,7 +255,6 @@ impl MultiRaft {
             applied: replica.applied(),
             serving: replica.claim(vshard).serves(),
             parts: parts.peekable(),
-            next_part: 0,
             last_page: None,
         })
     }

@@ -124,7 +124,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// `prefix`, then the postcard encoding of `value`, in a vector sized once: a vector grown as
 /// the encoding goes moved a large message's bytes again at every doubling.
-pub(crate) fn encode_after<T: Serialize>(prefix: &[u8], value: &T) -> Vec<u8> {
+fn encode_after<T: Serialize>(prefix: &[u8], value: &T) -> Vec<u8> {
     // Serializing our own in-memory types cannot fail: no maps with non-string keys are
     // rejected by postcard, and no IO is involved.
     let failed = |error: postcard::Error| -> ! { panic!("postcard encode failed: {error}") };
