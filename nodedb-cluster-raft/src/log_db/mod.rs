@@ -6,6 +6,7 @@
 //! each group keeps its pending operations in memory and reads replay them over a committed
 //! snapshot. Layout and durability rules: `docs/design.md`, "Raft log file".
 
+mod backend;
 mod disk;
 mod record;
 mod state;
@@ -206,13 +207,15 @@ impl LogDb {
             options.write_queue_len_max > 0 && options.batch_ops_max > 0,
             "log bounds must be positive: {options:?}"
         );
+        let open_error = |error: redb::DatabaseError| LogDbError::Open {
+            path: path.to_path_buf(),
+            source: Arc::new(error.into()),
+        };
+        let backend = backend::UncachedFile::open(path).map_err(open_error)?;
         let db = redb::Builder::new()
             .set_cache_size(options.cache_bytes)
-            .create(path)
-            .map_err(|error| LogDbError::Open {
-                path: path.to_path_buf(),
-                source: Arc::new(error.into()),
-            })?;
+            .create_with_backend(backend)
+            .map_err(open_error)?;
         disk::prepare(&db)?;
         let groups = disk::load_groups(&db)?;
         let db = Arc::new(db);
