@@ -76,15 +76,29 @@ pub enum KvAnswer {
 }
 
 /// The in-memory key-value engine of one replica. Values are shared, so that a snapshot
-/// copies only the map, never the values, while it holds up the apply path.
+/// copies only the maps, never the values, while it holds up the apply path. Entries are
+/// held per vShard, so that exporting or dropping one (under the replica's lock, in the
+/// apply path) takes the time of that vShard's entries, not of the whole group's.
 #[derive(Clone, Debug, Default)]
 pub struct KvStateMachine {
-    entries: BTreeMap<Vec<u8>, Value>,
-    /// Key and value bytes per vShard, following every change of `entries`; no zero counts.
-    vshard_bytes: BTreeMap<VShardId, u64>,
-    /// The wrapping sum of [`entry_hash`] over `entries`, following every change, so that
+    /// Every vShard holding at least one key.
+    vshards: BTreeMap<VShardId, VShardEntries>,
+    /// Keys over all vShards.
+    len: usize,
+    /// The wrapping sum of [`entry_hash`] over all entries, following every change, so that
     /// the state hash costs nothing to ask for (it is asked under the replica's lock).
     entry_hash_sum: u64,
+}
+
+/// One vShard's keys, with its counts following every change of them.
+#[derive(Clone, Debug, Default)]
+struct VShardEntries {
+    entries: BTreeMap<Vec<u8>, Value>,
+    /// Key and value bytes.
+    bytes: u64,
+    /// The wrapping sum of [`entry_hash`] over `entries`: a dropped vShard leaves the state
+    /// hash without hashing its values again.
+    hash_sum: u64,
 }
 
 type Value = Arc<[u8]>;
@@ -147,57 +161,65 @@ impl KvStateMachine {
 
     /// The current value of `key` on this replica.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(|value| &**value)
+        self.vshards
+            .get(&vshard_for_key(key))?
+            .entries
+            .get(key)
+            .map(|value| &**value)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
-    /// Sets `key` to `value`, counting the bytes of its vShard.
+    /// Every entry, vShard by vShard (keys ascending within each).
+    fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Value)> {
+        self.vshards
+            .values()
+            .flat_map(|vshard| vshard.entries.iter())
+    }
+
+    /// Sets `key` to `value`, counting the bytes and the hash of its vShard.
     fn insert(&mut self, key: Vec<u8>, value: Value) {
-        let vshard = vshard_for_key(&key);
-        let added = (key.len() + value.len()) as u64;
         let key_hash = crc32c::crc32c(&key);
-        self.entry_hash_sum = self
-            .entry_hash_sum
-            .wrapping_add(value_hash(key_hash, &value));
-        let key_len = key.len();
-        let removed = match self.entries.insert(key, value) {
+        let mut added_hash = value_hash(key_hash, &value);
+        let mut added_bytes = (key.len() + value.len()) as u64;
+        let vshard = self.vshards.entry(vshard_for_key(&key)).or_default();
+        let key_len = key.len() as u64;
+        match vshard.entries.insert(key, value) {
             Some(old) => {
-                let old_hash = value_hash(key_hash, &old);
-                self.entry_hash_sum = self.entry_hash_sum.wrapping_sub(old_hash);
-                (key_len + old.len()) as u64
+                added_hash = added_hash.wrapping_sub(value_hash(key_hash, &old));
+                added_bytes = added_bytes.wrapping_sub(key_len + old.len() as u64);
             }
-            None => 0,
-        };
-        let count = self.vshard_bytes.entry(vshard).or_default();
-        *count = *count + added - removed;
+            None => self.len += 1,
+        }
+        vshard.bytes = vshard.bytes.wrapping_add(added_bytes);
+        vshard.hash_sum = vshard.hash_sum.wrapping_add(added_hash);
+        self.entry_hash_sum = self.entry_hash_sum.wrapping_add(added_hash);
     }
 
     /// Removes `key`; whether it was there.
     fn remove(&mut self, key: &[u8]) -> bool {
-        let Some(value) = self.entries.remove(key) else {
+        let vshard_id = vshard_for_key(key);
+        let Some(vshard) = self.vshards.get_mut(&vshard_id) else {
             return false;
         };
-        self.forget(key, &value);
-        true
-    }
-
-    /// Takes a removed entry out of the counts and the hash.
-    fn forget(&mut self, key: &[u8], value: &[u8]) {
-        self.entry_hash_sum = self.entry_hash_sum.wrapping_sub(entry_hash(key, value));
-        let vshard = vshard_for_key(key);
-        if let Some(count) = self.vshard_bytes.get_mut(&vshard) {
-            *count -= (key.len() + value.len()) as u64;
-            if *count == 0 {
-                self.vshard_bytes.remove(&vshard);
-            }
+        let Some(value) = vshard.entries.remove(key) else {
+            return false;
+        };
+        let hash = entry_hash(key, &value);
+        vshard.bytes -= (key.len() + value.len()) as u64;
+        vshard.hash_sum = vshard.hash_sum.wrapping_sub(hash);
+        if vshard.entries.is_empty() {
+            self.vshards.remove(&vshard_id);
         }
+        self.len -= 1;
+        self.entry_hash_sum = self.entry_hash_sum.wrapping_sub(hash);
+        true
     }
 
     fn apply_one(&mut self, command: &[u8]) -> KvResponse {
@@ -213,7 +235,7 @@ impl KvStateMachine {
                 existed: self.remove(&key),
             },
             KvCommand::Cas { key, expected, new } => {
-                let current = self.entries.get(&key).map(|value| value.to_vec());
+                let current = self.get(&key).map(<[u8]>::to_vec);
                 if current == expected {
                     self.insert(key, new.as_slice().into());
                     KvResponse::Cas {
@@ -244,7 +266,7 @@ impl StateMachine for KvStateMachine {
             decode_exact(query).map_err(|error| StateMachineError::BadQuery(error.to_string()))?;
         let answer = match query {
             KvQuery::Get { key } => KvAnswer::Value(self.get(&key).map(<[u8]>::to_vec)),
-            KvQuery::Len => KvAnswer::Len(self.entries.len() as u64),
+            KvQuery::Len => KvAnswer::Len(self.len as u64),
         };
         Ok(
             postcard::to_stdvec(&answer)
@@ -253,9 +275,9 @@ impl StateMachine for KvStateMachine {
     }
 
     fn snapshot(&self) -> Result<Box<dyn SnapshotChunks>, StateMachineError> {
-        // Only the map is copied here; the encoding happens when the chunks are read, off the
-        // apply path.
-        Ok(Box::new(KvSnapshot::Captured(self.entries.clone())))
+        // Only the maps are copied here; the encoding happens when the chunks are read, off
+        // the apply path.
+        Ok(Box::new(KvSnapshot::Captured(self.clone())))
     }
 
     fn restore(&mut self, chunks: &mut dyn SnapshotChunks) -> Result<(), StateMachineError> {
@@ -269,11 +291,8 @@ impl StateMachine for KvStateMachine {
     }
 
     fn export_vshard(&self, vshard: VShardId) -> Result<Vec<u8>, StateMachineError> {
-        Ok(encode_data(
-            self.entries
-                .iter()
-                .filter(|(key, _)| vshard_for_key(key) == vshard),
-        ))
+        let entries = self.vshards.get(&vshard).map(|vshard| &vshard.entries);
+        Ok(encode_data(entries.into_iter().flatten()))
     }
 
     fn export_vshard_parts(
@@ -283,9 +302,11 @@ impl StateMachine for KvStateMachine {
     ) -> Result<VShardParts, StateMachineError> {
         // Values are shared: capturing them is cheap, and later applies replace, never change.
         let entries: Vec<(Vec<u8>, Value)> = self
-            .entries
-            .iter()
-            .filter(|(key, _)| vshard_for_key(key) == vshard)
+            .vshards
+            .get(&vshard)
+            .map(|vshard| &vshard.entries)
+            .into_iter()
+            .flatten()
             .map(|(key, value)| (key.clone(), Arc::clone(value)))
             .collect();
         Ok(Box::new(ExportParts {
@@ -313,25 +334,23 @@ impl StateMachine for KvStateMachine {
     }
 
     fn drop_vshard(&mut self, vshard: VShardId) -> Result<(), StateMachineError> {
-        let mut dropped_hash_sum = 0u64;
-        self.entries.retain(|key, value| {
-            let keep = vshard_for_key(key) != vshard;
-            if !keep {
-                dropped_hash_sum = dropped_hash_sum.wrapping_add(entry_hash(key, value));
-            }
-            keep
-        });
-        self.entry_hash_sum = self.entry_hash_sum.wrapping_sub(dropped_hash_sum);
-        self.vshard_bytes.remove(&vshard);
+        if let Some(dropped) = self.vshards.remove(&vshard) {
+            self.len -= dropped.entries.len();
+            self.entry_hash_sum = self.entry_hash_sum.wrapping_sub(dropped.hash_sum);
+        }
         Ok(())
     }
 
     fn state_hash(&self) -> u64 {
-        mix(self.entry_hash_sum ^ mix(self.entries.len() as u64))
+        mix(self.entry_hash_sum ^ mix(self.len as u64))
     }
 
     fn vshard_bytes(&self) -> BTreeMap<VShardId, u64> {
-        self.vshard_bytes.clone()
+        self.vshards
+            .iter()
+            .filter(|(_, entries)| entries.bytes > 0)
+            .map(|(vshard, entries)| (*vshard, entries.bytes))
+            .collect()
     }
 }
 
@@ -403,16 +422,19 @@ fn shared<'a>(entries: Vec<KeyValueRef<'a>>) -> impl Iterator<Item = (Vec<u8>, V
         .map(|KeyValueRef(key, value)| (key.to_vec(), Value::from(value)))
 }
 
-/// A snapshot of the map as it was, encoded into chunks when first read.
+/// A snapshot of the maps as they were, encoded into chunks when first read.
 enum KvSnapshot {
-    Captured(BTreeMap<Vec<u8>, Value>),
+    Captured(KvStateMachine),
     Encoded(VecChunks),
 }
 
 impl SnapshotChunks for KvSnapshot {
     fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StateMachineError> {
-        if let KvSnapshot::Captured(entries) = self {
-            let data = encode_data(entries.iter());
+        if let KvSnapshot::Captured(machine) = self {
+            // A snapshot lists the keys ascending over all vShards.
+            let mut entries: Vec<_> = machine.iter().collect();
+            entries.sort_unstable_by_key(|(key, _)| *key);
+            let data = encode_data(entries.into_iter());
             *self = KvSnapshot::Encoded(VecChunks::from_bytes(&data));
         }
         match self {
@@ -604,7 +626,7 @@ mod tests {
     /// Key and value bytes per vShard, counted from scratch.
     fn counted(machine: &KvStateMachine) -> BTreeMap<VShardId, u64> {
         let mut counts = BTreeMap::new();
-        for (key, value) in &machine.entries {
+        for (key, value) in machine.iter() {
             *counts.entry(vshard_for_key(key)).or_default() += (key.len() + value.len()) as u64;
         }
         counts
@@ -612,10 +634,10 @@ mod tests {
 
     /// The state hash computed from scratch.
     fn hashed(machine: &KvStateMachine) -> u64 {
-        let sum = machine.entries.iter().fold(0u64, |sum, (key, value)| {
+        let sum = machine.iter().fold(0u64, |sum, (key, value)| {
             sum.wrapping_add(entry_hash(key, value))
         });
-        mix(sum ^ mix(machine.entries.len() as u64))
+        mix(sum ^ mix(machine.iter().count() as u64))
     }
 
     #[test]
@@ -716,6 +738,50 @@ mod tests {
         assert_eq!(restored.vshard_bytes(), machine.vshard_bytes());
         assert_eq!(restored.state_hash(), hashed(&restored));
         assert_eq!(restored.state_hash(), machine.state_hash());
+    }
+
+    #[test]
+    fn dropping_a_vshard_leaves_the_state_of_a_machine_that_never_held_it() {
+        let dropped = vshard_for_key(b"key-0");
+        let mut machine = KvStateMachine::new();
+        let mut without = KvStateMachine::new();
+        let (mut in_dropped, mut elsewhere) = (0, 0);
+        for i in 0..100_000u32 {
+            let key = format!("key-{i}").into_bytes();
+            let here = vshard_for_key(&key) == dropped;
+            if (here && in_dropped == 5) || (!here && elsewhere == 300) {
+                continue;
+            }
+            let put = KvCommand::Put {
+                key,
+                value: vec![i as u8; (i % 40) as usize],
+            };
+            apply(&mut machine, put.clone());
+            if here {
+                in_dropped += 1;
+            } else {
+                apply(&mut without, put);
+                elsewhere += 1;
+            }
+        }
+        assert_eq!((in_dropped, elsewhere), (5, 300));
+
+        machine.drop_vshard(dropped).unwrap();
+
+        assert_eq!(machine.get(b"key-0"), None);
+        assert_eq!(machine.len(), without.len());
+        assert_eq!(machine.vshard_bytes(), without.vshard_bytes());
+        assert_eq!(machine.state_hash(), without.state_hash());
+        assert_eq!(machine.state_hash(), hashed(&machine));
+        let snapshot = |machine: &KvStateMachine| {
+            read_all_chunks(machine.snapshot().unwrap().as_mut(), u64::MAX).unwrap()
+        };
+        assert_eq!(snapshot(&machine), snapshot(&without));
+        assert!(
+            machine.drop_vshard(dropped).is_ok(),
+            "dropping it again is a no-op"
+        );
+        assert_eq!(machine.state_hash(), without.state_hash());
     }
 
     #[test]
