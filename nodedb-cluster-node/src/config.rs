@@ -80,6 +80,9 @@ pub struct RaftConfig {
     pub election_timeout_ms_max: u64,
     /// Build a snapshot and compact the log after this many applied entries.
     pub snapshot_logs_since_last: u64,
+    /// ... or after this many bytes of applied entries, or the last snapshot's size when
+    /// larger.
+    pub snapshot_log_bytes_since_last: u64,
     /// A node silent for this long is marked Down and its replicas are replaced.
     pub node_down_timeout_ms: u64,
     /// A group unused this long, with every replica caught up, stops its heartbeats and
@@ -303,6 +306,9 @@ impl RaftConfig {
         if self.snapshot_logs_since_last == 0 {
             return invalid("raft.snapshot_logs_since_last", "must be at least 1");
         }
+        if self.snapshot_log_bytes_since_last == 0 {
+            return invalid("raft.snapshot_log_bytes_since_last", "must be at least 1");
+        }
         if self.node_down_timeout_ms <= self.election_timeout_ms_max {
             return invalid(
                 "raft.node_down_timeout_ms",
@@ -391,6 +397,7 @@ impl Default for RaftConfig {
             election_timeout_ms_min: 500,
             election_timeout_ms_max: 1000,
             snapshot_logs_since_last: 10_000,
+            snapshot_log_bytes_since_last: 256 * 1024 * 1024,
             node_down_timeout_ms: 10_000,
             quiesce_after_ms: 2000,
         }

@@ -128,6 +128,7 @@ pub fn cluster_config(config: &NodeConfig) -> Result<ClusterConfig> {
             election_timeout_ms_max: raft.election_timeout_ms_max,
             proposal_timeout_ms: PROPOSAL_TIMEOUT_MS,
             snapshot_logs_since_last: raft.snapshot_logs_since_last,
+            snapshot_log_bytes_since_last: raft.snapshot_log_bytes_since_last,
             quiesce_after_ms: raft.quiesce_after_ms,
             ..RaftTimings::default()
         },

@@ -31,6 +31,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod kv;
 pub mod log_db;
+mod log_growth;
 mod log_store;
 mod metadata_sm;
 pub mod metrics;

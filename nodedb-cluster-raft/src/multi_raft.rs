@@ -5,6 +5,7 @@
 use crate::claims::{VShardClaim, VShardStep};
 use crate::error::{self, GroupError, MembershipError, ProposeError};
 use crate::log_db::{LogDb, MetaKey};
+use crate::log_growth::{self, LogGrowth};
 use crate::log_store::{GroupLog, committed_id_is_lazy};
 use crate::network::NetworkFactory;
 use crate::quiesce::{self, QuiesceTimings, Quiescence};
@@ -46,6 +47,9 @@ pub struct RaftTimings {
     pub snapshot_timeout_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_logs_since_last: u64,
+    /// Build a snapshot also after this many bytes of entries applied since the last one, or
+    /// the last snapshot's size when larger (see `log_growth`).
+    pub snapshot_log_bytes_since_last: u64,
     /// Entries kept in the log behind a snapshot, so that slightly lagging followers catch up
     /// from the log rather than by snapshot.
     pub logs_to_keep_after_snapshot: u64,
@@ -63,6 +67,7 @@ impl Default for RaftTimings {
             proposal_timeout_ms: 5000,
             snapshot_timeout_ms: 5000,
             snapshot_logs_since_last: 10_000,
+            snapshot_log_bytes_since_last: 256 * 1024 * 1024,
             logs_to_keep_after_snapshot: 1000,
             quiesce_after_ms: 2000,
         }
@@ -80,6 +85,7 @@ impl RaftTimings {
             proposal_timeout_ms: 3000,
             snapshot_timeout_ms: 2000,
             snapshot_logs_since_last: 200,
+            snapshot_log_bytes_since_last: 64 * 1024 * 1024,
             logs_to_keep_after_snapshot: 20,
             quiesce_after_ms: 500,
         }
@@ -177,7 +183,8 @@ struct Inner {
     config: Arc<openraft::Config>,
     table: Arc<GroupTable>,
     lifecycle: tokio::sync::Mutex<()>,
-    watchers: Mutex<HashMap<GroupId, JoinHandle<()>>>,
+    /// Each replica's leader watch and snapshot trigger, aborted when it stops.
+    replica_tasks: Mutex<HashMap<GroupId, JoinHandle<()>>>,
     leader_changes: broadcast::Sender<LeaderChange>,
     exports: ExportCache,
     closed: AtomicBool,
@@ -215,7 +222,7 @@ impl MultiRaft {
                 config,
                 table: Arc::new(GroupTable::default()),
                 lifecycle: tokio::sync::Mutex::new(()),
-                watchers: Mutex::new(HashMap::new()),
+                replica_tasks: Mutex::new(HashMap::new()),
                 leader_changes,
                 exports: ExportCache::default(),
                 closed: AtomicBool::new(false),
@@ -607,9 +614,15 @@ impl MultiRaft {
             .removed_last_index(group)
             .map_err(|error| storage(error.to_string()))?;
         let machine = SharedMachine::new(machine);
-        let adapter = MachineAdapter::open(group, machine.clone(), snapshot_dir.clone())
-            .await
-            .map_err(|error| storage(error.to_string()))?;
+        let growth = LogGrowth::new(self.inner.timings.snapshot_log_bytes_since_last);
+        let adapter = MachineAdapter::open(
+            group,
+            machine.clone(),
+            snapshot_dir.clone(),
+            Arc::clone(&growth),
+        )
+        .await
+        .map_err(|error| storage(error.to_string()))?;
         let log = GroupLog::new(group, self.inner.log_db.clone());
         let network = NetworkFactory::new(group, Arc::clone(&self.inner.transport));
         let config = match forgotten_through {
@@ -643,12 +656,16 @@ impl MultiRaft {
                 deadline,
             ));
         }
-        let watcher = tokio::spawn(watch_leader(
-            group,
-            raft.clone(),
-            self.inner.leader_changes.clone(),
-        ));
-        if let Some(old) = lock(&self.inner.watchers).insert(group, watcher) {
+        let leader_changes = self.inner.leader_changes.clone();
+        let replica_raft = raft.clone();
+        // Both end with the replica (its metrics close, a trigger fails) or when aborted.
+        let tasks = tokio::spawn(async move {
+            tokio::select! {
+                () = watch_leader(group, replica_raft.clone(), leader_changes) => {}
+                () = log_growth::trigger_snapshots(group, replica_raft, growth) => {}
+            }
+        });
+        if let Some(old) = lock(&self.inner.replica_tasks).insert(group, tasks) {
             old.abort();
         }
         Ok(raft)
@@ -675,9 +692,9 @@ impl MultiRaft {
         if let Err(error) = hosted.raft.shutdown().await {
             tracing::warn!(%group, %error, "replica did not shut down cleanly");
         }
-        let watcher = lock(&self.inner.watchers).remove(&group);
-        if let Some(watcher) = watcher {
-            watcher.abort();
+        let tasks = lock(&self.inner.replica_tasks).remove(&group);
+        if let Some(tasks) = tasks {
+            tasks.abort();
         }
     }
 

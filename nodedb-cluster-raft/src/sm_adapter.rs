@@ -2,6 +2,7 @@
 //! committed commands, tracks the applied log id and membership, and keeps the latest snapshot
 //! as a durable file under the group's directory so that a restarted replica recovers from it.
 
+use crate::log_growth::LogGrowth;
 use crate::replica::SharedMachine;
 use crate::snapshot::{self, FileChunks, SnapshotFile};
 use crate::state_machine::{Committed, LogIndex, SnapshotChunks};
@@ -23,6 +24,7 @@ pub struct MachineAdapter {
     applied: Option<LogId>,
     membership: StoredMembership,
     current: Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>,
+    growth: Arc<LogGrowth>,
 }
 
 /// Builds one snapshot from a state captured when it was created.
@@ -32,14 +34,17 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     snapshot_dir: PathBuf,
     current: Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>,
+    growth: Arc<LogGrowth>,
 }
 
 impl MachineAdapter {
-    /// Opens the adapter, restoring the engine from the newest snapshot in `snapshot_dir`.
-    pub async fn open(
+    /// Opens the adapter, restoring the engine from the newest snapshot in `snapshot_dir`;
+    /// `growth` learns of what it applies and of its snapshots.
+    pub(crate) async fn open(
         group: GroupId,
         machine: SharedMachine,
         snapshot_dir: PathBuf,
+        growth: Arc<LogGrowth>,
     ) -> io::Result<MachineAdapter> {
         let dir = snapshot_dir.clone();
         let restore_machine = machine.clone();
@@ -60,6 +65,9 @@ impl MachineAdapter {
         if let Some(applied) = &applied {
             tracing::info!(%group, index = applied.index, "restored state machine from snapshot");
         }
+        if let Some((_, file)) = &latest {
+            growth.snapshot_is(file.bytes);
+        }
         Ok(MachineAdapter {
             group,
             machine,
@@ -67,6 +75,7 @@ impl MachineAdapter {
             applied,
             membership,
             current: Arc::new(Mutex::new(latest)),
+            growth,
         })
     }
 
@@ -162,9 +171,13 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
     {
         let mut pending: Vec<(LogId, Bytes, Responder)> = Vec::new();
+        let mut payload_bytes = 0u64;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let log_id = entry.log_id;
+            if let EntryPayload::Normal(request) = &entry.payload {
+                payload_bytes += request.payload.len() as u64;
+            }
             let response = match entry.payload {
                 EntryPayload::Normal(request) if self.is_engine_command(request.kind) => {
                     pending.push((log_id, request.payload, responder));
@@ -193,11 +206,14 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
                 responder.send(response);
             }
         }
-        self.apply_commands(&mut pending)
+        self.apply_commands(&mut pending)?;
+        self.growth.applied(payload_bytes);
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         let chunks = self.machine.lock().snapshot();
+        self.growth.captured();
         let chunks = match chunks {
             Ok(chunks) => Some(chunks),
             Err(error) => {
@@ -214,6 +230,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
             },
             snapshot_dir: self.snapshot_dir.clone(),
             current: self.current.clone(),
+            growth: Arc::clone(&self.growth),
         }
     }
 
@@ -236,6 +253,8 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
         crate::metrics::snapshot_installed(self.group);
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.growth.captured();
+        self.growth.snapshot_is(file.bytes);
         *lock(&self.current) = Some((meta.clone(), file));
         Ok(())
     }
@@ -263,6 +282,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(io::Error::other)??;
         tracing::debug!(group = %self.group, snapshot = %self.meta, bytes = file.bytes, "built snapshot");
         crate::metrics::snapshot_built(self.group);
+        self.growth.snapshot_is(file.bytes);
         *lock(&self.current) = Some((self.meta.clone(), file.clone()));
         Ok(Snapshot {
             meta: self.meta.clone(),

@@ -76,3 +76,38 @@ async fn large_snapshot_streams_in_chunks_and_survives_a_restart() {
     );
     cluster.shutdown().await;
 }
+
+/// Few entries, each large: the bytes they carry, not their count (far below the entry bound
+/// here), have the log snapshotted and purged on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_large_entries_is_compacted_by_its_bytes() {
+    let timings = RaftTimings {
+        snapshot_logs_since_last: 10_000,
+        snapshot_log_bytes_since_last: 256 * 1024,
+        logs_to_keep_after_snapshot: 2,
+        ..RaftTimings::for_tests()
+    };
+    let mut cluster = TestCluster::with_timings(3, 42, timings).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    cluster.wait_leader(group).await;
+
+    let value = "v".repeat(VALUE_BYTES);
+    let writes = 24;
+    for i in 0..writes {
+        cluster.put(group, &format!("big-{i}"), &value).await;
+    }
+    for node in VOTERS {
+        let purged = wait_for("every replica to purge its log", WAIT, || {
+            cluster.status(node, group)?.purged_index
+        })
+        .await;
+        let snapshot = cluster.status(node, group).and_then(|s| s.snapshot_index);
+        assert!(
+            snapshot.is_some_and(|snapshot| snapshot.0 >= 4),
+            "{node}: snapshot at {snapshot:?} after {writes} entries of {VALUE_BYTES} B, purged through {purged:?}"
+        );
+    }
+    cluster.wait_converged(group).await;
+    cluster.shutdown().await;
+}
