@@ -397,7 +397,7 @@ impl Default for RaftConfig {
             election_timeout_ms_min: 500,
             election_timeout_ms_max: 1000,
             snapshot_logs_since_last: 10_000,
-            snapshot_log_bytes_since_last: 256 * 1024 * 1024,
+            snapshot_log_bytes_since_last: 1024 * 1024 * 1024,
             node_down_timeout_ms: 10_000,
             quiesce_after_ms: 2000,
         }

@@ -67,7 +67,7 @@ impl Default for RaftTimings {
             proposal_timeout_ms: 5000,
             snapshot_timeout_ms: 5000,
             snapshot_logs_since_last: 10_000,
-            snapshot_log_bytes_since_last: 256 * 1024 * 1024,
+            snapshot_log_bytes_since_last: 1024 * 1024 * 1024,
             logs_to_keep_after_snapshot: 1000,
             quiesce_after_ms: 2000,
         }
