@@ -3,8 +3,8 @@
 //! hash. The node binary serves it over HTTP; the tests use it to exercise the replication.
 
 use crate::state_machine::{
-    Committed, SnapshotChunks, StateMachine, StateMachineError, VShardParts, VecChunks,
-    read_all_chunks,
+    Committed, SNAPSHOT_CHUNK_BYTES_MAX, SnapshotChunks, StateMachine, StateMachineError,
+    VShardParts, read_all_chunks,
 };
 use crate::wire::decode_exact;
 use nodedb_cluster_core::{VShardId, vshard_for_key};
@@ -177,6 +177,7 @@ impl KvStateMachine {
     }
 
     /// Every entry, vShard by vShard (keys ascending within each).
+    #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Value)> {
         self.vshards
             .values()
@@ -422,24 +423,57 @@ fn shared<'a>(entries: Vec<KeyValueRef<'a>>) -> impl Iterator<Item = (Vec<u8>, V
         .map(|KeyValueRef(key, value)| (key.to_vec(), Value::from(value)))
 }
 
-/// A snapshot of the maps as they were, encoded into chunks when first read.
+/// A snapshot of the maps as they were, encoded chunk by chunk as it is read: the bytes of
+/// [`encode_data`] over every entry, keys ascending, without ever holding them all.
 enum KvSnapshot {
     Captured(KvStateMachine),
-    Encoded(VecChunks),
+    Encoding {
+        entries: std::vec::IntoIter<(Vec<u8>, Value)>,
+        /// Encoded and not yet read: the data's header, then whole entries.
+        pending: Vec<u8>,
+    },
 }
 
 impl SnapshotChunks for KvSnapshot {
     fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StateMachineError> {
         if let KvSnapshot::Captured(machine) = self {
-            // A snapshot lists the keys ascending over all vShards.
-            let mut entries: Vec<_> = machine.iter().collect();
-            entries.sort_unstable_by_key(|(key, _)| *key);
-            let data = encode_data(entries.into_iter());
-            *self = KvSnapshot::Encoded(VecChunks::from_bytes(&data));
+            let machine = std::mem::take(machine);
+            *self = KvSnapshot::encoding(machine);
         }
-        match self {
-            KvSnapshot::Encoded(chunks) => chunks.next_chunk(),
-            KvSnapshot::Captured(_) => Ok(None),
+        let KvSnapshot::Encoding { entries, pending } = self else {
+            unreachable!("a captured snapshot was just turned into its encoding");
+        };
+        while pending.len() < SNAPSHOT_CHUNK_BYTES_MAX {
+            let Some((key, value)) = entries.next() else {
+                break;
+            };
+            *pending = postcard::to_extend(&KeyValueRef(&key, &value), std::mem::take(pending))
+                .map_err(|error| StateMachineError::Corrupt(format!("kv entry encode: {error}")))?;
+        }
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let rest = pending.split_off(pending.len().min(SNAPSHOT_CHUNK_BYTES_MAX));
+        Ok(Some(std::mem::replace(pending, rest)))
+    }
+}
+
+impl KvSnapshot {
+    /// Starts the encoding of `machine`: postcard writes the data as its version, the number
+    /// of entries and then each entry, so the entries can follow one by one.
+    fn encoding(machine: KvStateMachine) -> KvSnapshot {
+        let mut entries: Vec<(Vec<u8>, Value)> = machine
+            .vshards
+            .into_values()
+            .flat_map(|vshard| vshard.entries)
+            .collect();
+        // A snapshot lists the keys ascending over all vShards.
+        entries.sort_unstable_by(|(one, _), (other, _)| one.cmp(other));
+        // The version byte and the entry count as postcard writes them before the entries.
+        let pending = crate::wire::encode(&(KV_FORMAT_VERSION, entries.len() as u64));
+        KvSnapshot::Encoding {
+            entries: entries.into_iter(),
+            pending,
         }
     }
 }
@@ -782,6 +816,44 @@ mod tests {
             "dropping it again is a no-op"
         );
         assert_eq!(machine.state_hash(), without.state_hash());
+    }
+
+    #[test]
+    fn a_snapshot_is_read_chunk_by_chunk_as_the_encoding_of_all_its_entries() {
+        let mut machine = KvStateMachine::new();
+        for i in 0..200u32 {
+            let put = KvCommand::Put {
+                key: format!("key-{i}").into_bytes(),
+                value: vec![i as u8; (i as usize % 7) * 20_000],
+            };
+            apply(&mut machine, put);
+        }
+        let large = vec![7u8; 3 * SNAPSHOT_CHUNK_BYTES_MAX + 5];
+        let put = KvCommand::Put {
+            key: b"large".to_vec(),
+            value: large,
+        };
+        apply(&mut machine, put);
+        let mut all: Vec<_> = machine.iter().collect();
+        all.sort_unstable_by_key(|(key, _)| *key);
+        let whole = encode_data(all.into_iter());
+
+        let mut snapshot = machine.snapshot().unwrap();
+        let mut read = Vec::new();
+        let mut chunks = 0;
+        while let Some(chunk) = snapshot.next_chunk().unwrap() {
+            assert!(!chunk.is_empty() && chunk.len() <= SNAPSHOT_CHUNK_BYTES_MAX);
+            read.extend_from_slice(&chunk);
+            chunks += 1;
+        }
+        assert_eq!(read, whole);
+        assert!(chunks > 4, "{chunks} chunks");
+        assert_eq!(snapshot.next_chunk().unwrap(), None);
+
+        let mut empty = KvStateMachine::new().snapshot().unwrap();
+        let whole = encode_data(std::iter::empty());
+        assert_eq!(empty.next_chunk().unwrap(), Some(whole));
+        assert_eq!(empty.next_chunk().unwrap(), None);
     }
 
     #[test]
