@@ -330,20 +330,45 @@ fn decode_record<T: for<'a> Deserialize<'a> + Serialize>(bytes: &[u8]) -> Result
 pub(crate) fn decode_exact<'a, T: Deserialize<'a> + Serialize>(
     bytes: &'a [u8],
 ) -> Result<T, DecodeError> {
-    let (value, rest) = postcard::take_from_bytes(bytes)
-        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
-    if !rest.is_empty() {
+    let (value, used) = take_exact(bytes).map_err(|error| match error {
+        TakeError::Incomplete => {
+            DecodeError::Malformed(postcard::Error::DeserializeUnexpectedEnd.to_string())
+        }
+        TakeError::Malformed(reason) => DecodeError::Malformed(reason),
+    })?;
+    if used != bytes.len() {
         return Err(DecodeError::Malformed(format!(
             "{} trailing bytes",
-            rest.len()
+            bytes.len() - used
         )));
     }
-    if !encodes_as(&value, bytes) {
-        return Err(DecodeError::Malformed(
+    Ok(value)
+}
+
+/// Why [`take_exact`] took nothing.
+#[derive(Debug, PartialEq)]
+pub(crate) enum TakeError {
+    /// The bytes end inside the value: more may complete it.
+    Incomplete,
+    Malformed(String),
+}
+
+/// The `T` at the front of `bytes`, in its one encoding (see [`decode_exact`]), and how many
+/// bytes it took; for values read one after another from a stream.
+pub(crate) fn take_exact<'a, T: Deserialize<'a> + Serialize>(
+    bytes: &'a [u8],
+) -> Result<(T, usize), TakeError> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|error| match error {
+        postcard::Error::DeserializeUnexpectedEnd => TakeError::Incomplete,
+        other => TakeError::Malformed(other.to_string()),
+    })?;
+    let used = bytes.len() - rest.len();
+    if !encodes_as(&value, &bytes[..used]) {
+        return Err(TakeError::Malformed(
             "not in the canonical encoding".to_string(),
         ));
     }
-    Ok(value)
+    Ok((value, used))
 }
 
 /// Whether `value` encodes to exactly `expected`, compared byte by byte while encoding.
