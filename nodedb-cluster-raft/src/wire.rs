@@ -125,13 +125,23 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// `prefix`, then the postcard encoding of `value`, in a vector sized once: a vector grown as
 /// the encoding goes moved a large message's bytes again at every doubling.
 fn encode_after<T: Serialize>(prefix: &[u8], value: &T) -> Vec<u8> {
-    // Serializing our own in-memory types cannot fail: no maps with non-string keys are
-    // rejected by postcard, and no IO is involved.
-    let failed = |error: postcard::Error| -> ! { panic!("postcard encode failed: {error}") };
     let size = postcard::serialize_with_flavor(value, SizeFlavor(0)).unwrap_or_else(|e| failed(e));
     let mut out = Vec::with_capacity(prefix.len() + size);
     out.extend_from_slice(prefix);
-    postcard::serialize_with_flavor(value, VecFlavor(out)).unwrap_or_else(|e| failed(e))
+    encode_onto(&mut out, value);
+    out
+}
+
+/// Appends the postcard encoding of `value` to `out`.
+pub(crate) fn encode_onto<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    *out = postcard::serialize_with_flavor(value, VecFlavor(std::mem::take(out)))
+        .unwrap_or_else(|e| failed(e));
+}
+
+/// Serializing our own in-memory types cannot fail: no maps with non-string keys are rejected
+/// by postcard, and no IO is involved.
+fn failed(error: postcard::Error) -> ! {
+    panic!("postcard encode failed: {error}")
 }
 
 /// A postcard output that only counts the bytes.
@@ -155,7 +165,7 @@ impl postcard::ser_flavors::Flavor for SizeFlavor {
     }
 }
 
-/// A postcard output appending to a vector sized beforehand.
+/// A postcard output appending to a vector (sized beforehand by [`encode_after`]).
 struct VecFlavor(Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for VecFlavor {

@@ -4,7 +4,7 @@
 
 use super::{KV_FORMAT_VERSION, KeyValueRef, KvStateMachine, Value};
 use crate::state_machine::{SNAPSHOT_CHUNK_BYTES_MAX, SnapshotChunks, StateMachineError};
-use crate::wire::{TakeError, take_exact};
+use crate::wire::{TakeError, encode_onto, take_exact};
 
 /// A snapshot of the maps as they were, encoded chunk by chunk as it is read: the bytes of
 /// [`encode_data`] over every entry, keys ascending, without ever holding them all.
@@ -30,8 +30,7 @@ impl SnapshotChunks for KvSnapshot {
             let Some((key, value)) = entries.next() else {
                 break;
             };
-            *pending = postcard::to_extend(&KeyValueRef(&key, &value), std::mem::take(pending))
-                .map_err(|error| StateMachineError::Corrupt(format!("kv entry encode: {error}")))?;
+            encode_onto(pending, &KeyValueRef(&key, &value));
         }
         if pending.is_empty() {
             return Ok(None);
