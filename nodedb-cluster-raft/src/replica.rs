@@ -182,21 +182,7 @@ impl SnapshotChunks for WithHeader {
 mod tests {
     use super::*;
     use crate::kv::{KvCommand, KvStateMachine};
-    use crate::state_machine::{Committed, LogIndex};
-
-    struct List(std::vec::IntoIter<Vec<u8>>);
-
-    impl List {
-        fn new(chunks: Vec<Vec<u8>>) -> List {
-            List(chunks.into_iter())
-        }
-    }
-
-    impl SnapshotChunks for List {
-        fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StateMachineError> {
-            Ok(self.0.next())
-        }
-    }
+    use crate::state_machine::{Committed, LogIndex, VecChunks};
 
     fn replica_with_key(key: &[u8]) -> ReplicaState {
         let mut engine = KvStateMachine::default();
@@ -250,7 +236,7 @@ mod tests {
             claims: BTreeMap::new(),
             applied: LogIndex(0),
         };
-        restored.restore(&mut List::new(chunks)).unwrap();
+        restored.restore(&mut VecChunks::from(chunks)).unwrap();
         assert_eq!(restored.claim(VShardId(7)), VShardClaim::Fenced(M1));
         assert_eq!(restored.claim(VShardId(8)), VShardClaim::UNCLAIMED);
         assert_eq!(restored.state_hash(), replica.state_hash());
@@ -280,14 +266,14 @@ mod tests {
     #[test]
     fn a_snapshot_without_a_valid_header_is_refused() {
         let mut replica = replica_with_key(b"a");
-        let empty = replica.restore(&mut List::new(vec![]));
+        let empty = replica.restore(&mut VecChunks::from(vec![]));
         assert!(matches!(empty, Err(StateMachineError::Corrupt(_))));
         let future = postcard::to_stdvec(&ReplicaHeader {
             version: HEADER_VERSION + 1,
             claims: vec![],
         })
         .unwrap();
-        let refused = replica.restore(&mut List::new(vec![future]));
+        let refused = replica.restore(&mut VecChunks::from(vec![future]));
         assert!(matches!(refused, Err(StateMachineError::Corrupt(_))));
     }
 

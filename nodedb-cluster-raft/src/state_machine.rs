@@ -138,6 +138,13 @@ impl VecChunks {
             .chunks(SNAPSHOT_CHUNK_BYTES_MAX)
             .map(<[u8]>::to_vec)
             .collect();
+        VecChunks::from(chunks)
+    }
+}
+
+impl From<Vec<Vec<u8>>> for VecChunks {
+    /// These very chunks, in order.
+    fn from(chunks: Vec<Vec<u8>>) -> VecChunks {
         VecChunks {
             chunks: chunks.into_iter(),
         }

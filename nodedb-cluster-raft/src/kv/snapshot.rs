@@ -162,7 +162,7 @@ mod tests {
     use crate::kv::encode_data;
     use crate::kv::tests::apply;
     use crate::kv::{KvCommand, KvStateMachine};
-    use crate::state_machine::{StateMachine, read_all_chunks};
+    use crate::state_machine::{StateMachine, VecChunks, read_all_chunks};
 
     #[test]
     fn a_snapshot_is_read_chunk_by_chunk_as_the_encoding_of_all_its_entries() {
@@ -202,20 +202,9 @@ mod tests {
         assert_eq!(empty.next_chunk().unwrap(), None);
     }
 
-    /// Chunks of the given sizes cut from `bytes`, the last one taking the rest.
-    struct Cut(std::vec::IntoIter<Vec<u8>>);
-
-    impl Cut {
-        fn new(bytes: &[u8], size: usize) -> Cut {
-            let chunks: Vec<Vec<u8>> = bytes.chunks(size.max(1)).map(<[u8]>::to_vec).collect();
-            Cut(chunks.into_iter())
-        }
-    }
-
-    impl SnapshotChunks for Cut {
-        fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StateMachineError> {
-            Ok(self.0.next())
-        }
+    /// `bytes` in chunks of `size`, the last one taking the rest.
+    fn cut(bytes: &[u8], size: usize) -> VecChunks {
+        VecChunks::from(bytes.chunks(size).map(<[u8]>::to_vec).collect::<Vec<_>>())
     }
 
     #[test]
@@ -231,7 +220,7 @@ mod tests {
         let bytes = read_all_chunks(machine.snapshot().unwrap().as_mut(), u64::MAX).unwrap();
         for size in [1, 2, 7, 300, bytes.len()] {
             let mut restored = KvStateMachine::new();
-            restored.restore(&mut Cut::new(&bytes, size)).unwrap();
+            restored.restore(&mut cut(&bytes, size)).unwrap();
             assert_eq!(
                 restored.state_hash(),
                 machine.state_hash(),
@@ -250,7 +239,7 @@ mod tests {
                 },
             );
             let before = target.state_hash();
-            let refused = target.restore(&mut Cut::new(bytes, 3)).is_err();
+            let refused = target.restore(&mut cut(bytes, 3)).is_err();
             if refused {
                 assert_eq!(
                     target.state_hash(),
