@@ -346,25 +346,16 @@ fn fill_keys(
 
 /// CPU time used so far by every node process and by this process, and bytes the nodes wrote.
 pub fn usage(pids: &BTreeMap<u64, u32>) -> Result<Usage> {
-    let process_ticks = |process: String| {
-        let path = format!("/proc/{process}/stat");
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        stat_cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}: {stat}"))
-    };
-    let bytes_written = |pid: u32| {
-        let path = format!("/proc/{pid}/io");
-        let io = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        io_bytes_written(&io).with_context(|| format!("no wchar in {path}: {io}"))
-    };
+    let process_ticks = |process: &str| proc_number(process, "stat", "CPU times", stat_cpu_ticks);
     Ok(Usage {
         nodes: pids
             .iter()
-            .map(|(id, pid)| Ok((*id, process_ticks(pid.to_string())?)))
+            .map(|(id, pid)| Ok((*id, process_ticks(&pid.to_string())?)))
             .collect::<Result<_>>()?,
-        load_generator: process_ticks("self".to_string())?,
+        load_generator: process_ticks("self")?,
         nodes_bytes_written: pids
             .values()
-            .map(|pid| bytes_written(*pid))
+            .map(|pid| proc_number(&pid.to_string(), "io", "wchar", io_bytes_written))
             .sum::<Result<u64>>()?,
     })
 }
@@ -372,21 +363,32 @@ pub fn usage(pids: &BTreeMap<u64, u32>) -> Result<Usage> {
 /// The largest resident memory any node process has had since it started (`VmHWM`), in bytes.
 pub fn nodes_peak_resident_bytes(pids: &BTreeMap<u64, u32>) -> Result<u64> {
     pids.values()
-        .map(|pid| {
-            let path = format!("/proc/{pid}/status");
-            let status =
-                std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-            peak_resident_bytes(&status).with_context(|| format!("no VmHWM in {path}"))
-        })
+        .map(|pid| proc_number(&pid.to_string(), "status", "VmHWM", peak_resident_bytes))
         .try_fold(0, |peak, bytes| Ok(peak.max(bytes?)))
+}
+
+/// The number `parse` finds in `/proc/<process>/<file>`, `what` naming it in the error.
+fn proc_number(
+    process: &str,
+    file: &str,
+    what: &str,
+    parse: fn(&str) -> Option<u64>,
+) -> Result<u64> {
+    let path = format!("/proc/{process}/{file}");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse(&text).with_context(|| format!("no {what} in {path}: {text}"))
+}
+
+/// The text after `name:` on its line of a `/proc` text, trimmed.
+fn proc_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 /// The `VmHWM` line of a `/proc/<pid>/status` text, in bytes.
 fn peak_resident_bytes(status: &str) -> Option<u64> {
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .trim()
+    let kib: u64 = proc_field(status, "VmHWM")?
         .strip_suffix("kB")?
         .trim()
         .parse()
@@ -396,11 +398,7 @@ fn peak_resident_bytes(status: &str) -> Option<u64> {
 
 /// The `wchar` line of a `/proc/<pid>/io` text.
 fn io_bytes_written(io: &str) -> Option<u64> {
-    io.lines()
-        .find_map(|line| line.strip_prefix("wchar:"))?
-        .trim()
-        .parse()
-        .ok()
+    proc_field(io, "wchar")?.parse().ok()
 }
 
 /// User plus system time (fields 14 and 15) of a `/proc/<pid>/stat` text, in clock ticks.
