@@ -3,6 +3,7 @@
 //! the group. Messages are postcard enums; variants are only ever appended (docs/design.md,
 //! "Node control messages").
 
+use bytes::Bytes;
 use nodedb_cluster_core::metadata::ClusterId;
 use nodedb_cluster_core::{GroupId, MigrationId, NodeId, NodeInfo, VShardId};
 use nodedb_cluster_raft::{CopyId, MembershipError, ProposeError, VShardClaim, VShardStep};
@@ -76,8 +77,8 @@ pub enum MigrationStep {
         vshard: VShardId,
         migration: MigrationId,
         step: VShardStep,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        /// Shared: served on this node, the step is replicated without copying it.
+        data: Bytes,
     },
     /// Answer the vShard's commands applied after the entry at `after` and before the entry
     /// at `before` (read from the leader's log), as a postcard `VShardChanges` of a bounded

@@ -19,8 +19,8 @@ use nodedb_cluster_core::{
 };
 use nodedb_cluster_raft::{
     Applied, AppliedMetadata, LeaderChange, LogIndex, MetadataOutcome, MultiRaft, ProposeError,
-    ReadConsistency, StepOutcome, VSHARD_PART_BYTES, VShardStep, decode_metadata_outcome,
-    encode_metadata_command,
+    ReadConsistency, StepOutcome, VSHARD_PART_BYTES, VShardExportPage, VShardStep,
+    decode_metadata_outcome, encode_metadata_command,
 };
 use nodedb_cluster_transport::{Bytes, Transport, TransportError};
 use serde::Serialize;
@@ -237,16 +237,55 @@ impl GroupClient {
         vshard: VShardId,
         migration: MigrationId,
         step: VShardStep,
-        data: Vec<u8>,
+        data: impl Into<Bytes>,
     ) -> Result<StepOutcome, ControlError> {
         let claim = MigrationStep::Claim {
             vshard,
             migration,
             step,
-            data,
+            data: data.into(),
         };
         match self.migrate(group, claim).await? {
             Served::Stepped(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The page of export `export` of `vshard` in `group` from `first_part` on (see
+    /// [`MigrationStep::Export`]): read in place when this node leads `group`, its parts then
+    /// shared with the export rather than encoded, copied and decoded; else asked of the
+    /// leader.
+    pub async fn export_page(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+        export: u64,
+        first_part: u32,
+        bytes_max: u64,
+    ) -> Result<Arc<VShardExportPage>, ControlError> {
+        if self.raft.is_leader(group) {
+            let bytes_max = page_bytes(bytes_max);
+            match (self.raft)
+                .export_vshard_page(group, vshard, export, first_part, bytes_max)
+                .await
+            {
+                // The lead moved meanwhile: ask whoever leads now.
+                Err(ProposeError::NotLeader { .. }) => {}
+                local => {
+                    return local.map_err(|error| ControlError::from_propose(self.node, error));
+                }
+            }
+        }
+        let read = MigrationStep::Export {
+            vshard,
+            export,
+            first_part,
+            bytes_max,
+        };
+        match self.migrate(group, read).await? {
+            Served::Answered(answer) => decode_answer(&answer).map(Arc::new).map_err(|reason| {
+                ControlError::Invalid(format!("undecodable export page of {group}: {reason}"))
+            }),
             other => Err(unexpected(other)),
         }
     }
@@ -681,9 +720,15 @@ fn page_bytes(bytes_max: u64) -> usize {
 }
 
 /// The answer to a [`MigrationStep`] that reads (`VShardExportPage`, `VShardChanges`, the
-/// bytes per vShard), postcard-encoded.
+/// bytes per vShard), postcard-encoded into a vector sized once (an export page is about a
+/// MiB: grown as it was written, it was copied again at every doubling).
 pub fn encode_answer<T: Serialize>(answer: &T) -> Vec<u8> {
-    postcard::to_stdvec(answer).unwrap_or_else(|error| panic!("migration answer encode: {error}"))
+    let encoded = postcard::experimental::serialized_size(answer).and_then(|size| {
+        let mut out = vec![0; size];
+        postcard::to_slice(answer, &mut out)?;
+        Ok(out)
+    });
+    encoded.unwrap_or_else(|error| panic!("migration answer encode: {error}"))
 }
 
 /// Reads an answer made by [`encode_answer`].

@@ -381,7 +381,7 @@ impl MultiRaft {
         vshard: VShardId,
         migration: MigrationId,
         step: VShardStep,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
     ) -> Result<StepOutcome, ProposeError> {
         let kind = EntryKind::Migration {
             vshard,

@@ -11,6 +11,7 @@ use crate::multi_raft::{MultiRaft, VSHARD_PART_BYTES};
 use crate::state_machine::{LogIndex, StateMachineError, VShardParts};
 use crate::types::{AppRequest, Entry, EntryKind};
 use crate::wire::{self, byte_strings, decode_exact};
+use bytes::Bytes;
 use nodedb_cluster_core::{GroupId, VShardId};
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
@@ -45,8 +46,9 @@ pub struct VShardExportPage {
     /// Whether this page holds the export's last part.
     pub last: bool,
     pub first_part: u32,
-    #[serde(with = "byte_strings")]
-    pub parts: Vec<Vec<u8>>,
+    /// Shared: a reader on the leader's node hands them on without copying them. Encoded as
+    /// [`byte_strings`] encodes a list.
+    pub parts: Vec<Bytes>,
 }
 
 /// The commands of one vShard applied by its group in `(after, through]`.
@@ -135,14 +137,14 @@ impl PagedExport {
         if first_part != next_part {
             return Err(PageError::NotHeld);
         }
-        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut parts: Vec<Bytes> = Vec::new();
         let mut bytes = 0;
         while let Some(part) = self.parts.next_if(|next| {
             parts.is_empty() || bytes + next.as_ref().map_or(0, Vec::len) <= bytes_max
         }) {
             let part = part?;
             bytes += part.len();
-            parts.push(part);
+            parts.push(Bytes::from(part));
         }
         let page = Arc::new(VShardExportPage {
             applied: self.applied,

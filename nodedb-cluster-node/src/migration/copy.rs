@@ -9,7 +9,7 @@ use crate::group_client::{EXPORT_PAGE_BYTES, GroupClient, Served, decode_answer}
 use futures::StreamExt;
 use nodedb_cluster_core::{GroupId, Migration, NodeState};
 use nodedb_cluster_raft::{
-    CopyId, VShardChanges, VShardClaim, VShardExportPage, VShardStep, encode_replayed_commands,
+    CopyId, VShardChanges, VShardClaim, VShardStep, encode_replayed_commands,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -226,21 +226,13 @@ pub(crate) async fn import_page(
         bytes_max,
         copy,
     } = page;
-    let read = MigrationStep::Export {
-        vshard,
-        export,
-        first_part,
-        bytes_max,
-    };
-    let unavailable = |reason: String| ControlError::Unavailable {
-        node: groups.node(),
-        reason: format!("reading export {export} of {vshard} from {from}: {reason}"),
-    };
-    let exported: VShardExportPage = match groups.migrate(from, read).await {
-        Ok(Served::Answered(answer)) => decode_answer(&answer).map_err(unavailable)?,
-        Ok(other) => return Err(unavailable(format!("unexpected answer {other:?}"))),
-        Err(error) => return Err(unavailable(error.to_string())),
-    };
+    let exported = groups
+        .export_page(from, vshard, export, first_part, bytes_max)
+        .await
+        .map_err(|error| ControlError::Unavailable {
+            node: groups.node(),
+            reason: format!("reading export {export} of {vshard} from {from}: {error}"),
+        })?;
     let mut imported = ImportedPage {
         applied: exported.applied.0,
         serving: exported.serving,
@@ -249,7 +241,7 @@ pub(crate) async fn import_page(
         bytes: 0,
         refused: None,
     };
-    let mut parts = exported.parts.into_iter();
+    let mut parts = exported.parts.iter().cloned();
     if exported.first_part == 0 {
         let first = parts.next().unwrap_or_default();
         let bytes = first.len() as u64;
