@@ -5,11 +5,14 @@
 //! write pause the node measured from the fence to the routing switch, with the writer's
 //! slowest write as a cross-check, and the CPU the three nodes used and the bytes they wrote to
 //! files per copied megabyte (the writer's load included: on a machine whose cores the nodes
-//! share, the copy is CPU-bound).
+//! share, the copy is CPU-bound). Last, with the nodes stopped, the disk's rate for writes like
+//! the Raft logs' (`disk_probe`), and the copy rate it would allow at the bytes written per
+//! copied byte: the copy is disk-bound when it comes near that.
 
 use crate::api::{Api, MigrationView, Reply};
 use crate::bench::{BenchCluster, BenchNodes, on_cluster, usage};
 use crate::cluster::build;
+use crate::disk_probe;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use nodedb_cluster_core::{VShardId, keys_in_vshard, vshard_for_key};
@@ -24,6 +27,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MOVE_WAIT: Duration = Duration::from_secs(120);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 const GROUPS: u32 = 8;
+/// Bytes each of the disk probe's three writers writes (see `disk_probe`).
+const DISK_PROBE_BYTES_EACH: u64 = 256 << 20;
+const MIB: f64 = (1 << 20) as f64;
 
 /// `cargo xtask bench migration`.
 #[derive(Debug, Clone, Args)]
@@ -86,7 +92,19 @@ pub fn run(args: &BenchMigrationArgs) -> Result<()> {
         "largest node's peak memory {:.0} MB",
         peak_resident as f64 / 1e6
     );
-    let summary = summary_json(args, &samples, peak_resident);
+    // With the nodes stopped: the disk's own rate for the log's kind of writes.
+    let disk_rate = disk_probe::synced_write_rate(&run.work_dir, 3, DISK_PROBE_BYTES_EACH)?;
+    let summary = summary_json(args, &samples, peak_resident, disk_rate);
+    if let (Some(bound), Some(rate)) = (
+        summary["copy_mb_per_s_disk_bound"].as_f64(),
+        summary["copy_mb_per_s_mean"].as_f64(),
+    ) {
+        eprintln!(
+            "disk: 3 writers syncing like the Raft log wrote {:.0} MB/s together; at the bytes the nodes wrote per copied byte, the disk would let a copy move {bound:.0} MB/s (this one moved {rate:.0}, {:.0}% of that)",
+            disk_rate / MIB,
+            100.0 * rate / bound,
+        );
+    }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     let path = run.bench_dir.join(format!("migration-{}.json", run.id));
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
@@ -263,7 +281,12 @@ fn percentile(sorted: &[Duration], quantile: f64) -> Option<f64> {
     Some(sorted[index.min(last)].as_secs_f64() * 1000.0)
 }
 
-fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample], peak_resident: u64) -> Value {
+fn summary_json(
+    args: &BenchMigrationArgs,
+    samples: &[MoveSample],
+    peak_resident: u64,
+    disk_bytes_per_second: f64,
+) -> Value {
     let mut pauses: Vec<Duration> = samples.iter().filter_map(|sample| sample.pause).collect();
     pauses.sort();
     let mut took: Vec<Duration> = samples.iter().map(|sample| sample.took).collect();
@@ -272,16 +295,17 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample], peak_resident
     slowest.sort();
     let rates: Vec<f64> = samples
         .iter()
-        .map(|sample| sample.bytes_copied as f64 / (1 << 20) as f64 / sample.took.as_secs_f64())
+        .map(|sample| sample.bytes_copied as f64 / MIB / sample.took.as_secs_f64())
         .collect();
     let mean_rate = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
     let copied: u64 = samples.iter().map(|sample| sample.bytes_copied).sum();
-    let copied_mb = copied as f64 / (1 << 20) as f64;
+    let copied_mb = copied as f64 / MIB;
     let node_cpu_seconds: f64 = samples.iter().map(|sample| sample.node_cpu_seconds).sum();
     let written: u64 = samples
         .iter()
         .map(|sample| sample.nodes_bytes_written)
         .sum();
+    let written_per_copied = (copied > 0).then(|| written as f64 / copied as f64);
     json!({
         "benchmark": "migration",
         "profile": crate::bench::profile(args.node_binary.as_deref(), args.debug),
@@ -291,7 +315,9 @@ fn summary_json(args: &BenchMigrationArgs, samples: &[MoveSample], peak_resident
         "move_ms_p50": percentile(&took, 0.5),
         "copy_mb_per_s_mean": mean_rate,
         "node_cpu_ms_per_copied_mb": (copied_mb > 0.0).then(|| node_cpu_seconds * 1000.0 / copied_mb),
-        "nodes_bytes_written_per_copied_byte": (copied > 0).then(|| written as f64 / copied as f64),
+        "nodes_bytes_written_per_copied_byte": written_per_copied,
+        "disk_synced_write_mb_per_s": disk_bytes_per_second / MIB,
+        "copy_mb_per_s_disk_bound": written_per_copied.map(|per_byte| disk_bytes_per_second / MIB / per_byte),
         "write_pause_ms_p50": percentile(&pauses, 0.5),
         "write_pause_ms_p99": percentile(&pauses, 0.99),
         "slowest_write_ms_p50": percentile(&slowest, 0.5),

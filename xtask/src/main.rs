@@ -15,6 +15,7 @@ mod chaos;
 mod checks;
 mod cli;
 mod cluster;
+mod disk_probe;
 mod fake_node;
 mod fuzz;
 mod layering;
