@@ -189,6 +189,7 @@ pub fn on_cluster<T>(
         snapshot_logs_since_last: None,
     };
     let launched = Cluster::launch(&spec, &processes)?;
+    launched.wait_placed(crate::cluster::READY_TIMEOUT)?;
     let nodes = BenchNodes {
         admin_addrs: launched.admin_addrs().into_values().collect(),
         pids: launched

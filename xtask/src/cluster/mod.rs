@@ -334,6 +334,37 @@ impl Cluster {
         }
     }
 
+    /// Waits until every data group has its replication factor of voters and no learner (the
+    /// reconciler adds replicas to the groups a bootstrap created on one node after the nodes
+    /// are ready; a measurement made before then measures that too).
+    pub fn wait_placed(&self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        let replicas = self.shape.replication_factor as usize;
+        loop {
+            let unplaced = self.view_from_any().map(|view| {
+                view.groups
+                    .iter()
+                    .filter(|group| group.id != 0)
+                    .filter(|group| group.voters.len() != replicas || !group.learners.is_empty())
+                    .count()
+            });
+            if unplaced == Some(0) {
+                eprintln!(
+                    "every data group on {replicas} replicas after {:.1?}",
+                    started.elapsed()
+                );
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "data groups still short of {replicas} voters after {timeout:?} ({} unplaced)",
+                    unplaced.map_or("no node answered".to_string(), |n| n.to_string())
+                );
+            }
+            std::thread::sleep(READY_POLL_INTERVAL);
+        }
+    }
+
     /// `/v1/cluster` as seen by `node_id`.
     pub fn view(&self, node_id: u64) -> Result<ClusterView> {
         self.api.cluster(self.layout(node_id)?.ports.admin_addr)
