@@ -66,3 +66,16 @@ fn write_synced(path: &Path, bytes: u64) -> Result<u64> {
     std::fs::remove_file(path).with_context(what)?;
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_writes_what_it_says_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = synced_write_rate(dir.path(), 2, 3 * WRITE_BYTES as u64).unwrap();
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
