@@ -46,8 +46,8 @@ pub struct VShardExportPage {
     /// Whether this page holds the export's last part.
     pub last: bool,
     pub first_part: u32,
-    /// Shared: a reader on the leader's node hands them on without copying them. Encoded as
-    /// [`byte_strings`] encodes a list.
+    /// Shared: a reader on the leader's node hands them on without copying them. Encoded as a
+    /// list of byte strings, the same bytes as a list of `Vec<u8>` with `serde_bytes`.
     pub parts: Vec<Bytes>,
 }
 
@@ -419,4 +419,41 @@ pub fn decode_replayed_commands(bytes: &[u8]) -> Result<Vec<Vec<u8>>, StateMachi
     decode_exact::<ReplayedCommands>(bytes)
         .map(|commands| commands.0)
         .map_err(|error| StateMachineError::Corrupt(format!("replayed commands: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page's parts, now shared, keep the encoding they had as vectors.
+    #[test]
+    fn a_page_encodes_its_parts_as_byte_strings() {
+        #[derive(Serialize)]
+        struct AsVectors {
+            applied: LogIndex,
+            serving: bool,
+            last: bool,
+            first_part: u32,
+            #[serde(with = "byte_strings")]
+            parts: Vec<Vec<u8>>,
+        }
+        let parts = vec![b"first".to_vec(), Vec::new(), vec![7; 300]];
+        let page = VShardExportPage {
+            applied: LogIndex(42),
+            serving: true,
+            last: false,
+            first_part: 3,
+            parts: parts.iter().cloned().map(Bytes::from).collect(),
+        };
+        let as_vectors = AsVectors {
+            applied: LogIndex(42),
+            serving: true,
+            last: false,
+            first_part: 3,
+            parts,
+        };
+        let bytes = wire::encode(&page);
+        assert_eq!(bytes, wire::encode(&as_vectors));
+        assert_eq!(postcard::from_bytes::<VShardExportPage>(&bytes), Ok(page));
+    }
 }
