@@ -5,6 +5,8 @@
 //! divided by `n`.
 
 use anyhow::{Context, Result};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -40,16 +42,9 @@ pub fn synced_write_rate(dir: &Path, writers: usize, bytes_each: u64) -> Result<
 fn write_synced(path: &Path, bytes: u64) -> Result<u64> {
     let what = || format!("disk probe {}", path.display());
     let mut file = File::create(path).with_context(what)?;
-    // Not a repeated byte, which a storage layer could compress or deduplicate.
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let block: Vec<u8> = (0..WRITE_BYTES)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    // Random, not a repeated byte, which a storage layer could compress or deduplicate.
+    let mut block = vec![0u8; WRITE_BYTES];
+    SmallRng::seed_from_u64(bytes).fill(&mut block[..]);
     let (mut written, mut unsynced) = (0, 0);
     while written < bytes {
         file.write_all(&block).with_context(what)?;
