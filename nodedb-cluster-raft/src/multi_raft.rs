@@ -53,6 +53,9 @@ pub struct RaftTimings {
     /// Entries kept in the log behind a snapshot, so that slightly lagging followers catch up
     /// from the log rather than by snapshot.
     pub logs_to_keep_after_snapshot: u64,
+    /// Bytes of entries kept behind a snapshot at most, whatever their count (see
+    /// `log_growth`): a follower further behind gets the snapshot.
+    pub log_bytes_to_keep_after_snapshot: u64,
     /// A group unused this long, with every member caught up, stops its heartbeats and
     /// election timers until it is used again (see [`GroupStatus::quiesced`]); 0 never.
     pub quiesce_after_ms: u64,
@@ -69,6 +72,7 @@ impl Default for RaftTimings {
             snapshot_logs_since_last: 10_000,
             snapshot_log_bytes_since_last: 1024 * 1024 * 1024,
             logs_to_keep_after_snapshot: 1000,
+            log_bytes_to_keep_after_snapshot: 64 * 1024 * 1024,
             quiesce_after_ms: 2000,
         }
     }
@@ -87,6 +91,7 @@ impl RaftTimings {
             snapshot_logs_since_last: 200,
             snapshot_log_bytes_since_last: 64 * 1024 * 1024,
             logs_to_keep_after_snapshot: 20,
+            log_bytes_to_keep_after_snapshot: 64 * 1024 * 1024,
             quiesce_after_ms: 500,
         }
     }
@@ -614,7 +619,11 @@ impl MultiRaft {
             .removed_last_index(group)
             .map_err(|error| storage(error.to_string()))?;
         let machine = SharedMachine::new(machine);
-        let growth = LogGrowth::new(self.inner.timings.snapshot_log_bytes_since_last);
+        let timings = &self.inner.timings;
+        let growth = LogGrowth::new(
+            timings.snapshot_log_bytes_since_last,
+            timings.log_bytes_to_keep_after_snapshot,
+        );
         let adapter = MachineAdapter::open(
             group,
             machine.clone(),

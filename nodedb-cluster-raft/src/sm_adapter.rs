@@ -207,7 +207,8 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
             }
         }
         self.apply_commands(&mut pending)?;
-        self.growth.applied(payload_bytes);
+        let through = self.applied.map_or(0, |log_id| log_id.index);
+        self.growth.applied(through, payload_bytes);
         Ok(())
     }
 
@@ -254,6 +255,7 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.growth.captured();
+        self.growth.installed();
         self.growth.snapshot_is(file.bytes);
         *lock(&self.current) = Some((meta.clone(), file));
         Ok(())
@@ -283,6 +285,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tracing::debug!(group = %self.group, snapshot = %self.meta, bytes = file.bytes, "built snapshot");
         crate::metrics::snapshot_built(self.group);
         self.growth.snapshot_is(file.bytes);
+        if let Some(through) = self.meta.last_log_id {
+            self.growth.built(through.index);
+        }
         *lock(&self.current) = Some((self.meta.clone(), file.clone()));
         Ok(Snapshot {
             meta: self.meta.clone(),

@@ -111,3 +111,46 @@ async fn a_log_of_large_entries_is_compacted_by_its_bytes() {
     cluster.wait_converged(group).await;
     cluster.shutdown().await;
 }
+
+/// openraft keeps a count of entries behind a snapshot; large entries are kept only up to
+/// `log_bytes_to_keep_after_snapshot`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_behind_a_snapshot_keeps_at_most_its_bytes() {
+    let kept_entries = 2;
+    let timings = RaftTimings {
+        snapshot_logs_since_last: 10_000,
+        snapshot_log_bytes_since_last: 256 * 1024,
+        logs_to_keep_after_snapshot: 1000,
+        log_bytes_to_keep_after_snapshot: kept_entries * VALUE_BYTES as u64,
+        ..RaftTimings::for_tests()
+    };
+    let mut cluster = TestCluster::with_timings(3, 43, timings).await;
+    let group = GroupId(1);
+    cluster.create_group(group, &VOTERS).await;
+    cluster.wait_leader(group).await;
+
+    let value = "v".repeat(VALUE_BYTES);
+    for i in 0..24 {
+        cluster.put(group, &format!("big-{i}"), &value).await;
+    }
+    for node in VOTERS {
+        // Each entry carries a little more than a value: at most `kept_entries - 1` whole
+        // entries (and the snapshot's own) stay behind the snapshot.
+        let (purged, snapshot) = wait_for(
+            "every replica to purge down to its kept bytes",
+            WAIT,
+            || {
+                let status = cluster.status(node, group)?;
+                let (purged, snapshot) = (status.purged_index?.0, status.snapshot_index?.0);
+                (snapshot >= 4 && snapshot - purged < kept_entries).then_some((purged, snapshot))
+            },
+        )
+        .await;
+        assert!(
+            purged > 0,
+            "{node}: purged through {purged}, snapshot at {snapshot}"
+        );
+    }
+    cluster.wait_converged(group).await;
+    cluster.shutdown().await;
+}
