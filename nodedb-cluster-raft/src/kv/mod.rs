@@ -420,26 +420,38 @@ fn shared<'a>(entries: Vec<KeyValueRef<'a>>) -> impl Iterator<Item = (Vec<u8>, V
 }
 
 fn decode_data(bytes: &[u8]) -> Result<Vec<KeyValueRef<'_>>, StateMachineError> {
-    match bytes.first() {
-        Some(&KV_FORMAT_VERSION) => {}
-        Some(other) => {
-            return Err(StateMachineError::Corrupt(format!(
-                "kv data version {other}"
-            )));
-        }
-        None => return Err(StateMachineError::Corrupt("empty kv data".to_string())),
-    }
+    let Some(&version) = bytes.first() else {
+        return Err(StateMachineError::Corrupt("empty kv data".to_string()));
+    };
+    check_version(version)?;
     let data: KvDataRef<'_> =
         decode_exact(bytes).map_err(|error| StateMachineError::Corrupt(error.to_string()))?;
-    // Written from a sorted map: keys out of order or repeated are damage, and accepting them
-    // would give replicas whose snapshots differ from the bytes they restored.
-    if let Some(pair) = data.entries.windows(2).find(|pair| pair[0].0 >= pair[1].0) {
-        return Err(StateMachineError::Corrupt(format!(
-            "kv data keys out of order or repeated: {:?} then {:?}",
-            pair[0].0, pair[1].0
-        )));
+    for pair in data.entries.windows(2) {
+        check_ascending(pair[0].0, pair[1].0)?;
     }
     Ok(data.entries)
+}
+
+/// Refuses kv data (an export or a snapshot) of a version this build does not write.
+fn check_version(version: u8) -> Result<(), StateMachineError> {
+    match version {
+        KV_FORMAT_VERSION => Ok(()),
+        other => Err(StateMachineError::Corrupt(format!(
+            "kv data version {other}"
+        ))),
+    }
+}
+
+/// Refuses `key` after `previous` unless it is greater. kv data is written from sorted maps:
+/// keys out of order or repeated are damage, and accepting them would give replicas whose
+/// snapshots differ from the bytes they restored.
+fn check_ascending(previous: &[u8], key: &[u8]) -> Result<(), StateMachineError> {
+    if previous >= key {
+        return Err(StateMachineError::Corrupt(format!(
+            "kv data keys out of order or repeated: {previous:?} then {key:?}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

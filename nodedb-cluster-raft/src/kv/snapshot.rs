@@ -2,7 +2,9 @@
 //! the chunks are read, so that neither side holds the snapshot's bytes at once. The bytes are
 //! [`encode_data`](super::encode_data) over every entry, keys ascending.
 
-use super::{KV_FORMAT_VERSION, KeyValueRef, KvStateMachine, Value};
+use super::{
+    KV_FORMAT_VERSION, KeyValueRef, KvStateMachine, Value, check_ascending, check_version,
+};
 use crate::state_machine::{SNAPSHOT_CHUNK_BYTES_MAX, SnapshotChunks, StateMachineError};
 use crate::wire::{TakeError, encode_onto, take_exact};
 
@@ -130,11 +132,7 @@ pub(super) fn restore(
         start: 0,
     };
     let (version, count) = reader.take(|bytes| take_exact::<(u8, u64)>(bytes))?;
-    if version != KV_FORMAT_VERSION {
-        return Err(StateMachineError::Corrupt(format!(
-            "kv data version {version}"
-        )));
-    }
+    check_version(version)?;
     let mut restored = KvStateMachine::default();
     let mut previous: Option<Vec<u8>> = None;
     for _ in 0..count {
@@ -142,12 +140,8 @@ pub(super) fn restore(
             take_exact::<KeyValueRef<'_>>(bytes)
                 .map(|(KeyValueRef(key, value), used)| ((key.to_vec(), Value::from(value)), used))
         })?;
-        // Written from sorted maps: keys out of order or repeated are damage, and accepting
-        // them would give replicas whose snapshots differ from the bytes they restored.
-        if previous.as_ref().is_some_and(|previous| *previous >= key) {
-            return Err(StateMachineError::Corrupt(format!(
-                "kv snapshot keys out of order or repeated: {previous:?} then {key:?}"
-            )));
+        if let Some(previous) = &previous {
+            check_ascending(previous, &key)?;
         }
         previous = Some(key.clone());
         restored.insert(key, value);
