@@ -158,16 +158,23 @@ mod tests {
     use crate::kv::{KvCommand, KvStateMachine};
     use crate::state_machine::{StateMachine, VecChunks, read_all_chunks};
 
-    #[test]
-    fn a_snapshot_is_read_chunk_by_chunk_as_the_encoding_of_all_its_entries() {
+    /// A machine holding keys `key-0` .. `key-<count - 1>`, the value of key `i` being
+    /// `value_len(i)` bytes of `i`.
+    fn machine_with(count: u32, value_len: impl Fn(usize) -> usize) -> KvStateMachine {
         let mut machine = KvStateMachine::new();
-        for i in 0..200u32 {
+        for i in 0..count {
             let put = KvCommand::Put {
                 key: format!("key-{i}").into_bytes(),
-                value: vec![i as u8; (i as usize % 7) * 20_000],
+                value: vec![i as u8; value_len(i as usize)],
             };
             apply(&mut machine, put);
         }
+        machine
+    }
+
+    #[test]
+    fn a_snapshot_is_read_chunk_by_chunk_as_the_encoding_of_all_its_entries() {
+        let mut machine = machine_with(200, |i| (i % 7) * 20_000);
         let large = vec![7u8; 3 * SNAPSHOT_CHUNK_BYTES_MAX + 5];
         let put = KvCommand::Put {
             key: b"large".to_vec(),
@@ -203,14 +210,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_restores_from_chunks_cut_anywhere_and_damage_is_refused() {
-        let mut machine = KvStateMachine::new();
-        for i in 0..40u32 {
-            let put = KvCommand::Put {
-                key: format!("key-{i}").into_bytes(),
-                value: vec![i as u8; (i as usize % 5) * 300],
-            };
-            apply(&mut machine, put);
-        }
+        let machine = machine_with(40, |i| (i % 5) * 300);
         let bytes = read_all_chunks(machine.snapshot().unwrap().as_mut(), u64::MAX).unwrap();
         for size in [1, 2, 7, 300, bytes.len()] {
             let mut restored = KvStateMachine::new();
