@@ -186,32 +186,10 @@ pub(crate) async fn trigger_snapshots(
     loop {
         growth.due.notified().await;
         let purge = lock(&growth.purge).take();
-        if let Some((snapshot, through)) = purge {
-            // openraft purges only behind the snapshot it knows of, and learns of a snapshot
-            // after it is built: asked earlier, it purged behind the one before.
-            let known = async {
-                let mut metrics = raft.metrics();
-                loop {
-                    let watched = metrics.borrow_watched().snapshot;
-                    if watched.is_some_and(|known| known.index >= snapshot) {
-                        return true;
-                    }
-                    if metrics.changed().await.is_err() {
-                        return false;
-                    }
-                }
-            };
-            match tokio::time::timeout(SNAPSHOT_KNOWN_WAIT, known).await {
-                Ok(false) => return,
-                Ok(true) => {
-                    tracing::debug!(%group, through, "purging the log behind a snapshot down to its kept bytes");
-                    if raft.trigger().purge_log(through).await.is_err() {
-                        return;
-                    }
-                }
-                // Not taken (a newer snapshot or an install replaced it): the next one purges.
-                Err(_elapsed) => {}
-            }
+        if let Some((snapshot, through)) = purge
+            && !purge_behind(group, &raft, snapshot, through).await
+        {
+            return;
         }
         if growth.is_due() {
             tracing::debug!(%group, ?growth, "log grew past its bound: asking for a snapshot");
@@ -219,6 +197,39 @@ pub(crate) async fn trigger_snapshots(
                 return;
             }
         }
+    }
+}
+
+/// Asks openraft to purge the log through `through` once it knows the snapshot at `snapshot`
+/// (or a later one): openraft purges only behind the snapshot it knows of, and learns of a
+/// snapshot after it is built; asked earlier, it purged behind the one before. A snapshot it
+/// never learns of within [`SNAPSHOT_KNOWN_WAIT`] (its build failed) is let go: the next one
+/// purges. False once the replica has stopped.
+async fn purge_behind(
+    group: GroupId,
+    raft: &Raft<MachineAdapter>,
+    snapshot: u64,
+    through: u64,
+) -> bool {
+    let known = async {
+        let mut metrics = raft.metrics();
+        loop {
+            let watched = metrics.borrow_watched().snapshot;
+            if watched.is_some_and(|known| known.index >= snapshot) {
+                return true;
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    };
+    match tokio::time::timeout(SNAPSHOT_KNOWN_WAIT, known).await {
+        Ok(false) => false,
+        Ok(true) => {
+            tracing::debug!(%group, through, "purging the log behind a snapshot down to its kept bytes");
+            raft.trigger().purge_log(through).await.is_ok()
+        }
+        Err(_elapsed) => true,
     }
 }
 
