@@ -183,6 +183,9 @@ pub async fn start_cluster_on(
         metadata.clone(),
         CONTROL_RPC_TIMEOUT,
     );
+    // A replica taking over a vShard that its node's replica of the source cannot give reads
+    // it from the source's leader.
+    raft.set_fenced_vshards(Arc::new(groups.clone()));
     let vshards = VShardClient::new(groups.clone(), metadata.clone());
     let (stop, _) = watch::channel(false);
     let cluster = Cluster {

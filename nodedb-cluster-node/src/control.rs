@@ -98,6 +98,16 @@ pub enum MigrationStep {
     /// leader straight to the target's, and not over the network at all when one node leads
     /// both. Answered with `Answered`: a postcard `ImportedPage`.
     ImportPage(ImportPage),
+    /// Answer the vShard's standing on the leader after a read barrier, as `Answered`: a
+    /// postcard `FencedDigest` (applied index, claim, digest of its data). A handover checks
+    /// the data it takes against the source's digest at the fence.
+    Digest { vshard: VShardId },
+    /// Served by the replica of the node asked, not by the leader: answer, as `Answered`
+    /// (a postcard `bool`), whether that replica no longer needs any log entry up to
+    /// `through` (snapshot past it, log durably purged through it), asking for what is
+    /// missing when not (see `MultiRaft::make_durable_through`). A source drops a vShard it
+    /// handed over only once every replica of the target answers true.
+    DurableThrough { through: u64 },
 }
 
 /// One page of an export for a target group's leader to copy in: the step
@@ -286,6 +296,10 @@ impl std::fmt::Display for MigrationStep {
                 before,
             } => write!(f, "changes of {vshard} after {after} before {before}"),
             MigrationStep::Sizes => write!(f, "bytes per vShard"),
+            MigrationStep::Digest { vshard } => write!(f, "digest of {vshard}"),
+            MigrationStep::DurableThrough { through } => {
+                write!(f, "snapshot and purge through {through}")
+            }
             MigrationStep::ImportPage(page) => write!(
                 f,
                 "import of export {} of {} from {} (part {} on) as {:?} in {}",

@@ -90,6 +90,8 @@ impl Operation {
                 | Operation::Migrate(MigrationStep::Export { .. })
                 | Operation::Migrate(MigrationStep::Changes { .. })
                 | Operation::Migrate(MigrationStep::Sizes)
+                | Operation::Migrate(MigrationStep::Digest { .. })
+                | Operation::Migrate(MigrationStep::DurableThrough { .. })
         )
     }
 }
@@ -524,7 +526,7 @@ impl GroupClient {
         }
     }
 
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         node: NodeId,
         group: GroupId,
@@ -652,6 +654,14 @@ impl GroupClient {
                 MigrationStep::Sizes => raft
                     .vshard_bytes(group)
                     .map(|bytes| Served::Answered(encode_answer(&bytes))),
+                MigrationStep::Digest { vshard } => raft
+                    .vshard_digest(group, vshard)
+                    .await
+                    .map(|digest| Served::Answered(encode_answer(&digest))),
+                MigrationStep::DurableThrough { through } => raft
+                    .make_durable_through(group, LogIndex(through))
+                    .await
+                    .map(|durable| Served::Answered(encode_answer(&durable))),
                 MigrationStep::Claim {
                     vshard,
                     migration,

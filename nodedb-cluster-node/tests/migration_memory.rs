@@ -22,6 +22,7 @@ use nodedb_cluster_core::{
 use nodedb_cluster_node::cluster::Cluster;
 use nodedb_cluster_node::node_service::NodeService;
 use nodedb_cluster_node::service::{ClusterService, ReadConsistency, ServiceError};
+use nodedb_cluster_raft::VShardClaim;
 use nodedb_cluster_transport::MemoryNetwork;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -135,6 +136,17 @@ async fn run_seed(seed: u64) {
             "seed {seed}: move {round} ended {phase:?}"
         );
         assert_eq!(owner_of(&live(&nodes)[0], vshard), to);
+        // Three nodes hold every group: each node's replica of the target took the vShard from
+        // its replica of the source, nothing was copied through the log.
+        eventually(
+            "every replica of the target took the vShard over",
+            || async {
+                live(&nodes).iter().all(|cluster| {
+                    cluster.raft().claim(to, vshard).ok() == Some(VShardClaim::Handed(id))
+                })
+            },
+        )
+        .await;
         let measured = live(&nodes).iter().find_map(|cluster| {
             let progress = cluster.migration_progress().get(id)?;
             Some((progress.write_pause?, progress.bytes_copied))
@@ -231,6 +243,18 @@ async fn a_vshard_moves_to_a_group_its_source_leader_is_not_in() {
     let id = begin_move(&nodes, vshard, to).await;
     assert_eq!(wait_final(&nodes, id).await, MigrationPhase::Cleaned);
     assert_eq!(owner_of(&first, vshard), to);
+    // The target has a replica on a node without the source: copied, not handed over.
+    eventually("every replica of the target adopted the copy", || async {
+        let claims: Vec<VShardClaim> = live(&nodes)
+            .iter()
+            .filter_map(|cluster| cluster.raft().claim(to, vshard).ok())
+            .collect();
+        claims.len() == 3
+            && claims
+                .iter()
+                .all(|claim| *claim == VShardClaim::Serving(id))
+    })
+    .await;
     for cluster in live(&nodes) {
         let service = NodeService::new(cluster.clone());
         for key in &keys {

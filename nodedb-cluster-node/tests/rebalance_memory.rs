@@ -2,18 +2,26 @@
 //! group make it much larger than the others, and the metadata leader moves vShards away from it
 //! on its own, never more than `concurrent_max` at a time; every key written stays readable.
 //! A node that joins makes the metadata leader even out the groups' vShard counts. A move's
-//! copy keeps to the configured bandwidth.
+//! copy keeps to the configured bandwidth (a move that can hand the vShard over copies nothing;
+//! an engine without vShard digests makes it copy).
 
 mod memory_cluster;
 
 use memory_cluster::{
     NUM_GROUPS, WAIT, config, eventually, fully_replicated, start, start_three_with,
 };
-use nodedb_cluster_core::{GroupId, MigrationPhase, VShardId, keys_in_vshard, vshard_for_key};
+use nodedb_cluster_core::{
+    GroupId, MigrationId, MigrationPhase, VShardId, keys_in_vshard, vshard_for_key,
+};
 use nodedb_cluster_node::cluster::{Cluster, ClusterConfig};
+use nodedb_cluster_node::engine::EngineFactory;
 use nodedb_cluster_node::migration::MigrationSettings;
 use nodedb_cluster_node::node_service::NodeService;
 use nodedb_cluster_node::service::{ClusterService, ReadConsistency};
+use nodedb_cluster_raft::kv::KvStateMachine;
+use nodedb_cluster_raft::{
+    Committed, SnapshotChunks, StateMachine, StateMachineError, VShardClaim, VShardParts,
+};
 use nodedb_cluster_transport::MemoryNetwork;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -228,6 +236,7 @@ async fn a_move_copies_no_faster_than_the_configured_bandwidth() {
             auto_rebalance: false,
             ..MigrationSettings::default()
         },
+        engine: EngineFactory::new(|_| Box::new(WithoutDigests(KvStateMachine::new()))),
         ..config(1, &[], data.path())
     };
     let node = start(&network, single).await;
@@ -241,7 +250,7 @@ async fn a_move_copies_no_faster_than_the_configured_bandwidth() {
     let from = owner_of(&node, vshard);
     let to = GroupId(from.0 % NUM_GROUPS + 1);
     let started = Instant::now();
-    service.move_vshard(vshard, to).await.unwrap();
+    let id = MigrationId(service.move_vshard(vshard, to).await.unwrap().id);
     eventually("the move to finish", || async {
         let metadata = node.metadata();
         let applied = metadata.borrow();
@@ -259,7 +268,56 @@ async fn a_move_copies_no_faster_than_the_configured_bandwidth() {
     // The copy waits for the budget to pay for every page it moved.
     let least = Duration::from_secs_f64(0.75 * bytes as f64 / BANDWIDTH as f64);
     assert!(took >= least, "{bytes} bytes moved in {took:?}");
+    assert_eq!(
+        node.raft().claim(to, vshard).ok(),
+        Some(VShardClaim::Serving(id))
+    );
     node.shutdown().await;
+}
+
+/// The KV engine without vShard digests, so that its vShards move by a copy.
+struct WithoutDigests(KvStateMachine);
+
+impl StateMachine for WithoutDigests {
+    fn apply(&mut self, batch: &[Committed<'_>]) -> Result<Vec<Vec<u8>>, StateMachineError> {
+        self.0.apply(batch)
+    }
+
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>, StateMachineError> {
+        self.0.query(query)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn SnapshotChunks>, StateMachineError> {
+        self.0.snapshot()
+    }
+
+    fn restore(&mut self, chunks: &mut dyn SnapshotChunks) -> Result<(), StateMachineError> {
+        self.0.restore(chunks)
+    }
+
+    fn export_vshard(&self, vshard: VShardId) -> Result<Vec<u8>, StateMachineError> {
+        self.0.export_vshard(vshard)
+    }
+
+    fn export_vshard_parts(
+        &self,
+        vshard: VShardId,
+        part_bytes: usize,
+    ) -> Result<VShardParts, StateMachineError> {
+        self.0.export_vshard_parts(vshard, part_bytes)
+    }
+
+    fn import_vshard(&mut self, vshard: VShardId, data: &[u8]) -> Result<(), StateMachineError> {
+        self.0.import_vshard(vshard, data)
+    }
+
+    fn drop_vshard(&mut self, vshard: VShardId) -> Result<(), StateMachineError> {
+        self.0.drop_vshard(vshard)
+    }
+
+    fn state_hash(&self) -> u64 {
+        self.0.state_hash()
+    }
 }
 
 /// vShards each data group owns in `cluster`'s view of the routing.

@@ -7,7 +7,8 @@
 //! A vShard without a recorded claim is `Serving(0)`: every group serves every vShard until a
 //! migration says otherwise; the routing decides which group is asked.
 
-use nodedb_cluster_core::MigrationId;
+use crate::state_machine::VShardDigest;
+use nodedb_cluster_core::{GroupId, MigrationId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -32,6 +33,12 @@ pub enum VShardClaim {
     Importing(MigrationId, CopyId),
     /// The source of the migration (or a given-up target): commands and reads are refused.
     Fenced(MigrationId),
+    /// Commands and reads are served, as under `Serving`; the vShard's data was handed over
+    /// by the source's replica on each node (`VShardStep::Handover`), so until a snapshot
+    /// covers that step, replaying this group's log needs the source to still hold the
+    /// vShard: the source drops it only after every replica of this group has a snapshot
+    /// past the step and has purged its log through it.
+    Handed(MigrationId),
 }
 
 /// One migration step on one group. Persisted in log entries (postcard): variants are
@@ -60,6 +67,15 @@ pub enum VShardStep {
     /// replayed exactly once and in order. The last batch before the fence yields a copy with
     /// `to.fence_index` set, which may then be adopted.
     ImportChanges { from: CopyId, to: CopyId },
+    /// Target, after the source `from` fenced the vShard at `fence_index`: take the vShard's
+    /// data from the source's replica on the same node (or, failing that, from any replica of
+    /// the source), check it against `digest` (the source's at the fence), and serve it. No
+    /// data travels in the log.
+    Handover {
+        from: GroupId,
+        fence_index: u64,
+        digest: VShardDigest,
+    },
 }
 
 /// What a step does to the data besides changing the claim.
@@ -71,6 +87,8 @@ pub enum DataChange {
     Delete,
     /// Replay the payload's commands on the vShard.
     Replay,
+    /// Replace the vShard's data with the source's (see [`VShardStep::Handover`]).
+    HandOver,
 }
 
 impl VShardClaim {
@@ -78,14 +96,20 @@ impl VShardClaim {
 
     pub fn migration(self) -> MigrationId {
         match self {
-            VShardClaim::Serving(id) | VShardClaim::Importing(id, _) | VShardClaim::Fenced(id) => {
-                id
-            }
+            VShardClaim::Serving(id)
+            | VShardClaim::Importing(id, _)
+            | VShardClaim::Fenced(id)
+            | VShardClaim::Handed(id) => id,
         }
     }
 
     pub fn serves(self) -> bool {
-        matches!(self, VShardClaim::Serving(_))
+        matches!(self, VShardClaim::Serving(_) | VShardClaim::Handed(_))
+    }
+
+    /// Whether the vShard was adopted by `migration`'s target, whichever way its data came.
+    pub fn adopted_in(self, migration: MigrationId) -> bool {
+        self == VShardClaim::Serving(migration) || self == VShardClaim::Handed(migration)
     }
 }
 
@@ -98,6 +122,7 @@ impl VShardStep {
         migration: MigrationId,
     ) -> Option<(VShardClaim, DataChange)> {
         use VShardClaim::{Fenced, Importing, Serving};
+        let adopted = current.adopted_in(migration);
         let older = current.migration() < migration;
         let importing = matches!(current, Importing(id, _) if id == migration);
         let (next, change) = match self {
@@ -113,10 +138,15 @@ impl VShardStep {
                 (Importing(migration, to), DataChange::Replay)
             }
             VShardStep::Adopt(copy)
-                if (current == Importing(migration, copy) && copy.fence_index > 0)
-                    || current == Serving(migration) =>
+                if current == Importing(migration, copy) && copy.fence_index > 0 =>
             {
                 (Serving(migration), DataChange::None)
+            }
+            VShardStep::Adopt(_) | VShardStep::Handover { .. } if adopted => {
+                (current, DataChange::None)
+            }
+            VShardStep::Handover { .. } if older || importing => {
+                (VShardClaim::Handed(migration), DataChange::HandOver)
             }
             VShardStep::Fence if (older && current.serves()) || current == Fenced(migration) => {
                 (Fenced(migration), DataChange::None)
@@ -130,9 +160,7 @@ impl VShardStep {
             {
                 (Serving(migration), DataChange::None)
             }
-            VShardStep::Discard
-                if current.migration() <= migration && current != Serving(migration) =>
-            {
+            VShardStep::Discard if current.migration() <= migration && !adopted => {
                 (Fenced(migration), DataChange::Delete)
             }
             _ => return None,
@@ -151,6 +179,7 @@ impl fmt::Display for VShardClaim {
                 copy.nonce, copy.fence_index
             ),
             VShardClaim::Fenced(id) => write!(f, "fenced by {id}"),
+            VShardClaim::Handed(id) => write!(f, "serving since {id} (handed over)"),
         }
     }
 }
@@ -158,7 +187,7 @@ impl fmt::Display for VShardClaim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use VShardClaim::{Fenced, Importing, Serving};
+    use VShardClaim::{Fenced, Handed, Importing, Serving};
 
     const M1: MigrationId = MigrationId(1);
     const M2: MigrationId = MigrationId(2);
@@ -292,6 +321,69 @@ mod tests {
             to: EARLY,
         };
         assert_eq!(onto_itself.apply(Importing(M1, EARLY), M1), None);
+    }
+
+    const HANDOVER: VShardStep = VShardStep::Handover {
+        from: GroupId(2),
+        fence_index: 40,
+        digest: VShardDigest { bytes: 7, hash: 9 },
+    };
+
+    #[test]
+    fn a_handover_is_taken_once_and_then_held_like_an_adoption() {
+        use VShardStep::*;
+        // Onto an untouched vShard, or over a copy that came in part-way.
+        for before in [VShardClaim::UNCLAIMED, Importing(M1, EARLY)] {
+            assert_eq!(
+                HANDOVER.apply(before, M1),
+                Some((Handed(M1), DataChange::HandOver))
+            );
+        }
+        // Taken again, or after another driver adopted a copy: nothing changes.
+        assert_eq!(
+            HANDOVER.apply(Handed(M1), M1),
+            Some((Handed(M1), DataChange::None))
+        );
+        assert_eq!(
+            HANDOVER.apply(Serving(M1), M1),
+            Some((Serving(M1), DataChange::None))
+        );
+        assert_eq!(
+            Adopt(FINAL).apply(Handed(M1), M1),
+            Some((Handed(M1), DataChange::None))
+        );
+        // A handed-over vShard is never overwritten or discarded by its own migration.
+        assert_eq!(Import(FINAL).apply(Handed(M1), M1), None);
+        assert_eq!(Discard.apply(Handed(M1), M1), None);
+        // A given-up target, or a late handover after the vShard moved on, refuses it.
+        assert_eq!(HANDOVER.apply(Fenced(M1), M1), None);
+        assert_eq!(HANDOVER.apply(Fenced(M2), M1), None);
+        assert_eq!(HANDOVER.apply(Serving(M2), M1), None);
+        // It serves, and moves on like any served vShard.
+        assert!(Handed(M1).serves());
+        assert_eq!(
+            Fence.apply(Handed(M1), M2),
+            Some((Fenced(M2), DataChange::None))
+        );
+    }
+
+    #[test]
+    fn handovers_encode_as_documented() {
+        // docs/design.md, "Log records kept in the Raft log file" and "vShard claims".
+        assert_eq!(
+            postcard::to_stdvec(&HANDOVER).unwrap(),
+            [0x08, 0x02, 0x28, 0x07, 0x09]
+        );
+        let documented = VShardStep::Handover {
+            from: GroupId(2),
+            fence_index: 300,
+            digest: VShardDigest { bytes: 7, hash: 9 },
+        };
+        assert_eq!(
+            postcard::to_stdvec(&documented).unwrap(),
+            [0x08, 0x02, 0xac, 0x02, 0x07, 0x09]
+        );
+        assert_eq!(postcard::to_stdvec(&Handed(M2)).unwrap(), [0x03, 0x02]);
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod claims;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod handover;
 pub mod kv;
 pub mod log_db;
 mod log_growth;
@@ -52,6 +53,7 @@ mod wire;
 
 pub use claims::{CopyId, VShardClaim, VShardStep};
 pub use error::{GroupError, MembershipError, ProposeError};
+pub use handover::{FencedDigest, FencedExport, FencedVShards};
 pub use metadata_sm::{
     AppliedMetadata, METADATA_SNAPSHOT_VERSION, MetadataOutcome, MetadataQuery,
     MetadataStateMachine, decode_metadata_command, decode_metadata_outcome, decode_metadata_state,
@@ -62,7 +64,8 @@ pub use multi_raft::{
     VSHARD_PART_BYTES,
 };
 pub use state_machine::{
-    Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError, VShardParts,
+    Committed, LogIndex, SharedVShard, SnapshotChunks, StateMachine, StateMachineError,
+    VShardDigest, VShardParts,
 };
 pub use status::{FollowerProgress, GroupStatus, LeaderChange, Role};
 pub use vshard_copy::{

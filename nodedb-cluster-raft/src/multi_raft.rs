@@ -4,6 +4,7 @@
 
 use crate::claims::{VShardClaim, VShardStep};
 use crate::error::{self, GroupError, MembershipError, ProposeError};
+use crate::handover::{FencedVShards, Siblings};
 use crate::log_db::{LogDb, MetaKey};
 use crate::log_growth::{self, LogGrowth};
 use crate::log_store::{GroupLog, committed_id_is_lazy};
@@ -27,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -192,7 +193,9 @@ struct Inner {
     replica_tasks: Mutex<HashMap<GroupId, JoinHandle<()>>>,
     leader_changes: broadcast::Sender<LeaderChange>,
     exports: ExportCache,
-    closed: AtomicBool,
+    /// Reads handed-over vShards from other nodes (see `handover.rs`).
+    fenced_vshards: Arc<OnceLock<Arc<dyn FencedVShards>>>,
+    closed: Arc<AtomicBool>,
     /// The quiescence task, started with the first replica.
     quiescer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -230,7 +233,8 @@ impl MultiRaft {
                 replica_tasks: Mutex::new(HashMap::new()),
                 leader_changes,
                 exports: ExportCache::default(),
-                closed: AtomicBool::new(false),
+                fenced_vshards: Arc::default(),
+                closed: Arc::default(),
                 quiescer: Mutex::new(None),
             }),
         })
@@ -624,11 +628,17 @@ impl MultiRaft {
             timings.snapshot_log_bytes_since_last,
             timings.log_bytes_to_keep_after_snapshot,
         );
+        let siblings = Siblings::new(
+            Arc::downgrade(&self.inner.table),
+            Arc::clone(&self.inner.fenced_vshards),
+            Arc::clone(&self.inner.closed),
+        );
         let adapter = MachineAdapter::open(
             group,
             machine.clone(),
             snapshot_dir.clone(),
             Arc::clone(&growth),
+            siblings,
         )
         .await
         .map_err(|error| storage(error.to_string()))?;
@@ -796,6 +806,10 @@ impl MultiRaft {
 
     pub(crate) fn exports(&self) -> &ExportCache {
         &self.inner.exports
+    }
+
+    pub(crate) fn fenced_vshards(&self) -> &OnceLock<Arc<dyn FencedVShards>> {
+        &self.inner.fenced_vshards
     }
 
     fn propose_target(&self, group: GroupId) -> Result<HostedGroup, ProposeError> {

@@ -4,12 +4,23 @@
 //! engine's own chunks follow.
 
 use crate::claims::{DataChange, VShardClaim, VShardStep};
-use crate::state_machine::{Committed, LogIndex, SnapshotChunks, StateMachine, StateMachineError};
+use crate::state_machine::{
+    Committed, LogIndex, SharedVShard, SnapshotChunks, StateMachine, StateMachineError,
+};
 use crate::vshard_copy::decode_replayed_commands;
+use bytes::Bytes;
 use nodedb_cluster_core::{MigrationId, VShardId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The data a [`VShardStep::Handover`] takes from the source group.
+pub enum HandedData {
+    /// Shared by the source's replica on this node (`StateMachine::share_vshard`).
+    Shared(SharedVShard),
+    /// An export of the source's vShard, in parts (`StateMachine::export_vshard_parts`).
+    Parts(Vec<Bytes>),
+}
 
 /// Version of the [`ReplicaHeader`] encoding.
 const HEADER_VERSION: u8 = 1;
@@ -94,6 +105,11 @@ impl ReplicaState {
             }
             DataChange::Add => self.engine.import_vshard(vshard, data)?,
             DataChange::Delete => self.engine.drop_vshard(vshard)?,
+            DataChange::HandOver => {
+                return Err(StateMachineError::Storage(format!(
+                    "the handover of {vshard} in {migration} was applied without its data"
+                )));
+            }
             DataChange::Replay => {
                 let commands = decode_replayed_commands(data)?;
                 let batch: Vec<Committed<'_>> = commands
@@ -108,6 +124,64 @@ impl ReplicaState {
         Ok(Some(next))
     }
 
+    /// Whether `step` of `migration` would take the vShard's data from its source: its data
+    /// must then be found first and handed to [`ReplicaState::apply_handover`].
+    pub fn takes_handover(
+        &self,
+        vshard: VShardId,
+        migration: MigrationId,
+        step: VShardStep,
+    ) -> bool {
+        matches!(
+            step.apply(self.claim(vshard), migration),
+            Some((_, DataChange::HandOver))
+        )
+    }
+
+    /// Applies the [`VShardStep::Handover`] carried by the entry at `index` with the vShard's
+    /// data: the data replaces the vShard's, and the vShard is served once its digest equals
+    /// the step's. Otherwise (the data is not the source's at its fence, or not the engine's
+    /// kind) the claim stays as it was, the vShard holds no data and the reason is returned:
+    /// the caller finds the data elsewhere and tries again.
+    pub fn apply_handover(
+        &mut self,
+        index: LogIndex,
+        vshard: VShardId,
+        migration: MigrationId,
+        step: VShardStep,
+        data: HandedData,
+    ) -> Result<VShardClaim, String> {
+        let VShardStep::Handover { digest, .. } = step else {
+            return Err(format!("{step:?} is not a handover"));
+        };
+        let Some((next, DataChange::HandOver)) = step.apply(self.claim(vshard), migration) else {
+            return Err(format!("{vshard} is {}: no handover", self.claim(vshard)));
+        };
+        let placed = self.engine.drop_vshard(vshard).and_then(|()| match data {
+            HandedData::Shared(shared) => self.engine.adopt_vshard(vshard, shared),
+            HandedData::Parts(parts) => parts
+                .iter()
+                .try_for_each(|part| self.engine.import_vshard(vshard, part)),
+        });
+        let held = self.engine.vshard_digest(vshard);
+        if let Err(error) = placed
+            .map_err(|error| error.to_string())
+            .and_then(|()| match held {
+                Some(held) if held == digest => Ok(()),
+                _ => Err(format!(
+                    "{vshard} holds {held:?}, its source held {digest:?}"
+                )),
+            })
+        {
+            // Whatever came in is not the source's data: leave none of it.
+            let _ = self.engine.drop_vshard(vshard);
+            return Err(error);
+        }
+        self.applied = index;
+        self.claims.insert(vshard, next);
+        Ok(next)
+    }
+
     /// The engine's hash mixed with the claims: equal on replicas at equal applied indexes.
     pub fn state_hash(&self) -> u64 {
         let mut hash = self.engine.state_hash();
@@ -117,6 +191,7 @@ impl ReplicaState {
                 VShardClaim::Serving(id) => (1, id, (0, 0)),
                 VShardClaim::Importing(id, copy) => (2, id, (copy.fence_index, copy.nonce)),
                 VShardClaim::Fenced(id) => (3, id, (0, 0)),
+                VShardClaim::Handed(id) => (4, id, (0, 0)),
             };
             mix(u64::from(vshard.0));
             mix(tag);

@@ -2,6 +2,8 @@
 //! committed commands, tracks the applied log id and membership, and keeps the latest snapshot
 //! as a durable file under the group's directory so that a restarted replica recovers from it.
 
+use crate::claims::VShardStep;
+use crate::handover::{HandoverSource, Siblings};
 use crate::log_growth::LogGrowth;
 use crate::replica::SharedMachine;
 use crate::snapshot::{self, FileChunks, SnapshotFile};
@@ -15,6 +17,12 @@ use openraft::{EntryPayload, alias::SmSnapshotOf};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Pause after the first failed attempt at a handover's data; later ones wait longer, up to
+/// [`HANDOVER_RETRY_STEPS`] times this.
+const HANDOVER_RETRY_PAUSE: Duration = Duration::from_millis(100);
+const HANDOVER_RETRY_STEPS: u32 = 20;
 
 /// The state machine half of a group replica, owned by openraft.
 pub struct MachineAdapter {
@@ -25,6 +33,7 @@ pub struct MachineAdapter {
     membership: StoredMembership,
     current: Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>,
     growth: Arc<LogGrowth>,
+    siblings: Siblings,
 }
 
 /// Builds one snapshot from a state captured when it was created.
@@ -39,12 +48,13 @@ pub struct SnapshotBuilder {
 
 impl MachineAdapter {
     /// Opens the adapter, restoring the engine from the newest snapshot in `snapshot_dir`;
-    /// `growth` learns of what it applies and of its snapshots.
+    /// `growth` learns of what it applies and of its snapshots, `siblings` hand vShards over.
     pub(crate) async fn open(
         group: GroupId,
         machine: SharedMachine,
         snapshot_dir: PathBuf,
         growth: Arc<LogGrowth>,
+        siblings: Siblings,
     ) -> io::Result<MachineAdapter> {
         let dir = snapshot_dir.clone();
         let restore_machine = machine.clone();
@@ -76,6 +86,7 @@ impl MachineAdapter {
             membership,
             current: Arc::new(Mutex::new(latest)),
             growth,
+            siblings,
         })
     }
 
@@ -145,6 +156,78 @@ impl MachineAdapter {
         }
     }
 
+    /// The source of a handover step that takes the vShard's data (a refused or repeated one
+    /// goes the way of every other step).
+    fn handover(&self, kind: EntryKind) -> Option<(HandoverSource, VShardStep)> {
+        let EntryKind::Migration {
+            vshard,
+            migration,
+            step,
+        } = kind
+        else {
+            return None;
+        };
+        let source = HandoverSource::of(step, vshard, migration)?;
+        let takes = self.machine.lock().takes_handover(vshard, migration, step);
+        takes.then_some((source, step))
+    }
+
+    /// Applies a [`VShardStep::Handover`] that takes the vShard's data (see `handover.rs`):
+    /// first from the source's replica on this node, then from the source's leader, until
+    /// the data matches the step's digest. A replica cannot go on without it, so it keeps
+    /// trying; the source keeps the vShard until every replica of this group is past the step.
+    async fn hand_over(
+        &mut self,
+        index: LogIndex,
+        source: HandoverSource,
+        step: VShardStep,
+    ) -> io::Result<AppResponse> {
+        let (vshard, migration) = (source.vshard, source.migration);
+        let (mut local, mut attempt, mut hosted) = (true, 0u32, false);
+        loop {
+            attempt += 1;
+            hosted |= self.siblings.hosts(self.group);
+            let data = match local {
+                true => self.siblings.local(source).await,
+                false => None,
+            };
+            let found = match data {
+                Some(data) => Ok((data, "this node's replica of the source")),
+                None => {
+                    (self.siblings.remote(source).await).map(|data| (data, "the source's leader"))
+                }
+            };
+            let outcome = found.and_then(|(data, from)| {
+                let claim = self
+                    .machine
+                    .lock()
+                    .apply_handover(index, vshard, migration, step, data)?;
+                Ok((claim, from))
+            });
+            match outcome {
+                Ok((claim, from)) => {
+                    tracing::info!(group = %self.group, %vshard, %migration, source = %source.from, from, "took over a vShard");
+                    return Ok(AppResponse::Claim {
+                        applied: true,
+                        claim,
+                    });
+                }
+                Err(reason) if hosted && !self.siblings.hosts(self.group) => {
+                    return Err(io::Error::other(format!(
+                        "{}: stopped before the handover of {vshard} found its data: {reason}",
+                        self.group
+                    )));
+                }
+                Err(reason) => {
+                    tracing::warn!(group = %self.group, %vshard, %migration, source = %source.from, attempt, reason, "no data yet for a vShard handover; trying again");
+                    local = !local;
+                    let pause = HANDOVER_RETRY_PAUSE * attempt.min(HANDOVER_RETRY_STEPS);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
     /// Whether an entry goes to the engine's `apply` batch: commands, and commands of vShards
     /// this group serves.
     fn is_engine_command(&self, kind: EntryKind) -> bool {
@@ -185,11 +268,16 @@ impl RaftStateMachine<TypeConfig> for MachineAdapter {
                 }
                 EntryPayload::Normal(request) => {
                     self.apply_commands(&mut pending)?;
-                    self.apply_replica_change(
-                        LogIndex(log_id.index),
-                        request.kind,
-                        &request.payload,
-                    )?
+                    match self.handover(request.kind) {
+                        Some((source, step)) => {
+                            self.hand_over(LogIndex(log_id.index), source, step).await?
+                        }
+                        None => self.apply_replica_change(
+                            LogIndex(log_id.index),
+                            request.kind,
+                            &request.payload,
+                        )?,
+                    }
                 }
                 EntryPayload::Membership(membership) => {
                     self.apply_commands(&mut pending)?;

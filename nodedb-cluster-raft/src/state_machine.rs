@@ -49,6 +49,21 @@ pub trait SnapshotChunks: Send {
 /// The parts of one vShard's export, in order (see [`StateMachine::export_vshard_parts`]).
 pub type VShardParts = Box<dyn Iterator<Item = Result<Vec<u8>, StateMachineError>> + Send>;
 
+/// One vShard's data handed from an engine to a sibling engine of the same kind on the same
+/// node (see [`StateMachine::share_vshard`]); only that kind of engine knows what is inside.
+pub type SharedVShard = Box<dyn std::any::Any + Send>;
+
+/// What one vShard holds, in brief: replicas holding the same data of the vShard report the
+/// same digest, and a replica that took the vShard from elsewhere checks it against the
+/// source's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VShardDigest {
+    /// Bytes of data held (as [`StateMachine::vshard_bytes`] counts them).
+    pub bytes: u64,
+    /// A hash of every key and value of the vShard; 0 for an empty vShard.
+    pub hash: u64,
+}
+
 /// A replicated engine. One instance per group replica; the replication layer calls it from
 /// one task at a time, so `&mut self` methods never run concurrently with each other.
 ///
@@ -121,6 +136,38 @@ pub trait StateMachine: Send + 'static {
     /// The default, for engines that do not count, is empty: such groups look empty.
     fn vshard_bytes(&self) -> BTreeMap<VShardId, u64> {
         BTreeMap::new()
+    }
+
+    /// The digest of one vShard's data, kept up to date as entries apply so that asking is
+    /// cheap. `None` (the default) for engines that keep none: their vShards then always
+    /// move through the target's log, never by [`StateMachine::share_vshard`].
+    fn vshard_digest(&self, vshard: VShardId) -> Option<VShardDigest> {
+        let _ = vshard;
+        None
+    }
+
+    /// The vShard's current data as a value that [`StateMachine::adopt_vshard`] of another
+    /// engine of the same kind on this node accepts, sharing rather than copying what it can
+    /// (it is taken under the replica's lock). It must not change when later entries are
+    /// applied here. `None` (the default): not supported.
+    fn share_vshard(&self, vshard: VShardId) -> Option<SharedVShard> {
+        let _ = vshard;
+        None
+    }
+
+    /// Takes `shared`, made by [`StateMachine::share_vshard`] of a sibling engine, as the
+    /// data of `vshard`. The replication layer drops the vShard first and checks the
+    /// vShard's digest after. The default refuses, as does an engine given a value of
+    /// another kind.
+    fn adopt_vshard(
+        &mut self,
+        vshard: VShardId,
+        shared: SharedVShard,
+    ) -> Result<(), StateMachineError> {
+        let _ = shared;
+        Err(StateMachineError::Corrupt(format!(
+            "this engine cannot adopt {vshard} from another engine"
+        )))
     }
 }
 

@@ -4,18 +4,16 @@
 
 mod common;
 
-use common::TestCluster;
+use common::{TestCluster, on_leader};
 use nodedb_cluster_core::{GroupId, MigrationId, NodeId, keys_in_vshard, vshard_for_key};
 use nodedb_cluster_raft::kv::{KvCommand, KvQuery};
 use nodedb_cluster_raft::{
-    CopyId, MultiRaft, ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep,
+    CopyId, ProposeError, RaftTimings, ReadConsistency, VShardClaim, VShardStep,
     encode_replayed_commands,
 };
-use std::future::Future;
 
 const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
 const M1: MigrationId = MigrationId(1);
-const LEADER_ATTEMPTS_MAX: u32 = 20;
 /// A copy made after the source's fence (the test fences the source right after importing).
 const COPY: CopyId = CopyId {
     fence_index: 1,
@@ -466,26 +464,4 @@ async fn an_export_read_page_by_page_is_the_whole_export_of_one_state() {
         "an export is forgotten once its last page was read"
     );
     cluster.shutdown().await;
-}
-
-/// Runs `operation` on the current leader of `group`, again on the new leader when leadership
-/// moved in between (a `NotLeader` answer applied nothing).
-async fn on_leader<T, F, Fut>(
-    cluster: &TestCluster,
-    group: GroupId,
-    operation: F,
-) -> Result<T, ProposeError>
-where
-    F: Fn(MultiRaft) -> Fut,
-    Fut: Future<Output = Result<T, ProposeError>>,
-{
-    let mut last = None;
-    for _ in 0..LEADER_ATTEMPTS_MAX {
-        let leader = cluster.wait_leader(group).await;
-        match operation(cluster.nodes[&leader].multi.clone()).await {
-            Err(error @ ProposeError::NotLeader { .. }) => last = Some(error),
-            other => return other,
-        }
-    }
-    Err(last.expect("at least one attempt"))
 }

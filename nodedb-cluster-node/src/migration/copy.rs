@@ -7,7 +7,7 @@ use super::{MigrationContext, claim, record_copy, refused};
 use crate::control::{ControlError, ImportPage, MembershipChange, MigrationStep};
 use crate::group_client::{EXPORT_PAGE_BYTES, GroupClient, Served, decode_answer};
 use futures::StreamExt;
-use nodedb_cluster_core::{GroupId, Migration, NodeState};
+use nodedb_cluster_core::{GroupId, Migration, MigrationId, NodeState};
 use nodedb_cluster_raft::{
     CopyId, VShardChanges, VShardClaim, VShardStep, encode_replayed_commands,
 };
@@ -138,13 +138,13 @@ pub(super) async fn bring_leaders_together(context: &MigrationContext, migration
 /// Replaces the target's data with copy `copy` of the source's current data, page by page:
 /// the target's leader reads each page of the export from the source's leader and replicates
 /// its parts (`MigrationStep::ImportPage`), paced when `paced`. Returns the export's standing,
-/// or `None` when the target already serves the vShard as `adopted` (an earlier attempt
+/// or `None` when the target already adopted the vShard in `adopted_in` (an earlier attempt
 /// finished).
 pub(super) async fn copy_vshard(
     context: &MigrationContext,
     migration: &Migration,
     copy: CopyId,
-    adopted: Option<VShardClaim>,
+    adopted_in: Option<MigrationId>,
     paced: bool,
 ) -> Result<Option<EarlyCopy>, String> {
     let export: u64 = rand::random();
@@ -168,7 +168,9 @@ pub(super) async fn copy_vshard(
         let page: ImportedPage = read(context, migration.to, step).await?;
         if let Some((step, claim)) = page.refused {
             return match step {
-                VShardStep::Import(_) if adopted == Some(claim) => Ok(None),
+                VShardStep::Import(_) if adopted_in.is_some_and(|id| claim.adopted_in(id)) => {
+                    Ok(None)
+                }
                 _ => Err(refused(migration, migration.to, step, claim)),
             };
         }
@@ -312,7 +314,7 @@ pub(super) async fn replay_changes(
 }
 
 /// Runs a reading migration step on `group`'s leader and decodes its answer.
-async fn read<T: DeserializeOwned>(
+pub(super) async fn read<T: DeserializeOwned>(
     context: &MigrationContext,
     group: GroupId,
     step: MigrationStep,

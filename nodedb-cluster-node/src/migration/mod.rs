@@ -27,6 +27,7 @@
 //! rolls forward.
 
 mod copy;
+mod handover;
 
 pub use copy::Bandwidth;
 pub(crate) use copy::import_page;
@@ -217,11 +218,15 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
         }
         MigrationPhase::Copying => {
             bring_leaders_together(context, migration).await;
-            let started = Instant::now();
-            let early = copy_vshard(context, migration, new_copy(0), None, true).await?;
-            let bytes = context.progress.track(id).progress.bytes_copied;
-            tracing::info!(%id, %vshard, %to, bytes, took = ?started.elapsed(), "migration: copied");
-            context.progress.update(id, |tracked| tracked.early = early);
+            if handover::fits(context, migration).await {
+                tracing::info!(%id, %vshard, %from, %to, "migration: the groups share their nodes; handing the vShard over after the fence");
+            } else {
+                let started = Instant::now();
+                let early = copy_vshard(context, migration, new_copy(0), None, true).await?;
+                let bytes = context.progress.track(id).progress.bytes_copied;
+                tracing::info!(%id, %vshard, %to, bytes, took = ?started.elapsed(), "migration: copied");
+                context.progress.update(id, |tracked| tracked.early = early);
+            }
             let fence = claim(context, migration, from, VShardStep::Fence, Vec::new()).await?;
             context
                 .progress
@@ -235,6 +240,7 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
         }
         MigrationPhase::Fenced { fence_index } => switch(context, migration, fence_index).await,
         MigrationPhase::Switched => {
+            handover::wait_until_durable(context, migration).await?;
             // Refused only when a later migration already took the vShard back to the source.
             let dropped = claim_or_later(context, migration, from, VShardStep::Drop).await?;
             if !dropped {
@@ -253,10 +259,35 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
     }
 }
 
-/// From the fence on: makes the target's copy final (replaying the changes after this driver's
-/// early copy, or a full copy of the now unchanging source), adopts it in the target and
-/// switches the routing.
+/// From the fence on: hands the vShard over to the target when the groups share their nodes,
+/// or else makes the target's copy final (replaying the changes after this driver's early
+/// copy, or a full copy of the now unchanging source) and adopts it; then switches the
+/// routing.
 async fn switch(
+    context: &MigrationContext,
+    migration: &Migration,
+    fence_index: u64,
+) -> Result<(), String> {
+    let (id, vshard, to) = (migration.id, migration.vshard, migration.to);
+    let handed_over = handover::hand_over(context, migration, fence_index).await?;
+    if !handed_over {
+        copy_after_fence(context, migration, fence_index).await?;
+    }
+    propose(context, MetadataCommand::FinishMigration { id }).await?;
+    let pause = context.progress.track(id).fenced_at.map(|at| at.elapsed());
+    if let Some(pause) = pause {
+        metrics::histogram!(WRITE_PAUSE).record(pause.as_secs_f64());
+        context
+            .progress
+            .update(id, |tracked| tracked.progress.write_pause = Some(pause));
+    }
+    tracing::info!(%id, %vshard, %to, ?pause, handed_over, "migration: routing switched");
+    Ok(())
+}
+
+/// Makes the target's copy final and adopts it: the changes after this driver's early copy
+/// replayed, or a full copy of the now unchanging source.
+async fn copy_after_fence(
     context: &MigrationContext,
     migration: &Migration,
     fence_index: u64,
@@ -278,21 +309,12 @@ async fn switch(
         Some(copy) => copy,
         None => {
             let copy = new_copy(fence_index);
-            let adopted = VShardClaim::Serving(id);
-            copy_vshard(context, migration, copy, Some(adopted), false).await?;
+            copy_vshard(context, migration, copy, Some(id), false).await?;
             copy
         }
     };
     claim(context, migration, to, VShardStep::Adopt(copy), Vec::new()).await?;
-    propose(context, MetadataCommand::FinishMigration { id }).await?;
-    let pause = context.progress.track(id).fenced_at.map(|at| at.elapsed());
-    if let Some(pause) = pause {
-        metrics::histogram!(WRITE_PAUSE).record(pause.as_secs_f64());
-        context
-            .progress
-            .update(id, |tracked| tracked.progress.write_pause = Some(pause));
-    }
-    tracing::info!(%id, %vshard, %to, ?pause, replayed = replayed.is_some(), "migration: routing switched");
+    tracing::info!(%id, %vshard, %to, replayed = replayed.is_some(), "migration: copy adopted");
     Ok(())
 }
 

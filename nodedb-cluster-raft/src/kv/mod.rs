@@ -3,7 +3,8 @@
 //! hash. The node binary serves it over HTTP; the tests use it to exercise the replication.
 
 use crate::state_machine::{
-    Committed, SnapshotChunks, StateMachine, StateMachineError, VShardParts,
+    Committed, SharedVShard, SnapshotChunks, StateMachine, StateMachineError, VShardDigest,
+    VShardParts,
 };
 use crate::wire::decode_exact;
 use nodedb_cluster_core::{VShardId, vshard_for_key};
@@ -348,6 +349,49 @@ impl StateMachine for KvStateMachine {
             .filter(|(_, entries)| entries.bytes > 0)
             .map(|(vshard, entries)| (*vshard, entries.bytes))
             .collect()
+    }
+
+    fn vshard_digest(&self, vshard: VShardId) -> Option<VShardDigest> {
+        Some(match self.vshards.get(&vshard) {
+            Some(entries) => VShardDigest {
+                bytes: entries.bytes,
+                hash: mix(entries.hash_sum ^ mix(entries.entries.len() as u64)),
+            },
+            None => VShardDigest { bytes: 0, hash: 0 },
+        })
+    }
+
+    /// The vShard's keys, copied, and its values, shared.
+    fn share_vshard(&self, vshard: VShardId) -> Option<SharedVShard> {
+        let entries = self.vshards.get(&vshard).cloned().unwrap_or_default();
+        Some(Box::new(entries))
+    }
+
+    fn adopt_vshard(
+        &mut self,
+        vshard: VShardId,
+        shared: SharedVShard,
+    ) -> Result<(), StateMachineError> {
+        let entries = shared.downcast::<VShardEntries>().map_err(|_| {
+            StateMachineError::Corrupt(format!("{vshard} handed over by another kind of engine"))
+        })?;
+        if let Some(key) = entries
+            .entries
+            .keys()
+            .find(|key| vshard_for_key(key) != vshard)
+        {
+            return Err(StateMachineError::Corrupt(format!(
+                "key of {} handed over as {vshard}",
+                vshard_for_key(key)
+            )));
+        }
+        self.drop_vshard(vshard)?;
+        if !entries.entries.is_empty() {
+            self.len += entries.entries.len();
+            self.entry_hash_sum = self.entry_hash_sum.wrapping_add(entries.hash_sum);
+            self.vshards.insert(vshard, *entries);
+        }
+        Ok(())
     }
 }
 
@@ -725,6 +769,69 @@ pub(super) mod tests {
         assert_eq!(restored.vshard_bytes(), machine.vshard_bytes());
         assert_eq!(restored.state_hash(), hashed(&restored));
         assert_eq!(restored.state_hash(), machine.state_hash());
+    }
+
+    #[test]
+    fn a_vshard_handed_to_a_sibling_equals_an_imported_one() {
+        let mut source = KvStateMachine::new();
+        for i in 0..2_000u32 {
+            let key = format!("hand-{i}").into_bytes();
+            let value = vec![i as u8; (i % 70) as usize];
+            apply(&mut source, KvCommand::Put { key, value });
+        }
+        let vshard = vshard_for_key(b"hand-7");
+        let digest = source.vshard_digest(vshard).unwrap();
+        assert_eq!(digest.bytes, source.vshard_bytes()[&vshard]);
+        let exported = source.export_vshard(vshard).unwrap();
+        let shared = source.share_vshard(vshard).unwrap();
+        // Changes of the source after the handover do not reach the shared data.
+        apply(
+            &mut source,
+            KvCommand::Delete {
+                key: b"hand-7".to_vec(),
+            },
+        );
+        assert_ne!(source.vshard_digest(vshard), Some(digest));
+
+        let stale = KvCommand::Put {
+            key: b"hand-7".to_vec(),
+            value: b"stale".to_vec(),
+        };
+        let (mut adopted, mut imported) = (KvStateMachine::new(), KvStateMachine::new());
+        apply(&mut adopted, stale.clone());
+        adopted.adopt_vshard(vshard, shared).unwrap();
+        apply(&mut imported, stale);
+        imported.drop_vshard(vshard).unwrap();
+        imported.import_vshard(vshard, &exported).unwrap();
+        assert_eq!(adopted.vshard_digest(vshard), Some(digest));
+        assert_eq!(imported.vshard_digest(vshard), Some(digest));
+        assert_eq!(adopted.state_hash(), imported.state_hash());
+        assert_eq!(adopted.state_hash(), hashed(&adopted));
+        assert_eq!(adopted.vshard_bytes(), counted(&adopted));
+        assert_eq!(
+            KvStateMachine::new().vshard_digest(vshard),
+            Some(VShardDigest { bytes: 0, hash: 0 })
+        );
+    }
+
+    #[test]
+    fn a_handover_of_another_vshard_or_engine_is_refused() {
+        let mut source = KvStateMachine::new();
+        apply(
+            &mut source,
+            KvCommand::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        );
+        let vshard = vshard_for_key(b"k");
+        let other = VShardId((vshard.0 + 1) % nodedb_cluster_core::VSHARD_COUNT);
+        let mut target = KvStateMachine::new();
+        let wrong_vshard = target.adopt_vshard(other, source.share_vshard(vshard).unwrap());
+        assert!(matches!(wrong_vshard, Err(StateMachineError::Corrupt(_))));
+        let wrong_kind = target.adopt_vshard(vshard, Box::new(42u32));
+        assert!(matches!(wrong_kind, Err(StateMachineError::Corrupt(_))));
+        assert_eq!(target.state_hash(), KvStateMachine::new().state_hash());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use nodedb_cluster_raft::{
 };
 use nodedb_cluster_transport::{MemoryNetwork, MemoryTransport, Transport};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -387,4 +388,26 @@ pub async fn wait_for<T>(
         tokio::time::sleep(POLL).await;
     }
     panic!("timed out after {deadline:?} waiting for {what}");
+}
+
+/// Runs `operation` on the current leader of `group`, again on the new leader when leadership
+/// moved in between (a `NotLeader` answer applied nothing).
+pub async fn on_leader<T, F, Fut>(
+    cluster: &TestCluster,
+    group: GroupId,
+    operation: F,
+) -> Result<T, ProposeError>
+where
+    F: Fn(MultiRaft) -> Fut,
+    Fut: Future<Output = Result<T, ProposeError>>,
+{
+    let mut last = None;
+    for _ in 0..CLIENT_ATTEMPTS_MAX {
+        let leader = cluster.wait_leader(group).await;
+        match operation(cluster.nodes[&leader].multi.clone()).await {
+            Err(error @ ProposeError::NotLeader { .. }) => last = Some(error),
+            other => return other,
+        }
+    }
+    Err(last.expect("at least one attempt"))
 }

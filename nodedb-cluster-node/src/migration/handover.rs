@@ -1,0 +1,191 @@
+//! Moving a vShard between two groups that share their nodes without copying it: after the
+//! source's fence, the target replicates one small `Handover` step and each of its replicas
+//! takes the vShard from the source's replica on its own node (the raft crate's
+//! `handover.rs`). The bytes then cross no network and enter no Raft log; each node writes
+//! them once, in the target's next snapshot. Before the source may drop the vShard, every
+//! replica of the target must have a snapshot past the step and have purged its log through
+//! it, so that none needs the source again to rebuild its state.
+
+use super::copy::read;
+use super::{MigrationContext, claim, record_copy};
+use crate::control::{ControlError, MigrationStep};
+use crate::group_client::{EXPORT_PAGE_BYTES, GroupClient, Operation, Served, decode_answer};
+use futures::future::BoxFuture;
+use nodedb_cluster_core::{GroupId, Migration, NodeId, VShardId};
+use nodedb_cluster_raft::{FencedDigest, FencedExport, FencedVShards, VShardClaim, VShardStep};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long one driver round waits for the target's replicas to stop needing the source.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
+const DURABLE_POLL: Duration = Duration::from_millis(10);
+
+/// Whether the move can be a handover: every replica of the target (voters and learners, as
+/// the metadata records them) has a replica of the source on its node, and the source's
+/// engine keeps vShard digests. Asked before the fence, so that a move that will be handed
+/// over makes no early copy.
+pub(super) async fn fits(context: &MigrationContext, migration: &Migration) -> bool {
+    if !co_located(context, migration) {
+        return false;
+    }
+    let step = MigrationStep::Digest {
+        vshard: migration.vshard,
+    };
+    read::<FencedDigest>(context, migration.from, step)
+        .await
+        .is_ok_and(|standing| standing.digest.is_some())
+}
+
+fn co_located(context: &MigrationContext, migration: &Migration) -> bool {
+    let metadata = context.metadata.borrow();
+    let Some(routing) = metadata.state.routing() else {
+        return false;
+    };
+    let (Some(source), Some(target)) = (
+        routing.members(migration.from),
+        routing.members(migration.to),
+    ) else {
+        return false;
+    };
+    let hosts_source =
+        |node: &NodeId| source.voters.contains(node) || source.learners.contains(node);
+    target
+        .voters
+        .iter()
+        .chain(&target.learners)
+        .all(hosts_source)
+}
+
+/// After the fence at `fence_index`: replicates the handover in the target, with the source's
+/// digest at the fence for the target's replicas to check what they take. `Ok(false)` when
+/// the move does not fit a handover (any more): the caller copies the vShard instead.
+pub(super) async fn hand_over(
+    context: &MigrationContext,
+    migration: &Migration,
+    fence_index: u64,
+) -> Result<bool, String> {
+    let (id, vshard, from) = (migration.id, migration.vshard, migration.from);
+    if !co_located(context, migration) {
+        return Ok(false);
+    }
+    let standing: FencedDigest = read(context, from, MigrationStep::Digest { vshard }).await?;
+    let Some(digest) = standing.digest else {
+        return Ok(false);
+    };
+    if standing.claim != VShardClaim::Fenced(id) || standing.applied.0 < fence_index {
+        return Err(format!(
+            "{from} holds {vshard} as {} at index {}, not fenced at {fence_index}",
+            standing.claim, standing.applied.0
+        ));
+    }
+    let step = VShardStep::Handover {
+        from,
+        fence_index,
+        digest,
+    };
+    claim(context, migration, migration.to, step, Vec::new()).await?;
+    record_copy(context, id, digest.bytes);
+    Ok(true)
+}
+
+/// Before the source drops a vShard it handed over: waits until every replica of the target
+/// has a snapshot past the handover and has durably purged its log through it (asking each
+/// for them). Returns at once when the target's vShard did not come by a handover.
+pub(super) async fn wait_until_durable(
+    context: &MigrationContext,
+    migration: &Migration,
+) -> Result<(), String> {
+    let (id, vshard, to) = (migration.id, migration.vshard, migration.to);
+    let standing: FencedDigest = read(context, to, MigrationStep::Digest { vshard }).await?;
+    if standing.claim != VShardClaim::Handed(id) {
+        return Ok(());
+    }
+    // The leader's applied index is past the handover: the routing switched after it applied.
+    let through = standing.applied.0;
+    let deadline = Instant::now() + DURABLE_WAIT;
+    let mut waiting = standing.members.clone();
+    while !waiting.is_empty() {
+        let asked = waiting
+            .iter()
+            .map(|node| durable_on(&context.groups, *node, to, through));
+        let answers = futures::future::join_all(asked).await;
+        waiting = waiting
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(node, answer)| match answer {
+                Ok(true) => None,
+                Ok(false) => Some(node),
+                Err(error) => {
+                    tracing::debug!(%id, %to, %node, %error, "migration: replica not reached");
+                    Some(node)
+                }
+            })
+            .collect();
+        if !waiting.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "replicas of {to} on {waiting:?} still need their log through {through}"
+                ));
+            }
+            tokio::time::sleep(DURABLE_POLL).await;
+        }
+    }
+    tracing::info!(%id, %vshard, %to, through, members = ?standing.members, "migration: every target replica holds the vShard in a snapshot");
+    Ok(())
+}
+
+/// Asks `node`'s replica of `group` whether it still needs its log through `through`
+/// ([`MigrationStep::DurableThrough`]).
+async fn durable_on(
+    groups: &GroupClient,
+    node: NodeId,
+    group: GroupId,
+    through: u64,
+) -> Result<bool, ControlError> {
+    let operation = Operation::Migrate(MigrationStep::DurableThrough { through });
+    let served = match node == groups.node() {
+        true => groups.serve_here(group, operation).await,
+        false => groups.forward(node, group, &operation).await,
+    }?;
+    match served {
+        Served::Answered(answer) => decode_answer(&answer).map_err(ControlError::Invalid),
+        other => Err(ControlError::Invalid(format!(
+            "unexpected answer {other:?} to a durability check"
+        ))),
+    }
+}
+
+/// A target replica whose node cannot give it the vShard reads it from the source's leader.
+impl FencedVShards for GroupClient {
+    fn export(
+        &self,
+        group: GroupId,
+        vshard: VShardId,
+    ) -> BoxFuture<'static, Result<FencedExport, String>> {
+        let groups = self.clone();
+        Box::pin(async move {
+            let export: u64 = rand::random();
+            let (mut parts, mut first_part) = (Vec::new(), 0);
+            let mut standing = None;
+            loop {
+                let page = groups
+                    .export_page(group, vshard, export, first_part, EXPORT_PAGE_BYTES)
+                    .await
+                    .map_err(|error| format!("export of {vshard} from {group}: {error}"))?;
+                let (applied, serving) = *standing.get_or_insert((page.applied, page.serving));
+                if page.applied != applied {
+                    return Err(format!("export {export} changed between its pages"));
+                }
+                parts.extend(page.parts.iter().cloned());
+                if page.last {
+                    return Ok(FencedExport {
+                        applied,
+                        serving,
+                        parts,
+                    });
+                }
+                first_part = page.first_part + (page.parts.len() as u32).max(1);
+            }
+        })
+    }
+}
