@@ -16,6 +16,11 @@
 //! - `Switched -> Cleaned`: the source drops its copy; it stays fenced, so a request routed by
 //!   a stale view is refused, never answered from a dropped vShard.
 //!
+//! When every replica of the target has a replica of the source on its node, the move is a
+//! handover instead (`handover.rs`): no copy before the fence; after it, one `Handover` step in
+//! the target, whose replicas take the vShard from their nodes' source replicas; and before
+//! the drop, a wait until every target replica holds it in a snapshot.
+//!
 //! Every step names its migration and is replicated in the data group as a claim change that
 //! the group refuses when a later step already happened (`VShardClaim` in the raft crate), so a
 //! step sent late by a deposed metadata leader can never overwrite, fence or drop a vShard that
@@ -217,10 +222,10 @@ async fn step(context: &MigrationContext, migration: &Migration) -> Result<(), S
             propose(context, MetadataCommand::AdvanceMigration { id, phase }).await
         }
         MigrationPhase::Copying => {
-            bring_leaders_together(context, migration).await;
             if handover::fits(context, migration).await {
                 tracing::info!(%id, %vshard, %from, %to, "migration: the groups share their nodes; handing the vShard over after the fence");
             } else {
+                bring_leaders_together(context, migration).await;
                 let started = Instant::now();
                 let early = copy_vshard(context, migration, new_copy(0), None, true).await?;
                 let bytes = context.progress.track(id).progress.bytes_copied;
