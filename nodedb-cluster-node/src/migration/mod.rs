@@ -274,7 +274,11 @@ async fn switch(
     fence_index: u64,
 ) -> Result<(), String> {
     let (id, vshard, to) = (migration.id, migration.vshard, migration.to);
-    let handed_over = handover::hand_over(context, migration, fence_index).await?;
+    // A driver that copied before the fence chose the copy (the target's snapshots would cost
+    // more); one that did not (it handed over, or took over from another driver) hands over
+    // when it can, which pauses writes far less than a whole copy after the fence.
+    let copied_early = context.progress.track(id).early.is_some();
+    let handed_over = !copied_early && handover::hand_over(context, migration, fence_index).await?;
     if !handed_over {
         copy_after_fence(context, migration, fence_index).await?;
     }
