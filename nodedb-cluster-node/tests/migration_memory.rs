@@ -4,6 +4,9 @@
 //! linearizable per key (final reads included), every replica of a group has the same state,
 //! and every node holds the same routing.
 //!
+//! A target replica down during a handover holds the source's drop back until it is back and
+//! has taken the vShard over.
+//!
 //! With four nodes, a vShard also moves to a group its source's leader holds no replica of,
 //! so that the target's leader reads the export over the network (and the replicas the
 //! reconciler moved to the fourth node are gone from the nodes they left).
@@ -285,6 +288,79 @@ async fn a_vshard_moves_to_a_group_its_source_leader_is_not_in() {
         })
     })
     .await;
+    for cluster in live(&nodes) {
+        cluster.shutdown().await;
+    }
+}
+
+/// A target replica down during a handover takes the vShard over when it comes back: until
+/// it has (and holds it in a snapshot), the move stays switched and the source keeps its fenced
+/// copy, since the replica's log can rebuild the vShard only from the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_keeps_a_handed_over_vshard_until_every_target_replica_holds_it() {
+    let data = tempfile::tempdir().unwrap();
+    let network = MemoryNetwork::new(57);
+    let nodes: LiveNodes = Arc::new(RwLock::new(
+        start_three(&network, data.path()).await.to_vec(),
+    ));
+    let first = live(&nodes)[0].clone();
+    eventually("every group on three voters", || async {
+        fully_replicated(&first)
+    })
+    .await;
+    let vshard = vshard_for_key(b"held-0");
+    let keys: Vec<String> = keys_in_vshard("held-", vshard).take(16).collect();
+    let service = NodeService::new(first.clone());
+    for key in &keys {
+        service
+            .kv_put(key.clone(), key.clone().into_bytes())
+            .await
+            .unwrap();
+    }
+    let from = owner_of(&first, vshard);
+    let to = GroupId(from.0 % NUM_GROUPS + 1);
+    let victim = NodeId(3);
+    network.crash(victim);
+    let down = {
+        let mut nodes = nodes.write().unwrap();
+        let position = nodes.iter().position(|cluster| cluster.node() == victim);
+        nodes.remove(position.expect("node 3 is live"))
+    };
+    down.shutdown().await;
+
+    let id = begin_move(&nodes, vshard, to).await;
+    eventually(
+        "the routing to switch with two of three replicas",
+        || async { phase_of(&first, id).is_some_and(|phase| phase.is_switched()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(phase_of(&first, id), Some(MigrationPhase::Switched));
+    let held = first.raft().vshard_bytes(from).unwrap();
+    assert!(
+        held.get(&vshard).is_some_and(|bytes| *bytes > 0),
+        "the source dropped the vShard while a target replica still needed it"
+    );
+
+    network.restart(victim);
+    let back = start(&network, config(victim.0, &[1, 2, 3], data.path())).await;
+    nodes.write().unwrap().push(back.clone());
+    assert_eq!(wait_final(&nodes, id).await, MigrationPhase::Cleaned);
+    eventually(
+        "node 3's target replica to take the vShard over",
+        || async { back.raft().claim(to, vshard).ok() == Some(VShardClaim::Handed(id)) },
+    )
+    .await;
+    eventually("equal replica states and routing on every node", || async {
+        replicas_agree(&live(&nodes))
+    })
+    .await;
+    let moved = back.raft().vshard_bytes(to).unwrap();
+    assert_eq!(moved.get(&vshard), held.get(&vshard));
+    for key in &keys {
+        let value = read_until_served(&NodeService::new(back.clone()), key).await;
+        assert_eq!(value, Some(key.clone().into_bytes()));
+    }
     for cluster in live(&nodes) {
         cluster.shutdown().await;
     }

@@ -30,9 +30,8 @@ const TARGET_BYTES_PER_VSHARD_BYTE_MAX: u64 = 2;
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
 const DURABLE_POLL: Duration = Duration::from_millis(10);
 
-/// Whether the move should be a handover: every replica of the target (voters and learners,
-/// as the metadata records them) has a replica of the source on its node, the source's engine
-/// keeps vShard digests, and the target's snapshots would not cost more than a copy
+/// Whether the move should be a handover: the groups share their nodes ([`co_located`]), the
+/// source's engine keeps vShard digests, and the target's snapshots would not cost more than a copy
 /// ([`handover_pays`]). Asked before the fence, so that a move that will be handed over makes
 /// no early copy.
 pub(super) async fn fits(context: &MigrationContext, migration: &Migration) -> bool {
@@ -62,6 +61,8 @@ fn handover_pays(target_bytes: u64, vshard_bytes: u64) -> bool {
         <= SMALL_TARGET_BYTES.max(vshard_bytes.saturating_mul(TARGET_BYTES_PER_VSHARD_BYTE_MAX))
 }
 
+/// Whether every replica of the target (voters and learners, as the metadata records them) has
+/// a replica of the source on its node.
 fn co_located(context: &MigrationContext, migration: &Migration) -> bool {
     let metadata = context.metadata.borrow();
     let Some(routing) = metadata.state.routing() else {
