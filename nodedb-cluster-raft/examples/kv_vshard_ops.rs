@@ -1,9 +1,11 @@
 //! Times what a vShard move asks of the KV engine under the replica's lock, capturing one
-//! vShard for export and dropping it, in a group whose other vShards hold many small keys:
-//! both take the time of the moved vShard's own keys, whatever the rest of the group holds.
+//! vShard for export, sharing it with a sibling engine and adopting it there (a handover), and
+//! dropping it, in a group whose other vShards hold many small keys: each takes the time of the
+//! moved vShard's own keys, whatever the rest of the group holds.
 //!
-//! `cargo run --release -p nodedb-cluster-raft --example kv_vshard_ops -- [other_keys] [moved_keys]`
-//! (defaults: 1,000,000 keys of 100 B elsewhere, 1,600 keys of 64 KiB in the moved vShard).
+//! `cargo run --release -p nodedb-cluster-raft --example kv_vshard_ops -- [other_keys]
+//! [moved_keys] [moved_value_bytes]` (defaults: 1,000,000 keys of 100 B elsewhere, 1,600 keys
+//! of 64 KiB in the moved vShard).
 
 use nodedb_cluster_core::vshard_for_key;
 use nodedb_cluster_raft::kv::{KvCommand, KvStateMachine};
@@ -19,6 +21,10 @@ fn main() -> Result<(), StateMachineError> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let moved_keys: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_600);
+    let moved_value_bytes: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(64 * 1024);
     let moved = vshard_for_key(b"moved-0");
     let mut machine = KvStateMachine::new();
     let mut put = |key: Vec<u8>, value: Vec<u8>| {
@@ -39,7 +45,7 @@ fn main() -> Result<(), StateMachineError> {
         .map(|i| format!("moved-{i}").into_bytes())
         .filter(|key| vshard_for_key(key) == moved);
     for key in in_moved.by_ref().take(moved_keys) {
-        put(key, vec![2; 64 * 1024])?;
+        put(key, vec![2; moved_value_bytes])?;
     }
     println!("{} keys, {moved_keys} of them in {moved}", machine.len());
 
@@ -48,8 +54,21 @@ fn main() -> Result<(), StateMachineError> {
     let captured = began.elapsed();
     let parts = parts.count();
     let began = Instant::now();
+    let digest = machine.vshard_digest(moved);
+    let shared = machine
+        .share_vshard(moved)
+        .expect("the kv engine shares vShards");
+    let share = began.elapsed();
+    let mut sibling = KvStateMachine::new();
+    let began = Instant::now();
+    sibling.adopt_vshard(moved, shared)?;
+    let adopted = began.elapsed();
+    assert_eq!(sibling.vshard_digest(moved), digest);
+    let began = Instant::now();
     machine.drop_vshard(moved)?;
     let dropped = began.elapsed();
-    println!("export capture {captured:?} ({parts} parts), drop {dropped:?}");
+    println!(
+        "export capture {captured:?} ({parts} parts), handover: share {share:?}, adopt {adopted:?}; drop {dropped:?}"
+    );
     Ok(())
 }

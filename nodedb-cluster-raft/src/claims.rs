@@ -88,7 +88,7 @@ pub enum DataChange {
     /// Replay the payload's commands on the vShard.
     Replay,
     /// Replace the vShard's data with the source's (see [`VShardStep::Handover`]).
-    HandOver,
+    Handover,
 }
 
 impl VShardClaim {
@@ -146,7 +146,7 @@ impl VShardStep {
                 (current, DataChange::None)
             }
             VShardStep::Handover { .. } if older || importing => {
-                (VShardClaim::Handed(migration), DataChange::HandOver)
+                (VShardClaim::Handed(migration), DataChange::Handover)
             }
             VShardStep::Fence if (older && current.serves()) || current == Fenced(migration) => {
                 (Fenced(migration), DataChange::None)
@@ -326,7 +326,11 @@ mod tests {
     const HANDOVER: VShardStep = VShardStep::Handover {
         from: GroupId(2),
         fence_index: 40,
-        digest: VShardDigest { bytes: 7, hash: 9 },
+        digest: VShardDigest {
+            bytes: 7,
+            entries: 3,
+            hash: 9,
+        },
     };
 
     #[test]
@@ -336,7 +340,7 @@ mod tests {
         for before in [VShardClaim::UNCLAIMED, Importing(M1, EARLY)] {
             assert_eq!(
                 HANDOVER.apply(before, M1),
-                Some((Handed(M1), DataChange::HandOver))
+                Some((Handed(M1), DataChange::Handover))
             );
         }
         // Taken again, or after another driver adopted a copy: nothing changes.
@@ -372,16 +376,20 @@ mod tests {
         // docs/design.md, "Log records kept in the Raft log file" and "vShard claims".
         assert_eq!(
             postcard::to_stdvec(&HANDOVER).unwrap(),
-            [0x08, 0x02, 0x28, 0x07, 0x09]
+            [0x08, 0x02, 0x28, 0x07, 0x03, 0x09]
         );
         let documented = VShardStep::Handover {
             from: GroupId(2),
             fence_index: 300,
-            digest: VShardDigest { bytes: 7, hash: 9 },
+            digest: VShardDigest {
+                bytes: 7,
+                entries: 3,
+                hash: 9,
+            },
         };
         assert_eq!(
             postcard::to_stdvec(&documented).unwrap(),
-            [0x08, 0x02, 0xac, 0x02, 0x07, 0x09]
+            [0x08, 0x02, 0xac, 0x02, 0x07, 0x03, 0x09]
         );
         assert_eq!(postcard::to_stdvec(&Handed(M2)).unwrap(), [0x03, 0x02]);
     }

@@ -105,7 +105,7 @@ impl ReplicaState {
             }
             DataChange::Add => self.engine.import_vshard(vshard, data)?,
             DataChange::Delete => self.engine.drop_vshard(vshard)?,
-            DataChange::HandOver => {
+            DataChange::Handover => {
                 return Err(StateMachineError::Storage(format!(
                     "the handover of {vshard} in {migration} was applied without its data"
                 )));
@@ -134,7 +134,7 @@ impl ReplicaState {
     ) -> bool {
         matches!(
             step.apply(self.claim(vshard), migration),
-            Some((_, DataChange::HandOver))
+            Some((_, DataChange::Handover))
         )
     }
 
@@ -154,7 +154,7 @@ impl ReplicaState {
         let VShardStep::Handover { digest, .. } = step else {
             return Err(format!("{step:?} is not a handover"));
         };
-        let Some((next, DataChange::HandOver)) = step.apply(self.claim(vshard), migration) else {
+        let Some((next, DataChange::Handover)) = step.apply(self.claim(vshard), migration) else {
             return Err(format!("{vshard} is {}: no handover", self.claim(vshard)));
         };
         let placed = self.engine.drop_vshard(vshard).and_then(|()| match data {

@@ -60,6 +60,8 @@ pub type SharedVShard = Box<dyn std::any::Any + Send>;
 pub struct VShardDigest {
     /// Bytes of data held (as [`StateMachine::vshard_bytes`] counts them).
     pub bytes: u64,
+    /// Entries held (keys, rows: what sharing the vShard walks over).
+    pub entries: u64,
     /// A hash of every key and value of the vShard; 0 for an empty vShard.
     pub hash: u64,
 }

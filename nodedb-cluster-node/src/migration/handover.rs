@@ -12,7 +12,9 @@ use crate::control::{ControlError, MigrationStep};
 use crate::group_client::{EXPORT_PAGE_BYTES, GroupClient, Operation, Served, decode_answer};
 use futures::future::BoxFuture;
 use nodedb_cluster_core::{GroupId, Migration, NodeId, VShardId};
-use nodedb_cluster_raft::{FencedDigest, FencedExport, FencedVShards, VShardClaim, VShardStep};
+use nodedb_cluster_raft::{
+    FencedDigest, FencedExport, FencedVShards, VShardClaim, VShardDigest, VShardStep,
+};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -26,14 +28,19 @@ const SMALL_TARGET_BYTES: u64 = 64 * 1024 * 1024;
 /// the rate. Beyond twice the vShard, the snapshots would cost more than the copy.
 const TARGET_BYTES_PER_VSHARD_BYTE_MAX: u64 = 2;
 
+/// A vShard of more entries moves by a copy: sharing it walks over its entries under both
+/// replicas' locks during the write pause (the KV engine: 82 + 20 ms for a million keys,
+/// `--example kv_vshard_ops`), where a copy's pause grows only with the writes made during it.
+const ENTRIES_MAX: u64 = 100_000;
+
 /// How long one driver round waits for the target's replicas to stop needing the source.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
 const DURABLE_POLL: Duration = Duration::from_millis(10);
 
 /// Whether the move should be a handover: the groups share their nodes ([`co_located`]), the
-/// source's engine keeps vShard digests, and the target's snapshots would not cost more than a copy
-/// ([`handover_pays`]). Asked before the fence, so that a move that will be handed over makes
-/// no early copy.
+/// source's engine keeps vShard digests, and neither the walk over the vShard's entries nor
+/// the target's snapshots would cost more than a copy ([`handover_pays`]). Asked before the
+/// fence, so that a move that will be handed over makes no early copy.
 pub(super) async fn fits(context: &MigrationContext, migration: &Migration) -> bool {
     if !co_located(context, migration) {
         return false;
@@ -49,16 +56,20 @@ pub(super) async fn fits(context: &MigrationContext, migration: &Migration) -> b
         return false;
     };
     match context.groups.vshard_bytes(migration.to).await {
-        Ok(sizes) => handover_pays(sizes.values().sum(), digest.bytes),
+        Ok(sizes) => handover_pays(sizes.values().sum(), digest),
         Err(_) => false,
     }
 }
 
-/// Whether a target group holding `target_bytes` should take a vShard of `vshard_bytes` by a
+/// Whether a target group holding `target_bytes` should take a vShard of `vshard` by a
 /// handover rather than by a copy.
-fn handover_pays(target_bytes: u64, vshard_bytes: u64) -> bool {
-    target_bytes
-        <= SMALL_TARGET_BYTES.max(vshard_bytes.saturating_mul(TARGET_BYTES_PER_VSHARD_BYTE_MAX))
+fn handover_pays(target_bytes: u64, vshard: VShardDigest) -> bool {
+    let snapshot_bytes_max = SMALL_TARGET_BYTES.max(
+        vshard
+            .bytes
+            .saturating_mul(TARGET_BYTES_PER_VSHARD_BYTE_MAX),
+    );
+    vshard.entries <= ENTRIES_MAX && target_bytes <= snapshot_bytes_max
 }
 
 /// Whether every replica of the target (voters and learners, as the metadata records them) has
@@ -223,15 +234,29 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
+    fn vshard(bytes: u64, entries: u64) -> VShardDigest {
+        VShardDigest {
+            bytes,
+            entries,
+            hash: 0,
+        }
+    }
+
     #[test]
     fn a_handover_pays_into_a_small_group_or_one_not_much_larger_than_the_vshard() {
         // Small target groups always: their snapshots cost little.
-        assert!(handover_pays(0, 0));
-        assert!(handover_pays(64 * MIB, 1));
+        assert!(handover_pays(0, vshard(0, 0)));
+        assert!(handover_pays(64 * MIB, vshard(1, 1)));
         // Larger ones up to twice the vShard.
-        assert!(handover_pays(200 * MIB, 100 * MIB));
-        assert!(!handover_pays(200 * MIB + 1, 100 * MIB));
-        assert!(!handover_pays(50_000 * MIB, 100 * MIB));
-        assert!(handover_pays(u64::MAX, u64::MAX));
+        assert!(handover_pays(200 * MIB, vshard(100 * MIB, 1_600)));
+        assert!(!handover_pays(200 * MIB + 1, vshard(100 * MIB, 1_600)));
+        assert!(!handover_pays(50_000 * MIB, vshard(100 * MIB, 1_600)));
+        assert!(handover_pays(u64::MAX, vshard(u64::MAX, 1)));
+    }
+
+    #[test]
+    fn a_vshard_of_many_entries_is_copied() {
+        assert!(handover_pays(0, vshard(100 * MIB, ENTRIES_MAX)));
+        assert!(!handover_pays(0, vshard(100 * MIB, ENTRIES_MAX + 1)));
     }
 }

@@ -355,9 +355,14 @@ impl StateMachine for KvStateMachine {
         Some(match self.vshards.get(&vshard) {
             Some(entries) => VShardDigest {
                 bytes: entries.bytes,
+                entries: entries.entries.len() as u64,
                 hash: mix(entries.hash_sum ^ mix(entries.entries.len() as u64)),
             },
-            None => VShardDigest { bytes: 0, hash: 0 },
+            None => VShardDigest {
+                bytes: 0,
+                entries: 0,
+                hash: 0,
+            },
         })
     }
 
@@ -810,7 +815,11 @@ pub(super) mod tests {
         assert_eq!(adopted.vshard_bytes(), counted(&adopted));
         assert_eq!(
             KvStateMachine::new().vshard_digest(vshard),
-            Some(VShardDigest { bytes: 0, hash: 0 })
+            Some(VShardDigest {
+                bytes: 0,
+                entries: 0,
+                hash: 0
+            })
         );
     }
 
