@@ -6,6 +6,7 @@
 //! of everything before it. A file is written to a temporary name, fsynced, then renamed, so a
 //! crash leaves either the old snapshot or the new one, never a torn one.
 
+use crate::log_db::drop_cached_pages;
 use crate::state_machine::{SNAPSHOT_CHUNK_BYTES_MAX, SnapshotChunks, StateMachineError};
 use crate::types::SnapshotMeta;
 use std::fs::{self, File};
@@ -320,17 +321,11 @@ impl CrcWriter {
         self.unsynced = 0;
         self.inner.flush()?;
         self.inner.get_ref().sync_data()?;
+        // As the Raft log: a node writing snapshot after snapshot would otherwise keep taking
+        // pages it has not used lately, which in a VM cost several times a reused one.
         drop_cached_pages(self.inner.get_ref());
         Ok(())
     }
-}
-
-/// Lets the kernel reuse the page cache that the synced part of `file` holds, as the Raft log
-/// does: a node writing snapshot after snapshot otherwise keeps taking pages it has not used
-/// lately, which in a VM cost several times a reused one. Advice only: a kernel that ignores
-/// it leaves the pages cached.
-fn drop_cached_pages(file: &File) {
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 #[cfg(test)]

@@ -56,8 +56,7 @@ impl StorageBackend for UncachedFile {
 
     fn sync_data(&self) -> Result<(), io::Error> {
         self.inner.sync_data()?;
-        // Advice only: a kernel that ignores it leaves the pages cached, nothing else changes.
-        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
+        drop_cached_pages(&self.file);
         Ok(())
     }
 
@@ -96,6 +95,14 @@ impl StorageBackend for UncachedFile {
     fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
         self.inner.query_lock_range(start, end)
     }
+}
+
+/// Advises the kernel to drop `file`'s clean pages from its page cache, so that the next
+/// writes of this node reuse them (see the module's comment); snapshot files are written the
+/// same way. Advice only: a kernel that ignores it leaves the pages cached, nothing else
+/// changes.
+pub(crate) fn drop_cached_pages(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 #[cfg(test)]

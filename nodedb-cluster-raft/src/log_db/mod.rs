@@ -12,6 +12,8 @@ mod record;
 mod state;
 mod writer;
 
+pub(crate) use backend::drop_cached_pages;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
