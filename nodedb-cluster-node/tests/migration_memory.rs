@@ -71,14 +71,7 @@ async fn run_seed(seed: u64) {
     println!("migration seed {seed} (replay with NODEDB_MIGRATION_SEEDS={seed})");
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(seed);
-    let nodes: LiveNodes = Arc::new(RwLock::new(
-        start_three(&network, data.path()).await.to_vec(),
-    ));
-    let first = live(&nodes)[0].clone();
-    eventually("every group on three voters", || async {
-        fully_replicated(&first)
-    })
-    .await;
+    let nodes = start_placed_three(&network, data.path()).await;
 
     let keys: Vec<String> = (0..KEYS).map(|key| format!("moving-{key}")).collect();
     let started = Instant::now();
@@ -300,14 +293,8 @@ async fn a_vshard_moves_to_a_group_its_source_leader_is_not_in() {
 async fn the_source_keeps_a_handed_over_vshard_until_every_target_replica_holds_it() {
     let data = tempfile::tempdir().unwrap();
     let network = MemoryNetwork::new(57);
-    let nodes: LiveNodes = Arc::new(RwLock::new(
-        start_three(&network, data.path()).await.to_vec(),
-    ));
+    let nodes = start_placed_three(&network, data.path()).await;
     let first = live(&nodes)[0].clone();
-    eventually("every group on three voters", || async {
-        fully_replicated(&first)
-    })
-    .await;
     let vshard = vshard_for_key(b"held-0");
     let keys: Vec<String> = keys_in_vshard("held-", vshard).take(16).collect();
     let service = NodeService::new(first.clone());
@@ -319,14 +306,13 @@ async fn the_source_keeps_a_handed_over_vshard_until_every_target_replica_holds_
     }
     let from = owner_of(&first, vshard);
     let to = GroupId(from.0 % NUM_GROUPS + 1);
-    let victim = NodeId(3);
-    network.crash(victim);
-    let down = {
-        let mut nodes = nodes.write().unwrap();
-        let position = nodes.iter().position(|cluster| cluster.node() == victim);
-        nodes.remove(position.expect("node 3 is live"))
+    let crash = Crash {
+        network: &network,
+        data_root: data.path(),
+        nodes: &nodes,
     };
-    down.shutdown().await;
+    let victim = NodeId(3);
+    crash.stop(victim).await;
 
     let id = begin_move(&nodes, vshard, to).await;
     eventually(
@@ -342,9 +328,7 @@ async fn the_source_keeps_a_handed_over_vshard_until_every_target_replica_holds_
         "the source dropped the vShard while a target replica still needed it"
     );
 
-    network.restart(victim);
-    let back = start(&network, config(victim.0, &[1, 2, 3], data.path())).await;
-    nodes.write().unwrap().push(back.clone());
+    let back = crash.start_again(victim).await;
     assert_eq!(wait_final(&nodes, id).await, MigrationPhase::Cleaned);
     eventually(
         "node 3's target replica to take the vShard over",
@@ -382,6 +366,17 @@ fn groups_apart(cluster: &Cluster) -> Option<(GroupId, GroupId, NodeId)> {
             })
             .map(|to| (from, to, leader))
     })
+}
+
+/// Nodes 1, 2 and 3, once every group has a voter on each.
+async fn start_placed_three(network: &MemoryNetwork, data_root: &Path) -> LiveNodes {
+    let nodes: LiveNodes = Arc::new(RwLock::new(start_three(network, data_root).await.to_vec()));
+    let first = live(&nodes)[0].clone();
+    eventually("every group on three voters", || async {
+        fully_replicated(&first)
+    })
+    .await;
+    nodes
 }
 
 fn live(nodes: &LiveNodes) -> Vec<Cluster> {
@@ -454,6 +449,12 @@ impl Crash<'_> {
             return;
         };
         println!("  crashing {victim}, leader of {group}, at {crash_at:?}");
+        self.stop(victim).await;
+        self.start_again(victim).await;
+    }
+
+    /// Crashes `victim`: its peers lose it at once, and it leaves the live nodes.
+    async fn stop(&self, victim: NodeId) {
         self.network.crash(victim);
         let crashed = {
             let mut nodes = self.nodes.write().unwrap();
@@ -461,9 +462,14 @@ impl Crash<'_> {
             nodes.remove(position.expect("victim is live"))
         };
         crashed.shutdown().await;
+    }
+
+    /// Starts `victim` again from its data dir, as a live node.
+    async fn start_again(&self, victim: NodeId) -> Cluster {
         self.network.restart(victim);
         let restarted = start(self.network, config(victim.0, &[1, 2, 3], self.data_root)).await;
-        self.nodes.write().unwrap().push(restarted);
+        self.nodes.write().unwrap().push(restarted.clone());
+        restarted
     }
 }
 
